@@ -1,0 +1,9 @@
+// Everything skein offers, in one include.
+#pragma once
+
+#include <skein/coroutine.hpp>
+#include <skein/generator.hpp>
+#include <skein/run.hpp>
+#include <skein/stack.hpp>
+#include <skein/task.hpp>
+#include <skein/time.hpp>

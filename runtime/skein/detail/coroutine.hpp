@@ -1,0 +1,81 @@
+// The machinery shared by Generator and Coroutine: a context on its own stack that runs until it
+// yields back to whoever resumed it. Internal to skein.
+#pragma once
+
+#include <skein/detail/exec_context.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <new>
+#include <system_error>
+#include <utility>
+
+namespace skein::detail {
+
+// Thrown at a suspended coroutine's yield to unwind its stack when it is closed or destroyed
+// unfinished (Python's GeneratorExit). Not a std::exception: catch (const std::exception&) does
+// not swallow it. A body that catches it with catch (...) must rethrow.
+struct ForcedUnwind {};
+
+// A coroutine's life, value by value.
+enum class CoState : std::uint8_t {
+  created,    // the body has not started
+  suspended,  // parked at a yield until the next resume
+  running,    // the body (or something it called) is on the CPU
+  done,       // the body returned, threw, or was unwound
+};
+
+struct CoroutineCore : ExecContext {
+  CoroutineCore() noexcept { kind = ContextKind::coroutine; }
+  CoroutineCore(const CoroutineCore&) = delete;
+  CoroutineCore& operator=(const CoroutineCore&) = delete;
+  virtual ~CoroutineCore() = default;
+
+  // Runs the body, storing its exception in `error`; swallows ForcedUnwind. Never throws.
+  virtual void run_body() noexcept = 0;
+
+  ExecContext* caller = nullptr;  // the context that resumed it last
+  std::exception_ptr error;
+  CoState state = CoState::created;
+  bool unwinding = false;
+};
+
+// Places the context of a constructed core at the top of `stack`, below the core itself.
+void coroutine_prepare(CoroutineCore& co, Stack stack) noexcept;
+
+// Runs `co` until it yields or finishes. Throws std::system_error: resource_deadlock_would_occur if
+// it is already running (resumed from inside itself), invalid_argument if it has finished.
+void coroutine_resume(CoroutineCore& co);
+
+// From the body: back to the resumer until the next resume. Throws ForcedUnwind when the
+// coroutine is being destroyed.
+void coroutine_suspend(CoroutineCore& co);
+
+// Destroys a core made by make_coroutine: unwinds a suspended body first (every destructor on its
+// stack runs), then returns the stack.
+void coroutine_destroy(CoroutineCore* co) noexcept;
+
+// Constructs `Impl` at the top of a fresh stack and prepares its context.
+template <class Impl, class... Args>
+Impl* make_coroutine(std::size_t stack_size, Args&&... args) {
+  static_assert(alignof(Impl) <= 16, "over-aligned coroutine bodies are not supported");
+  Stack stack = acquire_stack(stack_size);
+  constexpr std::size_t footprint = (sizeof(Impl) + 15) & ~std::size_t{15};
+  if (footprint + 4096 > stack.size) {
+    release_stack(stack);
+    throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                            "skein: coroutine body too large for its stack");
+  }
+  Impl* impl;
+  try {
+    impl = new (stack.hi() - footprint) Impl(std::forward<Args>(args)...);
+  } catch (...) {
+    release_stack(stack);
+    throw;
+  }
+  coroutine_prepare(*impl, stack);
+  return impl;
+}
+
+}  // namespace skein::detail

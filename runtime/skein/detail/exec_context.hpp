@@ -1,0 +1,49 @@
+// An execution context: a stack and the CPU state suspended on it. Fibers and coroutines each own
+// one; every thread has one for its own stack. Internal to skein (public only because templates in
+// the public headers derive from it).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace skein::detail {
+
+// A mapped stack. Usable bytes are [lo, lo + size); the guard page lies just below lo.
+struct Stack {
+  char* lo = nullptr;
+  std::size_t size = 0;
+  unsigned valgrind_id = 0;  // VALGRIND_STACK_REGISTER handle, 0 when not registered
+
+  char* hi() const noexcept { return lo + size; }
+  explicit operator bool() const noexcept { return lo != nullptr; }
+};
+
+// The C++ runtime's per-thread exception bookkeeping (Itanium ABI __cxa_eh_globals), which must
+// travel with the context: a fiber suspended inside a catch block owns its caught exceptions.
+struct EhState {
+  void* caught = nullptr;     // stack of currently caught exceptions
+  unsigned int uncaught = 0;  // std::uncaught_exceptions()
+};
+
+enum class ContextKind : std::uint8_t {
+  thread,     // a thread's own stack (runs the scheduler loop)
+  fiber,      // a scheduled fiber (skein::spawn)
+  coroutine,  // a generator or two-way coroutine, driven by whoever resumes it
+};
+
+struct ExecContext {
+  void* sp = nullptr;               // the suspended state (asm frame) while not running
+  Stack stack{};                    // this context's stack; empty for a thread's own stack
+  EhState eh{};                     // exception state while not running
+  void* asan_fake_stack = nullptr;  // ASan's fake stack while not running (ASan builds only)
+  ContextKind kind = ContextKind::thread;
+};
+
+// Maps a stack of at least `size` bytes (rounded up to pages, at least min_stack_size), from this
+// thread's pool when one of that size is free. Throws std::system_error if the kernel refuses.
+Stack acquire_stack(std::size_t size);
+
+// Returns a stack to this thread's pool (or to the kernel when the pool is full).
+void release_stack(Stack stack) noexcept;
+
+}  // namespace skein::detail

@@ -1,0 +1,72 @@
+// The scheduler's entry point and the calls a fiber makes about itself.
+//
+// Errors: sleep_* and yield() throw std::system_error(errc::operation_canceled) in a cancelled
+// fiber; run() rethrows whatever `f` threw.
+#pragma once
+
+#include <skein/task.hpp>
+#include <skein/time.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+namespace skein {
+
+namespace detail {
+// Binds a scheduler to this thread for its lifetime (throws operation_not_permitted if the thread
+// already has one) and runs its loop.
+class RunScope {
+ public:
+  RunScope();
+  ~RunScope();
+  RunScope(const RunScope&) = delete;
+  RunScope& operator=(const RunScope&) = delete;
+  // Runs fibers until none is left. A deadlock (all parked, nothing that can wake them) cancels
+  // the parked fibers so they unwind.
+  void loop();
+
+ private:
+  std::unique_ptr<Scheduler> scheduler_;
+};
+}  // namespace detail
+
+// Runs `f` as the first fiber of a new scheduler on this thread, runs every fiber it spawns, and
+// returns `f`'s value (or rethrows its exception) once all of them have finished.
+template <class F>
+auto run(F&& f) -> std::invoke_result_t<std::decay_t<F>&> {
+  detail::RunScope scope;
+  auto main = spawn(FiberOptions{"main"}, std::forward<F>(f));
+  scope.loop();
+  return main.join();
+}
+
+// Lets every other ready fiber run before the caller continues. A cancellation point. Outside a
+// fiber it does nothing.
+void yield();
+
+// Parks the calling fiber until `deadline`; only the fiber waits, never the thread. Outside a
+// fiber the thread sleeps. Throws operation_canceled if the fiber is cancelled meanwhile.
+void sleep_until(TimePoint deadline);
+
+template <class Rep, class Period>
+void sleep_for(std::chrono::duration<Rep, Period> d) {
+  sleep_until(deadline_after(d));
+}
+
+// True when called on a fiber (not on a thread's own stack).
+bool in_fiber() noexcept;
+
+namespace this_fiber {
+// The running fiber's id (1, 2, ... per scheduler), or 0 outside a fiber.
+std::uint64_t id() noexcept;
+// The running fiber's name, or "" outside a fiber.
+std::string_view name() noexcept;
+// True once the running fiber has been asked to stop.
+bool cancelled() noexcept;
+}  // namespace this_fiber
+
+}  // namespace skein

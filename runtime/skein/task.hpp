@@ -1,0 +1,303 @@
+// Tasks: spawn a fiber, join its result, cancel it (asyncio's create_task / gather / wait_for,
+// gevent's spawn / joinall / kill).
+//
+// Errors: waits throw std::system_error with errc::operation_canceled when the waiting fiber is
+// cancelled and errc::timed_out when a deadline passes; misuse (joining an empty or own task,
+// spawning outside skein::run) throws std::system_error with invalid_argument or
+// operation_not_permitted. A body's own exception is rethrown, unchanged, by join().
+#pragma once
+
+#include <skein/detail/fiber.hpp>
+#include <skein/stack.hpp>
+#include <skein/time.hpp>
+
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <new>
+#include <optional>
+#include <ranges>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace skein {
+
+// How to start a fiber.
+struct FiberOptions {
+  std::string name;                             // shown in diagnostics (stack overflow, errors)
+  std::size_t stack_size = default_stack_size;  // reserved bytes, rounded up to pages
+};
+
+template <class T>
+class Task;
+
+namespace detail {
+
+struct TaskAccess;
+
+template <class T>
+struct TaskFiber : Fiber {
+  std::optional<T> value;
+};
+
+template <>
+struct TaskFiber<void> : Fiber {};
+
+template <class F, class T>
+struct FiberImpl final : TaskFiber<T> {
+  explicit FiberImpl(F&& f) : fn(std::move(f)) {}
+  explicit FiberImpl(const F& f) : fn(f) {}
+
+  void run_body() noexcept override {
+    try {
+      if constexpr (std::is_void_v<T>)
+        std::invoke(*fn);
+      else
+        this->value.emplace(std::invoke(*fn));
+    } catch (...) {
+      this->error = std::current_exception();
+    }
+    destroy_fn();
+  }
+
+  void skip_body() noexcept override {
+    this->error = std::make_exception_ptr(std::system_error(
+        std::make_error_code(std::errc::operation_canceled), "skein: task cancelled before it started"));
+    destroy_fn();
+  }
+
+  // The closure dies when the body ends, on the fiber's stack: captured resources are released
+  // then, not when the Task handle goes away.
+  void destroy_fn() noexcept {
+    try {
+      fn.reset();
+    } catch (...) {
+      if (!this->error) this->error = std::current_exception();
+    }
+  }
+
+  std::optional<F> fn;
+};
+
+template <class T>
+using result_t = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+}  // namespace detail
+
+// A handle to a spawned fiber and its result. Move-only. Dropping an unjoined handle detaches the
+// fiber, which runs on (skein::run still waits for it); an exception it ends with is then printed.
+template <class T>
+class Task {
+ public:
+  using value_type = T;
+
+  Task() noexcept = default;
+  Task(Task&& other) noexcept : f_(std::exchange(other.f_, nullptr)) {}
+  Task& operator=(Task&& other) noexcept {
+    if (this != &other) {
+      reset();
+      f_ = std::exchange(other.f_, nullptr);
+    }
+    return *this;
+  }
+  ~Task() { reset(); }
+
+  // True while the handle refers to a fiber (not joined, detached or moved from).
+  bool valid() const noexcept { return f_ != nullptr; }
+  explicit operator bool() const noexcept { return valid(); }
+
+  // True once the body has returned or thrown.
+  bool done() const noexcept { return f_ && f_->state == detail::FiberState::done; }
+
+  std::uint64_t id() const noexcept { return f_ ? f_->id : 0; }
+  std::string_view name() const noexcept { return f_ ? std::string_view(f_->name) : std::string_view(); }
+
+  // Waits until the body has finished, without taking the result. Throws operation_canceled if
+  // the waiting fiber is cancelled.
+  void wait() const { wait_until(no_deadline); }
+
+  // As wait(), until `deadline`: true if the body finished, false if the deadline passed first.
+  bool wait_until(TimePoint deadline) const { return detail::wait_done(checked(), deadline); }
+
+  template <class Rep, class Period>
+  bool wait_for(std::chrono::duration<Rep, Period> d) const {
+    return wait_until(deadline_after(d));
+  }
+
+  // Waits for the body, then returns its value or rethrows its exception. Empties the handle.
+  T join() { return join_until(no_deadline); }
+
+  // As join(), but throws timed_out if `deadline` passes first (the task keeps running and the
+  // handle stays valid).
+  T join_until(TimePoint deadline) {
+    if (!wait_until(deadline))
+      throw std::system_error(std::make_error_code(std::errc::timed_out), "skein::Task::join");
+    detail::Fiber* f = std::exchange(f_, nullptr);
+    struct Release {
+      detail::Fiber* f;
+      ~Release() { detail::release(f); }
+    } release{f};
+    if (f->error) {
+      f->error_observed = true;
+      std::rethrow_exception(f->error);
+    }
+    if constexpr (!std::is_void_v<T>) return std::move(*static_cast<detail::TaskFiber<T>*>(f)->value);
+  }
+
+  template <class Rep, class Period>
+  T join_for(std::chrono::duration<Rep, Period> d) {
+    return join_until(deadline_after(d));
+  }
+
+  // Asks the fiber to stop: the wait it is parked in (or its next one) throws operation_canceled.
+  // Cooperative: a fiber that never waits runs to completion. No effect once done.
+  void cancel() noexcept {
+    if (f_) detail::cancel(f_);
+  }
+
+  // Lets the fiber run on without a handle.
+  void detach() noexcept { reset(); }
+
+ private:
+  friend struct detail::TaskAccess;
+
+  explicit Task(detail::Fiber* f) noexcept : f_(f) {}
+
+  detail::Fiber* checked() const {
+    if (!f_)
+      throw std::system_error(std::make_error_code(std::errc::invalid_argument), "skein::Task: empty handle");
+    return f_;
+  }
+
+  void reset() noexcept {
+    if (f_) detail::release_handle(std::exchange(f_, nullptr));
+  }
+
+  detail::Fiber* f_ = nullptr;
+};
+
+namespace detail {
+struct TaskAccess {
+  template <class T>
+  static Task<T> adopt(Fiber* f) noexcept {
+    return Task<T>(f);
+  }
+};
+}  // namespace detail
+
+// Starts `f` on a new fiber of this thread's scheduler; it first runs when the caller next waits
+// or yields. Returns the handle to its result. Must be called inside skein::run.
+template <class F>
+auto spawn(FiberOptions options, F&& f) {
+  using Fn = std::decay_t<F>;
+  using T = std::invoke_result_t<Fn&>;
+  using Impl = detail::FiberImpl<Fn, T>;
+  static_assert(alignof(Impl) <= 16, "over-aligned closures are not supported");
+  detail::Scheduler& sched = detail::scheduler_for("skein::spawn");
+  detail::Stack stack = detail::acquire_stack(options.stack_size);
+  constexpr std::size_t footprint = (sizeof(Impl) + 15) & ~std::size_t{15};
+  if (footprint + 4096 > stack.size) {
+    detail::release_stack(stack);
+    throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                            "skein::spawn: closure too large for the stack");
+  }
+  Impl* impl;
+  try {
+    impl = new (stack.hi() - footprint) Impl(std::forward<F>(f));
+  } catch (...) {
+    detail::release_stack(stack);
+    throw;
+  }
+  detail::start_fiber(sched, impl, stack, std::move(options.name));
+  return detail::TaskAccess::adopt<T>(impl);
+}
+
+template <class F>
+auto spawn(F&& f) {
+  return spawn(FiberOptions{}, std::forward<F>(f));
+}
+
+// Waits for every task, then returns their values as a tuple (std::monostate for void tasks). If
+// any threw, rethrows the first exception in argument order once all have finished.
+template <class... Ts>
+std::tuple<detail::result_t<Ts>...> gather(Task<Ts>&... tasks) {
+  (tasks.wait(), ...);
+  std::exception_ptr first;
+  auto take = [&first]<class T>(Task<T>& t) -> std::optional<detail::result_t<T>> {
+    try {
+      if constexpr (std::is_void_v<T>) {
+        t.join();
+        return std::monostate{};
+      } else {
+        return t.join();
+      }
+    } catch (...) {
+      if (!first) first = std::current_exception();
+      return std::nullopt;
+    }
+  };
+  std::tuple<std::optional<detail::result_t<Ts>>...> parts{take(tasks)...};
+  if (first) std::rethrow_exception(first);
+  return std::apply([](auto&... p) { return std::tuple<detail::result_t<Ts>...>(std::move(*p)...); }, parts);
+}
+
+template <class... Ts>
+std::tuple<detail::result_t<Ts>...> gather(Task<Ts>&&... tasks) {
+  return gather(tasks...);
+}
+
+// Waits for every task in `tasks` and returns their values in order (std::monostate for void). If
+// any threw, rethrows the first exception once all have finished.
+template <std::ranges::range R>
+requires requires(std::ranges::range_reference_t<R> t) {
+  t.join();
+}
+auto join_all(R&& tasks) {
+  using T = typename std::remove_cvref_t<std::ranges::range_reference_t<R>>::value_type;
+  std::vector<detail::result_t<T>> values;
+  for (auto& t : tasks) t.wait();
+  std::exception_ptr first;
+  for (auto& t : tasks) {
+    try {
+      if constexpr (std::is_void_v<T>) {
+        t.join();
+        values.emplace_back();
+      } else {
+        values.push_back(t.join());
+      }
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+  }
+  if (first) std::rethrow_exception(first);
+  return values;
+}
+
+// Runs `f` on a child fiber and returns its result, or cancels it and throws timed_out if it has
+// not finished within `d` (asyncio.wait_for). The child has finished unwinding when this returns.
+template <class Rep, class Period, class F>
+auto with_timeout(std::chrono::duration<Rep, Period> d, F&& f) {
+  auto task = spawn(FiberOptions{"with_timeout"}, std::forward<F>(f));
+  struct CancelOnExit {
+    decltype(task)& t;
+    ~CancelOnExit() { t.cancel(); }
+  } guard{task};
+  if (!task.wait_until(deadline_after(d))) {
+    task.cancel();
+    task.wait();
+    throw std::system_error(std::make_error_code(std::errc::timed_out), "skein::with_timeout");
+  }
+  return task.join();
+}
+
+}  // namespace skein

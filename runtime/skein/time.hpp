@@ -1,0 +1,24 @@
+// One clock for every wait in skein: std::chrono::steady_clock, with absolute deadlines.
+#pragma once
+
+#include <chrono>
+
+namespace skein {
+
+using Clock = std::chrono::steady_clock;
+using TimePoint = Clock::time_point;
+
+// The deadline of a wait that never times out.
+inline constexpr TimePoint no_deadline = TimePoint::max();
+
+// The deadline `d` from now, saturating at no_deadline instead of overflowing.
+template <class Rep, class Period>
+TimePoint deadline_after(std::chrono::duration<Rep, Period> d) noexcept {
+  const TimePoint now = Clock::now();
+  if (d <= d.zero()) return now;
+  if (d >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(no_deadline - now))
+    return no_deadline;
+  return now + std::chrono::duration_cast<Clock::duration>(d);
+}
+
+}  // namespace skein

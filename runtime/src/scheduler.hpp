@@ -1,0 +1,125 @@
+// The per-thread scheduler: a FIFO ready queue, a timer heap and an idle step that sleeps in the
+// kernel. See docs/architecture.md for the fiber state machine.
+#pragma once
+
+#include "context.hpp"
+#include "driver.hpp"
+
+#include <skein/detail/fiber.hpp>
+#include <skein/time.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace skein::detail {
+
+// Intrusive FIFO of ready fibers (through Fiber::next_ready): no allocation to make a fiber ready.
+class ReadyQueue {
+ public:
+  bool empty() const noexcept { return head_ == nullptr; }
+  std::size_t size() const noexcept { return size_; }
+  void push(Fiber* f) noexcept {
+    f->next_ready = nullptr;
+    if (tail_)
+      tail_->next_ready = f;
+    else
+      head_ = f;
+    tail_ = f;
+    ++size_;
+  }
+  Fiber* pop() noexcept {
+    Fiber* f = head_;
+    head_ = f->next_ready;
+    if (!head_) tail_ = nullptr;
+    --size_;
+    return f;
+  }
+
+ private:
+  Fiber* head_ = nullptr;
+  Fiber* tail_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+// Binary min-heap of parked fibers by (deadline, arrival), each fiber knowing its slot so a wait
+// that ends early leaves the heap in O(log n). Equal deadlines fire in the order they were set.
+class TimerHeap {
+ public:
+  bool empty() const noexcept { return heap_.empty(); }
+  std::size_t size() const noexcept { return heap_.size(); }
+  Fiber* top() const noexcept { return heap_.front().fiber; }
+  void push(Fiber* f);
+  void erase(Fiber* f) noexcept;
+  Fiber* pop() noexcept;
+
+ private:
+  struct Entry {
+    TimePoint deadline;
+    std::uint64_t seq;
+    Fiber* fiber;
+    bool operator<(const Entry& o) const noexcept {
+      return deadline < o.deadline || (deadline == o.deadline && seq < o.seq);
+    }
+  };
+  void place(std::size_t i, Entry e) noexcept {
+    heap_[i] = e;
+    e.fiber->timer_slot = i;
+  }
+  void sift_up(std::size_t i, Entry e) noexcept;
+  void sift_down(std::size_t i, Entry e) noexcept;
+
+  std::vector<Entry> heap_;
+  std::uint64_t seq_ = 0;
+};
+
+class Scheduler {
+ public:
+  // Binds a new scheduler to this thread. Throws operation_not_permitted if one is bound already.
+  Scheduler();
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // The scheduler bound to this thread, or nullptr.
+  static Scheduler* current() noexcept;
+
+  // The fiber on the CPU, or nullptr while the loop itself runs.
+  Fiber* running() const noexcept { return running_; }
+
+  // Runs fibers until none is left (see RunScope::loop).
+  void loop();
+
+  void start(Fiber* f, Stack stack, std::string name) noexcept;
+  void yield_running() noexcept;
+  Wake park_running(TimePoint deadline, Unlink unlink, void* arg) noexcept;
+  void wake(Fiber* f, Wake why) noexcept;
+  void cancel(Fiber* f) noexcept;
+
+  // Replaces the idle-time driver (the I/O layer installs its own).
+  void set_driver(std::unique_ptr<Driver> driver) noexcept { driver_ = std::move(driver); }
+  Driver& driver() noexcept { return *driver_; }
+
+  // How many times the loop found every fiber parked with nothing to wake them (and cancelled them).
+  std::size_t deadlocks_recovered() const noexcept { return deadlocks_; }
+
+ private:
+  void resume(Fiber* f) noexcept;
+  void finish(Fiber* f) noexcept;
+  void fire_timers(TimePoint now) noexcept;
+  void recover_deadlock() noexcept;
+  [[noreturn]] static void fiber_entry(Transfer t) noexcept;
+
+  ExecContext* home_ = nullptr;  // the context running loop(): fibers switch back to it
+  Fiber* running_ = nullptr;
+  ReadyQueue ready_;
+  TimerHeap timers_;
+  Fiber* live_ = nullptr;  // every started, unfinished fiber (through prev_live/next_live)
+  std::size_t live_count_ = 0;
+  std::uint64_t next_id_ = 1;
+  std::size_t deadlocks_ = 0;
+  std::unique_ptr<Driver> driver_;
+};
+
+}  // namespace skein::detail
