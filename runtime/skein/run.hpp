@@ -25,8 +25,8 @@ class RunScope {
   ~RunScope();
   RunScope(const RunScope&) = delete;
   RunScope& operator=(const RunScope&) = delete;
-  // Runs fibers until none is left. A deadlock (all parked, nothing that can wake them) cancels
-  // the parked fibers so they unwind.
+  // Runs fibers until none is left. On a deadlock (every fiber parked, nothing left to wake
+  // them) it cancels the newest parked fiber, and again while the deadlock lasts.
   void loop();
 
  private:

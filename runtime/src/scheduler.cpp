@@ -231,11 +231,17 @@ void Scheduler::fire_timers(TimePoint now) noexcept {
 }
 
 void Scheduler::recover_deadlock() noexcept {
+  // Every live fiber is parked and nothing can wake them. Go would crash; we cancel the newest
+  // one (its wait throws operation_canceled) and let the loop see whether that unblocks the rest.
   ++deadlocks_;
+  Fiber* f = live_;
+  while (f && f->state != FiberState::parked) f = f->next_live;
+  if (!f) return;
   std::fprintf(stderr,
-               "skein: deadlock: %zu fiber(s) parked with nothing left to wake them; cancelling them\n",
-               live_count_);
-  for (Fiber* f = live_; f; f = f->next_live) cancel(f);
+               "skein: deadlock: %zu fiber(s) parked with nothing left to wake them; cancelling the newest, "
+               "#%llu \"%s\"\n",
+               live_count_, static_cast<unsigned long long>(f->id), f->name.c_str());
+  cancel(f);
 }
 
 // ---- the detail API -----------------------------------------------------------------------

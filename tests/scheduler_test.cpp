@@ -1,0 +1,235 @@
+// The scheduler: run(), yield order, sleeping, the idle step, ids and names, deadlock recovery.
+#include <skein/skein.hpp>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <sys/resource.h>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+double seconds_since(skein::TimePoint start) {
+  return std::chrono::duration<double>(skein::Clock::now() - start).count();
+}
+
+double cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+bool is(const std::system_error& e, std::errc c) { return e.code() == c; }
+
+}  // namespace
+
+TEST_SUITE("scheduler") {
+  TEST_CASE("run returns its function's value") { CHECK(skein::run([] { return 42; }) == 42); }
+
+  TEST_CASE("run works with a void function and can be called again afterwards") {
+    int n = 0;
+    skein::run([&n] { ++n; });
+    skein::run([&n] { ++n; });
+    CHECK(n == 2);
+  }
+
+  TEST_CASE("run rethrows its function's exception unchanged") {
+    struct Custom {
+      int code;
+    };
+    try {
+      skein::run([]() -> int { throw Custom{7}; });
+      FAIL("no exception");
+    } catch (const Custom& c) {
+      CHECK(c.code == 7);
+    }
+  }
+
+  TEST_CASE("run waits for every fiber it started, detached ones included") {
+    int finished = 0;
+    skein::run([&finished] {
+      for (int i = 0; i < 5; ++i)
+        skein::spawn([&finished, i] {
+          skein::sleep_for(std::chrono::milliseconds(5 * i));
+          ++finished;
+        }).detach();
+    });
+    CHECK(finished == 5);
+  }
+
+  TEST_CASE("yield runs the other ready fibers in FIFO order") {
+    std::string trace;
+    skein::run([&trace] {
+      std::vector<skein::Task<void>> tasks;
+      for (char c : std::string("abc"))
+        tasks.push_back(skein::spawn([&trace, c] {
+          for (int i = 0; i < 3; ++i) {
+            trace += c;
+            skein::yield();
+          }
+        }));
+      for (auto& t : tasks) t.join();
+    });
+    CHECK(trace == "abcabcabc");
+  }
+
+  TEST_CASE("yield outside a fiber does nothing") { skein::yield(); }
+
+  TEST_CASE("two fibers sleeping 200 ms each finish in about 200 ms, not 400") {
+    const auto start = skein::Clock::now();
+    skein::run([] {
+      auto a = skein::spawn([] { skein::sleep_for(200ms); });
+      auto b = skein::spawn([] { skein::sleep_for(200ms); });
+      a.join();
+      b.join();
+    });
+    const double elapsed = seconds_since(start);
+    CHECK(elapsed >= 0.195);
+    CHECK(elapsed < 0.35);
+  }
+
+  TEST_CASE("sleepers wake in deadline order, equal deadlines in the order they slept") {
+    std::vector<int> order;
+    skein::run([&order] {
+      const auto base = skein::Clock::now() + 30ms;
+      const int offsets[] = {3, 1, 2, 1, 0, 2};
+      std::vector<skein::Task<void>> tasks;
+      for (int i = 0; i < 6; ++i)
+        tasks.push_back(skein::spawn([&order, base, i, off = offsets[i]] {
+          skein::sleep_until(base + std::chrono::milliseconds(10 * off));
+          order.push_back(i);
+        }));
+      for (auto& t : tasks) t.join();
+    });
+    CHECK(order == std::vector<int>{4, 1, 3, 2, 5, 0});
+  }
+
+  TEST_CASE("a deadline in the past or a zero sleep still lets others run") {
+    std::string trace;
+    skein::run([&trace] {
+      auto t = skein::spawn([&trace] { trace += 'b'; });
+      skein::sleep_for(0ms);
+      trace += 'a';
+      skein::sleep_until(skein::Clock::now() - 1s);
+      t.join();
+    });
+    CHECK(trace == "ba");
+  }
+
+  TEST_CASE("a busy fiber that keeps yielding does not starve a sleeper") {
+    skein::run([] {
+      bool woke = false;
+      auto sleeper = skein::spawn([&woke] {
+        skein::sleep_for(20ms);
+        woke = true;
+      });
+      const auto give_up = skein::Clock::now() + 5s;
+      while (!woke && skein::Clock::now() < give_up) skein::yield();
+      CHECK(woke);
+      sleeper.join();
+    });
+  }
+
+  TEST_CASE("an idle scheduler sleeps in the kernel: a one-second sleep costs almost no CPU") {
+    const double cpu_before = cpu_seconds();
+    const auto start = skein::Clock::now();
+    skein::run([] { skein::sleep_for(1s); });
+    const double wall = seconds_since(start);
+    const double cpu = cpu_seconds() - cpu_before;
+    CHECK(wall >= 0.99);
+    CHECK(cpu < 0.05);
+  }
+
+  TEST_CASE("sleep outside a fiber blocks the thread for the duration") {
+    const auto start = skein::Clock::now();
+    skein::sleep_for(30ms);
+    CHECK(seconds_since(start) >= 0.029);
+  }
+
+  TEST_CASE("fibers have ids and names") {
+    skein::run([] {
+      CHECK(skein::in_fiber());
+      CHECK(skein::this_fiber::id() == 1);
+      CHECK(skein::this_fiber::name() == "main");
+      auto t = skein::spawn(skein::FiberOptions{"worker", skein::default_stack_size},
+                            [] { return std::string(skein::this_fiber::name()) + "#" + std::to_string(skein::this_fiber::id()); });
+      CHECK(t.name() == "worker");
+      CHECK(t.id() == 2);
+      CHECK(t.join() == "worker#2");
+      auto unnamed = skein::spawn([] { return skein::this_fiber::name().empty(); });
+      CHECK(unnamed.join());
+    });
+    CHECK(!skein::in_fiber());
+    CHECK(skein::this_fiber::id() == 0);
+  }
+
+  TEST_CASE("spawn outside run is refused") {
+    try {
+      skein::spawn([] {});
+      FAIL("no exception");
+    } catch (const std::system_error& e) {
+      CHECK(is(e, std::errc::operation_not_permitted));
+    }
+  }
+
+  TEST_CASE("run inside run is refused") {
+    bool refused = skein::run([] {
+      try {
+        skein::run([] {});
+      } catch (const std::system_error& e) {
+        return is(e, std::errc::operation_not_permitted);
+      }
+      return false;
+    });
+    CHECK(refused);
+  }
+
+  TEST_CASE("fibers that wait for each other do not hang: the newest is cancelled") {
+    std::vector<std::string> errors;
+    skein::run([&errors] {
+      auto other = std::make_shared<skein::Task<void>>();
+      auto first = skein::spawn([other, &errors] {
+        skein::yield();
+        other->wait();  // returns once the cancelled one has finished
+        errors.push_back("first done");
+      });
+      *other = skein::spawn([&first, &errors] {
+        try {
+          first.wait();
+        } catch (const std::system_error& e) {
+          errors.push_back(is(e, std::errc::operation_canceled) ? "second cancelled" : e.what());
+        }
+      });
+      other->join();
+      first.join();
+    });
+    CHECK(errors == std::vector<std::string>{"second cancelled", "first done"});
+  }
+}
+
+TEST_SUITE("scale") {
+  TEST_CASE("100,000 concurrent sleeping fibers all run to completion") {
+    constexpr int kFibers = 100'000;
+    long sum = 0;
+    int finished = 0;
+    skein::run([&] {
+      const auto wake = skein::Clock::now() + 200ms;
+      for (int i = 0; i < kFibers; ++i)
+        skein::spawn([&, i] {
+          skein::sleep_until(wake + std::chrono::microseconds(i % 1000));
+          sum += i;
+          ++finished;
+        }).detach();
+    });
+    CHECK(finished == kFibers);
+    CHECK(sum == static_cast<long>(kFibers) * (kFibers - 1) / 2);
+  }
+}

@@ -1,0 +1,184 @@
+// Stacks: guard pages (both kinds), the stack-overflow report (death tests in a child process),
+// pool reuse, and what a parked fiber costs in memory mappings.
+#include <skein/skein.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+struct ChildResult {
+  int status = 0;
+  std::string err;  // what the child wrote to stderr
+  bool aborted() const { return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT; }
+};
+
+// Runs `body` in a forked child with stderr captured; the child's death is the test's evidence.
+ChildResult run_in_child(const std::function<void()>& body) {
+  int pipefd[2];
+  REQUIRE(pipe(pipefd) == 0);
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(pipefd[0]);
+    dup2(pipefd[1], STDERR_FILENO);
+    body();
+    _exit(0);
+  }
+  close(pipefd[1]);
+  ChildResult r;
+  char buf[4096];
+  for (ssize_t n; (n = read(pipefd[0], buf, sizeof buf)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    r.err.append(buf, static_cast<std::size_t>(n));
+  }
+  close(pipefd[0]);
+  REQUIRE(waitpid(pid, &r.status, 0) == pid);
+  return r;
+}
+
+[[gnu::noinline]] int recurse(int depth) {
+  volatile char frame[256];
+  frame[0] = static_cast<char>(depth);
+  if (depth > 1'000'000'000) return 0;  // never: keeps the compiler from calling it infinite
+  return recurse(depth + 1) + frame[0];
+}
+
+std::size_t mapping_count() {
+  std::ifstream maps("/proc/self/maps");
+  std::size_t n = 0;
+  for (std::string line; std::getline(maps, line);) ++n;
+  return n;
+}
+
+// Parks `fibers` fibers and returns how many mappings that added.
+std::size_t mappings_for_parked_fibers(int fibers) {
+  std::size_t added = 0;
+  skein::run([&] {
+    std::vector<skein::Task<void>> tasks;
+    const std::size_t before = mapping_count();
+    bool release = false;
+    for (int i = 0; i < fibers; ++i)
+      tasks.push_back(skein::spawn([&release] {
+        while (!release) skein::sleep_for(1ms);
+      }));
+    skein::yield();  // every fiber has started and parked
+    added = mapping_count() - before;
+    release = true;
+    for (auto& t : tasks) t.join();
+  });
+  return added;
+}
+
+struct GuardModeScope {
+  explicit GuardModeScope(skein::GuardMode m) { skein::set_guard_mode(m); }
+  ~GuardModeScope() { skein::set_guard_mode(skein::GuardMode::automatic); }
+};
+
+}  // namespace
+
+TEST_SUITE("stack") {
+  TEST_CASE("the guard mode in use is a concrete one") {
+    const skein::GuardMode m = skein::effective_guard_mode();
+    CHECK((m == skein::GuardMode::madvise || m == skein::GuardMode::mprotect));
+    MESSAGE("guard pages by ", m == skein::GuardMode::madvise ? "MADV_GUARD_INSTALL" : "mprotect");
+  }
+
+  TEST_CASE("a finished fiber's stack is reused by the next one") {
+    skein::run([] {
+      auto where = [] {
+        int local = 0;
+        return reinterpret_cast<std::uintptr_t>(&local);
+      };
+      const std::uintptr_t first = skein::spawn(where).join();
+      const std::uintptr_t second = skein::spawn(where).join();
+      CHECK(first == second);
+    });
+  }
+
+  TEST_CASE("stack overflow in a fiber names the fiber and aborts") {
+    for (skein::GuardMode mode : {skein::GuardMode::automatic, skein::GuardMode::mprotect}) {
+      CAPTURE(static_cast<int>(mode));
+      const ChildResult r = run_in_child([mode] {
+        skein::set_guard_mode(mode);
+        skein::run([] {
+          skein::spawn(skein::FiberOptions{"deep", 64 * 1024}, [] { return recurse(0); }).join();
+        });
+      });
+      CAPTURE(r.err);
+      CHECK(r.aborted());
+      CHECK(r.err.find("skein: stack overflow in fiber #2 \"deep\" (stack 64 KiB") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("stack overflow in a generator body is reported as such") {
+    const ChildResult r = run_in_child([] {
+      skein::Generator<int> g([](skein::Yield<int>& yield) { yield(recurse(0)); });
+      g.next();
+    });
+    CAPTURE(r.err);
+    CHECK(r.aborted());
+    CHECK(r.err.find("skein: stack overflow in a coroutine") != std::string::npos);
+  }
+
+  TEST_CASE("other segmentation faults are left to the previous handler") {
+    const ChildResult r = run_in_child([] {
+      skein::run([] {
+        volatile int* nowhere = nullptr;
+        *nowhere = 1;
+      });
+    });
+    CAPTURE(r.err);
+    CHECK(!(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0));
+    CHECK(r.err.find("stack overflow") == std::string::npos);
+  }
+
+  TEST_CASE("a coroutine that swallows its forced unwind and yields again aborts loudly") {
+    const ChildResult r = run_in_child([] {
+      skein::Generator<int> g([](skein::Yield<int>& yield) {
+        for (;;) {
+          try {
+            yield(1);
+          } catch (...) {  // wrong: swallows the unwind
+          }
+        }
+      });
+      g.next();
+    });
+    CHECK(r.aborted());
+    CHECK(r.err.find("caught the forced unwind") != std::string::npos);
+  }
+
+  TEST_CASE("with MADV_GUARD_INSTALL a parked fiber costs no memory mapping") {
+    if (skein::effective_guard_mode() != skein::GuardMode::madvise) {
+      MESSAGE("kernel without MADV_GUARD_INSTALL: skipped");
+      return;
+    }
+    // More fibers than the pool caches, so most stacks are fresh mappings.
+    const std::size_t added = mappings_for_parked_fibers(3000);
+    MESSAGE("3000 parked fibers added ", added, " mappings");
+    CHECK(added < 100);
+  }
+
+  TEST_CASE("with mprotect guards each fresh stack costs two mappings") {
+    GuardModeScope scope(skein::GuardMode::mprotect);
+    const std::size_t added = mappings_for_parked_fibers(3000);
+    MESSAGE("3000 parked fibers added ", added, " mappings");
+    CHECK(added >= 2 * (3000 - 1024));
+  }
+}

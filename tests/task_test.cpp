@@ -1,0 +1,300 @@
+// Tasks: spawn, join, exceptions, cancellation, detach, gather, join_all, with_timeout.
+#include <skein/skein.hpp>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <tuple>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+bool is(const std::system_error& e, std::errc c) { return e.code() == c; }
+
+// Counts destructions, to prove a fiber's stack was unwound.
+struct Witness {
+  int* count;
+  ~Witness() { ++*count; }
+};
+
+template <class F>
+std::errc error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::system_error& e) {
+    return static_cast<std::errc>(e.code().value());
+  }
+  return std::errc{};
+}
+
+}  // namespace
+
+TEST_SUITE("task") {
+  TEST_CASE("join returns the value; done reports completion") {
+    skein::run([] {
+      auto t = skein::spawn([] { return std::string("value"); });
+      CHECK(t.valid());
+      CHECK(!t.done());
+      t.wait();
+      CHECK(t.done());
+      CHECK(t.join() == "value");
+      CHECK(!t.valid());
+    });
+  }
+
+  TEST_CASE("join rethrows the body's exception unchanged") {
+    skein::run([] {
+      auto t = skein::spawn([]() -> int { throw std::out_of_range("range"); });
+      CHECK_THROWS_AS(t.join(), std::out_of_range);
+    });
+  }
+
+  TEST_CASE("move-only results and closures") {
+    skein::run([] {
+      auto p = std::make_unique<int>(5);
+      auto t = skein::spawn([p = std::move(p)]() mutable { return std::move(p); });
+      CHECK(*t.join() == 5);
+    });
+  }
+
+  TEST_CASE("the closure is destroyed when the body ends, not when the handle goes") {
+    int destroyed = 0;
+    skein::run([&destroyed] {
+      auto t = skein::spawn([w = std::shared_ptr<int>(nullptr, [&destroyed](int*) { ++destroyed; })] { (void)w; });
+      t.wait();
+      CHECK(destroyed == 1);
+      t.join();
+    });
+  }
+
+  TEST_CASE("join_for times out and leaves the task running and joinable") {
+    skein::run([] {
+      auto t = skein::spawn([] {
+        skein::sleep_for(50ms);
+        return 3;
+      });
+      CHECK(error_of([&] { t.join_for(5ms); }) == std::errc::timed_out);
+      CHECK(t.valid());
+      CHECK(!t.wait_for(1ms));
+      CHECK(t.join() == 3);
+    });
+  }
+
+  TEST_CASE("cancel wakes a sleeping fiber with operation_canceled and unwinds its stack") {
+    int unwound = 0;
+    skein::run([&unwound] {
+      auto t = skein::spawn([&unwound] {
+        Witness w{&unwound};
+        skein::sleep_for(10s);
+      });
+      skein::yield();  // let it start and park
+      const auto start = skein::Clock::now();
+      t.cancel();
+      CHECK(error_of([&] { t.join(); }) == std::errc::operation_canceled);
+      CHECK(skein::Clock::now() - start < 1s);
+    });
+    CHECK(unwound == 1);
+  }
+
+  TEST_CASE("a task cancelled before it starts never runs its body") {
+    bool ran = false;
+    skein::run([&ran] {
+      auto t = skein::spawn([&ran] { ran = true; });
+      t.cancel();
+      CHECK(error_of([&] { t.join(); }) == std::errc::operation_canceled);
+    });
+    CHECK(!ran);
+  }
+
+  TEST_CASE("cancellation is sticky: every later wait throws at once") {
+    skein::run([] {
+      auto t = skein::spawn([] {
+        int interrupted = 0;
+        for (int i = 0; i < 3; ++i) {
+          try {
+            skein::sleep_for(10s);
+          } catch (const std::system_error& e) {
+            interrupted += is(e, std::errc::operation_canceled);
+          }
+        }
+        CHECK(skein::this_fiber::cancelled());
+        CHECK(error_of([] { skein::yield(); }) == std::errc::operation_canceled);
+        return interrupted;
+      });
+      skein::yield();
+      t.cancel();
+      t.cancel();  // idempotent
+      CHECK(t.join() == 3);
+    });
+  }
+
+  TEST_CASE("cancelling a finished task changes nothing") {
+    skein::run([] {
+      auto t = skein::spawn([] { return 1; });
+      t.wait();
+      t.cancel();
+      CHECK(t.join() == 1);
+    });
+  }
+
+  TEST_CASE("a cancelled waiter leaves the task it waited for untouched") {
+    skein::run([] {
+      auto slow = std::make_shared<skein::Task<int>>(skein::spawn([] {
+        skein::sleep_for(30ms);
+        return 9;
+      }));
+      auto waiter = skein::spawn([slow] { slow->wait(); });
+      skein::yield();
+      waiter.cancel();
+      CHECK(error_of([&] { waiter.join(); }) == std::errc::operation_canceled);
+      CHECK(slow->join() == 9);
+    });
+  }
+
+  TEST_CASE("several fibers can wait for one task") {
+    skein::run([] {
+      auto t = skein::spawn([] { skein::sleep_for(10ms); });
+      int woke = 0;
+      auto a = skein::spawn([&] {
+        t.wait();
+        ++woke;
+      });
+      auto b = skein::spawn([&] {
+        t.wait();
+        ++woke;
+      });
+      a.join();
+      b.join();
+      CHECK(woke == 2);
+      t.join();
+    });
+  }
+
+  TEST_CASE("misuse is reported: empty handles, joining oneself") {
+    skein::run([] {
+      skein::Task<int> empty;
+      CHECK(error_of([&] { empty.join(); }) == std::errc::invalid_argument);
+      auto self = std::make_shared<skein::Task<void>>();
+      *self = skein::spawn([self] {
+        CHECK(error_of([&] { self->wait(); }) == std::errc::resource_deadlock_would_occur);
+      });
+      self->join();
+    });
+  }
+
+  TEST_CASE("a detached task runs on, and its exception is reported, not lost") {
+    int done = 0;
+    skein::run([&done] {
+      skein::spawn([&done] {
+        skein::sleep_for(5ms);
+        ++done;
+        throw std::runtime_error("detached failure (expected in this test)");
+      }).detach();
+    });
+    CHECK(done == 1);
+  }
+
+  TEST_CASE("a stack size can be chosen per fiber; an oversized closure is refused") {
+    skein::run([] {
+      auto big = skein::spawn(skein::FiberOptions{"big", 1 << 20}, [] {
+        volatile char buf[512 * 1024];
+        buf[0] = 1;
+        buf[sizeof buf - 1] = 2;
+        return buf[0] + buf[sizeof buf - 1];
+      });
+      CHECK(big.join() == 3);
+      struct Big {
+        char bytes[20 * 1024];
+      };
+      auto big_closure = [b = Big{}] { (void)b; };
+      CHECK(error_of([&] { skein::spawn(skein::FiberOptions{"small", skein::min_stack_size}, big_closure); }) ==
+            std::errc::invalid_argument);
+    });
+  }
+
+  TEST_CASE("gather returns every value, in argument order") {
+    skein::run([] {
+      auto a = skein::spawn([] {
+        skein::sleep_for(20ms);
+        return 1;
+      });
+      auto b = skein::spawn([] { return std::string("two"); });
+      auto c = skein::spawn([] {});
+      auto [x, y, z] = skein::gather(a, b, c);
+      CHECK(x == 1);
+      CHECK(y == "two");
+      static_assert(std::is_same_v<std::remove_cvref_t<decltype(z)>, std::monostate>);
+      auto [p, q] = skein::gather(skein::spawn([] { return 5; }), skein::spawn([] { return 6; }));
+      CHECK(p + q == 11);
+    });
+  }
+
+  TEST_CASE("gather waits for all, then rethrows the first failure in argument order") {
+    skein::run([] {
+      bool slow_finished = false;
+      auto slow = skein::spawn([&] {
+        skein::sleep_for(20ms);
+        slow_finished = true;
+        return 0;
+      });
+      auto bad1 = skein::spawn([]() -> int { throw std::invalid_argument("first"); });
+      auto bad2 = skein::spawn([]() -> int { throw std::runtime_error("second"); });
+      CHECK_THROWS_AS(skein::gather(slow, bad1, bad2), std::invalid_argument);
+      CHECK(slow_finished);
+      CHECK(!bad2.valid());
+    });
+  }
+
+  TEST_CASE("join_all collects a range of tasks in order") {
+    skein::run([] {
+      std::vector<skein::Task<int>> tasks;
+      for (int i = 0; i < 10; ++i)
+        tasks.push_back(skein::spawn([i] {
+          skein::sleep_for(std::chrono::milliseconds(10 - i));
+          return i * i;
+        }));
+      const std::vector<int> squares = skein::join_all(tasks);
+      REQUIRE(squares.size() == 10);
+      for (int i = 0; i < 10; ++i) CHECK(squares[static_cast<std::size_t>(i)] == i * i);
+    });
+  }
+
+  TEST_CASE("with_timeout returns the value of a body that finishes in time") {
+    CHECK(skein::run([] { return skein::with_timeout(1s, [] { return 8; }); }) == 8);
+  }
+
+  TEST_CASE("with_timeout cancels a slow body, waits for it to unwind, then throws timed_out") {
+    int unwound = 0;
+    skein::run([&unwound] {
+      const auto start = skein::Clock::now();
+      CHECK(error_of([&] {
+              skein::with_timeout(20ms, [&unwound] {
+                Witness w{&unwound};
+                skein::sleep_for(10s);
+              });
+            }) == std::errc::timed_out);
+      CHECK(unwound == 1);
+      CHECK(skein::Clock::now() - start < 2s);
+    });
+  }
+
+  TEST_CASE("with_timeout passes the body's own exception through") {
+    skein::run([] {
+      CHECK_THROWS_AS(skein::with_timeout(1s, []() -> int { throw std::domain_error("own"); }), std::domain_error);
+    });
+  }
+
+  TEST_CASE("a task may outlive run(): its result is still there") {
+    skein::Task<int> kept = skein::run([] { return skein::spawn([] { return 4; }); });
+    CHECK(kept.done());
+    CHECK(kept.join() == 4);
+  }
+}
