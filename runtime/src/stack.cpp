@@ -43,11 +43,20 @@ std::size_t page_size() noexcept {
   return size;
 }
 
+// True if MADV_GUARD_INSTALL is accepted *and* honoured: some emulators (qemu-user) accept
+// unknown advice without acting on it, so the probe checks that the kernel now refuses to read the
+// guarded page (write(2) from it fails with EFAULT).
 bool probe_madvise_guard() noexcept {
   const std::size_t page = page_size();
   void* p = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return false;
-  const bool ok = madvise(p, page, kMadvGuardInstall) == 0;
+  bool ok = madvise(p, page, kMadvGuardInstall) == 0;
+  int fds[2];
+  if (ok && pipe(fds) == 0) {
+    ok = write(fds[1], p, 1) < 0 && errno == EFAULT;
+    close(fds[0]);
+    close(fds[1]);
+  }
   munmap(p, 2 * page);
   return ok;
 }
