@@ -46,7 +46,8 @@ inline Transfer jump_context(void* to, void* data) noexcept {
 // ever called from Boost's assembly, so the cast is an ABI identity, not a C++ call.
 inline void* make_context(void* stack_top, std::size_t size, ContextEntry fn) noexcept {
   return boost::context::detail::make_fcontext(
-      stack_top, size, reinterpret_cast<void (*)(boost::context::detail::transfer_t)>(reinterpret_cast<void (*)()>(fn)));
+      stack_top, size,
+      reinterpret_cast<void (*)(boost::context::detail::transfer_t)>(reinterpret_cast<void (*)()>(fn)));
 }
 #else
 inline constexpr const char* context_backend = "asm";

@@ -216,6 +216,22 @@ TEST_SUITE("coroutine") {
     CHECK_THROWS_AS(co.result(), std::system_error);
   }
 
+  TEST_CASE("close before the first resume discards the body without running it") {
+    bool ran = false;
+    skein::Coroutine<int, int> co([&ran](skein::CoYield<int, int>&, int) { ran = true; });
+    co.close();
+    CHECK(co.done());
+    CHECK_THROWS_AS(co.resume(1), std::system_error);
+    CHECK(!ran);
+  }
+
+  TEST_CASE("close after the body returned keeps the result") {
+    skein::Coroutine<int, int, int> co([](skein::CoYield<int, int>&, int n) { return n + 1; });
+    CHECK(co.resume(1) == std::nullopt);
+    co.close();
+    CHECK(co.result() == 2);
+  }
+
   TEST_CASE("resuming a finished coroutine is refused; result before the end is refused") {
     skein::Coroutine<int, int> co([](skein::CoYield<int, int>& yield, int n) { yield(n); });
     CHECK_THROWS_AS(co.result(), std::system_error);

@@ -27,12 +27,16 @@ double cpu_seconds() {
          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
-bool is(const std::system_error& e, std::errc c) { return e.code() == c; }
+bool is(const std::system_error& e, std::errc c) {
+  return e.code() == c;
+}
 
 }  // namespace
 
 TEST_SUITE("scheduler") {
-  TEST_CASE("run returns its function's value") { CHECK(skein::run([] { return 42; }) == 42); }
+  TEST_CASE("run returns its function's value") {
+    CHECK(skein::run([] { return 42; }) == 42);
+  }
 
   TEST_CASE("run works with a void function and can be called again afterwards") {
     int n = 0;
@@ -81,7 +85,9 @@ TEST_SUITE("scheduler") {
     CHECK(trace == "abcabcabc");
   }
 
-  TEST_CASE("yield outside a fiber does nothing") { skein::yield(); }
+  TEST_CASE("yield outside a fiber does nothing") {
+    skein::yield();
+  }
 
   TEST_CASE("two fibers sleeping 200 ms each finish in about 200 ms, not 400") {
     const auto start = skein::Clock::now();
@@ -159,8 +165,9 @@ TEST_SUITE("scheduler") {
       CHECK(skein::in_fiber());
       CHECK(skein::this_fiber::id() == 1);
       CHECK(skein::this_fiber::name() == "main");
-      auto t = skein::spawn(skein::FiberOptions{"worker", skein::default_stack_size},
-                            [] { return std::string(skein::this_fiber::name()) + "#" + std::to_string(skein::this_fiber::id()); });
+      auto t = skein::spawn(skein::FiberOptions{"worker", skein::default_stack_size}, [] {
+        return std::string(skein::this_fiber::name()) + "#" + std::to_string(skein::this_fiber::id());
+      });
       CHECK(t.name() == "worker");
       CHECK(t.id() == 2);
       CHECK(t.join() == "worker#2");

@@ -96,7 +96,8 @@ TEST_SUITE("stack") {
   TEST_CASE("the guard mode in use is a concrete one") {
     const skein::GuardMode m = skein::effective_guard_mode();
     CHECK((m == skein::GuardMode::madvise || m == skein::GuardMode::mprotect));
-    MESSAGE(std::string("guard pages by ") + (m == skein::GuardMode::madvise ? "MADV_GUARD_INSTALL" : "mprotect"));
+    const std::string how = m == skein::GuardMode::madvise ? "MADV_GUARD_INSTALL" : "mprotect";
+    MESSAGE("guard pages by " << how);
   }
 
   TEST_CASE("a finished fiber's stack is reused by the next one") {

@@ -39,7 +39,8 @@ std::vector<Backend> backends() {
   // Boost's functions have the fcontext ABI; its transfer_t has Transfer's layout.
   // (Cast through void(*)(): an ABI identity, not a C++ call through the wrong type.)
   using Generic = void (*)();
-  all.push_back({"boost", reinterpret_cast<JumpFn>(reinterpret_cast<Generic>(&boost::context::detail::jump_fcontext)),
+  all.push_back({"boost",
+                 reinterpret_cast<JumpFn>(reinterpret_cast<Generic>(&boost::context::detail::jump_fcontext)),
                  reinterpret_cast<void* (*)(void*, std::size_t, ContextEntry)>(
                      reinterpret_cast<Generic>(&boost::context::detail::make_fcontext))});
 #endif

@@ -17,7 +17,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-bool is(const std::system_error& e, std::errc c) { return e.code() == c; }
+bool is(const std::system_error& e, std::errc c) {
+  return e.code() == c;
+}
 
 // Counts destructions, to prove a fiber's stack was unwound.
 struct Witness {
@@ -68,7 +70,8 @@ TEST_SUITE("task") {
   TEST_CASE("the closure is destroyed when the body ends, not when the handle goes") {
     int destroyed = 0;
     skein::run([&destroyed] {
-      auto t = skein::spawn([w = std::shared_ptr<int>(nullptr, [&destroyed](int*) { ++destroyed; })] { (void)w; });
+      auto t =
+          skein::spawn([w = std::shared_ptr<int>(nullptr, [&destroyed](int*) { ++destroyed; })] { (void)w; });
       t.wait();
       CHECK(destroyed == 1);
       t.join();
@@ -183,9 +186,8 @@ TEST_SUITE("task") {
       skein::Task<int> empty;
       CHECK(error_of([&] { empty.join(); }) == std::errc::invalid_argument);
       auto self = std::make_shared<skein::Task<void>>();
-      *self = skein::spawn([self] {
-        CHECK(error_of([&] { self->wait(); }) == std::errc::resource_deadlock_would_occur);
-      });
+      *self = skein::spawn(
+          [self] { CHECK(error_of([&] { self->wait(); }) == std::errc::resource_deadlock_would_occur); });
       self->join();
     });
   }
@@ -215,8 +217,9 @@ TEST_SUITE("task") {
         char bytes[20 * 1024];
       };
       auto big_closure = [b = Big{}] { (void)b; };
-      CHECK(error_of([&] { skein::spawn(skein::FiberOptions{"small", skein::min_stack_size}, big_closure); }) ==
-            std::errc::invalid_argument);
+      CHECK(error_of([&] {
+              skein::spawn(skein::FiberOptions{"small", skein::min_stack_size}, big_closure);
+            }) == std::errc::invalid_argument);
     });
   }
 
@@ -288,7 +291,8 @@ TEST_SUITE("task") {
 
   TEST_CASE("with_timeout passes the body's own exception through") {
     skein::run([] {
-      CHECK_THROWS_AS(skein::with_timeout(1s, []() -> int { throw std::domain_error("own"); }), std::domain_error);
+      CHECK_THROWS_AS(skein::with_timeout(1s, []() -> int { throw std::domain_error("own"); }),
+                      std::domain_error);
     });
   }
 

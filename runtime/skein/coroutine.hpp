@@ -128,13 +128,10 @@ class Coroutine {
     if constexpr (!std::is_void_v<R>) return std::move(*core_->result);
   }
 
-  // Ends the body now, unwinding its stack (Python's close()). No effect once done.
+  // Ends the body now: unwinds a suspended body, discards one that never started (Python's
+  // close()). No effect once done: the result stays available.
   void close() noexcept {
-    if (core_ && core_->state == detail::CoState::suspended) {
-      Result* keep = core_;
-      core_ = nullptr;
-      detail::coroutine_destroy(keep);
-    }
+    if (core_ && core_->state != detail::CoState::done) reset();
   }
 
  private:

@@ -141,7 +141,8 @@ class Task {
   // handle stays valid).
   T join_until(TimePoint deadline) {
     if (!wait_until(deadline))
-      throw std::system_error(std::make_error_code(std::errc::timed_out), "skein::Task::join");
+      throw std::system_error(std::make_error_code(std::errc::timed_out),
+                              "skein::Task::join: deadline passed before the task finished");
     detail::Fiber* f = std::exchange(f_, nullptr);
     struct Release {
       detail::Fiber* f;
@@ -295,7 +296,8 @@ auto with_timeout(std::chrono::duration<Rep, Period> d, F&& f) {
   if (!task.wait_until(deadline_after(d))) {
     task.cancel();
     task.wait();
-    throw std::system_error(std::make_error_code(std::errc::timed_out), "skein::with_timeout");
+    throw std::system_error(std::make_error_code(std::errc::timed_out),
+                            "skein::with_timeout: the body did not finish in time");
   }
   return task.join();
 }
