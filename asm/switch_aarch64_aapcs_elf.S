@@ -25,8 +25,9 @@
  *   flags and the saturation bit, which AAPCS64 does not preserve across calls: not saved.)
  * - The switch leaves through `ret`, not `br`. The resume address in X30 follows a `bl` in the
  *   suspended context, which is no BTI landing pad; `ret` is the one indirect branch BTI never
- *   checks. (The return-stack predictor misses here either way; x86-64's `jmp` trick has no
- *   BTI-clean equivalent.)
+ *   checks. The cost: `ret` consults the return-stack predictor, which expects the other
+ *   context's caller, so it mispredicts; x86-64's trick of an indirect jump (predicted per site)
+ *   would be `br x30` here, and BTI faults that on a guarded page.
  * - The return address is never signed: the caller's `bl` left a plain address in X30 and that is
  *   what is saved and resumed, so the objects can carry the PAC property. They do not claim GCS:
  *   a guarded control stack would need a shadow stack per context.
