@@ -1,5 +1,5 @@
 /* Layout of a suspended x86-64 System V context, shared by switch_x86_64_sysv_elf.S and C++
- * (asm/context.hpp checks every offset with static_assert). A context handle is the stack pointer of
+ * (asm/frame_check.cpp checks every offset with static_assert). A context handle is the stack pointer of
  * the suspended context, which points at this frame:
  *
  *   0x00  MXCSR (4 bytes)       control bits restored; exception flags ignored

@@ -17,6 +17,8 @@ Exits 0 when every check holds, 1 (printing what failed, and the command's outpu
 
 import argparse
 import re
+import os
+import shlex
 import subprocess
 import sys
 
@@ -43,7 +45,9 @@ def main() -> int:
     args = p.parse_args(opts)
 
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+        # In a cross build meson test names the emulator (qemu) to run target binaries with.
+        wrapper = shlex.split(os.environ.get("MESON_EXE_WRAPPER", ""))
+        proc = subprocess.run(wrapper + command, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         print(f"FAIL: {command!r} did not finish within {args.timeout} s")
         return 1

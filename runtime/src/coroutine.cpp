@@ -50,6 +50,13 @@ void coroutine_suspend(CoroutineCore& co) {
 }
 
 void coroutine_destroy(CoroutineCore* co) noexcept {
+  if (co->state == CoState::running) {
+    // Destroyed from inside its own body, or while a fiber is parked inside it: freeing the
+    // stack would pull it from under code that is still on it.
+    std::fputs("skein: a running coroutine was destroyed (from its own body, or while parked); aborting\n",
+               stderr);
+    std::abort();
+  }
   if (co->state == CoState::suspended) {
     co->unwinding = true;
     ExecContext& here = running_context();
