@@ -1,0 +1,443 @@
+// How many fibers fit at once, and what each one costs: N fibers spawned on one thread, all alive
+// together (each sleeps until a common deadline), then woken and finished. Reports spawn time, RSS,
+// page tables and memory mappings per fiber, and wake+finish time.
+//
+// The baseline, in the same run, is the same program with mprotect guard pages (two mappings per
+// stack, so vm.max_map_count caps it near 32k stacks), run in a forked child at an N that fits, so
+// that its RSS and mapping counts are its own; skein's defaults are also run at that N, so the
+// two differ only in guard mode.
+//
+//   fiber_scale [--fibers N] [--baseline-fibers M] [--json PATH]     (--help for details)
+
+#include <skein/run.hpp>
+#include <skein/stack.hpp>
+#include <skein/task.hpp>
+#include <skein/time.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+using Seconds = std::chrono::duration<double>;
+
+constexpr const char* kDefaultJson = "out/bench/fiber_scale.json";
+constexpr long kDefaultFibers = 1'000'000;
+constexpr long kDefaultBaselineFibers = 25'000;
+constexpr long kProgressEvery = 100'000;
+
+// Mappings left free for everything that is not a fiber stack (libraries, heap growth, the
+// kernel's own splitting), when sizing the mprotect run under vm.max_map_count.
+constexpr long kMapHeadroom = 2'000;
+
+// ---- /proc readings ------------------------------------------------------------------------
+
+long read_long_file(const char* path, long fallback) {
+  std::ifstream in(path);
+  long v = 0;
+  return (in >> v) ? v : fallback;
+}
+
+long max_map_count() {
+  return read_long_file("/proc/sys/vm/max_map_count", 65530);
+}
+
+long count_mappings() {
+  std::FILE* f = std::fopen("/proc/self/maps", "r");
+  if (!f) return -1;
+  long lines = 0;
+  char buf[4096];  // small: this runs on a fiber's 64 KiB stack
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) lines += std::count(buf, buf + n, '\n');
+  std::fclose(f);
+  return lines;
+}
+
+// A "Vm...:  <n> kB" line of /proc/self/status, in bytes.
+long status_bytes(std::string_view field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, field.size(), field) == 0 && line.size() > field.size() && line[field.size()] == ':')
+      return std::strtol(line.c_str() + field.size() + 1, nullptr, 10) * 1024;
+  }
+  return -1;
+}
+
+struct Memory {
+  long rss = 0;          // bytes resident
+  long page_tables = 0;  // bytes of page tables (VmPTE)
+  long mappings = 0;     // lines of /proc/self/maps
+
+  static Memory now() { return {status_bytes("VmRSS"), status_bytes("VmPTE"), count_mappings()}; }
+};
+
+const char* mode_name(skein::GuardMode m) {
+  switch (m) {
+    case skein::GuardMode::automatic:
+      return "automatic";
+    case skein::GuardMode::madvise:
+      return "madvise";
+    case skein::GuardMode::mprotect:
+      return "mprotect";
+  }
+  return "?";
+}
+
+// ---- one phase -----------------------------------------------------------------------------
+
+// Plain data: the baseline's copy crosses a pipe from the child process.
+struct PhaseResult {
+  char label[32] = "";
+  char guard[16] = "";
+  char error[160] = "";
+  long requested = 0;
+  long spawned = 0;           // may fall short of requested if the kernel refused a stack
+  long alive_at_measure = 0;  // fibers parked in their sleep when memory was measured
+  double spawn_s = 0;         // spawning all of them (none has run yet)
+  double first_run_s = 0;     // running each up to its sleep
+  double idle_s = 0;          // waiting for the common deadline
+  double finish_s = 0;        // from the deadline until all finished and skein::run returned
+  double total_s = 0;
+  Memory before, after;
+  bool ok = false;
+};
+
+// Errors end up inside JSON strings: keep them free of characters that would need escaping.
+void set_error(PhaseResult& r, const char* text) {
+  std::snprintf(r.error, sizeof r.error, "%s", text);
+  for (char* c = r.error; *c; ++c)
+    if (*c == '"' || *c == '\\' || static_cast<unsigned char>(*c) < 0x20) *c = '\'';
+}
+
+void progress(const char* label, const char* what, long done, long total) {
+  std::fprintf(stderr, "fiber_scale [%s]: %s %ld / %ld\n", label, what, done, total);
+}
+
+PhaseResult run_phase(const char* label, skein::GuardMode mode, long n) {
+  PhaseResult r;
+  std::snprintf(r.label, sizeof r.label, "%s", label);
+  skein::set_guard_mode(mode);
+  std::snprintf(r.guard, sizeof r.guard, "%s", mode_name(skein::effective_guard_mode()));
+  r.requested = n;
+  std::fprintf(stderr, "fiber_scale [%s]: spawning %ld fibers (%s guard pages)\n", label, n, r.guard);
+
+  r.before = Memory::now();
+  const auto t0 = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point t_spawned, t_started;
+  skein::TimePoint deadline = skein::no_deadline;
+  try {
+    skein::run([&] {
+      long alive = 0;
+      long finished = 0;
+      for (long i = 0; i < n; ++i) {
+        try {
+          // Detached: a Task handle per fiber would add its own memory to what is measured.
+          skein::spawn([&] {
+            ++alive;
+            if (alive % kProgressEvery == 0) progress(label, "started", alive, n);
+            skein::sleep_until(deadline);
+            --alive;
+            if (++finished % kProgressEvery == 0) progress(label, "finished", finished, r.spawned);
+          }).detach();
+        } catch (const std::system_error& e) {
+          set_error(r, ("spawn #" + std::to_string(i + 1) + " failed: " + e.what()).c_str());
+          std::fprintf(stderr, "fiber_scale [%s]: %s\n", label, r.error);
+          break;
+        }
+        r.spawned = i + 1;
+        if (r.spawned % kProgressEvery == 0) progress(label, "spawned", r.spawned, n);
+      }
+      t_spawned = std::chrono::steady_clock::now();
+      // All fibers start in the next scheduler round, and this fiber, queued behind them, resumes
+      // in that same round, before the scheduler looks at timers: every fiber is parked when it
+      // measures, however long the round takes. The deadline only has to be late enough that
+      // they really sleep: starting a fiber costs a fraction of spawning it (no mmap, no page
+      // fault), so a quarter of the spawn time is margin enough and keeps the idle wait short.
+      deadline = skein::deadline_after(std::max<std::chrono::steady_clock::duration>(
+          std::chrono::milliseconds(100), (t_spawned - t0) / 4));
+      skein::yield();
+      t_started = std::chrono::steady_clock::now();
+      r.after = Memory::now();
+      r.alive_at_measure = alive;
+      std::fprintf(stderr, "fiber_scale [%s]: %ld fibers alive; waiting for the deadline\n", label, alive);
+      skein::sleep_until(deadline);
+    });
+    r.ok = true;
+  } catch (const std::exception& e) {
+    set_error(r, e.what());
+  }
+  const auto t_end = std::chrono::steady_clock::now();
+  const auto woke = std::max(t_started, deadline == skein::no_deadline ? t_started : deadline);
+  r.spawn_s = Seconds(t_spawned - t0).count();
+  r.first_run_s = Seconds(t_started - t_spawned).count();
+  r.idle_s = Seconds(woke - t_started).count();
+  r.finish_s = Seconds(t_end - woke).count();
+  r.total_s = Seconds(t_end - t0).count();
+  return r;
+}
+
+// Runs the phase in a forked child, before the parent has mapped anything, and brings the result
+// back through a pipe.
+PhaseResult run_phase_in_child(const char* label, skein::GuardMode mode, long n) {
+  PhaseResult r;
+  std::snprintf(r.label, sizeof r.label, "%s", label);
+  int fds[2];
+  if (pipe(fds) != 0) {
+    std::snprintf(r.error, sizeof r.error, "pipe: %s", std::strerror(errno));
+    return r;
+  }
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    std::snprintf(r.error, sizeof r.error, "fork: %s", std::strerror(errno));
+    return r;
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    const PhaseResult child = run_phase(label, mode, n);
+    const bool sent = write(fds[1], &child, sizeof child) == static_cast<ssize_t>(sizeof child);
+    _exit(sent ? 0 : 1);
+  }
+  close(fds[1]);
+  std::size_t got = 0;
+  auto* bytes = reinterpret_cast<char*>(&r);
+  while (got < sizeof r) {
+    const ssize_t k = read(fds[0], bytes + got, sizeof r - got);
+    if (k <= 0) break;
+    got += static_cast<std::size_t>(k);
+  }
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (got != sizeof r) {
+    r = PhaseResult{};
+    std::snprintf(r.label, sizeof r.label, "%s", label);
+    std::snprintf(r.error, sizeof r.error, "child process failed (wait status %d)", status);
+  }
+  return r;
+}
+
+// ---- report --------------------------------------------------------------------------------
+
+double per_fiber(long delta, const PhaseResult& r) {
+  return r.alive_at_measure > 0 ? static_cast<double>(delta) / static_cast<double>(r.alive_at_measure) : 0;
+}
+
+void print_table(const PhaseResult* phases, int count, long page_size, long map_limit) {
+  std::printf(
+      "\nfiber_scale: N fibers alive at once on one thread, each parked in sleep_until(common deadline)\n");
+  std::printf(
+      "stack: %zu KiB reserved per fiber, committed when touched; page %ld B; vm.max_map_count %ld\n\n",
+      skein::default_stack_size / 1024, page_size, map_limit);
+  std::printf("  %-34s", "");
+  for (int i = 0; i < count; ++i) std::printf(" %20s", phases[i].label);
+  std::printf("\n");
+  auto row = [&](const char* name, auto cell) {
+    std::printf("  %-34s", name);
+    for (int i = 0; i < count; ++i) {
+      char buf[64] = "-";
+      if (phases[i].spawned > 0) cell(phases[i], buf, sizeof buf);
+      std::printf(" %20s", buf);
+    }
+    std::printf("\n");
+  };
+  row("guard pages",
+      [](const PhaseResult& r, char* b, std::size_t n) { std::snprintf(b, n, "%s", r.guard); });
+  row("fibers alive at once",
+      [](const PhaseResult& r, char* b, std::size_t n) { std::snprintf(b, n, "%ld", r.alive_at_measure); });
+  row("spawn / fiber", [](const PhaseResult& r, char* b, std::size_t n) {
+    std::snprintf(b, n, "%.3f us", r.spawn_s * 1e6 / static_cast<double>(r.spawned));
+  });
+  row("first run up to sleep / fiber", [](const PhaseResult& r, char* b, std::size_t n) {
+    std::snprintf(b, n, "%.3f us", r.first_run_s * 1e6 / static_cast<double>(r.spawned));
+  });
+  row("wake + finish / fiber", [](const PhaseResult& r, char* b, std::size_t n) {
+    std::snprintf(b, n, "%.3f us", r.finish_s * 1e6 / static_cast<double>(r.spawned));
+  });
+  row("RSS / fiber", [](const PhaseResult& r, char* b, std::size_t n) {
+    std::snprintf(b, n, "%.2f KiB", per_fiber(r.after.rss - r.before.rss, r) / 1024);
+  });
+  row("page tables / fiber", [](const PhaseResult& r, char* b, std::size_t n) {
+    std::snprintf(b, n, "%.0f B", per_fiber(r.after.page_tables - r.before.page_tables, r));
+  });
+  row("mappings / fiber", [](const PhaseResult& r, char* b, std::size_t n) {
+    std::snprintf(b, n, "%.4f", per_fiber(r.after.mappings - r.before.mappings, r));
+  });
+  row("RSS total (delta)", [](const PhaseResult& r, char* b, std::size_t n) {
+    std::snprintf(b, n, "%.1f MiB", static_cast<double>(r.after.rss - r.before.rss) / (1 << 20));
+  });
+  row("mappings total (delta)", [](const PhaseResult& r, char* b, std::size_t n) {
+    std::snprintf(b, n, "%ld", r.after.mappings - r.before.mappings);
+  });
+  row("fiber cap by vm.max_map_count", [map_limit](const PhaseResult& r, char* b, std::size_t n) {
+    const double per = per_fiber(r.after.mappings - r.before.mappings, r);
+    if (per < 0.01)
+      std::snprintf(b, n, "none");
+    else
+      std::snprintf(b, n, "~%.0f", static_cast<double>(map_limit) / per);
+  });
+  row("idle until deadline",
+      [](const PhaseResult& r, char* b, std::size_t n) { std::snprintf(b, n, "%.3f s", r.idle_s); });
+  row("total wall time",
+      [](const PhaseResult& r, char* b, std::size_t n) { std::snprintf(b, n, "%.3f s", r.total_s); });
+  for (int i = 0; i < count; ++i) {
+    const PhaseResult& r = phases[i];
+    if (r.error[0]) std::printf("  note [%s]: %s\n", r.label, r.error);
+    if (r.spawned > 0 && r.alive_at_measure != r.spawned)
+      std::printf("  note [%s]: only %ld of %ld fibers were alive when measured\n", r.label,
+                  r.alive_at_measure, r.spawned);
+  }
+  std::fflush(stdout);
+}
+
+void json_phase(std::FILE* f, const PhaseResult& r) {
+  auto d = [&](long after, long before) { return per_fiber(after - before, r); };
+  const double spawned = r.spawned > 0 ? static_cast<double>(r.spawned) : 1;
+  std::fprintf(f,
+               "    {\"label\": \"%s\", \"guard_mode\": \"%s\", \"ok\": %s, \"error\": \"%s\",\n"
+               "     \"fibers_requested\": %ld, \"fibers_spawned\": %ld, \"fibers_alive_at_measure\": %ld,\n"
+               "     \"spawn_s\": %.6f, \"first_run_s\": %.6f, \"idle_s\": %.6f, \"finish_s\": %.6f,"
+               " \"total_s\": %.6f,\n"
+               "     \"spawn_ns_per_fiber\": %.1f, \"first_run_ns_per_fiber\": %.1f,"
+               " \"finish_ns_per_fiber\": %.1f,\n"
+               "     \"rss_bytes_before\": %ld, \"rss_bytes_after\": %ld, \"rss_bytes_per_fiber\": %.1f,\n"
+               "     \"page_table_bytes_before\": %ld, \"page_table_bytes_after\": %ld,"
+               " \"page_table_bytes_per_fiber\": %.1f,\n"
+               "     \"mappings_before\": %ld, \"mappings_after\": %ld, \"mappings_per_fiber\": %.4f}",
+               r.label, r.guard, r.ok ? "true" : "false", r.error, r.requested, r.spawned, r.alive_at_measure,
+               r.spawn_s, r.first_run_s, r.idle_s, r.finish_s, r.total_s, r.spawn_s * 1e9 / spawned,
+               r.first_run_s * 1e9 / spawned, r.finish_s * 1e9 / spawned, r.before.rss, r.after.rss,
+               d(r.after.rss, r.before.rss), r.before.page_tables, r.after.page_tables,
+               d(r.after.page_tables, r.before.page_tables), r.before.mappings, r.after.mappings,
+               d(r.after.mappings, r.before.mappings));
+}
+
+bool write_json(const std::string& path, const PhaseResult* phases, int count, long page_size,
+                long map_limit) {
+  if (const auto dir = std::filesystem::path(path).parent_path(); !dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+  }
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) return false;
+  utsname u{};
+  uname(&u);
+  std::fprintf(f,
+               "{\n  \"benchmark\": \"fiber_scale\",\n  \"kernel\": \"%s %s\",\n  \"page_size\": %ld,\n"
+               "  \"max_map_count\": %ld,\n  \"stack_reserved_bytes\": %zu,\n  \"phases\": [\n",
+               u.sysname, u.release, page_size, map_limit, skein::default_stack_size);
+  for (int i = 0; i < count; ++i) {
+    json_phase(f, phases[i]);
+    std::fprintf(f, i + 1 < count ? ",\n" : "\n");
+  }
+  std::fprintf(f, "  ]\n}\n");
+  return std::fclose(f) == 0;
+}
+
+void usage(const char* argv0) {
+  std::printf(
+      "usage: %s [--fibers N] [--baseline-fibers M] [--json PATH]\n"
+      "\n"
+      "Spawns N fibers that stay alive together (each sleeps until a common deadline) and reports\n"
+      "spawn time, RSS, page tables and memory mappings per fiber, then wake+finish time.\n"
+      "The baseline runs the same with mprotect guard pages at M fibers, next to skein's defaults\n"
+      "at M fibers; each in a child process, so memory figures do not mix.\n"
+      "\n"
+      "  --fibers N           fibers in the main run (default %ld)\n"
+      "  --baseline-fibers M  fibers in the baseline runs (default %ld, lowered to fit under\n"
+      "                       vm.max_map_count; 0 skips them)\n"
+      "  --json PATH          where to write the results (default %s)\n"
+      "  --help               this text\n"
+      "\n"
+      "Progress goes to stderr, the table to stdout.\n",
+      argv0, kDefaultFibers, kDefaultBaselineFibers, kDefaultJson);
+}
+
+bool parse_count(const char* s, long& out) {
+  char* end = nullptr;
+  errno = 0;
+  const long v = std::strtol(s, &end, 10);
+  if (errno || end == s || *end || v < 0) return false;
+  out = v;
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  long fibers = kDefaultFibers;
+  long baseline = kDefaultBaselineFibers;
+  std::string json = kDefaultJson;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (a == "--help" || a == "-h") {
+      usage(argv[0]);
+      return 0;
+    } else if (a == "--fibers" && has_value && parse_count(argv[i + 1], fibers)) {
+      ++i;
+    } else if (a == "--baseline-fibers" && has_value && parse_count(argv[i + 1], baseline)) {
+      ++i;
+    } else if (a == "--json" && has_value) {
+      json = argv[++i];
+    } else {
+      std::fprintf(stderr, "fiber_scale: bad argument '%s' (see --help)\n", argv[i]);
+      return 2;
+    }
+  }
+
+  const long page_size = sysconf(_SC_PAGESIZE);
+  const long map_limit = max_map_count();
+  PhaseResult phases[3];
+  int count = 0;
+
+  // The main run: skein's defaults. Where the kernel cannot put guard pages in the page tables,
+  // skein falls back to mprotect and N must fit under vm.max_map_count like the baseline.
+  const bool mappings_cap_main = skein::effective_guard_mode() == skein::GuardMode::mprotect;
+  const long map_fit = std::max(0L, (map_limit - count_mappings() - kMapHeadroom) / 2);
+  long main_n = fibers;
+  if (mappings_cap_main && main_n > map_fit) {
+    std::fprintf(stderr,
+                 "fiber_scale: this kernel has no MADV_GUARD_INSTALL, so skein uses mprotect guard pages;"
+                 " lowering --fibers from %ld to %ld to fit under vm.max_map_count %ld\n",
+                 main_n, map_fit, map_limit);
+    main_n = map_fit;
+  }
+  const long base_n = std::min(baseline, map_fit);
+  if (baseline > 0 && base_n < baseline)
+    std::fprintf(stderr,
+                 "fiber_scale: lowering --baseline-fibers from %ld to %ld to fit vm.max_map_count %ld\n",
+                 baseline, base_n, map_limit);
+
+  // Children first, forked while this process is still small. The defaults at the baseline's N
+  // separate what the guard mode costs from what the number of fibers costs.
+  phases[count++] = PhaseResult{};  // the main run's slot, filled last
+  if (baseline > 0) {
+    phases[count++] = run_phase_in_child("default, baseline N", skein::GuardMode::automatic, base_n);
+    phases[count++] = run_phase_in_child("baseline (mprotect)", skein::GuardMode::mprotect, base_n);
+  }
+  phases[0] = run_phase("skein default", skein::GuardMode::automatic, main_n);
+
+  print_table(phases, count, page_size, map_limit);
+  if (write_json(json, phases, count, page_size, map_limit))
+    std::printf("\nJSON: %s\n", json.c_str());
+  else
+    std::fprintf(stderr, "fiber_scale: cannot write %s: %s\n", json.c_str(), std::strerror(errno));
+  return phases[0].ok ? 0 : 1;
+}

@@ -1,0 +1,630 @@
+// Context switch, spawn and scheduling costs of skein, each next to a baseline measured in the same
+// run (machines are noisy: only ratios within one run mean anything). After Google Benchmark's own
+// output comes a ratio table checked against the targets in DESIGN.md; the targets inform, they
+// never fail the run.
+//
+//   switch_bench [--quick] [Google Benchmark flags...]     (--help for details)
+
+#include <benchmark/benchmark.h>
+
+#include <boost/context/detail/fcontext.hpp>
+#include <boost/fiber/fiber.hpp>
+#include <boost/fiber/pooled_fixedsize_stack.hpp>
+
+#include <skein/detail/exec_context.hpp>
+#include <skein/generator.hpp>
+#include <skein/run.hpp>
+#include <skein/stack.hpp>
+#include <skein/task.hpp>
+
+#include "context.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+namespace {
+
+namespace bctx = boost::context::detail;
+
+constexpr const char* kDefaultOut = "out/bench/switch_bench.json";
+constexpr const char* kQuickMinTime = "0.01";
+
+// A stack from skein's pool, so the raw-switch benchmarks run on exactly what fibers run on.
+class PoolStack {
+ public:
+  PoolStack() : s_(skein::detail::acquire_stack(skein::default_stack_size)) {}
+  ~PoolStack() { skein::detail::release_stack(s_); }
+  PoolStack(const PoolStack&) = delete;
+  PoolStack& operator=(const PoolStack&) = delete;
+  char* top() const noexcept { return s_.hi(); }
+  char* base() const noexcept { return s_.lo; }
+  std::size_t size() const noexcept { return s_.size; }
+
+ private:
+  skein::detail::Stack s_;
+};
+
+// ---- raw switch round trips ----------------------------------------------------------------
+//
+// The partner context of each round trip hands control straight back, forever. When the benchmark
+// ends it is simply abandoned: nothing on its stack needs destroying.
+
+#if SKEIN_BENCH_HAS_ASM
+[[noreturn]] void skein_echo(skein::detail::Transfer t) noexcept {
+  for (;;) t = skein_jump_fcontext(t.ctx, t.data);
+}
+
+void BM_switch_skein_asm(benchmark::State& state) {
+  PoolStack stack;
+  void* ctx = skein_make_fcontext(stack.top(), stack.size(), &skein_echo);
+  for (auto _ : state) {
+    ctx = skein_jump_fcontext(ctx, nullptr).ctx;
+    benchmark::DoNotOptimize(ctx);
+  }
+}
+BENCHMARK(BM_switch_skein_asm)->UseRealTime();
+#endif
+
+[[noreturn]] void boost_echo(bctx::transfer_t t) noexcept {
+  for (;;) t = bctx::jump_fcontext(t.fctx, t.data);
+}
+
+void BM_switch_boost_fcontext(benchmark::State& state) {
+  PoolStack stack;
+  bctx::fcontext_t ctx = bctx::make_fcontext(stack.top(), stack.size(), &boost_echo);
+  for (auto _ : state) {
+    ctx = bctx::jump_fcontext(ctx, nullptr).fctx;
+    benchmark::DoNotOptimize(ctx);
+  }
+}
+BENCHMARK(BM_switch_boost_fcontext)->UseRealTime();
+
+// makecontext passes only ints to the entry function, so the pair lives in a global.
+struct UcontextPair {
+  ucontext_t caller;
+  ucontext_t echo;
+};
+UcontextPair* g_ucontext = nullptr;
+
+void ucontext_echo() {
+  for (;;) swapcontext(&g_ucontext->echo, &g_ucontext->caller);
+}
+
+void BM_switch_ucontext(benchmark::State& state) {
+  PoolStack stack;
+  auto pair = std::make_unique<UcontextPair>();
+  g_ucontext = pair.get();
+  getcontext(&pair->echo);
+  pair->echo.uc_stack.ss_sp = stack.base();
+  pair->echo.uc_stack.ss_size = stack.size();
+  pair->echo.uc_link = nullptr;
+  makecontext(&pair->echo, &ucontext_echo, 0);
+  for (auto _ : state) {
+    swapcontext(&pair->caller, &pair->echo);
+    benchmark::ClobberMemory();
+  }
+  g_ucontext = nullptr;
+}
+BENCHMARK(BM_switch_ucontext)->UseRealTime();
+
+// skein's own wrapper around the switch (exception state, running context), as a generator sees
+// it: the gap to the raw asm switch is what the runtime adds per switch.
+void BM_generator_next(benchmark::State& state) {
+  skein::Generator<int> gen([](skein::Yield<int>& yield) {
+    for (int i = 0;; ++i) yield(i);
+  });
+  for (auto _ : state) benchmark::DoNotOptimize(gen.next());
+}
+BENCHMARK(BM_generator_next)->UseRealTime();
+
+// ---- OS-thread handoff ---------------------------------------------------------------------
+
+// A two-thread ping-pong on one futex word. Each side blocks in the kernel until the other hands
+// over, so a round trip is two wakeups and two sleeps: the cost a fiber switch exists to avoid.
+// No spinning: a spin would measure cache-line transfer, not a handoff.
+class Handoff {
+ public:
+  void to_partner() noexcept { pass(kPartner); }
+  void to_caller() noexcept { pass(kCaller); }
+  void stop() noexcept {
+    turn_.store(kStop, std::memory_order_release);
+    wake();
+  }
+  // Blocks the partner until it is its turn; false once told to stop.
+  bool partner_wait() noexcept {
+    std::uint32_t v;
+    while ((v = turn_.load(std::memory_order_acquire)) == kCaller) wait(kCaller);
+    return v != kStop;
+  }
+
+ private:
+  static constexpr std::uint32_t kCaller = 0, kPartner = 1, kStop = 2;
+
+  // Hands the turn to the other side and sleeps until it comes back (or the partner is stopped).
+  void pass(std::uint32_t to) noexcept {
+    turn_.store(to, std::memory_order_release);
+    wake();
+    while (turn_.load(std::memory_order_acquire) == to) wait(to);
+  }
+  void wait(std::uint32_t expected) noexcept {
+    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&turn_), FUTEX_WAIT_PRIVATE, expected, nullptr,
+            nullptr, 0);
+  }
+  void wake() noexcept {
+    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&turn_), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+  }
+
+  alignas(64) std::atomic<std::uint32_t> turn_{kCaller};
+  static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
+};
+
+bool pin_self_to(int cpu) noexcept {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0;
+}
+
+void thread_handoff(benchmark::State& state, int partner_cpu) {
+  cpu_set_t saved;
+  CPU_ZERO(&saved);
+  if (pthread_getaffinity_np(pthread_self(), sizeof saved, &saved) != 0 || !CPU_ISSET(0, &saved) ||
+      !CPU_ISSET(partner_cpu, &saved)) {
+    state.SkipWithError("CPU 0 or the partner CPU is not available to this process");
+    return;
+  }
+  if (!pin_self_to(0)) {
+    state.SkipWithError("pthread_setaffinity_np failed");
+    return;
+  }
+  Handoff handoff;
+  std::atomic<bool> pinned{false};
+  std::thread partner([&] {
+    pinned.store(pin_self_to(partner_cpu));
+    while (handoff.partner_wait()) handoff.to_caller();
+  });
+  for (auto _ : state) handoff.to_partner();
+  handoff.stop();
+  partner.join();
+  pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+  if (!pinned.load()) state.SkipWithError("could not pin the partner thread");
+}
+
+void BM_thread_handoff_same_core(benchmark::State& state) {
+  thread_handoff(state, 0);
+}
+BENCHMARK(BM_thread_handoff_same_core)->UseRealTime();
+
+void BM_thread_handoff_two_cores(benchmark::State& state) {
+  thread_handoff(state, 1);
+}
+BENCHMARK(BM_thread_handoff_two_cores)->UseRealTime();
+
+// ---- spawn + run + join of an empty body ---------------------------------------------------
+
+// Runs `body` on a fiber inside skein::run. Its stack is larger than the default because Google
+// Benchmark's bookkeeping runs on it too.
+template <class F>
+void in_skein(F&& body) {
+  skein::run([&] { skein::spawn(skein::FiberOptions{"bench", 256 * 1024}, body).join(); });
+}
+
+void BM_spawn_join_skein(benchmark::State& state) {
+  in_skein([&] {
+    for (auto _ : state) {
+      auto task = skein::spawn([] {});
+      task.join();
+    }
+  });
+}
+BENCHMARK(BM_spawn_join_skein)->UseRealTime();
+
+void BM_spawn_join_std_thread(benchmark::State& state) {
+  for (auto _ : state) {
+    std::thread t([] {});
+    t.join();
+  }
+}
+BENCHMARK(BM_spawn_join_std_thread)->UseRealTime();
+
+// Boost.Fiber as it comes: each fiber's stack is malloc'd and freed.
+void BM_spawn_join_boost_fiber(benchmark::State& state) {
+  for (auto _ : state) {
+    boost::fibers::fiber f([] {});
+    f.join();
+  }
+}
+BENCHMARK(BM_spawn_join_boost_fiber)->UseRealTime();
+
+// Boost.Fiber with a stack pool of skein's stack size: the fairest comparison of the rest.
+void BM_spawn_join_boost_fiber_pooled(benchmark::State& state) {
+  boost::fibers::pooled_fixedsize_stack pool(skein::default_stack_size);
+  for (auto _ : state) {
+    boost::fibers::fiber f(std::allocator_arg, pool, [] {});
+    f.join();
+  }
+}
+BENCHMARK(BM_spawn_join_boost_fiber_pooled)->UseRealTime();
+
+// ---- yield through K live fibers -----------------------------------------------------------
+
+// K fibers loop on yield() next to the benchmark's own fiber, so each iteration (one yield of the
+// benchmark fiber) is a round of K + 1 yields. ns_per_yield divides the round out: one switch into
+// a fiber and back out through the scheduler. At large K every switch lands on a cold stack, so
+// this is the cache and TLB cost of a big ready queue as much as the switch.
+void BM_skein_yield_k_fibers(benchmark::State& state) {
+  const auto k = static_cast<std::size_t>(state.range(0));
+  in_skein([&] {
+    bool stop = false;
+    for (std::size_t i = 0; i < k; ++i)
+      skein::spawn([&stop] {
+        while (!stop) skein::yield();
+      }).detach();
+    skein::yield();  // the first round starts every fiber; leave its page faults out
+    const auto t0 = std::chrono::steady_clock::now();
+    for (auto _ : state) skein::yield();
+    const auto t1 = std::chrono::steady_clock::now();
+    stop = true;
+    const double yields = static_cast<double>(state.iterations()) * static_cast<double>(k + 1);
+    state.counters["ns_per_yield"] = std::chrono::duration<double, std::nano>(t1 - t0).count() / yields;
+  });
+}
+BENCHMARK(BM_skein_yield_k_fibers)->Arg(10)->Arg(1000)->Arg(100000)->UseRealTime();
+
+// ---- the ratio table -----------------------------------------------------------------------
+
+// Nanoseconds per iteration (wall clock, or CPU time of the benchmark thread) or a counter of every
+// benchmark that ran, keyed "function[/args]". With repetitions, the median aggregate wins when
+// there is one, else the median of the runs.
+class Results {
+ public:
+  void add(const benchmark::BenchmarkReporter::Run& run) {
+    if (run.error_occurred) return;
+    std::string key = run.run_name.function_name;
+    if (!run.run_name.args.empty()) key += "/" + run.run_name.args;
+    Entry& e = entries_[key];
+    const double to_ns = 1e9 / benchmark::GetTimeUnitMultiplier(run.time_unit);
+    Sample s{run.GetAdjustedRealTime() * to_ns, run.GetAdjustedCPUTime() * to_ns, {}};
+    for (const auto& [name, counter] : run.counters) s.counters[name] = counter.value;
+    if (run.run_type == benchmark::BenchmarkReporter::Run::RT_Aggregate) {
+      if (run.aggregate_name == "median") e.median = s;
+    } else {
+      e.runs.push_back(std::move(s));
+    }
+  }
+
+  std::optional<double> ns(const std::string& key) const { return value(key, nullptr, false); }
+  std::optional<double> cpu_ns(const std::string& key) const { return value(key, nullptr, true); }
+  std::optional<double> counter(const std::string& key, const char* name) const {
+    return value(key, name, false);
+  }
+
+ private:
+  struct Sample {
+    double ns;
+    double cpu_ns;
+    std::map<std::string, double> counters;
+  };
+  struct Entry {
+    std::vector<Sample> runs;
+    std::optional<Sample> median;
+  };
+
+  std::optional<double> value(const std::string& key, const char* counter, bool cpu) const {
+    const auto it = entries_.find(key);
+    if (it == entries_.end()) return std::nullopt;
+    auto pick = [&](const Sample& s) -> std::optional<double> {
+      if (!counter) return cpu ? s.cpu_ns : s.ns;
+      const auto c = s.counters.find(counter);
+      if (c == s.counters.end()) return std::nullopt;
+      return c->second;
+    };
+    if (it->second.median) return pick(*it->second.median);
+    std::vector<double> values;
+    for (const Sample& s : it->second.runs)
+      if (auto v = pick(s)) values.push_back(*v);
+    if (values.empty()) return std::nullopt;
+    std::sort(values.begin(), values.end());
+    const std::size_t n = values.size();
+    return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+  }
+
+  std::map<std::string, Entry> entries_;
+};
+
+// A measured quantity: a benchmark's time, or one of its counters.
+struct Metric {
+  const char* key;
+  const char* counter = nullptr;
+  std::optional<double> of(const Results& r) const { return counter ? r.counter(key, counter) : r.ns(key); }
+};
+
+enum class Goal { info, at_most, at_least };
+
+struct Ratio {
+  const char* label;
+  Metric num;
+  Metric den;
+  Goal goal = Goal::info;
+  double target = 0;
+};
+
+const Ratio kRatios[] = {
+    {"asm switch / boost switch", {"BM_switch_skein_asm"}, {"BM_switch_boost_fcontext"}, Goal::at_most, 0.70},
+    {"same-core thread handoff / asm switch",
+     {"BM_thread_handoff_same_core"},
+     {"BM_switch_skein_asm"},
+     Goal::at_least,
+     600},
+    {"two-core thread handoff / asm switch", {"BM_thread_handoff_two_cores"}, {"BM_switch_skein_asm"}},
+    {"ucontext swapcontext / asm switch", {"BM_switch_ucontext"}, {"BM_switch_skein_asm"}},
+    {"skein Generator::next / asm switch", {"BM_generator_next"}, {"BM_switch_skein_asm"}},
+    {"std::thread spawn+join / skein spawn+join",
+     {"BM_spawn_join_std_thread"},
+     {"BM_spawn_join_skein"},
+     Goal::at_least,
+     250},
+    {"boost.fiber spawn+join / skein spawn+join",
+     {"BM_spawn_join_boost_fiber"},
+     {"BM_spawn_join_skein"},
+     Goal::at_least,
+     3},
+    {"boost.fiber (pooled stacks) spawn+join / skein spawn+join",
+     {"BM_spawn_join_boost_fiber_pooled"},
+     {"BM_spawn_join_skein"}},
+    {"yield with 100000 fibers / yield with 10 fibers",
+     {"BM_skein_yield_k_fibers/100000", "ns_per_yield"},
+     {"BM_skein_yield_k_fibers/10", "ns_per_yield"}},
+};
+
+struct Absolute {
+  const char* label;
+  Metric metric;
+};
+
+const Absolute kAbsolutes[] = {
+    {"switch round trip, skein asm", {"BM_switch_skein_asm"}},
+    {"switch round trip, Boost.Context fcontext", {"BM_switch_boost_fcontext"}},
+    {"switch round trip, ucontext swapcontext", {"BM_switch_ucontext"}},
+    {"skein Generator::next (switch there and back)", {"BM_generator_next"}},
+    {"thread handoff round trip, same core", {"BM_thread_handoff_same_core"}},
+    {"thread handoff round trip, two cores", {"BM_thread_handoff_two_cores"}},
+    {"spawn+run+join, skein", {"BM_spawn_join_skein"}},
+    {"create+join, std::thread", {"BM_spawn_join_std_thread"}},
+    {"create+join, Boost.Fiber", {"BM_spawn_join_boost_fiber"}},
+    {"create+join, Boost.Fiber pooled stacks", {"BM_spawn_join_boost_fiber_pooled"}},
+    {"yield per fiber, 10 fibers", {"BM_skein_yield_k_fibers/10", "ns_per_yield"}},
+    {"yield per fiber, 1000 fibers", {"BM_skein_yield_k_fibers/1000", "ns_per_yield"}},
+    {"yield per fiber, 100000 fibers", {"BM_skein_yield_k_fibers/100000", "ns_per_yield"}},
+};
+
+struct Verdict {
+  std::optional<double> value;
+  const char* mark;  // PASS, MISS, or "" for informational rows
+};
+
+Verdict judge(const Ratio& r, const Results& results) {
+  const auto num = r.num.of(results);
+  const auto den = r.den.of(results);
+  if (!num || !den || *den <= 0) return {std::nullopt, ""};
+  const double v = *num / *den;
+  if (r.goal == Goal::info) return {v, ""};
+  const bool ok = r.goal == Goal::at_most ? v <= r.target : v >= r.target;
+  return {v, ok ? "PASS" : "MISS"};
+}
+
+const char* goal_op(Goal g) {
+  return g == Goal::at_most ? "<=" : ">=";
+}
+
+std::string format_ns(double ns) {
+  char buf[32];
+  if (ns >= 1e6)
+    std::snprintf(buf, sizeof buf, "%.2f ms", ns / 1e6);
+  else if (ns >= 1e3)
+    std::snprintf(buf, sizeof buf, "%.2f us", ns / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.2f ns", ns);
+  return buf;
+}
+
+void print_tables(const Results& results) {
+  std::printf("\nskein switch_bench: time per round trip (there and back), median of repetitions\n");
+  std::printf("  %-48s %12s %12s\n", "", "wall", "cpu");
+  for (const Absolute& a : kAbsolutes) {
+    const auto v = a.metric.of(results);
+    // CPU time is the benchmark thread's own; next to wall time it shows how much a busy
+    // machine took away (for the thread benchmarks it leaves out the other thread).
+    const auto cpu = a.metric.counter ? std::nullopt : results.cpu_ns(a.metric.key);
+    std::printf("  %-48s %12s %12s\n", a.label, v ? format_ns(*v).c_str() : "not run",
+                cpu ? format_ns(*cpu).c_str() : "");
+  }
+  // This run itself keeps about one CPU busy; a load much above that means something else ran.
+  double load[1];
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  if (getloadavg(load, 1) == 1 && load[0] >= 1.5)
+    std::printf(
+        "  note: 1-minute load average %.1f on %ld CPUs (this run counts ~1): other work shared\n"
+        "        the CPUs, so wall times may be inflated\n",
+        load[0], cpus);
+  std::printf("\nratios of wall times from this run (informational: a MISS never fails the run)\n");
+  for (const Ratio& r : kRatios) {
+    const Verdict v = judge(r, results);
+    char value[32];
+    if (v.value)
+      std::snprintf(value, sizeof value, "%10.2fx", *v.value);
+    else
+      std::snprintf(value, sizeof value, "%11s", "n/a");
+    if (r.goal == Goal::info)
+      std::printf("  %-58s = %s\n", r.label, value);
+    else
+      std::printf("  %-58s = %s  (target %s %.2f)  %s\n", r.label, value, goal_op(r.goal), r.target,
+                  v.value ? v.mark : "not run");
+  }
+  std::fflush(stdout);
+}
+
+std::string json_number(std::optional<double> v) {
+  if (!v || !std::isfinite(*v)) return "null";
+  std::ostringstream s;
+  s.precision(6);
+  s << *v;
+  return s.str();
+}
+
+std::string ratios_json(const Results& results) {
+  std::ostringstream out;
+  out << "[";
+  bool first = true;
+  for (const Ratio& r : kRatios) {
+    const Verdict v = judge(r, results);
+    out << (first ? "\n" : ",\n") << "    {\"name\": \"" << r.label
+        << "\", \"value\": " << json_number(v.value)
+        << ", \"numerator_ns\": " << json_number(r.num.of(results))
+        << ", \"denominator_ns\": " << json_number(r.den.of(results));
+    if (r.goal == Goal::info)
+      out << ", \"target\": null, \"pass\": null}";
+    else
+      out << ", \"target\": \"" << goal_op(r.goal) << " " << r.target
+          << "\", \"pass\": " << (v.value ? (*v.mark == 'P' ? "true" : "false") : "null") << "}";
+    first = false;
+  }
+  out << "\n  ]";
+  return out.str();
+}
+
+// Google Benchmark's JSON file, with the ratio table added as "skein_ratios". It also collects the
+// results: the file reporter sees every run and aggregate whatever the display flags say.
+class RatioJsonReporter final : public benchmark::JSONReporter {
+ public:
+  explicit RatioJsonReporter(Results& results) : results_(results) {}
+
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& run : runs) results_.add(run);
+    JSONReporter::ReportRuns(runs);
+  }
+
+  // The base class closes the document; its closing text is captured and reopened rather than
+  // reproduced, so a change of its layout cannot make the file invalid.
+  void Finalize() override {
+    std::ostream& out = GetOutputStream();
+    std::ostringstream tail;
+    SetOutputStream(&tail);
+    JSONReporter::Finalize();
+    SetOutputStream(&out);
+    std::string closing = tail.str();
+    const auto brace = closing.rfind('}');
+    if (brace == std::string::npos) {
+      out << closing;
+      return;
+    }
+    closing.erase(brace);
+    while (!closing.empty() && std::isspace(static_cast<unsigned char>(closing.back()))) closing.pop_back();
+    out << closing << ",\n  \"skein_ratios\": " << ratios_json(results_) << "\n}\n";
+  }
+
+ private:
+  Results& results_;
+};
+
+void print_usage(const char* argv0) {
+  std::printf(
+      "usage: %s [--quick] [Google Benchmark flags...]\n"
+      "\n"
+      "Measures skein's context switch, spawn+join and yield against Boost.Context, ucontext,\n"
+      "OS threads (futex handoff, pinned to CPU 0 / CPUs 0 and 1) and Boost.Fiber in one run,\n"
+      "then prints a ratio table against the targets in DESIGN.md (informational; exit code 0).\n"
+      "\n"
+      "  --quick     short runs (--benchmark_min_time=%s): a smoke test, not a measurement\n"
+      "  --help      this text, then Google Benchmark's flags\n"
+      "\n"
+      "Google Benchmark flags are accepted, e.g. --benchmark_filter=switch,\n"
+      "--benchmark_repetitions=3. JSON goes to --benchmark_out (default %s,\n"
+      "directories created); it is Google Benchmark's format plus a \"skein_ratios\" array.\n"
+      "\nGoogle Benchmark's flags:\n",
+      argv0, kQuickMinTime, kDefaultOut);
+}
+
+bool starts_with(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args{argv[0]};
+  bool quick = false, has_out = false, has_min_time = false;
+  std::string out_path = kDefaultOut;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "--help" || a == "-h") {
+      print_usage(argv[0]);
+      benchmark::PrintDefaultHelp();
+      return 0;
+    }
+    if (a == "--quick") {
+      quick = true;
+      continue;
+    }
+    if (starts_with(a, "--benchmark_out_format=") && a != "--benchmark_out_format=json") {
+      std::fprintf(stderr,
+                   "switch_bench: ignoring %s: the output file is always JSON (it carries the ratios)\n",
+                   argv[i]);
+      continue;
+    }
+    if (starts_with(a, "--benchmark_out=")) {
+      has_out = true;
+      out_path = std::string(a.substr(std::strlen("--benchmark_out=")));
+    }
+    if (starts_with(a, "--benchmark_min_time=")) has_min_time = true;
+    args.emplace_back(a);
+  }
+  if (!has_out) args.push_back(std::string("--benchmark_out=") + kDefaultOut);
+  if (quick && !has_min_time) args.push_back(std::string("--benchmark_min_time=") + kQuickMinTime);
+  if (const auto dir = std::filesystem::path(out_path).parent_path(); !dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+  }
+
+  std::vector<char*> cargv;
+  for (std::string& a : args) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  int cargc = static_cast<int>(args.size());
+  benchmark::Initialize(&cargc, cargv.data());
+  if (benchmark::ReportUnrecognizedArguments(cargc, cargv.data())) return 1;
+
+  benchmark::AddCustomContext("skein_runtime_context_backend", skein::detail::context_backend);
+  benchmark::AddCustomContext("skein_guard_mode", skein::effective_guard_mode() == skein::GuardMode::madvise
+                                                      ? "madvise"
+                                                      : "mprotect");
+
+  Results results;
+  RatioJsonReporter file_reporter(results);
+  benchmark::RunSpecifiedBenchmarks(nullptr, &file_reporter);
+  print_tables(results);
+  std::printf("\nJSON: %s\n", out_path.c_str());
+  benchmark::Shutdown();
+  return 0;
+}
