@@ -49,10 +49,14 @@ skein_jump_fcontext:
         movq    %rsp, %rax                        /* RAX: the context we leave */
         movq    %rdi, %rsp                        /* switch stacks */
 
-        movq    SKEIN_FRAME_MXCSR(%rsp), %rcx     /* incoming MXCSR | x87 CW << 32 | pad << 48 */
-        xorq    SKEIN_FRAME_MXCSR(%rax), %rcx     /* differences from the state we just saved */
-        shlq    $16, %rcx                         /* drop the padding bytes */
-        andq    $~0x3f0000, %rcx                  /* drop MXCSR exception flags (bits 0-5) */
+        /* Compare with loads of the same width as the stores just made: one 8-byte load over
+         * the 4-byte and 2-byte stores cannot be store-forwarded and stalls every switch. */
+        movl    SKEIN_FRAME_MXCSR(%rsp), %ecx     /* incoming MXCSR */
+        xorl    SKEIN_FRAME_MXCSR(%rax), %ecx     /* differences from the one we just saved */
+        andl    $~0x3f, %ecx                      /* ignore exception flags (bits 0-5) */
+        movzwl  SKEIN_FRAME_X87CW(%rsp), %r9d     /* incoming x87 control word */
+        xorw    SKEIN_FRAME_X87CW(%rax), %r9w     /* differences from the one we just saved */
+        orl     %r9d, %ecx
         jnz     .Lrestore_fp                      /* control state differs: load it */
 .Lfp_restored:
         movq    SKEIN_FRAME_R12(%rsp), %r12       /* restore R12 */

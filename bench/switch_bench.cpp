@@ -23,6 +23,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +31,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -180,6 +182,39 @@ class Handoff {
   static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
 };
 
+// The same ping-pong through std::mutex + std::condition_variable: how threads usually hand work
+// to each other. Each handoff takes the mutex and goes through the condvar's futex as well.
+class CondvarHandoff {
+ public:
+  void to_partner() { pass(kPartner); }
+  void to_caller() { pass(kCaller); }
+  void stop() {
+    {
+      std::lock_guard lock(mu_);
+      turn_ = kStop;
+    }
+    cv_.notify_one();
+  }
+  bool partner_wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return turn_ != kCaller; });
+    return turn_ != kStop;
+  }
+
+ private:
+  static constexpr int kCaller = 0, kPartner = 1, kStop = 2;
+  void pass(int to) {
+    std::unique_lock lock(mu_);
+    turn_ = to;
+    cv_.notify_one();
+    cv_.wait(lock, [this, to] { return turn_ != to; });
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int turn_ = kCaller;
+};
+
 bool pin_self_to(int cpu) noexcept {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -187,6 +222,7 @@ bool pin_self_to(int cpu) noexcept {
   return pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0;
 }
 
+template <class HandoffT>
 void thread_handoff(benchmark::State& state, int partner_cpu) {
   cpu_set_t saved;
   CPU_ZERO(&saved);
@@ -199,7 +235,7 @@ void thread_handoff(benchmark::State& state, int partner_cpu) {
     state.SkipWithError("pthread_setaffinity_np failed");
     return;
   }
-  Handoff handoff;
+  HandoffT handoff;
   std::atomic<bool> pinned{false};
   std::thread partner([&] {
     pinned.store(pin_self_to(partner_cpu));
@@ -213,14 +249,19 @@ void thread_handoff(benchmark::State& state, int partner_cpu) {
 }
 
 void BM_thread_handoff_same_core(benchmark::State& state) {
-  thread_handoff(state, 0);
+  thread_handoff<Handoff>(state, 0);
 }
 BENCHMARK(BM_thread_handoff_same_core)->UseRealTime();
 
 void BM_thread_handoff_two_cores(benchmark::State& state) {
-  thread_handoff(state, 1);
+  thread_handoff<Handoff>(state, 1);
 }
 BENCHMARK(BM_thread_handoff_two_cores)->UseRealTime();
+
+void BM_thread_handoff_condvar_same_core(benchmark::State& state) {
+  thread_handoff<CondvarHandoff>(state, 0);
+}
+BENCHMARK(BM_thread_handoff_condvar_same_core)->UseRealTime();
 
 // ---- spawn + run + join of an empty body ---------------------------------------------------
 
@@ -373,12 +414,19 @@ struct Ratio {
 
 const Ratio kRatios[] = {
     {"asm switch / boost switch", {"BM_switch_skein_asm"}, {"BM_switch_boost_fcontext"}, Goal::at_most, 0.70},
-    {"same-core thread handoff / asm switch",
+    {"same-core thread handoff (futex) / asm switch",
      {"BM_thread_handoff_same_core"},
      {"BM_switch_skein_asm"},
      Goal::at_least,
      600},
-    {"two-core thread handoff / asm switch", {"BM_thread_handoff_two_cores"}, {"BM_switch_skein_asm"}},
+    {"same-core thread handoff (condvar) / asm switch",
+     {"BM_thread_handoff_condvar_same_core"},
+     {"BM_switch_skein_asm"},
+     Goal::at_least,
+     600},
+    {"two-core thread handoff (futex) / asm switch",
+     {"BM_thread_handoff_two_cores"},
+     {"BM_switch_skein_asm"}},
     {"ucontext swapcontext / asm switch", {"BM_switch_ucontext"}, {"BM_switch_skein_asm"}},
     {"skein Generator::next / asm switch", {"BM_generator_next"}, {"BM_switch_skein_asm"}},
     {"std::thread spawn+join / skein spawn+join",
@@ -409,8 +457,9 @@ const Absolute kAbsolutes[] = {
     {"switch round trip, Boost.Context fcontext", {"BM_switch_boost_fcontext"}},
     {"switch round trip, ucontext swapcontext", {"BM_switch_ucontext"}},
     {"skein Generator::next (switch there and back)", {"BM_generator_next"}},
-    {"thread handoff round trip, same core", {"BM_thread_handoff_same_core"}},
-    {"thread handoff round trip, two cores", {"BM_thread_handoff_two_cores"}},
+    {"thread handoff round trip, same core (futex)", {"BM_thread_handoff_same_core"}},
+    {"thread handoff round trip, same core (condvar)", {"BM_thread_handoff_condvar_same_core"}},
+    {"thread handoff round trip, two cores (futex)", {"BM_thread_handoff_two_cores"}},
     {"spawn+run+join, skein", {"BM_spawn_join_skein"}},
     {"create+join, std::thread", {"BM_spawn_join_std_thread"}},
     {"create+join, Boost.Fiber", {"BM_spawn_join_boost_fiber"}},

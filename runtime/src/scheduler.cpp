@@ -15,8 +15,6 @@ namespace skein::detail {
 
 namespace {
 
-constinit thread_local Scheduler* tl_scheduler = nullptr;
-
 // Idle step when no I/O layer is installed: sleep in the kernel until the next timer.
 class ClockDriver final : public Driver {
  public:
@@ -119,10 +117,6 @@ Scheduler::~Scheduler() {
   tl_scheduler = nullptr;
 }
 
-Scheduler* Scheduler::current() noexcept {
-  return tl_scheduler;
-}
-
 void Scheduler::start(Fiber* f, Stack stack, std::string name) noexcept {
   f->stack = stack;
   f->scheduler = this;
@@ -167,14 +161,6 @@ void Scheduler::loop() {
   }
 }
 
-void Scheduler::resume(Fiber* f) noexcept {
-  running_ = f;
-  f->state = FiberState::running;
-  switch_context(*home_, *f->resume_at);
-  running_ = nullptr;
-  if (f->state == FiberState::done) finish(f);
-}
-
 void Scheduler::finish(Fiber* f) noexcept {
   (f->prev_live ? f->prev_live->next_live : live_) = f->next_live;
   if (f->next_live) f->next_live->prev_live = f->prev_live;
@@ -182,33 +168,6 @@ void Scheduler::finish(Fiber* f) noexcept {
   while (WaitNode* n = f->joiners.pop_front()) wake(n->fiber, Wake::notified);
   if (f->detached) report_unobserved(*f);
   release(f);
-}
-
-void Scheduler::yield_running() noexcept {
-  Fiber* f = running_;
-  f->state = FiberState::ready;
-  ready_.push(f);
-  ExecContext& here = running_context();
-  f->resume_at = &here;
-  switch_context(here, *home_);
-}
-
-Wake Scheduler::park_running(TimePoint deadline, Unlink unlink, void* arg) noexcept {
-  Fiber* f = running_;
-  if (f->cancel_requested) return Wake::cancelled;
-  f->state = FiberState::parked;
-  f->wake = Wake::notified;
-  f->unlink = unlink;
-  f->unlink_arg = arg;
-  if (deadline != no_deadline) {
-    f->deadline = deadline;
-    timers_.push(f);
-  }
-  ExecContext& here = running_context();
-  f->resume_at = &here;
-  switch_context(here, *home_);
-  f->unlink = nullptr;
-  return f->wake;
 }
 
 void Scheduler::wake(Fiber* f, Wake why) noexcept {

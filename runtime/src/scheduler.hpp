@@ -4,6 +4,7 @@
 
 #include "context.hpp"
 #include "driver.hpp"
+#include "switch.hpp"
 
 #include <skein/detail/fiber.hpp>
 #include <skein/time.hpp>
@@ -74,6 +75,14 @@ class TimerHeap {
   std::uint64_t seq_ = 0;
 };
 
+class Scheduler;
+
+// The scheduler bound to this thread, or nullptr.
+inline constinit thread_local Scheduler* tl_scheduler = nullptr;
+
+// The hot paths (resume, yield, park) are inline and flat on purpose: every function return made
+// right after a stack switch mispredicts (the return-stack buffer holds the other context's
+// calls), so each frame between the switch and the code that continues costs a misprediction.
 class Scheduler {
  public:
   // Binds a new scheduler to this thread. Throws operation_not_permitted if one is bound already.
@@ -83,7 +92,7 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   // The scheduler bound to this thread, or nullptr.
-  static Scheduler* current() noexcept;
+  static Scheduler* current() noexcept { return tl_scheduler; }
 
   // The fiber on the CPU, or nullptr while the loop itself runs.
   Fiber* running() const noexcept { return running_; }
@@ -92,8 +101,34 @@ class Scheduler {
   void loop();
 
   void start(Fiber* f, Stack stack, std::string name) noexcept;
-  void yield_running() noexcept;
-  Wake park_running(TimePoint deadline, Unlink unlink, void* arg) noexcept;
+  // Puts the running fiber at the back of the ready queue and switches to the loop.
+  [[gnu::always_inline]] void yield_running() noexcept {
+    Fiber* f = running_;
+    f->state = FiberState::ready;
+    ready_.push(f);
+    ExecContext& here = running_context();
+    f->resume_at = &here;
+    switch_context(here, *home_);
+  }
+
+  // The park protocol (detail::park): see fiber.hpp.
+  [[gnu::always_inline]] Wake park_running(TimePoint deadline, Unlink unlink, void* arg) noexcept {
+    Fiber* f = running_;
+    if (f->cancel_requested) return Wake::cancelled;
+    f->state = FiberState::parked;
+    f->wake = Wake::notified;
+    f->unlink = unlink;
+    f->unlink_arg = arg;
+    if (deadline != no_deadline) {
+      f->deadline = deadline;
+      timers_.push(f);
+    }
+    ExecContext& here = running_context();
+    f->resume_at = &here;
+    switch_context(here, *home_);
+    f->unlink = nullptr;
+    return f->wake;
+  }
   void wake(Fiber* f, Wake why) noexcept;
   void cancel(Fiber* f) noexcept;
 
@@ -105,7 +140,13 @@ class Scheduler {
   std::size_t deadlocks_recovered() const noexcept { return deadlocks_; }
 
  private:
-  void resume(Fiber* f) noexcept;
+  [[gnu::always_inline]] void resume(Fiber* f) noexcept {
+    running_ = f;
+    f->state = FiberState::running;
+    switch_context(*home_, *f->resume_at);
+    running_ = nullptr;
+    if (f->state == FiberState::done) finish(f);
+  }
   void finish(Fiber* f) noexcept;
   void fire_timers(TimePoint now) noexcept;
   void recover_deadlock() noexcept;
