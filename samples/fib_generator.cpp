@@ -29,20 +29,21 @@
 
 #include <skein/skein.hpp>
 
-#include <charconv>
+#include "cli.hpp"
+
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <random>
-#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 namespace {
+
+namespace cli = skein_samples::cli;
 
 constexpr const char* kUsage =
     "usage: fib_generator [--count N] [--think SECONDS]\n"
@@ -54,40 +55,6 @@ constexpr const char* kUsage =
     "  --count N          how many numbers, 0..93 (fib(94) overflows uint64_t); default 10\n"
     "  --think SECONDS    longest think time the consumer sends, 0..10; default 0.1\n"
     "  -h, --help         show this help and exit\n";
-
-[[noreturn]] void usage_error(const std::string& message) {
-  std::fprintf(stderr, "fib_generator: %s\nTry 'fib_generator --help'.\n", message.c_str());
-  std::exit(2);
-}
-
-// If argv[i] is `name VALUE` or `name=VALUE`, stores VALUE (stepping i past it) and returns true.
-bool option(std::string_view name, int& i, int argc, char** argv, std::string_view& value) {
-  const std::string_view arg = argv[i];
-  if (arg.size() > name.size() && arg.starts_with(name) && arg[name.size()] == '=') {
-    value = arg.substr(name.size() + 1);
-    return true;
-  }
-  if (arg != name) return false;
-  if (i + 1 >= argc) usage_error(std::string(name) + " needs a value");
-  value = argv[++i];
-  return true;
-}
-
-// The whole of `text` as a number in [lo, hi], or a usage error naming `name`.
-template <class T>
-T number(std::string_view name, std::string_view text, T lo, T hi) {
-  T value{};
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
-  if (text.empty() || ec != std::errc() || ptr != end)
-    usage_error("invalid value for " + std::string(name) + ": '" + std::string(text) + "'");
-  if (!(value >= lo && value <= hi)) {  // also rejects NaN
-    char range[64];
-    std::snprintf(range, sizeof range, "%g and %g", static_cast<double>(lo), static_cast<double>(hi));
-    usage_error(std::string(name) + " must be between " + range);
-  }
-  return value;
-}
 
 // fibs(n): every value exists at once, in a vector of n elements.
 std::vector<std::uint64_t> fibs(int n) {
@@ -132,20 +99,20 @@ skein::Coroutine<double, std::uint64_t> stupid_fib(int n) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cli::program = "fib_generator";
   int count = 10;
   double max_think = 0.1;
   for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
     std::string_view value;
-    if (arg == "-h" || arg == "--help") {
+    if (cli::is_help(argv[i])) {
       std::fputs(kUsage, stdout);
       return 0;
-    } else if (option("--count", i, argc, argv, value)) {
-      count = number("--count", value, 0, 93);
-    } else if (option("--think", i, argc, argv, value)) {
-      max_think = number("--think", value, 0.0, 10.0);
+    } else if (cli::option("--count", i, argc, argv, value)) {
+      count = cli::number("--count", value, 0, 93);
+    } else if (cli::option("--think", i, argc, argv, value)) {
+      max_think = cli::number("--think", value, 0.0, 10.0);
     } else {
-      usage_error("unknown argument '" + std::string(arg) + "'");
+      cli::unknown_argument(argv[i]);
     }
   }
 

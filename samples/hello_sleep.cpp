@@ -16,17 +16,18 @@
 
 #include <skein/skein.hpp>
 
-#include <charconv>
+#include "cli.hpp"
+
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <sstream>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <thread>
 
 namespace {
+
+namespace cli = skein_samples::cli;
 
 constexpr const char* kUsage =
     "usage: hello_sleep [--seconds S]\n"
@@ -36,24 +37,6 @@ constexpr const char* kUsage =
     "\n"
     "  --seconds S   how long each fiber sleeps, 0..3600, fractions allowed; default 1\n"
     "  -h, --help    show this help and exit\n";
-
-[[noreturn]] void usage_error(const std::string& message) {
-  std::fprintf(stderr, "hello_sleep: %s\nTry 'hello_sleep --help'.\n", message.c_str());
-  std::exit(2);
-}
-
-// If argv[i] is `name VALUE` or `name=VALUE`, stores VALUE (stepping i past it) and returns true.
-bool option(std::string_view name, int& i, int argc, char** argv, std::string_view& value) {
-  const std::string_view arg = argv[i];
-  if (arg.size() > name.size() && arg.starts_with(name) && arg[name.size()] == '=') {
-    value = arg.substr(name.size() + 1);
-    return true;
-  }
-  if (arg != name) return false;
-  if (i + 1 >= argc) usage_error(std::string(name) + " needs a value");
-  value = argv[++i];
-  return true;
-}
 
 // Python's threading.currentThread(), as text.
 std::string current_thread() {
@@ -74,21 +57,17 @@ void hello(std::chrono::duration<double> sleep) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cli::program = "hello_sleep";
   double seconds = 1.0;
   for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
     std::string_view value;
-    if (arg == "-h" || arg == "--help") {
+    if (cli::is_help(argv[i])) {
       std::fputs(kUsage, stdout);
       return 0;
-    } else if (option("--seconds", i, argc, argv, value)) {
-      const char* end = value.data() + value.size();
-      const auto [ptr, ec] = std::from_chars(value.data(), end, seconds);
-      if (value.empty() || ec != std::errc() || ptr != end)
-        usage_error("invalid value for --seconds: '" + std::string(value) + "'");
-      if (!(seconds >= 0 && seconds <= 3600)) usage_error("--seconds must be between 0 and 3600");
+    } else if (cli::option("--seconds", i, argc, argv, value)) {
+      seconds = cli::number("--seconds", value, 0.0, 3600.0);
     } else {
-      usage_error("unknown argument '" + std::string(arg) + "'");
+      cli::unknown_argument(argv[i]);
     }
   }
 

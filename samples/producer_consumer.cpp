@@ -28,14 +28,16 @@
 
 #include <skein/skein.hpp>
 
-#include <charconv>
+#include "cli.hpp"
+
 #include <cstdio>
-#include <cstdlib>
 #include <optional>
 #include <string>
 #include <string_view>
 
 namespace {
+
+namespace cli = skein_samples::cli;
 
 constexpr const char* kUsage =
     "usage: producer_consumer [--count N]\n"
@@ -45,36 +47,6 @@ constexpr const char* kUsage =
     "\n"
     "  --count N     how many items, 0..1000000; default 5\n"
     "  -h, --help    show this help and exit\n";
-
-[[noreturn]] void usage_error(const std::string& message) {
-  std::fprintf(stderr, "producer_consumer: %s\nTry 'producer_consumer --help'.\n", message.c_str());
-  std::exit(2);
-}
-
-// If argv[i] is `name VALUE` or `name=VALUE`, stores VALUE (stepping i past it) and returns true.
-bool option(std::string_view name, int& i, int argc, char** argv, std::string_view& value) {
-  const std::string_view arg = argv[i];
-  if (arg.size() > name.size() && arg.starts_with(name) && arg[name.size()] == '=') {
-    value = arg.substr(name.size() + 1);
-    return true;
-  }
-  if (arg != name) return false;
-  if (i + 1 >= argc) usage_error(std::string(name) + " needs a value");
-  value = argv[++i];
-  return true;
-}
-
-// The whole of `text` as an int in [lo, hi], or a usage error naming `name`.
-int number(std::string_view name, std::string_view text, int lo, int hi) {
-  int value = 0;
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
-  if (text.empty() || ec != std::errc() || ptr != end)
-    usage_error("invalid value for " + std::string(name) + ": '" + std::string(text) + "'");
-  if (value < lo || value > hi)
-    usage_error(std::string(name) + " must be between " + std::to_string(lo) + " and " + std::to_string(hi));
-  return value;
-}
 
 using Consumer = skein::Coroutine<int, std::string>;
 
@@ -112,17 +84,17 @@ void produce(Consumer& c, int count) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cli::program = "producer_consumer";
   int count = 5;
   for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
     std::string_view value;
-    if (arg == "-h" || arg == "--help") {
+    if (cli::is_help(argv[i])) {
       std::fputs(kUsage, stdout);
       return 0;
-    } else if (option("--count", i, argc, argv, value)) {
-      count = number("--count", value, 0, 1000000);
+    } else if (cli::option("--count", i, argc, argv, value)) {
+      count = cli::number("--count", value, 0, 1000000);
     } else {
-      usage_error("unknown argument '" + std::string(arg) + "'");
+      cli::unknown_argument(argv[i]);
     }
   }
 

@@ -20,11 +20,11 @@
 
 #include <skein/skein.hpp>
 
+#include "cli.hpp"
+
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <exception>
 #include <stdexcept>
 #include <string>
@@ -33,6 +33,8 @@
 #include <vector>
 
 namespace {
+
+namespace cli = skein_samples::cli;
 
 using namespace std::chrono_literals;
 using Ms = std::chrono::milliseconds;
@@ -47,36 +49,6 @@ constexpr const char* kUsage =
     "  --tasks N       how many tasks, 1..10000; default 10 (each is printed when N <= 20)\n"
     "  --step-ms MS    one sleep step in milliseconds, 1..10000; default 100\n"
     "  -h, --help      show this help and exit\n";
-
-[[noreturn]] void usage_error(const std::string& message) {
-  std::fprintf(stderr, "tasks: %s\nTry 'tasks --help'.\n", message.c_str());
-  std::exit(2);
-}
-
-// If argv[i] is `name VALUE` or `name=VALUE`, stores VALUE (stepping i past it) and returns true.
-bool option(std::string_view name, int& i, int argc, char** argv, std::string_view& value) {
-  const std::string_view arg = argv[i];
-  if (arg.size() > name.size() && arg.starts_with(name) && arg[name.size()] == '=') {
-    value = arg.substr(name.size() + 1);
-    return true;
-  }
-  if (arg != name) return false;
-  if (i + 1 >= argc) usage_error(std::string(name) + " needs a value");
-  value = argv[++i];
-  return true;
-}
-
-// The whole of `text` as an int in [lo, hi], or a usage error naming `name`.
-int number(std::string_view name, std::string_view text, int lo, int hi) {
-  int value = 0;
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
-  if (text.empty() || ec != std::errc() || ptr != end)
-    usage_error("invalid value for " + std::string(name) + ": '" + std::string(text) + "'");
-  if (value < lo || value > hi)
-    usage_error(std::string(name) + " must be between " + std::to_string(lo) + " and " + std::to_string(hi));
-  return value;
-}
 
 double seconds_since(skein::TimePoint start) {
   return std::chrono::duration<double>(skein::Clock::now() - start).count();
@@ -198,20 +170,20 @@ int demo(int n, Ms step) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cli::program = "tasks";
   int n = 10;
   int step_ms = 100;
   for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
     std::string_view value;
-    if (arg == "-h" || arg == "--help") {
+    if (cli::is_help(argv[i])) {
       std::fputs(kUsage, stdout);
       return 0;
-    } else if (option("--tasks", i, argc, argv, value)) {
-      n = number("--tasks", value, 1, 10000);
-    } else if (option("--step-ms", i, argc, argv, value)) {
-      step_ms = number("--step-ms", value, 1, 10000);
+    } else if (cli::option("--tasks", i, argc, argv, value)) {
+      n = cli::number("--tasks", value, 1, 10000);
+    } else if (cli::option("--step-ms", i, argc, argv, value)) {
+      step_ms = cli::number("--step-ms", value, 1, 10000);
     } else {
-      usage_error("unknown argument '" + std::string(arg) + "'");
+      cli::unknown_argument(argv[i]);
     }
   }
   try {
