@@ -66,12 +66,16 @@ skein_jump_fcontext:
         movq    SKEIN_FRAME_RBX(%rsp), %rbx       /* restore RBX */
         movq    SKEIN_FRAME_RBP(%rsp), %rbp       /* restore RBP */
         movq    SKEIN_FRAME_RIP(%rsp), %r8        /* where the incoming context resumes */
+        .cfi_remember_state
         leaq    SKEIN_FRAME_SIZE(%rsp), %rsp      /* pop the frame and the return address */
+        .cfi_def_cfa_offset 0                     /* for unwinders sampling the last three */
+        .cfi_register rip, r8                     /* instructions: the return address is in R8 */
 
         movq    %rsi, %rdx                        /* return {from, data} in RAX:RDX ... */
         movq    %rax, %rdi                        /* ... and as the argument of a fresh entry */
         jmp     *%r8                              /* resume */
 
+        .cfi_restore_state
 .Lrestore_fp:
         ldmxcsr SKEIN_FRAME_MXCSR(%rsp)           /* restore MXCSR */
         fldcw   SKEIN_FRAME_X87CW(%rsp)           /* restore x87 control word */

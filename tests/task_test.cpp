@@ -302,3 +302,58 @@ TEST_SUITE("task") {
     CHECK(kept.join() == 4);
   }
 }
+
+TEST_SUITE("task") {
+  TEST_CASE("with_timeout whose caller is cancelled reaps its child before returning") {
+    // The child's body references the caller's locals; it must be gone before they are.
+    std::vector<int> log;
+    int unwound = 0;
+    skein::run([&] {
+      auto caller = skein::spawn([&] {
+        std::vector<int> local{1, 2, 3};
+        skein::with_timeout(10s, [&] {
+          Witness w{&unwound};
+          try {
+            skein::sleep_for(10s);
+          } catch (const std::system_error&) {
+            log.push_back(local.back());  // the caller's frame must still be alive here
+            throw;
+          }
+        });
+      });
+      skein::yield();  // caller parks in with_timeout, child parks in sleep
+      caller.cancel();
+      CHECK(error_of([&] { caller.join(); }) == std::errc::operation_canceled);
+      CHECK(unwound == 1);
+    });
+    CHECK(log == std::vector<int>{3});
+  }
+
+  TEST_CASE("a wait that starts after a cancel leaves its wait list, as one cancelled while parked does") {
+    skein::run([] {
+      skein::detail::WaitList waiters;
+      auto v = skein::spawn([&waiters] {
+        try {
+          skein::sleep_for(10s);
+        } catch (const std::system_error&) {
+        }
+        // Now cancelled: a new wait ends at once and must unlink itself.
+        skein::detail::WaitNode node{skein::detail::current_fiber()};
+        waiters.push_back(&node);
+        const auto w = skein::detail::park(skein::no_deadline, &skein::detail::unlink_wait_node, &node);
+        CHECK(w == skein::detail::Wake::cancelled);
+        CHECK(node.list == nullptr);
+      });
+      skein::yield();
+      v.cancel();
+      v.join();
+      CHECK(waiters.empty());
+    });
+  }
+
+  TEST_CASE("cancel on a task kept past run() is harmless") {
+    skein::Task<int> kept = skein::run([] { return skein::spawn([] { return 1; }); });
+    kept.cancel();
+    CHECK(kept.join() == 1);
+  }
+}

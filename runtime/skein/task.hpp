@@ -2,9 +2,10 @@
 // gevent's spawn / joinall / kill).
 //
 // Errors: waits throw std::system_error with errc::operation_canceled when the waiting fiber is
-// cancelled and errc::timed_out when a deadline passes; misuse (joining an empty or own task,
-// spawning outside skein::run) throws std::system_error with invalid_argument or
-// operation_not_permitted. A body's own exception is rethrown, unchanged, by join().
+// cancelled and errc::timed_out when a deadline passes. Misuse throws std::system_error too:
+// joining an empty handle (invalid_argument), a fiber waiting for itself
+// (resource_deadlock_would_occur), spawning outside skein::run (operation_not_permitted). A
+// body's own exception is rethrown, unchanged, by join().
 #pragma once
 
 #include <skein/detail/fiber.hpp>
@@ -193,6 +194,10 @@ struct TaskAccess {
   static Task<T> adopt(Fiber* f) noexcept {
     return Task<T>(f);
   }
+  template <class T>
+  static void wait_shielded(const Task<T>& t) noexcept {
+    wait_done_shielded(t.f_);
+  }
 };
 }  // namespace detail
 
@@ -289,13 +294,20 @@ auto join_all(R&& tasks) {
 template <class Rep, class Period, class F>
 auto with_timeout(std::chrono::duration<Rep, Period> d, F&& f) {
   auto task = spawn(FiberOptions{"with_timeout"}, std::forward<F>(f));
-  struct CancelOnExit {
+  // However this scope is left (the deadline, or the caller itself being cancelled), the child is
+  // cancelled and gone before it returns: its body may reference the caller's locals.
+  struct Reap {
     decltype(task)& t;
-    ~CancelOnExit() { t.cancel(); }
-  } guard{task};
+    ~Reap() {
+      if (t.valid() && !t.done()) {
+        t.cancel();
+        detail::TaskAccess::wait_shielded(t);
+      }
+    }
+  } reap{task};
   if (!task.wait_until(deadline_after(d))) {
     task.cancel();
-    task.wait();
+    detail::TaskAccess::wait_shielded(task);
     throw std::system_error(std::make_error_code(std::errc::timed_out),
                             "skein::with_timeout: the body did not finish in time");
   }

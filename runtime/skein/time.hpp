@@ -11,13 +11,14 @@ using TimePoint = Clock::time_point;
 // The deadline of a wait that never times out.
 inline constexpr TimePoint no_deadline = TimePoint::max();
 
-// The deadline `d` from now, saturating at no_deadline instead of overflowing.
+// The deadline `d` from now, saturating at no_deadline instead of overflowing, whatever the
+// representation of `d` (the comparison is made in floating point, which no count overflows).
 template <class Rep, class Period>
 TimePoint deadline_after(std::chrono::duration<Rep, Period> d) noexcept {
   const TimePoint now = Clock::now();
   if (d <= d.zero()) return now;
-  if (d >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(no_deadline - now))
-    return no_deadline;
+  using Wide = std::chrono::duration<long double>;
+  if (Wide(d) >= Wide(no_deadline - now)) return no_deadline;
   return now + std::chrono::duration_cast<Clock::duration>(d);
 }
 

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <system_error>
 #include <thread>
@@ -180,9 +181,8 @@ void Scheduler::wake(Fiber* f, Wake why) noexcept {
 }
 
 void Scheduler::cancel(Fiber* f) noexcept {
-  if (f->state == FiberState::done) return;
   f->cancel_requested = true;
-  wake(f, Wake::cancelled);
+  if (!f->shielded) wake(f, Wake::cancelled);
 }
 
 void Scheduler::fire_timers(TimePoint now) noexcept {
@@ -194,8 +194,12 @@ void Scheduler::recover_deadlock() noexcept {
   // one (its wait throws operation_canceled) and let the loop see whether that unblocks the rest.
   ++deadlocks_;
   Fiber* f = live_;
-  while (f && f->state != FiberState::parked) f = f->next_live;
-  if (!f) return;
+  while (f && (f->state != FiberState::parked || f->shielded)) f = f->next_live;
+  if (!f) {
+    // Only shielded waits are left, each for a fiber that can never finish: nothing to cancel.
+    std::fputs("skein: deadlock among shielded waits; aborting\n", stderr);
+    std::abort();
+  }
   std::fprintf(stderr,
                "skein: deadlock: %zu fiber(s) parked with nothing left to wake them; cancelling the newest, "
                "#%llu \"%s\"\n",
@@ -218,7 +222,8 @@ void unpark(Fiber* fiber) noexcept {
 }
 
 void cancel(Fiber* fiber) noexcept {
-  fiber->scheduler->cancel(fiber);
+  // A finished fiber's scheduler may be gone (a Task kept past skein::run).
+  if (fiber->state != FiberState::done) fiber->scheduler->cancel(fiber);
 }
 
 void unlink_wait_node(Fiber*, void* node) noexcept {
@@ -271,9 +276,19 @@ bool wait_done(Fiber* fiber, TimePoint deadline) {
   const Wake w = park(deadline, &unlink_wait_node, &node);
   if (w == Wake::notified) return true;
   if (w == Wake::timed_out) return false;
-  if (node.list) node.list->remove(&node);  // cancelled before parking: still listed
   throw_if_interrupted(w);
   return false;
+}
+
+void wait_done_shielded(Fiber* fiber) noexcept {
+  Fiber* self = current_fiber();
+  if (fiber->state == FiberState::done || !self || self == fiber) return;
+  const bool was_shielded = self->shielded;
+  self->shielded = true;
+  WaitNode node{self};
+  fiber->joiners.push_back(&node);
+  park(no_deadline, &unlink_wait_node, &node);
+  self->shielded = was_shielded;
 }
 
 RunScope::RunScope() : scheduler_(std::make_unique<Scheduler>()) {}

@@ -114,7 +114,12 @@ class Scheduler {
   // The park protocol (detail::park): see fiber.hpp.
   [[gnu::always_inline]] Wake park_running(TimePoint deadline, Unlink unlink, void* arg) noexcept {
     Fiber* f = running_;
-    if (f->cancel_requested) return Wake::cancelled;
+    if (f->cancel_requested && !f->shielded) {
+      // Cancelled already: the wait ends before it starts, and leaves whatever list the waiter
+      // joined before parking, exactly as a cancel during the wait would.
+      if (unlink) unlink(f, arg);
+      return Wake::cancelled;
+    }
     f->state = FiberState::parked;
     f->wake = Wake::notified;
     f->unlink = unlink;

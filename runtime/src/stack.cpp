@@ -103,9 +103,16 @@ void describe_fiber(Line& line, const detail::Fiber& f) noexcept {
 
 void on_segv(int sig, siginfo_t* info, void* uctx) {
   const char* addr = static_cast<const char*>(info->si_addr);
-  const detail::ExecContext* c = detail::tl_running;
-  if (c && c->kind != detail::ContextKind::thread && c->stack && addr < c->stack.lo &&
-      addr >= c->stack.lo - g_guard_bytes) {
+  // During a switch the CPU is still on the context being left after tl_running names the next.
+  const detail::ExecContext* c = nullptr;
+  if (info->si_code > 0) {  // a fault, not a signal someone sent
+    for (const detail::ExecContext* candidate : {detail::tl_running, detail::tl_leaving}) {
+      if (candidate && candidate->kind != detail::ContextKind::thread && candidate->stack &&
+          addr < candidate->stack.lo && addr >= candidate->stack.lo - g_guard_bytes)
+        c = candidate;
+    }
+  }
+  if (c) {
     Line line;
     line.put("skein: stack overflow in ");
     if (c->kind == detail::ContextKind::fiber) {
@@ -131,7 +138,9 @@ void on_segv(int sig, siginfo_t* info, void* uctx) {
   } else if (g_previous_segv.sa_handler != SIG_DFL && g_previous_segv.sa_handler != SIG_IGN) {
     g_previous_segv.sa_handler(sig);
   } else {
-    signal(SIGSEGV, SIG_DFL);  // the fault repeats on return and takes the default action
+    signal(SIGSEGV, SIG_DFL);
+    // A fault repeats on return and takes the default action; a sent signal must be raised again.
+    if (info->si_code <= 0) raise(SIGSEGV);
   }
 }
 
@@ -253,9 +262,7 @@ class StackPool {
     }
   }
 
-  ~StackPool() {
-    for (const detail::Stack& s : free_) unmap_stack(s);
-  }
+  ~StackPool();
 
  private:
   std::vector<detail::Stack> free_;  // most recently released last: the warmest stack goes first
@@ -265,6 +272,14 @@ class StackPool {
 };
 
 thread_local StackPool tl_pool;
+// Set once the thread's pool is destroyed: a stack released later (a Task destroyed during static
+// destruction, after the pool) goes straight back to the kernel.
+constinit thread_local bool tl_pool_gone = false;
+
+StackPool::~StackPool() {
+  tl_pool_gone = true;
+  for (const detail::Stack& s : free_) unmap_stack(s);
+}
 
 }  // namespace
 
@@ -289,7 +304,10 @@ Stack acquire_stack(std::size_t size) {
 }
 
 void release_stack(Stack stack) noexcept {
-  tl_pool.release(stack);
+  if (tl_pool_gone)
+    unmap_stack(stack);
+  else
+    tl_pool.release(stack);
 }
 
 }  // namespace detail

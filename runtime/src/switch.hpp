@@ -27,6 +27,9 @@ namespace skein::detail {
 inline constinit thread_local ExecContext tl_thread_context{};
 // The context on the CPU, or nullptr for tl_thread_context (a thread that never switched).
 inline constinit thread_local ExecContext* tl_running = nullptr;
+// The context a switch in progress is leaving (its stack is still in use until the jump), for the
+// stack-overflow report; nullptr outside a switch.
+inline constinit thread_local ExecContext* tl_leaving = nullptr;
 
 inline ExecContext& running_context() noexcept {
   return tl_running ? *tl_running : tl_thread_context;
@@ -44,6 +47,7 @@ inline EhState* eh_globals() noexcept {
 inline void finish_switch(Transfer t, ExecContext& self) noexcept {
   auto* prev = static_cast<ExecContext*>(t.data);
   prev->sp = t.ctx;
+  tl_leaving = nullptr;
 #if defined(SKEIN_ASAN)
   const void* lo = nullptr;
   std::size_t size = 0;
@@ -59,6 +63,7 @@ inline void start_switch(ExecContext& from, ExecContext& to, bool from_exits) no
   EhState* g = eh_globals();
   from.eh = *g;
   *g = to.eh;
+  tl_leaving = &from;
   tl_running = &to;
 #if defined(SKEIN_ASAN)
   __sanitizer_start_switch_fiber(from_exits ? nullptr : &from.asan_fake_stack, to.stack.lo, to.stack.size);

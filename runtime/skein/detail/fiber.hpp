@@ -107,6 +107,7 @@ struct Fiber : ExecContext {
   FiberState state = FiberState::ready;
   Wake wake = Wake::notified;
   bool cancel_requested = false;
+  bool shielded = false;        // in a wait a cancel must not end (see wait_done_shielded)
   bool detached = false;        // the handle let go without joining
   bool error_observed = false;  // join() rethrew `error` (or it was a cancellation)
 };
@@ -143,7 +144,11 @@ void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string na
 void release_handle(Fiber* fiber) noexcept;
 
 // Waits for `fiber` to finish, until `deadline`. Returns false on timeout; throws the cancellation
-// error if the waiter is cancelled, invalid_argument if a fiber joins itself.
+// error if the waiter is cancelled, resource_deadlock_would_occur if a fiber waits for itself.
 bool wait_done(Fiber* fiber, TimePoint deadline);
+
+// Waits for `fiber` to finish even if the waiter is cancelled meanwhile (the cancel takes effect
+// at the waiter's next wait). For cleanup that must not return before a child is gone.
+void wait_done_shielded(Fiber* fiber) noexcept;
 
 }  // namespace skein::detail
