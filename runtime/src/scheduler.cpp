@@ -192,7 +192,6 @@ void Scheduler::fire_timers(TimePoint now) noexcept {
 void Scheduler::recover_deadlock() noexcept {
   // Every live fiber is parked and nothing can wake them. Go would crash; we cancel the newest
   // one (its wait throws operation_canceled) and let the loop see whether that unblocks the rest.
-  ++deadlocks_;
   Fiber* f = live_;
   while (f && (f->state != FiberState::parked || f->shielded)) f = f->next_live;
   if (!f) {

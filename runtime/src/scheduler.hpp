@@ -141,9 +141,6 @@ class Scheduler {
   void set_driver(std::unique_ptr<Driver> driver) noexcept { driver_ = std::move(driver); }
   Driver& driver() noexcept { return *driver_; }
 
-  // How many times the loop found every fiber parked with nothing to wake them (and cancelled them).
-  std::size_t deadlocks_recovered() const noexcept { return deadlocks_; }
-
  private:
   [[gnu::always_inline]] void resume(Fiber* f) noexcept {
     running_ = f;
@@ -164,7 +161,6 @@ class Scheduler {
   Fiber* live_ = nullptr;  // every started, unfinished fiber (through prev_live/next_live)
   std::size_t live_count_ = 0;
   std::uint64_t next_id_ = 1;
-  std::size_t deadlocks_ = 0;
   std::unique_ptr<Driver> driver_;
 };
 
