@@ -196,7 +196,7 @@ class AltStack {
     if (mem_) return;
     stack_t current{};
     if (sigaltstack(nullptr, &current) == 0 && !(current.ss_flags & SS_DISABLE)) return;  // someone else's
-    std::size_t size = 64 * 1024;
+    std::size_t size = std::size_t{64} * 1024;
     const long min = sysconf(_SC_SIGSTKSZ);
     if (min > 0 && static_cast<std::size_t>(min) > size) size = static_cast<std::size_t>(min);
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
