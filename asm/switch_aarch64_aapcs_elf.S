@@ -33,10 +33,7 @@
  *   a guarded control stack would need a shadow stack per context.
  */
 #include "frame_aarch64_aapcs.h"
-
-/* BTI landing pad for `bl`/`blr` (and `br x16`/`br x17`). Written as its hint encoding so any
- * assembler takes it; a NOP on cores without BTI. */
-#define BTI_C hint #34
+#include "prelude_aarch64_elf.h"
 
         .file   "switch_aarch64_aapcs_elf.S"
         .text
@@ -137,31 +134,6 @@ skein_context_entry:
         .cfi_endproc
         .size   skein_context_entry, .-skein_context_entry
 
-/* GNU property note: these objects are BTI- and PAC-compatible, so say so when the rest of the
- * build asks for it (-mbranch-protection); one object without the note turns BTI off for the
- * whole program. */
-#if defined(__ARM_FEATURE_BTI_DEFAULT) && __ARM_FEATURE_BTI_DEFAULT
-#define SKEIN_PROPERTY_BTI 1
-#else
-#define SKEIN_PROPERTY_BTI 0
-#endif
-#if defined(__ARM_FEATURE_PAC_DEFAULT) && __ARM_FEATURE_PAC_DEFAULT
-#define SKEIN_PROPERTY_PAC 2
-#else
-#define SKEIN_PROPERTY_PAC 0
-#endif
-#if SKEIN_PROPERTY_BTI || SKEIN_PROPERTY_PAC
-        .pushsection .note.gnu.property, "a"
-        .p2align 3
-        .word   4                                   /* name size: "GNU\0" */
-        .word   16                                  /* descriptor size */
-        .word   5                                   /* NT_GNU_PROPERTY_TYPE_0 */
-        .asciz  "GNU"
-        .word   0xc0000000                          /* GNU_PROPERTY_AARCH64_FEATURE_1_AND */
-        .word   4                                   /* property size */
-        .word   SKEIN_PROPERTY_BTI | SKEIN_PROPERTY_PAC
-        .word   0                                   /* pad to 8 bytes */
-        .popsection
-#endif
+        SKEIN_GNU_PROPERTY_NOTE                     /* BTI/PAC-compatible, when asked for */
 
         .section .note.GNU-stack,"",%progbits

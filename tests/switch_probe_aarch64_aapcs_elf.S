@@ -7,9 +7,9 @@
  * X30 (LR) has no bit: if it did not survive, the probe cannot return at all.
  */
 
-/* BTI landing pad for `bl`/`blr`: the entries are reached by the switch's `blr x19`, and the
- * probe itself may be called through a pointer. A NOP on cores without BTI. */
-#define BTI_C hint #34
+/* BTI_C pads the entries (reached by the switch's `blr x19`) and the probe (called through a
+ * pointer); the property note keeps BTI on in -mbranch-protection builds. */
+#include "prelude_aarch64_elf.h"
 
 /* FPCR values: RMode is bits 22-23, FZ bit 24, DN bit 25. */
 #define PROBE_FPCR 0x03800000   /* round toward minus infinity, flush-to-zero, default NaN */
@@ -176,26 +176,6 @@ skein_probe_alignment_entry:
         brk     #0x3e8                      /* never resumed */
         .size   skein_probe_alignment_entry, .-skein_probe_alignment_entry
 
-/* BTI/PAC property, as in asm/switch_aarch64_aapcs_elf.S: without it, linking this object into
- * a -mbranch-protection build would switch BTI off for the whole test binary. */
-#if defined(__ARM_FEATURE_BTI_DEFAULT) || defined(__ARM_FEATURE_PAC_DEFAULT)
-        .pushsection .note.gnu.property, "a"
-        .p2align 3
-        .word   4                           /* name size: "GNU\0" */
-        .word   16                          /* descriptor size */
-        .word   5                           /* NT_GNU_PROPERTY_TYPE_0 */
-        .asciz  "GNU"
-        .word   0xc0000000                  /* GNU_PROPERTY_AARCH64_FEATURE_1_AND */
-        .word   4                           /* property size */
-#if defined(__ARM_FEATURE_BTI_DEFAULT) && defined(__ARM_FEATURE_PAC_DEFAULT)
-        .word   3                           /* BTI | PAC */
-#elif defined(__ARM_FEATURE_BTI_DEFAULT)
-        .word   1                           /* BTI */
-#else
-        .word   2                           /* PAC */
-#endif
-        .word   0                           /* pad to 8 bytes */
-        .popsection
-#endif
+        SKEIN_GNU_PROPERTY_NOTE
 
         .section .note.GNU-stack,"",%progbits
