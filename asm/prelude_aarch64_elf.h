@@ -22,6 +22,8 @@
 #define SKEIN_PROPERTY_PAC 0
 #endif
 
+/* Assembler statements, not C: */
+/* clang-format off */
 #if SKEIN_PROPERTY_BTI || SKEIN_PROPERTY_PAC
 #define SKEIN_GNU_PROPERTY_NOTE                                                                    \
         .pushsection .note.gnu.property, "a";                                                      \
@@ -38,5 +40,6 @@
 #else
 #define SKEIN_GNU_PROPERTY_NOTE
 #endif
+/* clang-format on */
 
 #endif
