@@ -3,6 +3,7 @@
 
 #include <skein/coroutine.hpp>
 #include <skein/generator.hpp>
+#include <skein/net.hpp>
 #include <skein/run.hpp>
 #include <skein/stack.hpp>
 #include <skein/task.hpp>

@@ -22,4 +22,20 @@ TimePoint deadline_after(std::chrono::duration<Rep, Period> d) noexcept {
   return now + std::chrono::duration_cast<Clock::duration>(d);
 }
 
+// When a wait gives up: an absolute time point, or a duration from now (turned into a time point
+// when the Deadline is made, so a retry loop keeps one deadline). Default: never.
+class Deadline {
+ public:
+  constexpr Deadline() noexcept = default;
+  constexpr Deadline(TimePoint at) noexcept : at_(at) {}  // NOLINT: implicit on purpose
+  template <class Rep, class Period>
+  Deadline(std::chrono::duration<Rep, Period> d) noexcept : at_(deadline_after(d)) {}  // NOLINT
+
+  constexpr TimePoint at() const noexcept { return at_; }
+  constexpr bool never() const noexcept { return at_ == no_deadline; }
+
+ private:
+  TimePoint at_ = no_deadline;
+};
+
 }  // namespace skein

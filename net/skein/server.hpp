@@ -1,0 +1,64 @@
+// A fiber-per-connection server (asyncio.start_server, gevent's StreamServer): accept, run the
+// handler in its own fiber, cap the live connections, stop gracefully.
+//
+// Errors: serve() throws what listen/accept report other than the fd-limit errors, which it
+// backs off from and survives. A handler's exception ends only its connection; it goes to
+// ServeOptions::on_error (default: one line on stderr, silent for resets, broken pipes, end of
+// stream, timeouts and cancels — the ordinary ways a connection ends).
+#pragma once
+
+#include <skein/socket.hpp>
+#include <skein/stack.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+
+namespace skein {
+
+struct ServeOptions {
+  std::size_t max_connections = 10'000;            // accepting pauses while this many are live
+  std::chrono::milliseconds grace_period{5'000};   // after stop(): how long handlers may finish
+  bool stop_on_signals = false;                    // SIGINT/SIGTERM call stop(); a second one
+                                                   // cancels the handlers at once
+  std::size_t stack_size = default_stack_size;     // of each connection's fiber
+  std::function<void(const Address& peer, std::exception_ptr)> on_error;  // see above
+};
+
+class Server {
+ public:
+  using Handler = std::function<void(Stream)>;
+
+  explicit Server(ServeOptions options = {});
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Accepts connections on `listener` and runs `handler` in a new fiber for each, until stop().
+  // Then it stops accepting, lets handlers run for the grace period, cancels those still running
+  // and returns once every one has ended. Must be called from a fiber; once per Server. If the
+  // calling fiber is cancelled, that is a stop() whose grace period is cut to zero, and serve()
+  // then throws operation_canceled.
+  void serve(Listener& listener, Handler handler);
+
+  // Asks serve() to stop (see above). Any fiber on serve()'s thread; idempotent; before serve()
+  // starts it makes serve() return at once.
+  void stop() noexcept;
+
+  // Connections being handled now.
+  std::size_t active() const noexcept;
+  // Connections accepted so far.
+  std::uint64_t accepted() const noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// Server(options).serve(listener, handler).
+void serve(Listener& listener, Server::Handler handler, ServeOptions options = {});
+
+}  // namespace skein
