@@ -35,9 +35,7 @@ class BufferedReader {
   void read_exact(std::span<char> buf, Deadline deadline = {});
 
   // The bytes read from the stream but not yet returned.
-  std::string_view buffered() const noexcept {
-    return {buf_.data() + begin_, end_ - begin_};
-  }
+  std::string_view buffered() const noexcept { return {buf_.data() + begin_, end_ - begin_}; }
 
  private:
   // Reads more from the stream into the buffer; returns false at end of stream.

@@ -20,11 +20,11 @@
 namespace skein {
 
 struct ServeOptions {
-  std::size_t max_connections = 10'000;            // accepting pauses while this many are live
-  std::chrono::milliseconds grace_period{5'000};   // after stop(): how long handlers may finish
-  bool stop_on_signals = false;                    // SIGINT/SIGTERM call stop(); a second one
-                                                   // cancels the handlers at once
-  std::size_t stack_size = default_stack_size;     // of each connection's fiber
+  std::size_t max_connections = 10'000;           // accepting pauses while this many are live
+  std::chrono::milliseconds grace_period{5'000};  // after stop(): how long handlers may finish
+  bool stop_on_signals = false;                   // SIGINT/SIGTERM call stop(); a second one
+                                                  // cancels the handlers at once
+  std::size_t stack_size = default_stack_size;    // of each connection's fiber
   std::function<void(const Address& peer, std::exception_ptr)> on_error;  // see above
 };
 

@@ -26,6 +26,10 @@
 
 namespace skein {
 
+namespace detail {
+struct SocketAccess;
+}
+
 // An owned, non-blocking socket descriptor. Move-only; the destructor closes it.
 class Socket {
  public:
@@ -48,6 +52,7 @@ class Socket {
   Address local_address() const;
 
  protected:
+  friend struct detail::SocketAccess;
   int fd_ = -1;
 };
 
@@ -84,7 +89,7 @@ Stream connect(const Address& address, Deadline deadline = {});
 Stream connect(std::string_view host, std::uint16_t port, Deadline deadline = {});
 
 struct ListenOptions {
-  int backlog = 4096;       // capped by net.core.somaxconn
+  int backlog = 4096;         // capped by net.core.somaxconn
   bool reuse_address = true;  // SO_REUSEADDR (TCP): rebind at once after a restart
   bool reuse_port = false;    // SO_REUSEPORT (TCP): several listeners share a port
   bool v6_only = false;       // IPV6_V6ONLY for an IPv6 address

@@ -1,0 +1,192 @@
+#include "blocking_pool.hpp"
+
+#include <skein/address.hpp>
+#include <skein/net_error.hpp>
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/un.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <system_error>
+
+namespace skein {
+
+namespace {
+
+[[noreturn]] void invalid(const std::string& what) {
+  throw std::system_error(std::make_error_code(std::errc::invalid_argument), what);
+}
+
+}  // namespace
+
+Address::Address() noexcept {
+  storage_.ss_family = AF_UNSPEC;
+}
+
+Address Address::ip(std::string_view literal, std::uint16_t port) {
+  std::string text(literal);
+  if (text.size() >= 2 && text.front() == '[' && text.back() == ']') text = text.substr(1, text.size() - 2);
+  Address a;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&a.storage_);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&a.storage_);
+  if (text.find(':') == std::string::npos && inet_pton(AF_INET, text.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    a.len_ = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, text.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    a.len_ = sizeof(sockaddr_in6);
+  } else {
+    invalid("skein::Address::ip: not an IPv4 or IPv6 address: '" + std::string(literal) + "'");
+  }
+  return a;
+}
+
+Address Address::loopback(std::uint16_t port, bool ipv6) noexcept {
+  Address a;
+  if (ipv6) {
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&a.storage_);
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    v6->sin6_addr = in6addr_loopback;
+    a.len_ = sizeof(sockaddr_in6);
+  } else {
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&a.storage_);
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.len_ = sizeof(sockaddr_in);
+  }
+  return a;
+}
+
+Address Address::any(std::uint16_t port, bool ipv6) noexcept {
+  Address a;
+  if (ipv6) {
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&a.storage_);
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    v6->sin6_addr = in6addr_any;
+    a.len_ = sizeof(sockaddr_in6);
+  } else {
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&a.storage_);
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    v4->sin_addr.s_addr = htonl(INADDR_ANY);
+    a.len_ = sizeof(sockaddr_in);
+  }
+  return a;
+}
+
+Address Address::unix_path(std::string_view path) {
+  Address a;
+  auto* un = reinterpret_cast<sockaddr_un*>(&a.storage_);
+  // A filesystem path needs its terminating NUL inside sun_path; an abstract name does not.
+  const bool abstract = !path.empty() && path.front() == '@';
+  if (path.empty()) invalid("skein::Address::unix_path: empty path");
+  if (path.size() + (abstract ? 0 : 1) > sizeof(un->sun_path))
+    invalid("skein::Address::unix_path: longer than " + std::to_string(sizeof(un->sun_path) - 1) +
+            " bytes: '" + std::string(path) + "'");
+  if (!abstract && path.find('\0') != std::string_view::npos)
+    invalid("skein::Address::unix_path: path contains a NUL byte");
+  un->sun_family = AF_UNIX;
+  std::memcpy(un->sun_path, path.data(), path.size());
+  if (abstract) un->sun_path[0] = '\0';
+  a.len_ = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (abstract ? 0 : 1));
+  return a;
+}
+
+Address Address::from_sockaddr(const sockaddr* sa, socklen_t len) {
+  if (!sa || len < static_cast<socklen_t>(sizeof(sa_family_t)) ||
+      len > static_cast<socklen_t>(sizeof(sockaddr_storage)))
+    invalid("skein::Address::from_sockaddr: bad length " + std::to_string(len));
+  Address a;
+  std::memcpy(&a.storage_, sa, len);
+  a.len_ = len;
+  return a;
+}
+
+std::uint16_t Address::port() const noexcept {
+  if (family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&storage_)->sin_port);
+  if (family() == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_port);
+  return 0;
+}
+
+std::string Address::to_string() const {
+  char text[INET6_ADDRSTRLEN] = {};
+  switch (family()) {
+    case AF_INET:
+      inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage_)->sin_addr, text, sizeof text);
+      return std::string(text) + ":" + std::to_string(port());
+    case AF_INET6:
+      inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_addr, text, sizeof text);
+      return "[" + std::string(text) + "]:" + std::to_string(port());
+    case AF_UNIX: {
+      const auto* un = reinterpret_cast<const sockaddr_un*>(&storage_);
+      const std::size_t offset = offsetof(sockaddr_un, sun_path);
+      if (len_ <= offset) return "unix:";  // unnamed (the client end of a connection)
+      std::string path(un->sun_path, len_ - offset);
+      if (path.front() == '\0') return "unix:@" + path.substr(1);
+      return "unix:" + path.substr(0, path.find('\0'));
+    }
+    default:
+      return "";
+  }
+}
+
+bool operator==(const Address& a, const Address& b) noexcept {
+  return a.len_ == b.len_ && std::memcmp(&a.storage_, &b.storage_, a.len_) == 0;
+}
+
+// ---- resolve ------------------------------------------------------------------------------
+
+namespace {
+
+// Owns its inputs and outputs, so a fiber that stops waiting (deadline, cancel) can leave it to
+// finish on the pool and be dropped there.
+struct ResolveJob final : detail::BlockingJob {
+  ResolveJob(std::string_view h, std::uint16_t p) : host(h), port(std::to_string(p)) {}
+  void run() noexcept override {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG | AI_NUMERICSERV;
+    addrinfo* list = nullptr;
+    status = getaddrinfo(host.c_str(), port.c_str(), &hints, &list);
+    if (status == EAI_SYSTEM) sys_errno = errno;
+    if (status != 0) return;
+    try {
+      for (const addrinfo* ai = list; ai; ai = ai->ai_next)
+        results.push_back(Address::from_sockaddr(ai->ai_addr, ai->ai_addrlen));
+    } catch (...) {
+      status = EAI_MEMORY;
+    }
+    freeaddrinfo(list);
+  }
+
+  std::string host;
+  std::string port;
+  int status = 0;
+  int sys_errno = 0;
+  std::vector<Address> results;
+};
+
+}  // namespace
+
+std::vector<Address> resolve(std::string_view host, std::uint16_t port, Deadline deadline) {
+  if (host.find('\0') != std::string_view::npos) invalid("skein::resolve: host name contains a NUL byte");
+  auto job = std::make_shared<ResolveJob>(host, port);
+  detail::run_abandonable(job, *job, deadline.at());
+  const std::string what = "skein::resolve: " + std::string(host);
+  if (job->status == EAI_SYSTEM) throw std::system_error(job->sys_errno, std::generic_category(), what);
+  if (job->status != 0) throw std::system_error(job->status, resolve_category(), what);
+  if (job->results.empty()) throw std::system_error(EAI_NONAME, resolve_category(), what);
+  return std::move(job->results);
+}
+
+}  // namespace skein

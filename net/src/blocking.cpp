@@ -1,0 +1,161 @@
+// The blocking pool: threads started on demand, up to max(4, 2 x cores), each retiring after a
+// while without work. Finished jobs are handed back to the waiting fiber's driver through its
+// mailbox (eventfd), so the fiber wakes on its own thread.
+#include "blocking_pool.hpp"
+#include "epoll_driver.hpp"
+
+#include <skein/detail/fiber.hpp>
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <mutex>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+namespace skein::detail {
+
+namespace {
+
+struct Item {
+  BlockingJob* job;
+  std::shared_ptr<void> keep;  // owns `job` when the waiter may leave early
+  std::shared_ptr<Completion> completion;
+  std::shared_ptr<Mailbox> mailbox;
+};
+
+class Pool {
+ public:
+  // Queues `item`, starting a thread if none is idle and the cap allows. Throws if no thread
+  // exists and none can be started (the item is not queued then).
+  void submit(Item item) {
+    std::unique_lock lock(mutex_);
+    queue_.push_back(std::move(item));
+    if (idle_ > 0) {
+      lock.unlock();
+      cv_.notify_one();
+      return;
+    }
+    if (threads_ >= max_threads_) return;  // a busy thread takes it when it is done
+    ++threads_;
+    try {
+      start_thread();
+    } catch (...) {
+      --threads_;
+      if (threads_ == 0) {
+        queue_.pop_back();
+        throw;
+      }
+    }
+  }
+
+ private:
+  void start_thread() {
+    // Pool threads never take a signal meant for the process: they block every one, and inherit
+    // that mask from here.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    try {
+      std::thread([this] { work(); }).detach();
+    } catch (...) {
+      pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      throw;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  }
+
+  void work() noexcept {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      if (queue_.empty()) {
+        ++idle_;
+        const bool woke = cv_.wait_for(lock, idle_limit_, [this] { return !queue_.empty(); });
+        --idle_;
+        if (!woke) {
+          --threads_;
+          return;
+        }
+      }
+      Item item = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      item.job->run();
+      // The waiter may return and destroy `job` as soon as this is posted: nothing touches the
+      // job after it.
+      item.mailbox->post(std::move(item.completion));
+      item = Item{};
+      lock.lock();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Item> queue_;
+  std::size_t threads_ = 0;
+  std::size_t idle_ = 0;
+  const std::size_t max_threads_ = std::max<std::size_t>(4, 2 * std::thread::hardware_concurrency());
+  const std::chrono::seconds idle_limit_{30};
+};
+
+// Never destroyed: a detached pool thread may still run a job while the process exits.
+Pool& pool() {
+  static Pool* p = new Pool;
+  return *p;
+}
+
+// Parks until the completion is posted, `deadline`, or (unless shielded) a cancel.
+Wake await(EpollDriver& driver, Completion& completion, TimePoint deadline) noexcept {
+  driver.add_remote_waiter();
+  Wake w;
+  do {
+    w = park(deadline);
+  } while (w == Wake::notified && !completion.done);
+  driver.remove_remote_waiter();
+  return w;
+}
+
+}  // namespace
+
+void run_blocking_job(BlockingJob& job) {
+  EpollDriver* driver = EpollDriver::current();
+  if (!driver) {
+    job.run();
+    return;
+  }
+  Fiber* self = current_fiber();
+  auto completion = std::make_shared<Completion>();
+  completion->fiber = self;
+  pool().submit(Item{&job, nullptr, completion, driver->mailbox()});
+  // `job` may live on this fiber's stack and is in use on the pool: the fiber cannot leave
+  // before it is done, so a cancel waits (shielded) and is reported afterwards.
+  const bool was_shielded = self->shielded;
+  self->shielded = true;
+  await(*driver, *completion, no_deadline);
+  self->shielded = was_shielded;
+  if (self->cancel_requested && !was_shielded) throw_if_interrupted(Wake::cancelled);
+}
+
+void run_abandonable(std::shared_ptr<void> keep, BlockingJob& job, TimePoint deadline) {
+  EpollDriver* driver = EpollDriver::current();
+  if (!driver) {
+    job.run();
+    return;
+  }
+  auto completion = std::make_shared<Completion>();
+  completion->fiber = current_fiber();
+  pool().submit(Item{&job, std::move(keep), completion, driver->mailbox()});
+  const Wake w = await(*driver, *completion, deadline);
+  if (w != Wake::notified) {
+    completion->fiber = nullptr;  // a late completion must not wake this fiber in another wait
+    throw_if_interrupted(w);
+  }
+}
+
+}  // namespace skein::detail

@@ -1,0 +1,454 @@
+// The sockets' system-call loops. Each attempts the call while the driver's readiness flag for
+// that direction is set, clears the flag when the call says the fd is drained (EAGAIN, or a
+// short transfer on a stream), and otherwise parks the fiber until the next edge.
+#include "epoll_driver.hpp"
+
+#include <skein/socket.hpp>
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <system_error>
+#include <utility>
+
+namespace skein {
+
+using detail::Direction;
+using detail::EpollDriver;
+using detail::FdState;
+
+namespace {
+
+[[noreturn]] void throw_errno(int err, const char* what) {
+  throw std::system_error(err, std::generic_category(), what);
+}
+
+void require_open(int fd, const char* what) {
+  if (fd < 0) throw std::system_error(std::make_error_code(std::errc::bad_file_descriptor), what);
+}
+
+// Waits for readiness outside a fiber: the thread blocks in poll(2).
+void poll_wait(int fd, Direction dir, TimePoint deadline) {
+  pollfd p{fd, static_cast<short>(dir == Direction::read ? POLLIN : POLLOUT), 0};
+  for (;;) {
+    int timeout = -1;
+    if (deadline != no_deadline) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0)
+        throw std::system_error(std::make_error_code(std::errc::timed_out), "skein: deadline passed");
+      timeout = left > INT_MAX ? INT_MAX : static_cast<int>(left);
+    }
+    const int n = ::poll(&p, 1, timeout);
+    if (n > 0) return;
+    if (n < 0 && errno != EINTR) throw_errno(errno, "skein: poll");
+  }
+}
+
+// The I/O context of one call: the thread's driver and the fd's slot in it, or neither outside
+// a fiber.
+struct Io {
+  Io(int fd) : fd(fd), driver(EpollDriver::current()), st(driver ? &driver->state(fd) : nullptr) {}
+
+  // True if the call should be attempted now (spending the fiber's fairness budget).
+  bool ready(Direction dir) {
+    if (!st) return true;
+    if (!st->ready[static_cast<int>(dir)]) return false;
+    driver->spend_budget();
+    return st->ready[static_cast<int>(dir)];
+  }
+  void drained(Direction dir) noexcept {
+    if (st) st->ready[static_cast<int>(dir)] = false;
+  }
+  void wait(Direction dir, Deadline deadline) {
+    if (driver)
+      driver->wait(fd, dir, deadline.at());
+    else
+      poll_wait(fd, dir, deadline.at());
+  }
+
+  int fd;
+  EpollDriver* driver;
+  FdState* st;
+};
+
+void set_nodelay(int fd) noexcept {
+  const int one = 1;
+  // Best effort: only fails for a socket that is not TCP, which callers have checked.
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+bool is_ip(int family) noexcept {
+  return family == AF_INET || family == AF_INET6;
+}
+
+int open_socket(int family, int type) {
+  const int fd = ::socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw_errno(errno, "skein: socket");
+  return fd;
+}
+
+}  // namespace
+
+namespace detail {
+// Adopts descriptors that are known to be non-blocking already, without the fcntl calls.
+struct SocketAccess {
+  template <class S>
+  static S adopt(int fd) noexcept {
+    S s;
+    static_cast<Socket&>(s).fd_ = fd;
+    return s;
+  }
+};
+}  // namespace detail
+
+// ---- Socket -------------------------------------------------------------------------------
+
+Socket::Socket(int fd) : fd_(fd) {
+  if (fd < 0) throw std::system_error(std::make_error_code(std::errc::bad_file_descriptor), "skein::Socket");
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)) {
+    fd_ = -1;
+    throw_errno(errno, "skein::Socket: fcntl(O_NONBLOCK)");
+  }
+}
+
+Socket::Socket(Socket&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+
+Socket& Socket::operator=(Socket&& other) noexcept {
+  if (this != &other) {
+    close();
+    fd_ = std::exchange(other.fd_, -1);
+  }
+  return *this;
+}
+
+void Socket::close() noexcept {
+  if (fd_ < 0) return;
+  if (EpollDriver* d = EpollDriver::current()) d->forget(fd_);
+  // Linux releases the descriptor even when close() reports EINTR or EIO: never retry.
+  ::close(std::exchange(fd_, -1));
+}
+
+int Socket::release() noexcept {
+  if (fd_ >= 0)
+    if (EpollDriver* d = EpollDriver::current()) d->forget(fd_);
+  return std::exchange(fd_, -1);
+}
+
+Address Socket::local_address() const {
+  require_open(fd_, "skein::Socket::local_address");
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len) < 0) throw_errno(errno, "skein: getsockname");
+  return Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+// ---- Stream -------------------------------------------------------------------------------
+
+std::size_t Stream::read(std::span<char> buf, Deadline deadline) {
+  require_open(fd_, "skein::Stream::read");
+  if (buf.empty()) return 0;
+  Io io(fd_);
+  for (;;) {
+    if (io.ready(Direction::read)) {
+      const ssize_t n = ::recv(fd_, buf.data(), buf.size(), 0);
+      if (n >= 0) {
+        // A short read drained the socket's receive queue: the next one would only say EAGAIN
+        // (Tokio relies on the same fact). End of stream stays readable.
+        if (n > 0 && static_cast<std::size_t>(n) < buf.size()) io.drained(Direction::read);
+        return static_cast<std::size_t>(n);
+      }
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) throw_errno(errno, "skein::Stream::read");
+      io.drained(Direction::read);
+    }
+    io.wait(Direction::read, deadline);
+  }
+}
+
+void Stream::read_exact(std::span<char> buf, Deadline deadline) {
+  while (!buf.empty()) {
+    const std::size_t n = read(buf, deadline);
+    if (n == 0)
+      throw std::system_error(make_error_code(net_errc::end_of_stream), "skein::Stream::read_exact");
+    buf = buf.subspan(n);
+  }
+}
+
+std::size_t Stream::write(std::string_view data, Deadline deadline) {
+  require_open(fd_, "skein::Stream::write");
+  if (data.empty()) return 0;
+  Io io(fd_);
+  for (;;) {
+    if (io.ready(Direction::write)) {
+      // MSG_NOSIGNAL: a closed peer is EPIPE for this call, not SIGPIPE for the process.
+      const ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n >= 0) {
+        if (static_cast<std::size_t>(n) < data.size()) io.drained(Direction::write);
+        return static_cast<std::size_t>(n);
+      }
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) throw_errno(errno, "skein::Stream::write");
+      io.drained(Direction::write);
+    }
+    io.wait(Direction::write, deadline);
+  }
+}
+
+void Stream::write_all(std::string_view data, Deadline deadline) {
+  while (!data.empty()) data.remove_prefix(write(data, deadline));
+}
+
+void Stream::write_all(std::span<const std::string_view> parts, Deadline deadline) {
+  require_open(fd_, "skein::Stream::write_all");
+  constexpr std::size_t max_iov = 64;
+  std::size_t first = 0;   // the first part not fully written
+  std::size_t offset = 0;  // bytes of it already written
+  Io io(fd_);
+  while (first < parts.size()) {
+    if (parts[first].size() == offset) {
+      ++first;
+      offset = 0;
+      continue;
+    }
+    if (!io.ready(Direction::write)) {
+      io.wait(Direction::write, deadline);
+      continue;
+    }
+    iovec iov[max_iov];
+    std::size_t count = 0, total = 0;
+    for (std::size_t i = first; i < parts.size() && count < max_iov; ++i) {
+      const std::size_t skip = i == first ? offset : 0;
+      if (parts[i].size() == skip) continue;
+      iov[count++] = {const_cast<char*>(parts[i].data()) + skip, parts[i].size() - skip};
+      total += parts[i].size() - skip;
+    }
+    if (count == 0) break;
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = count;
+    const ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) throw_errno(errno, "skein::Stream::write_all");
+      io.drained(Direction::write);
+      continue;
+    }
+    if (static_cast<std::size_t>(n) < total) io.drained(Direction::write);
+    auto left = static_cast<std::size_t>(n);
+    while (left > 0) {
+      const std::size_t here = std::min(left, parts[first].size() - offset);
+      offset += here;
+      left -= here;
+      if (offset == parts[first].size()) {
+        ++first;
+        offset = 0;
+      }
+    }
+  }
+}
+
+void Stream::shutdown(Shutdown how) {
+  require_open(fd_, "skein::Stream::shutdown");
+  if (::shutdown(fd_, static_cast<int>(how)) < 0) throw_errno(errno, "skein::Stream::shutdown");
+}
+
+Address Stream::peer_address() const {
+  require_open(fd_, "skein::Stream::peer_address");
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (getpeername(fd_, reinterpret_cast<sockaddr*>(&ss), &len) < 0) throw_errno(errno, "skein: getpeername");
+  return Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+void Stream::set_nodelay(bool on) {
+  require_open(fd_, "skein::Stream::set_nodelay");
+  const int value = on ? 1 : 0;
+  if (setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &value, sizeof value) < 0)
+    throw_errno(errno, "skein::Stream::set_nodelay");
+}
+
+Stream connect(const Address& address, Deadline deadline) {
+  if (address.empty())
+    throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                            "skein::connect: empty address");
+  auto s = detail::SocketAccess::adopt<Stream>(open_socket(address.family(), SOCK_STREAM));
+  if (::connect(s.fd(), address.data(), address.size()) == 0) {
+    if (is_ip(address.family())) set_nodelay(s.fd());
+    return s;
+  }
+  if (errno == EAGAIN && address.family() == AF_UNIX)
+    throw_errno(EAGAIN, "skein::connect: the Unix socket's backlog is full");
+  if (errno != EINPROGRESS && errno != EINTR) throw_errno(errno, "skein::connect");
+  // In progress: the fd turns writable when the handshake ends, either way.
+  Io io(s.fd());
+  io.drained(Direction::write);
+  io.wait(Direction::write, deadline);
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(s.fd(), SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    throw_errno(errno, "skein::connect: getsockopt");
+  if (err != 0) throw_errno(err, "skein::connect");
+  if (is_ip(address.family())) set_nodelay(s.fd());
+  return s;
+}
+
+Stream connect(std::string_view host, std::uint16_t port, Deadline deadline) {
+  std::system_error last(std::make_error_code(std::errc::host_unreachable), "skein::connect");
+  for (const Address& a : resolve(host, port, deadline)) {
+    try {
+      return connect(a, deadline);
+    } catch (const std::system_error& e) {
+      // Out of time, or told to stop: trying the next address would not help.
+      if (e.code() == std::errc::timed_out || e.code() == std::errc::operation_canceled) throw;
+      last = e;
+    }
+  }
+  throw last;
+}
+
+// ---- Listener -----------------------------------------------------------------------------
+
+Stream Listener::accept(Deadline deadline, Address* peer) {
+  require_open(fd_, "skein::Listener::accept");
+  Io io(fd_);
+  for (;;) {
+    if (io.ready(Direction::read)) {
+      sockaddr_storage ss{};
+      socklen_t len = sizeof ss;
+      const int fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd >= 0) {
+        auto s = detail::SocketAccess::adopt<Stream>(fd);
+        if (is_ip(ss.ss_family)) set_nodelay(fd);
+        if (peer) *peer = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+        return s;
+      }
+      switch (errno) {
+        case EAGAIN:
+          io.drained(Direction::read);
+          break;
+        // A connection that died in the queue, or a network error Linux passes on from the new
+        // socket (accept(2)): the listener itself is fine.
+        case EINTR:
+        case ECONNABORTED:
+        case EPROTO:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case ENETDOWN:
+        case ENETUNREACH:
+        case EPERM:  // a firewall rule refused it
+          continue;
+        default:
+          throw_errno(errno, "skein::Listener::accept");
+      }
+    }
+    io.wait(Direction::read, deadline);
+  }
+}
+
+Listener listen(const Address& address, const ListenOptions& options) {
+  if (address.empty())
+    throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                            "skein::listen: empty address");
+  auto l = detail::SocketAccess::adopt<Listener>(open_socket(address.family(), SOCK_STREAM));
+  const int one = 1;
+  if (is_ip(address.family())) {
+    if (options.reuse_address && setsockopt(l.fd(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
+      throw_errno(errno, "skein::listen: SO_REUSEADDR");
+    if (options.reuse_port && setsockopt(l.fd(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+      throw_errno(errno, "skein::listen: SO_REUSEPORT");
+    if (address.family() == AF_INET6) {
+      const int v6_only = options.v6_only ? 1 : 0;
+      if (setsockopt(l.fd(), IPPROTO_IPV6, IPV6_V6ONLY, &v6_only, sizeof v6_only) < 0)
+        throw_errno(errno, "skein::listen: IPV6_V6ONLY");
+    }
+  }
+  if (::bind(l.fd(), address.data(), address.size()) < 0)
+    throw std::system_error(errno, std::generic_category(), "skein::listen: bind " + address.to_string());
+  if (::listen(l.fd(), options.backlog) < 0) throw_errno(errno, "skein::listen");
+  return l;
+}
+
+// ---- UdpSocket ----------------------------------------------------------------------------
+
+UdpSocket UdpSocket::open(int family) {
+  if (!is_ip(family))
+    throw std::system_error(std::make_error_code(std::errc::address_family_not_supported),
+                            "skein::UdpSocket::open");
+  return detail::SocketAccess::adopt<UdpSocket>(open_socket(family, SOCK_DGRAM));
+}
+
+UdpSocket UdpSocket::bind(const Address& address) {
+  UdpSocket s = open(address.family());
+  if (::bind(s.fd(), address.data(), address.size()) < 0)
+    throw std::system_error(errno, std::generic_category(), "skein::UdpSocket::bind " + address.to_string());
+  return s;
+}
+
+namespace {
+
+// Datagram calls: a short datagram says nothing about what else is queued, so only EAGAIN
+// clears readiness.
+template <class Call>
+std::size_t datagram_io(int fd, Direction dir, Deadline deadline, const char* what, Call call) {
+  require_open(fd, what);
+  Io io(fd);
+  for (;;) {
+    if (io.ready(dir)) {
+      const ssize_t n = call();
+      if (n >= 0) return static_cast<std::size_t>(n);
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) throw_errno(errno, what);
+      io.drained(dir);
+    }
+    io.wait(dir, deadline);
+  }
+}
+
+}  // namespace
+
+std::size_t UdpSocket::send_to(std::string_view datagram, const Address& to, Deadline deadline) {
+  return datagram_io(fd_, Direction::write, deadline, "skein::UdpSocket::send_to", [&] {
+    return ::sendto(fd_, datagram.data(), datagram.size(), MSG_NOSIGNAL, to.data(), to.size());
+  });
+}
+
+std::size_t UdpSocket::receive_from(std::span<char> buf, Address* from, Deadline deadline) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  const std::size_t n = datagram_io(fd_, Direction::read, deadline, "skein::UdpSocket::receive_from", [&] {
+    len = sizeof ss;
+    return ::recvfrom(fd_, buf.data(), buf.size(), 0, reinterpret_cast<sockaddr*>(&ss), &len);
+  });
+  if (from) *from = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+  return n;
+}
+
+void UdpSocket::connect(const Address& peer) {
+  require_open(fd_, "skein::UdpSocket::connect");
+  if (::connect(fd_, peer.data(), peer.size()) < 0)
+    throw std::system_error(errno, std::generic_category(), "skein::UdpSocket::connect " + peer.to_string());
+}
+
+std::size_t UdpSocket::send(std::string_view datagram, Deadline deadline) {
+  return datagram_io(fd_, Direction::write, deadline, "skein::UdpSocket::send",
+                     [&] { return ::send(fd_, datagram.data(), datagram.size(), MSG_NOSIGNAL); });
+}
+
+std::size_t UdpSocket::receive(std::span<char> buf, Deadline deadline) {
+  return datagram_io(fd_, Direction::read, deadline, "skein::UdpSocket::receive",
+                     [&] { return ::recv(fd_, buf.data(), buf.size(), 0); });
+}
+
+}  // namespace skein
