@@ -112,6 +112,10 @@ EpollDriver* EpollDriver::current() noexcept {
   return tl_driver;
 }
 
+EpollDriver* EpollDriver::installed() noexcept {
+  return tl_driver;
+}
+
 FdState& EpollDriver::state(int fd) {
   const auto i = static_cast<std::size_t>(fd);
   const std::size_t chunk = i / chunk_size;

@@ -78,6 +78,8 @@ class EpollDriver final : public Driver {
 
   // The driver of this thread's scheduler, installed on first use; nullptr outside a fiber.
   static EpollDriver* current() noexcept;
+  // This thread's driver if one was installed, without installing one.
+  static EpollDriver* installed() noexcept;
 
   // The state slot for `fd`; stable for the driver's lifetime.
   FdState& state(int fd);

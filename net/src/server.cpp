@@ -238,7 +238,7 @@ void Server::serve(Listener& listener, Handler handler) {
   if (signal_watcher.valid()) {
     signal_watcher.cancel();
     detail::TaskAccess::wait_shielded(signal_watcher);
-    if (detail::EpollDriver* d = detail::EpollDriver::current()) d->forget(sigfd);
+    if (detail::EpollDriver* d = detail::EpollDriver::installed()) d->forget(sigfd);
     ::close(sigfd);
     pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   }

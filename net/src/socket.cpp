@@ -133,14 +133,14 @@ Socket& Socket::operator=(Socket&& other) noexcept {
 
 void Socket::close() noexcept {
   if (fd_ < 0) return;
-  if (EpollDriver* d = EpollDriver::current()) d->forget(fd_);
+  if (EpollDriver* d = EpollDriver::installed()) d->forget(fd_);
   // Linux releases the descriptor even when close() reports EINTR or EIO: never retry.
   ::close(std::exchange(fd_, -1));
 }
 
 int Socket::release() noexcept {
   if (fd_ >= 0)
-    if (EpollDriver* d = EpollDriver::current()) d->forget(fd_);
+    if (EpollDriver* d = EpollDriver::installed()) d->forget(fd_);
   return std::exchange(fd_, -1);
 }
 
