@@ -119,6 +119,9 @@ Socket::Socket(int fd) : fd_(fd) {
     fd_ = -1;
     throw_errno(errno, "skein::Socket: fcntl(O_NONBLOCK)");
   }
+  // A descriptor from elsewhere may reuse the number of one the driver still remembers (closed
+  // behind skein's back): start from a clean slot.
+  if (EpollDriver* d = EpollDriver::installed()) d->forget(fd);
 }
 
 Socket::Socket(Socket&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
