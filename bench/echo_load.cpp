@@ -43,7 +43,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr const char* kUsage =
     "usage: echo_load --port P [--host ADDR] [--connections N] [--seconds S] [--size B]\n"
-    "                 [--warmup S] [--threads T] [--json FILE]\n"
+    "                 [--warmup S] [--threads T] [--server-pid PID] [--json FILE]\n"
     "\n"
     "Load generator for TCP echo servers. Opens N connections (in batches, each proven with one\n"
     "round trip before the next batch, so the server's accept backlog never overflows), then every\n"
@@ -59,6 +59,8 @@ constexpr const char* kUsage =
     "  --size B          message size in bytes, 1..1048576; default 64\n"
     "  --warmup S        unmeasured load before the measured time, 0..600; default 1\n"
     "  --threads T       client threads, each with its own epoll set, 1..64; default 1\n"
+    "  --server-pid PID  also report the CPU time process PID (the server) used in the measured\n"
+    "                    time, per message: a figure the client's own limits cannot cap\n"
     "  --json FILE       also write the results as JSON to FILE\n"
     "  -h, --help        show this help and exit\n"
     "\n"
@@ -77,6 +79,7 @@ struct Options {
   std::size_t size = 64;
   double warmup = 1;
   int threads = 1;
+  long server_pid = 0;
   std::string json;
 };
 
@@ -412,6 +415,25 @@ double cpu_seconds() {
          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
+// CPU seconds (user + system) process `pid` has used, from /proc/PID/stat; -1 if unreadable.
+double process_cpu_seconds(long pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+  std::FILE* f = std::fopen(path, "r");
+  if (!f) return -1;
+  char buf[1024];
+  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  // The command name may hold spaces and parentheses: fields are counted after its last ')'.
+  const char* p = std::strrchr(buf, ')');
+  if (!p) return -1;
+  unsigned long long utime = 0, stime = 0;
+  if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+    return -1;
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
 // Sleeps for `seconds`, printing a progress line each second when `progress`. False on failure.
 bool run_for(double seconds, const char* label, bool progress,
              const std::vector<std::unique_ptr<Worker>>& workers) {
@@ -480,6 +502,10 @@ int main(int argc, char** argv) {
       opt.warmup = cli::number("--warmup", value, 0.0, 600.0);
     } else if (cli::option("--threads", i, argc, argv, value)) {
       opt.threads = cli::number("--threads", value, 1, 64);
+    } else if (cli::option("--server-pid", i, argc, argv, value)) {
+      opt.server_pid = cli::number("--server-pid", value, 1L, 1L << 30);
+      if (process_cpu_seconds(opt.server_pid) < 0)
+        cli::usage_error("--server-pid " + std::to_string(opt.server_pid) + ": no such process to read");
     } else if (cli::option("--json", i, argc, argv, value)) {
       opt.json = value;
       if (opt.json.empty()) cli::usage_error("--json needs a file name");
@@ -517,16 +543,19 @@ int main(int argc, char** argv) {
   if (progress && !failed.load())
     std::fprintf(stderr, "echo_load: %d connections up in %.2f s\n", opt.connections, ramp_s);
 
-  double measured_s = 0, cpu_s = 0;
+  double measured_s = 0, cpu_s = 0, server_cpu_s = -1;
   phase.store(kWarmup);
   if (!failed.load() && run_for(opt.warmup, "warm-up", progress, workers)) {
     const double cpu0 = cpu_seconds();
+    const double server0 = opt.server_pid ? process_cpu_seconds(opt.server_pid) : -1;
     const auto t0 = Clock::now();
     phase.store(kMeasure);
     run_for(opt.seconds, "run", progress, workers);
     phase.store(kStop);
     measured_s = std::chrono::duration<double>(Clock::now() - t0).count();
     cpu_s = cpu_seconds() - cpu0;
+    const double server1 = opt.server_pid ? process_cpu_seconds(opt.server_pid) : -1;
+    if (server0 >= 0 && server1 >= 0) server_cpu_s = server1 - server0;
   }
   phase.store(kStop);
   for (auto& t : threads) t.join();
@@ -543,6 +572,9 @@ int main(int argc, char** argv) {
   const double rate = measured_s > 0 ? static_cast<double>(messages) / measured_s : 0;
   const double p50 = hist.quantile(0.50) / 1e3, p99 = hist.quantile(0.99) / 1e3;
   const double cpu_util = measured_s > 0 ? cpu_s / measured_s : 0;
+  const double server_util = server_cpu_s >= 0 && measured_s > 0 ? server_cpu_s / measured_s : -1;
+  const double server_us_per_msg =
+      server_cpu_s >= 0 && messages ? server_cpu_s * 1e6 / static_cast<double>(messages) : -1;
 
   std::printf("echo_load: %d connections, %zu-byte messages, %.2f s measured after %.2f s warm-up\n",
               opt.connections, opt.size, measured_s, opt.warmup);
@@ -553,6 +585,9 @@ int main(int argc, char** argv) {
               static_cast<double>(hist.max()) / 1e3);
   std::printf("client:         %.0f%% of a CPU, %" PRIu64 " connect retries, ramp %.2f s\n", cpu_util * 100,
               retries, ramp_s);
+  if (server_util >= 0)
+    std::printf("server:         %.0f%% of a CPU, %.2f us of CPU per message\n", server_util * 100,
+                server_us_per_msg);
   if (errors) std::fprintf(stderr, "echo_load: error: %s\n", first_error.c_str());
 
   if (!opt.json.empty()) {
@@ -573,10 +608,10 @@ int main(int argc, char** argv) {
                  " \"errors\": %" PRIu64 ", \"first_error\": \"%s\", \"connect_retries\": %" PRIu64
                  ", \"ramp_s\": %.3f,\n"
                  " \"latency_us\": {\"p50\": %.2f, \"p99\": %.2f, \"mean\": %.2f, \"max\": %.2f},\n"
-                 " \"client_cpu\": %.3f}\n",
+                 " \"client_cpu\": %.3f, \"server_cpu\": %.3f, \"server_us_per_message\": %.3f}\n",
                  opt.host.c_str(), opt.port, opt.connections, opt.size, opt.threads, opt.warmup, measured_s,
                  messages, rate, errors, err_json.c_str(), retries, ramp_s, p50, p99, hist.mean() / 1e3,
-                 static_cast<double>(hist.max()) / 1e3, cpu_util);
+                 static_cast<double>(hist.max()) / 1e3, cpu_util, server_util, server_us_per_msg);
     std::fclose(f);
   }
   return errors || messages == 0 ? 1 : 0;
