@@ -79,13 +79,14 @@ struct Verified {
   std::string first_mismatch;
 };
 
+// Deadlines of 5 s on every call: a lost wake-up fails the test instead of hanging it.
 Verified read_and_verify(skein::Stream& s, std::uint64_t seed, std::uint64_t rng_seed) {
   Verified v;
   std::mt19937 rng(static_cast<std::mt19937::result_type>(rng_seed));
   std::uniform_int_distribution<std::size_t> size(1, 200'000);
   std::vector<char> buf(200'000);
   for (;;) {
-    const std::size_t n = s.read(std::span<char>(buf.data(), size(rng)));
+    const std::size_t n = s.read(std::span<char>(buf.data(), size(rng)), 5s);
     if (n == 0) return v;
     for (std::size_t i = 0; i < n; ++i) {
       if (buf[i] != pattern_byte(seed, v.bytes + i)) {
@@ -103,7 +104,7 @@ void write_pattern(skein::Stream& s, std::uint64_t seed, std::size_t total, std:
   std::size_t off = 0;
   while (off < total) {
     const std::size_t n = std::min(total - off, size(rng));
-    s.write_all(pattern(seed, n, off));
+    s.write_all(pattern(seed, n, off), 5s);
     off += n;
   }
   s.shutdown(skein::Shutdown::write);
@@ -406,7 +407,7 @@ TEST_SUITE("net") {
         CHECK(&e.code().category() == &skein::resolve_category());
         CHECK(e.code().value() != 0);
         CHECK(!e.code().message().empty());
-        MESSAGE("resolve(\"bad..name\"): " << e.what());
+        MESSAGE("resolve(\"bad..name\"): " << std::string(e.what()));
       }
       CHECK(std::string(skein::resolve_category().name()) == "skein.resolve");
     });
@@ -473,6 +474,35 @@ TEST_SUITE("net") {
   TEST_CASE("Unix-domain streams (abstract): round trip, end of stream, 2 x 8 MiB") {
     FdCheck fds;
     stream_battery(Address::unix_path(abstract_name("battery")));
+  }
+
+  // BUG (net/src/socket.cpp, Stream::read): a short read clears the read-readiness flag ("short
+  // transfer means drained"), but when the peer's FIN came with the data, the edge that reported
+  // it is already spent: the next read parks until its deadline instead of returning 0. Seen as
+  // a hang in the 8 MiB transfers above (a reader waiting forever for end of stream).
+  TEST_CASE("BUG: read after a short read that consumed the data before a FIN returns 0") {
+    FdCheck fds;
+    TempDir dir;
+    for (const Address& at : {Address::loopback(0), Address::unix_path(dir.file("eof"))}) {
+      CAPTURE(at.to_string());
+      skein::run([&] {
+        StreamPair p = connected_pair(at);
+        auto writer = skein::spawn([&] {
+          p.client.write_all("abc");
+          p.client.shutdown();
+        });
+        CancelOnExit guard{writer};
+        char buf[100];
+        // Parks first (nothing has arrived), then is woken by the data and the FIN together.
+        CHECK(p.server.read(std::span<char>(buf, sizeof buf), 5s) == 3);
+        std::size_t n = 99;
+        const std::error_code e =
+            code_of([&] { n = p.server.read(std::span<char>(buf, sizeof buf), 500ms); });
+        CHECK_MESSAGE(!e, "second read: " << describe(e) << " instead of end of stream");
+        CHECK(n == 0);
+        writer.join();
+      });
+    }
   }
 
   TEST_CASE("connect: refused, missing Unix path, by host name") {
@@ -805,9 +835,11 @@ TEST_SUITE("net") {
         cancel_after(t, 50ms);
         CHECK(p.client.is_open());
         // Drain what got through, then the stream carries new data.
-        char buf[64 * 1024];
+        std::vector<char> drain(64 * 1024);  // off the fiber's 64 KiB stack
+        char buf[8];
         while (true) {
-          const std::error_code e = code_of([&] { p.server.read(std::span<char>(buf, sizeof buf), 100ms); });
+          const std::error_code e =
+              code_of([&] { p.server.read(std::span<char>(drain.data(), drain.size()), 100ms); });
           if (e) {
             CHECK_MESSAGE(e == std::errc::timed_out, describe(e));
             break;
@@ -1099,9 +1131,14 @@ TEST_SUITE("net") {
     });
   }
 
-  TEST_CASE("run_blocking: four 200 ms calls overlap while other fibers run") {
+  // BUG (net/src/blocking.cpp, Pool::submit): a job submitted while a thread is idle only
+  // notifies it, and idle_ drops only when that thread wakes, so a burst of submissions counts the
+  // same idle thread again and again and starts none: a burst runs on as many threads as were
+  // idle beforehand (two here after the earlier tests: 400 ms, not 200).
+  TEST_CASE("BUG: run_blocking: four 200 ms calls overlap while other fibers run") {
     FdCheck fds;
     skein::run([] {
+      skein::run_blocking([] {});  // at least one pool thread exists and is idle now
       std::uint64_t ticks = 0;
       bool stop = false;
       auto ticker = skein::spawn([&] {
@@ -1118,10 +1155,11 @@ TEST_SUITE("net") {
             skein::spawn([] { skein::run_blocking([] { std::this_thread::sleep_for(200ms); }); }));
       skein::join_all(calls);
       const double took = ms_since(start);
-      CHECK(took >= 195);
-      CHECK(took < 600);
-      CHECK(ticks >= 10);  // ~40 at 5 ms, had the thread not been blocked
       MESSAGE("4 x 200 ms on the pool: " << took << " ms, " << ticks << " ticks meanwhile");
+      CHECK(took >= 195);
+      // The pool holds max(4, 2 x cores) threads: the four calls run at once.
+      CHECK_MESSAGE(took < 350, "the calls did not all run at once (" << took << " ms)");
+      CHECK(ticks >= 10);  // ~40 at 5 ms: the thread was not blocked
       stop = true;
       ticker.join();
     });

@@ -86,7 +86,7 @@ struct FdCheck {
   }
   ~FdCheck() {
     const std::size_t after = open_fd_count();
-    CHECK_MESSAGE(after == before, "descriptor leak: " << before << " open before, " << after << " after");
+    if (after != before) FAIL_CHECK("descriptor leak: " << before << " open before, " << after << " after");
   }
   FdCheck(const FdCheck&) = delete;
   FdCheck& operator=(const FdCheck&) = delete;
