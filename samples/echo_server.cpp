@@ -1,0 +1,136 @@
+// echo_server: the seeds' asyncio echo server, one fiber per connection. The Python it answers:
+//
+//   async def handle_echo(reader, writer):
+//       data = await reader.read(100)
+//       message = data.decode()
+//       addr = writer.get_extra_info('peername')
+//       print("Received %r from %r" % (message, addr))
+//       writer.write(data)
+//       await writer.drain()
+//       writer.close()
+//
+//   server = await asyncio.start_server(handle_echo, '127.0.0.1', 8888)
+//
+// Here a connection is echoed until the peer closes it, not for one message only, and the
+// "Received" line is printed only with --verbose (it would dominate a benchmark). The handler is
+// the plain blocking loop: read into a buffer, write back what was read; each read and write parks
+// only this connection's fiber.
+
+#include <skein/skein.hpp>
+
+#include "cli.hpp"
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+namespace {
+
+namespace cli = skein_samples::cli;
+
+constexpr const char* kUsage =
+    "usage: echo_server [--host H] [--port P] [--verbose]\n"
+    "\n"
+    "Echoes every byte a client sends back to it, until the client closes; one fiber per\n"
+    "connection. Prints 'listening on HOST:PORT' once it accepts connections. Ctrl-C or SIGTERM\n"
+    "stops it: it stops accepting, gives open connections a second to finish, and exits 0.\n"
+    "\n"
+    "  --host H      address to listen on, an IP literal or a name; default 127.0.0.1\n"
+    "  --port P      TCP port, 0..65535 (0 picks a free one); default 8888\n"
+    "  --verbose     print 'Received ... from PEER' for every read, as the seeds' server does\n"
+    "  -h, --help    show this help and exit\n";
+
+// Python's %r of bytes, shortened: printable ASCII as is, the rest as \xNN.
+std::string repr(std::string_view data) {
+  std::string out = "b'";
+  const std::size_t shown = std::min<std::size_t>(data.size(), 60);
+  for (std::size_t i = 0; i < shown; ++i) {
+    const auto c = static_cast<unsigned char>(data[i]);
+    if (c == '\\' || c == '\'') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      char hex[5];
+      std::snprintf(hex, sizeof hex, "\\x%02x", c);
+      out += hex;
+    }
+  }
+  out += '\'';
+  if (shown < data.size()) out += "...";
+  return out;
+}
+
+void handle_echo(skein::Stream stream, bool verbose) {
+  std::array<char, 16 * 1024> buffer;
+  const std::string peer = verbose ? stream.peer_address().to_string() : std::string();
+  for (;;) {
+    const std::size_t n = stream.read(buffer);
+    if (n == 0) return;  // the peer closed
+    if (verbose) {
+      std::printf("Received %s from %s\n", repr({buffer.data(), n}).c_str(), peer.c_str());
+      std::fflush(stdout);
+    }
+    stream.write_all({buffer.data(), n});
+  }
+}
+
+skein::Address listen_address(const std::string& host, std::uint16_t port) {
+  try {
+    return skein::Address::ip(host, port);
+  } catch (const std::system_error&) {
+    return skein::resolve(host, port).front();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cli::program = "echo_server";
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8888;
+  bool verbose = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view value;
+    if (cli::is_help(argv[i])) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (cli::option("--host", i, argc, argv, value)) {
+      if (value.empty()) cli::usage_error("--host must not be empty");
+      host = value;
+    } else if (cli::option("--port", i, argc, argv, value)) {
+      port = static_cast<std::uint16_t>(cli::number("--port", value, 0, 65535));
+    } else if (std::string_view(argv[i]) == "--verbose") {
+      verbose = true;
+    } else {
+      cli::unknown_argument(argv[i]);
+    }
+  }
+
+  try {
+    skein::run([&] {
+      skein::Listener listener = skein::listen(listen_address(host, port));
+      std::printf("listening on %s\n", listener.local_address().to_string().c_str());
+      std::fflush(stdout);
+
+      skein::ServeOptions options;
+      options.stop_on_signals = true;
+      // Idle connections would otherwise hold the exit for the whole grace period.
+      options.grace_period = std::chrono::seconds(1);
+      skein::serve(
+          listener, [verbose](skein::Stream stream) { handle_echo(std::move(stream), verbose); }, options);
+    });
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "echo_server: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

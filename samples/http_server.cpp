@@ -1,0 +1,161 @@
+// http_server: the seeds' aiohttp app, one fiber per connection. The Python it answers:
+//
+//   async def index(request):
+//       return web.Response(body=b'<h1>Index Page</h1>', content_type='text/html')
+//
+//   async def hello(request):
+//       text = '<h1>Hello, %s</h1>' % request.match_info['name']
+//       return web.Response(body=text.encode('utf-8'), content_type='text/html')
+//
+//   app = web.Application()
+//   app.router.add_route('GET', '/', index)
+//   app.router.add_route('GET', '/{name}', hello)
+//   web.run_app(app)
+//
+// Each connection's fiber is a plain loop: read what the peer sent, feed it to an HttpSession (the
+// HTTP logic, samples/http/), write the responses, and stop when the session says so or the peer
+// goes away. Reads and writes park only that fiber, so thousands of connections share one thread.
+// Unlike the Python, {name} is HTML-escaped: "/%3Cscript%3E" must not put a script on the page.
+
+#include <skein/skein.hpp>
+
+#include "cli.hpp"
+#include "http/http_session.hpp"
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+namespace {
+
+namespace cli = skein_samples::cli;
+using skein_samples::http::HttpSession;
+
+constexpr const char* kUsage =
+    "usage: http_server [--host H] [--port P] [--idle-timeout S] [--delay-ms N]\n"
+    "\n"
+    "Serves the seeds' aiohttp app over HTTP/1.1, one fiber per connection:\n"
+    "  GET /        -> <h1>Index Page</h1>\n"
+    "  GET /{name}  -> <h1>Hello, {name}</h1>\n"
+    "Prints 'listening on HOST:PORT' once it accepts connections. Ctrl-C or SIGTERM stops it: it\n"
+    "stops accepting, gives open connections a second to finish, and exits 0.\n"
+    "\n"
+    "  --host H           address to listen on, an IP literal or a name; default 127.0.0.1\n"
+    "  --port P           TCP port, 0..65535 (0 picks a free one); default 8080\n"
+    "  --idle-timeout S   close a connection after S seconds without a request (a write that\n"
+    "                     stalls that long fails too); 0 waits forever; default 60\n"
+    "  --delay-ms N       wait N ms (parking only that connection's fiber) before each\n"
+    "                     response, 0..60000; default 0\n"
+    "  -h, --help         show this help and exit\n";
+
+struct Config {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8080;
+  std::chrono::duration<double> idle_timeout{60.0};
+  std::chrono::milliseconds delay{0};
+};
+
+// The deadline of the next read or write on a connection.
+skein::Deadline idle_deadline(const Config& config) {
+  if (config.idle_timeout.count() <= 0) return {};
+  return skein::Deadline(config.idle_timeout);
+}
+
+// Closes gracefully after an error response: stop writing, then read and drop what the peer still
+// sends for a moment. Closing with unread bytes in the socket makes the kernel send a reset, which
+// can destroy our response in the peer's receive queue before it has read it.
+void linger_close(skein::Stream& stream, std::span<char> buffer) {
+  try {
+    stream.shutdown(skein::Shutdown::write);
+    const skein::Deadline until(std::chrono::seconds(2));
+    std::size_t drained = 0;
+    while (drained < 1024 * 1024) {
+      const std::size_t n = stream.read(buffer, until);
+      if (n == 0) break;
+      drained += n;
+    }
+  } catch (const std::system_error&) {
+    // A timeout, a reset or a cancel: the connection ends here either way.
+  }
+}
+
+void handle_connection(skein::Stream stream, const Config& config) {
+  HttpSession session;
+  std::array<char, 16 * 1024> buffer;
+  for (;;) {
+    const std::size_t n = stream.read(buffer, idle_deadline(config));
+    if (n == 0) return;  // the peer closed
+    const std::uint64_t before = session.responses();
+    session.feed(buffer.data(), n);
+    if (config.delay.count() > 0 && session.responses() > before)
+      skein::sleep_for(config.delay * static_cast<int>(session.responses() - before));
+    if (!session.output().empty()) {
+      stream.write_all(session.output(), idle_deadline(config));
+      session.clear_output();
+    }
+    if (session.should_close()) {
+      linger_close(stream, buffer);
+      return;
+    }
+  }
+}
+
+// An IP literal as it is; anything else is looked up (on the blocking pool, so it must run on a
+// fiber) and the first address wins.
+skein::Address listen_address(const Config& config) {
+  try {
+    return skein::Address::ip(config.host, config.port);
+  } catch (const std::system_error&) {
+    return skein::resolve(config.host, config.port).front();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cli::program = "http_server";
+  Config config;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view value;
+    if (cli::is_help(argv[i])) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (cli::option("--host", i, argc, argv, value)) {
+      if (value.empty()) cli::usage_error("--host must not be empty");
+      config.host = value;
+    } else if (cli::option("--port", i, argc, argv, value)) {
+      config.port = static_cast<std::uint16_t>(cli::number("--port", value, 0, 65535));
+    } else if (cli::option("--idle-timeout", i, argc, argv, value)) {
+      config.idle_timeout = std::chrono::duration<double>(cli::number("--idle-timeout", value, 0.0, 86400.0));
+    } else if (cli::option("--delay-ms", i, argc, argv, value)) {
+      config.delay = std::chrono::milliseconds(cli::number("--delay-ms", value, 0, 60000));
+    } else {
+      cli::unknown_argument(argv[i]);
+    }
+  }
+
+  try {
+    skein::run([&config] {
+      skein::Listener listener = skein::listen(listen_address(config));
+      std::printf("listening on %s\n", listener.local_address().to_string().c_str());
+      std::fflush(stdout);
+
+      skein::ServeOptions options;
+      options.stop_on_signals = true;
+      // Idle keep-alive connections would otherwise hold the exit for the whole grace period.
+      options.grace_period = std::chrono::seconds(1);
+      skein::serve(
+          listener, [&config](skein::Stream stream) { handle_connection(std::move(stream), config); },
+          options);
+    });
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "http_server: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
