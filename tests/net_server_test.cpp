@@ -26,6 +26,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -161,6 +162,27 @@ TEST_SUITE("server") {
       MESSAGE(clients << " clients, " << bytes << " bytes echoed in " << took << " ms");
       CHECK(eventually([&] { return server.active() == 0; }));
       CHECK(server.accepted() == clients);
+      server.stop();
+      srv.join();
+    });
+  }
+
+  TEST_CASE("a server on a Unix-domain listener (unnamed peers)") {
+    FdCheck fds;
+    skein::run([] {
+      skein::Listener l = skein::listen(Address::unix_path(abstract_name("server")));
+      skein::Server server;
+      auto srv = skein::spawn([&] { server.serve(l, echo); });
+      CancelOnExit guard{srv};
+      for (int i = 0; i < 3; ++i) {
+        skein::Stream c = skein::connect(l.local_address(), 5s);
+        const std::string msg = pattern(static_cast<std::uint64_t>(i), 1000);
+        c.write_all(msg, 5s);
+        std::string back(msg.size(), '\0');
+        c.read_exact(back, 5s);
+        CHECK(back == msg);
+      }
+      CHECK(server.accepted() == 3);
       server.stop();
       srv.join();
     });
@@ -375,6 +397,47 @@ TEST_SUITE("server") {
     });
   }
 
+  TEST_CASE("the default on_error prints a handler's error, but not the routine endings") {
+    FdCheck fds;
+    const ChildResult r = run_in_child([] {
+      return skein::run([] {
+        skein::Listener l = skein::listen(Address::loopback(0));
+        skein::Server server;
+        auto srv = skein::spawn([&] {
+          server.serve(l, [](skein::Stream s) {
+            char b[32];
+            const std::size_t n = s.read(std::span<char>(b, sizeof b), 5s);
+            const std::string_view what(b, n);
+            if (what == "logic") throw std::logic_error("handler-bug-visible");
+            if (what == "reset")
+              throw std::system_error(std::make_error_code(std::errc::connection_reset), "routine-reset");
+            if (what == "timeout")
+              throw std::system_error(std::make_error_code(std::errc::timed_out), "routine-timeout");
+            if (what == "eos")
+              throw std::system_error(make_error_code(skein::net_errc::end_of_stream), "routine-eos");
+          });
+        });
+        CancelOnExit guard{srv};
+        for (const char* m : {"logic", "reset", "timeout", "eos"}) {
+          skein::Stream c = skein::connect(l.local_address(), 5s);
+          c.write_all(m);
+          char b[1];
+          try {
+            c.read(std::span<char>(b, 1), 5s);  // until the handler has ended
+          } catch (const std::system_error&) {
+          }
+        }
+        server.stop();
+        srv.join();
+        return 0;
+      });
+    });
+    CAPTURE(r.err);
+    CHECK_MESSAGE(r.exited_ok(), "child: " << r.how());
+    CHECK(r.err.find("handler-bug-visible") != std::string::npos);
+    CHECK(r.err.find("routine-") == std::string::npos);
+  }
+
   TEST_CASE("stop() before serve() makes it return at once; the free serve() function") {
     FdCheck fds;
     skein::run([] {
@@ -403,6 +466,13 @@ TEST_SUITE("server") {
           });
           skein::serve(l, echo, opts);
           sender.join();
+          // serve() restores the thread's signal mask: SIGTERM is deliverable again.
+          sigset_t now;
+          pthread_sigmask(SIG_SETMASK, nullptr, &now);
+          if (sigismember(&now, SIGTERM) || sigismember(&now, SIGINT)) {
+            std::fprintf(stderr, "SIGINT/SIGTERM still blocked after serve() returned\n");
+            return 2;
+          }
           return 0;
         });
       });

@@ -658,6 +658,20 @@ TEST_SUITE("net") {
         CHECK_MESSAGE(e == std::errc::timed_out, describe(e));
         CHECK(ms_since(start) >= 45);
 
+        // A connected socket hears of an ICMP port unreachable: connection_refused.
+        {
+          std::uint16_t closed_port;
+          {
+            skein::UdpSocket probe = skein::UdpSocket::bind(Address::loopback(0, v6));
+            closed_port = probe.local_address().port();
+          }
+          skein::UdpSocket d = skein::UdpSocket::open(v6 ? AF_INET6 : AF_INET);
+          d.connect(Address::loopback(closed_port, v6));
+          d.send("anyone?", 5s);
+          const std::error_code refused = code_of([&] { d.receive(std::span<char>(buf, sizeof buf), 2s); });
+          CHECK_MESSAGE(refused == std::errc::connection_refused, describe(refused));
+        }
+
         const std::string huge(70'000, 'u');
         const std::error_code big = code_of([&] { a.send_to(huge, ba, 5s); });
         CHECK_MESSAGE(big == std::errc::message_size, describe(big));
@@ -1003,6 +1017,20 @@ TEST_SUITE("net") {
 
   // ---------------------------------------------------------------------------------------------
   // BufferedReader
+
+  // BUG (net/src/buffered_reader.cpp:33, read_until): on a reader with nothing buffered yet the
+  // buffer vector is empty, so have.data() is null and memchr(nullptr, c, 0) is undefined
+  // behaviour. Only UBSan sees it ("null pointer passed as argument 1"), and with halt_on_error=1
+  // it ends the whole test binary at the first read_line of any fresh reader.
+  TEST_CASE("BUG (UBSan): the first read_line on a fresh BufferedReader") {
+    FdCheck fds;
+    skein::run([] {
+      StreamPair p = socket_pair();
+      skein::BufferedReader r(p.server);
+      p.client.write_all("first\n");
+      CHECK(r.read_line(100, 5s) == "first\n");
+    });
+  }
 
   TEST_CASE("BufferedReader: lines across chunk boundaries and byte-by-byte writers") {
     FdCheck fds;
