@@ -476,11 +476,10 @@ TEST_SUITE("net") {
     stream_battery(Address::unix_path(abstract_name("battery")));
   }
 
-  // BUG (net/src/socket.cpp, Stream::read): a short read clears the read-readiness flag ("short
-  // transfer means drained"), but when the peer's FIN came with the data, the edge that reported
-  // it is already spent: the next read parks until its deadline instead of returning 0. Seen as
-  // a hang in the 8 MiB transfers above (a reader waiting forever for end of stream).
-  TEST_CASE("BUG: read after a short read that consumed the data before a FIN returns 0") {
+  // Regression: a short read clears the read-readiness flag ("short transfer means drained"), but
+  // when the peer's FIN came with the data, the edge that reported it is already spent; the
+  // driver keeps a hang-up final so the next read returns 0 instead of parking until its deadline.
+  TEST_CASE("read after a short read that consumed the data before a FIN returns 0") {
     FdCheck fds;
     TempDir dir;
     for (const Address& at : {Address::loopback(0), Address::unix_path(dir.file("eof"))}) {
@@ -1018,11 +1017,9 @@ TEST_SUITE("net") {
   // ---------------------------------------------------------------------------------------------
   // BufferedReader
 
-  // BUG (net/src/buffered_reader.cpp:33, read_until): on a reader with nothing buffered yet the
-  // buffer vector is empty, so have.data() is null and memchr(nullptr, c, 0) is undefined
-  // behaviour. Only UBSan sees it ("null pointer passed as argument 1"), and with halt_on_error=1
-  // it ends the whole test binary at the first read_line of any fresh reader.
-  TEST_CASE("BUG (UBSan): the first read_line on a fresh BufferedReader") {
+  // Regression (UBSan): on a reader with nothing buffered yet the buffer's data() is null, and
+  // memchr(nullptr, c, 0) is undefined behaviour.
+  TEST_CASE("the first read_line on a fresh BufferedReader") {
     FdCheck fds;
     skein::run([] {
       StreamPair p = socket_pair();
@@ -1159,11 +1156,9 @@ TEST_SUITE("net") {
     });
   }
 
-  // BUG (net/src/blocking.cpp, Pool::submit): a job submitted while a thread is idle only
-  // notifies it, and idle_ drops only when that thread wakes, so a burst of submissions counts the
-  // same idle thread again and again and starts none: a burst runs on as many threads as were
-  // idle beforehand (two here after the earlier tests: 400 ms, not 200).
-  TEST_CASE("BUG: run_blocking: four 200 ms calls overlap while other fibers run") {
+  // Regression: an idle thread counts as idle until it wakes, so a burst of submissions must not
+  // all be handed to it (a burst would run on as many threads as were idle beforehand).
+  TEST_CASE("run_blocking: four 200 ms calls overlap while other fibers run") {
     FdCheck fds;
     skein::run([] {
       skein::run_blocking([] {});  // at least one pool thread exists and is idle now

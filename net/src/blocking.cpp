@@ -37,7 +37,9 @@ class Pool {
   void submit(Item item) {
     std::unique_lock lock(mutex_);
     queue_.push_back(std::move(item));
-    if (idle_ > 0) {
+    // Idle threads take queued items one each; start another only for what they cannot cover
+    // (an idle thread counts as idle until it wakes, so a burst must not all wait for one).
+    if (queue_.size() <= idle_) {
       lock.unlock();
       cv_.notify_one();
       return;
@@ -105,9 +107,18 @@ class Pool {
 };
 
 // Never destroyed: a detached pool thread may still run a job while the process exits.
+Pool* the_pool = nullptr;
+
 Pool& pool() {
-  static Pool* p = new Pool;
-  return *p;
+  static const bool once = [] {
+    the_pool = new Pool;
+    // A forked child has none of the parent's threads and perhaps a mutex held by one of them:
+    // it starts a pool of its own (the old one is abandoned; jobs queued in it never run).
+    pthread_atfork(nullptr, nullptr, [] { the_pool = new Pool; });
+    return true;
+  }();
+  (void)once;
+  return *the_pool;
 }
 
 // Parks until the completion is posted, `deadline`, or (unless shielded) a cancel.

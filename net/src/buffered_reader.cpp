@@ -30,7 +30,10 @@ std::string BufferedReader::read_until(char delimiter, std::size_t max, Deadline
   for (;;) {
     const std::string_view have = buffered();
     const std::size_t limit = std::min(have.size(), max);
-    if (const void* hit = std::memchr(have.data() + scanned, delimiter, limit - scanned)) {
+    // (memchr must not see the null data() of a reader that has not buffered anything yet)
+    const void* hit =
+        limit > scanned ? std::memchr(have.data() + scanned, delimiter, limit - scanned) : nullptr;
+    if (hit) {
       const std::size_t n = static_cast<const char*>(hit) - have.data() + 1;
       std::string out(have.substr(0, n));
       begin_ += n;

@@ -163,6 +163,7 @@ void EpollDriver::forget(int fd) noexcept {
   }
   for (std::size_t d = 0; d < 2; ++d) {
     st.ready[d] = true;
+    st.final[d] = false;
     if (Fiber* f = st.waiter[d]) {
       st.waiter[d] = nullptr;
       unpark(f);
@@ -223,7 +224,9 @@ void EpollDriver::epoll_once(int timeout_ms, const timespec* timeout) noexcept {
     FdState& st = chunks_[fd / chunk_size][fd % chunk_size];
     if (st.generation != static_cast<std::uint32_t>(data >> 32) || !st.registered) continue;  // stale
     const std::uint32_t e = events[i].events;
-    // Hang-ups and errors wake both directions: the next call reports them.
+    // Hang-ups and errors wake both directions, for good: the next call reports them.
+    if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) st.final[0] = true;
+    if (e & (EPOLLHUP | EPOLLERR)) st.final[1] = true;
     if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
       st.ready[0] = true;
       if (Fiber* f = st.waiter[0]) {

@@ -19,7 +19,9 @@
 //   idle     flag clear, no waiter: the last call would have blocked
 //   waiting  flag clear, a fiber parked until the next event, its deadline or a cancel
 // An event moves idle/waiting to ready (waking the waiter); EAGAIN or a short stream transfer moves
-// ready to idle.
+// ready to idle, unless a hang-up or error was reported for that direction: that is final, and
+// the direction stays ready until the fd is forgotten (the next call reports end of stream or
+// the error).
 #pragma once
 
 #include "driver.hpp"
@@ -48,6 +50,9 @@ struct FdState {
   std::uint32_t generation = 0;
   bool registered = false;
   bool ready[2] = {true, true};  // by Direction
+  // The peer hung up or the socket failed (RDHUP/HUP/ERR): the direction stays ready for good,
+  // because the event that said so may come with the last data, and no further edge follows.
+  bool final[2] = {false, false};
   Fiber* waiter[2] = {nullptr, nullptr};
 };
 
