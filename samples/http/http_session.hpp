@@ -20,8 +20,14 @@
 // 400 for a malformed request, 431 when the request line and headers exceed
 // Limits::max_header_bytes, 413 when a body exceeds Limits::max_body_bytes. A request that asks to
 // upgrade the protocol (or a CONNECT) is answered normally and then the connection closes, since
-// this server speaks nothing but HTTP/1.x. "Expect: 100-continue" is not answered with a 100; such
-// clients send the body after their own short wait.
+// this server speaks nothing but HTTP/1.x; a major version other than 1 gets 505. "Expect:
+// 100-continue" is not answered with a 100; such clients send the body after their own short wait.
+//
+// Every response is HTTP/1.1 with Server, Date, Content-Type and Content-Length, plus "Connection:
+// close" when the connection will close (or "Connection: keep-alive" to an HTTP/1.0 client that
+// asked for it). Errors have a text body naming the status, "404: Not Found", as aiohttp's do.
+// Buffers are reused from one request to the next: a keep-alive connection allocates nothing per
+// request once they have grown to fit.
 #pragma once
 
 #include <http_parser.h>
