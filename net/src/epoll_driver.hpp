@@ -116,6 +116,7 @@ class EpollDriver final : public Driver {
  private:
   void epoll_once(int timeout_ms, const struct timespec* timeout) noexcept;
   void drain_mailbox() noexcept;
+  void prefetch_waiter(std::uint64_t data, std::uint32_t events) const noexcept;
   void yield_for_fairness();
 
   static constexpr unsigned io_budget = 128;

@@ -211,7 +211,8 @@ auto spawn(FiberOptions options, F&& f) {
   static_assert(alignof(Impl) <= 16, "over-aligned closures are not supported");
   detail::Scheduler& sched = detail::scheduler_for("skein::spawn");
   detail::Stack stack = detail::acquire_stack(options.stack_size);
-  constexpr std::size_t footprint = (sizeof(Impl) + 15) & ~std::size_t{15};
+  // Rounded to a cache line, so the record's hot fields start on one (see detail::Fiber).
+  constexpr std::size_t footprint = (sizeof(Impl) + 63) & ~std::size_t{63};
   if (footprint + 4096 > stack.size) {
     detail::release_stack(stack);
     throw std::system_error(std::make_error_code(std::errc::invalid_argument),

@@ -146,7 +146,21 @@ void Scheduler::loop() {
   while (live_count_ > 0) {
     // One round: the fibers ready now. Those they make ready run next round, after timers and
     // I/O have had their turn, so a busy fiber cannot starve a sleeping one.
-    for (std::size_t n = ready_.size(); n > 0; --n) resume(ready_.pop());
+    for (std::size_t n = ready_.size(); n > 0; --n) {
+      Fiber* f = ready_.pop();
+      // With thousands of fibers their records and saved frames are cold (each lives on its own
+      // stack). Start loading the next two while this one runs: the next one's saved frame (its
+      // record was prefetched a turn ago) and the record of the one after it.
+      if (Fiber* next = ready_.front()) {
+        __builtin_prefetch(next->resume_at->sp);
+        __builtin_prefetch(static_cast<char*>(next->resume_at->sp) + 64);
+        if (Fiber* after = next->next_ready) {
+          __builtin_prefetch(after);
+          __builtin_prefetch(reinterpret_cast<char*>(after) + 64);
+        }
+      }
+      resume(f);
+    }
     if (live_count_ == 0) break;
     if (!timers_.empty()) fire_timers(Clock::now());
     if (!ready_.empty()) {

@@ -30,6 +30,7 @@ class ReadyQueue {
     tail_ = f;
     ++size_;
   }
+  Fiber* front() const noexcept { return head_; }
   Fiber* pop() noexcept {
     Fiber* f = head_;
     head_ = f->next_ready;
