@@ -7,11 +7,39 @@
 #include "http_session.hpp"
 
 #include <cstddef>
+#include <cstdlib>
+#include <new>
 #include <string>
 #include <string_view>
 #include <vector>
 
 using skein_samples::http::HttpSession;
+
+// Counts every allocation, for the test that a warm session allocates nothing per request.
+namespace {
+std::size_t g_allocations = 0;
+}  // namespace
+
+void* operator new(std::size_t size) {
+  ++g_allocations;
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+// GCC matches the free() below against the new-expressions it inlines it into, not against the
+// operator new above, and calls that a mismatch.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 namespace {
 
@@ -294,6 +322,27 @@ TEST_SUITE("samples") {
     CHECK(r[0].status == 200);
     CHECK(r[0].header("Connection") == "close");
     CHECK(s.should_close());
+  }
+
+  TEST_CASE("a warm keep-alive session allocates nothing per request") {
+    HttpSession s;
+    const std::string requests =
+        "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        "GET /%3Cname%3E-that-is-longer-than-the-small-string-buffer HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        "GET /a/b HTTP/1.1\r\n\r\n";
+    for (int i = 0; i < 3; ++i) {  // warm up: the buffers grow to fit
+      s.feed(requests.data(), requests.size());
+      s.clear_output();
+    }
+    const std::size_t before = g_allocations;
+    ::operator delete(::operator new(8));  // the counter does count (a call, not elidable)
+    REQUIRE(g_allocations == before + 1);
+    for (int i = 0; i < 1000; ++i) {
+      s.feed(requests.data(), requests.size());
+      s.clear_output();
+    }
+    CHECK(g_allocations - before == 1);
+    CHECK(s.responses() == 3 * 1003);
   }
 
   TEST_CASE("an unsupported HTTP major version gets 505") {
