@@ -278,6 +278,41 @@ TEST_SUITE("server") {
     });
   }
 
+  TEST_CASE("stopping(): an idle keep-alive handler sees the stop and leaves before the grace ends") {
+    FdCheck fds;
+    skein::run([] {
+      skein::Listener l = skein::listen(Address::loopback(0));
+      skein::ServeOptions opts;
+      opts.grace_period = 10s;
+      skein::Server server(opts);
+      CHECK_FALSE(server.stopping());
+      auto srv = skein::spawn([&] {
+        server.serve(l, [&server](skein::Stream s) {
+          // A keep-alive loop: wait for a request in short slices, and give up between requests
+          // once the server is stopping.
+          char buf[64];
+          while (!server.stopping()) {
+            try {
+              if (s.read(std::span<char>(buf), 20ms) == 0) return;
+            } catch (const std::system_error& e) {
+              if (e.code() != std::errc::timed_out) throw;
+            }
+          }
+        });
+      });
+      CancelOnExit guard{srv};
+      skein::Stream c = skein::connect(l.local_address(), 5s);
+      REQUIRE(eventually([&] { return server.active() == 1; }));
+      const auto start = skein::Clock::now();
+      server.stop();
+      CHECK(server.stopping());
+      srv.join();
+      CHECK(ms_since(start) < 2000);  // not the 10 s grace period
+      char b[1];
+      CHECK(c.read(std::span<char>(b, 1), 2s) == 0);  // the handler closed the connection
+    });
+  }
+
   TEST_CASE("stop: handlers still running after the grace period are cancelled") {
     FdCheck fds;
     skein::run([] {

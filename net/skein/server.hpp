@@ -23,7 +23,9 @@ struct ServeOptions {
   std::size_t max_connections = 10'000;           // accepting pauses while this many are live
   std::chrono::milliseconds grace_period{5'000};  // after stop(): how long handlers may finish
   bool stop_on_signals = false;                   // SIGINT/SIGTERM call stop(); a second one
-                                                  // cancels the handlers at once
+                                                  // cancels the handlers at once. A signal the
+                                                  // process inherited as ignored stays ignored
+                                                  // (`server &` in a script ignores SIGINT)
   std::size_t stack_size = default_stack_size;    // of each connection's fiber
   std::function<void(const Address& peer, std::exception_ptr)> on_error;  // see above
 };
@@ -47,6 +49,10 @@ class Server {
   // Asks serve() to stop (see above). Any fiber on serve()'s thread; idempotent; before serve()
   // starts it makes serve() return at once.
   void stop() noexcept;
+
+  // True once stop() was called (or a stop signal arrived): a handler between requests can
+  // close an idle keep-alive connection instead of waiting out the grace period.
+  bool stopping() const noexcept;
 
   // Connections being handled now.
   std::size_t active() const noexcept;

@@ -164,7 +164,7 @@ void EpollDriver::forget(int fd) noexcept {
   }
   for (std::size_t d = 0; d < 2; ++d) {
     st.ready[d] = true;
-    st.final[d] = false;
+    st.hung_up[d] = false;
     if (Fiber* f = st.waiter[d]) {
       st.waiter[d] = nullptr;
       unpark(f);
@@ -242,8 +242,8 @@ void EpollDriver::epoll_once(int timeout_ms, const timespec* timeout) noexcept {
     if (st.generation != static_cast<std::uint32_t>(data >> 32) || !st.registered) continue;  // stale
     const std::uint32_t e = events[i].events;
     // Hang-ups and errors wake both directions, for good: the next call reports them.
-    if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) st.final[0] = true;
-    if (e & (EPOLLHUP | EPOLLERR)) st.final[1] = true;
+    if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) st.hung_up[0] = true;
+    if (e & (EPOLLHUP | EPOLLERR)) st.hung_up[1] = true;
     if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
       st.ready[0] = true;
       if (Fiber* f = st.waiter[0]) {

@@ -52,7 +52,7 @@ struct FdState {
   bool ready[2] = {true, true};  // by Direction
   // The peer hung up or the socket failed (RDHUP/HUP/ERR): the direction stays ready for good,
   // because the event that said so may come with the last data, and no further edge follows.
-  bool final[2] = {false, false};
+  bool hung_up[2] = {false, false};
   Fiber* waiter[2] = {nullptr, nullptr};
 };
 

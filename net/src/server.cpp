@@ -150,6 +150,10 @@ std::size_t Server::active() const noexcept {
   return state_->active;
 }
 
+bool Server::stopping() const noexcept {
+  return state_->stop_requested;
+}
+
 std::uint64_t Server::accepted() const noexcept {
   return state_->accepted;
 }

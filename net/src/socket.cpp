@@ -66,7 +66,7 @@ struct Io {
     return st->ready[static_cast<int>(dir)];
   }
   void drained(Direction dir) noexcept {
-    if (st) st->ready[static_cast<int>(dir)] = st->final[static_cast<int>(dir)];
+    if (st) st->ready[static_cast<int>(dir)] = st->hung_up[static_cast<int>(dir)];
   }
   void wait(Direction dir, Deadline deadline) {
     if (driver)
