@@ -313,6 +313,29 @@ TEST_SUITE("server") {
     });
   }
 
+  TEST_CASE("cancelling serve() during the grace period cuts it short") {
+    FdCheck fds;
+    skein::run([] {
+      skein::Listener l = skein::listen(Address::loopback(0));
+      skein::ServeOptions opts;
+      opts.grace_period = 10s;
+      opts.on_error = [](const Address&, std::exception_ptr) {};
+      skein::Server server(opts);
+      auto srv = skein::spawn([&] { server.serve(l, [](skein::Stream) { skein::sleep_for(30s); }); });
+      CancelOnExit guard{srv};
+      skein::Stream c = skein::connect(l.local_address(), 5s);
+      REQUIRE(eventually([&] { return server.active() == 1; }));
+      server.stop();
+      skein::sleep_for(100ms);  // serve() is in its grace period now
+      const auto start = skein::Clock::now();
+      srv.cancel();
+      const std::error_code e = code_of([&] { srv.join(); });
+      CHECK_MESSAGE(e == std::errc::operation_canceled, describe(e));
+      CHECK(ms_since(start) < 2000);  // not the remaining ~10 s
+      CHECK(server.active() == 0);
+    });
+  }
+
   TEST_CASE("stop: handlers still running after the grace period are cancelled") {
     FdCheck fds;
     skein::run([] {
@@ -538,6 +561,34 @@ TEST_SUITE("server") {
           client.join();
           if (!finished) {
             std::fprintf(stderr, "the handler did not finish normally\n");
+            return 2;
+          }
+          return 0;
+        });
+      });
+      CAPTURE(r.err);
+      CHECK_MESSAGE(r.exited_ok(), "child: " << r.how());
+    }
+    SUBCASE("a SIGINT the process inherited as ignored stays ignored; SIGTERM still stops") {
+      const ChildResult r = run_in_child([] {
+        signal(SIGINT, SIG_IGN);  // what a non-interactive shell does for `server &`
+        return skein::run([] {
+          skein::Listener l = skein::listen(Address::loopback(0));
+          skein::ServeOptions opts;
+          opts.stop_on_signals = true;
+          skein::Server server(opts);
+          bool still_serving = false;
+          auto sender = skein::spawn([&] {
+            skein::sleep_for(50ms);
+            raise(SIGINT);
+            skein::sleep_for(100ms);
+            still_serving = !server.stopping();
+            raise(SIGTERM);
+          });
+          server.serve(l, echo);
+          sender.join();
+          if (!still_serving) {
+            std::fprintf(stderr, "an ignored SIGINT stopped the server\n");
             return 2;
           }
           return 0;

@@ -669,6 +669,22 @@ TEST_SUITE("net") {
           d.send("anyone?", 5s);
           const std::error_code refused = code_of([&] { d.receive(std::span<char>(buf, sizeof buf), 2s); });
           CHECK_MESSAGE(refused == std::errc::connection_refused, describe(refused));
+          // The error was reported (EPOLLERR) and consumed: a retry waits for its deadline, and
+          // other fibers run meanwhile (regression: the error once left the socket "ready" for
+          // good, and the retry spun on EAGAIN, starving the thread).
+          int ticks = 0;
+          auto ticker = skein::spawn([&] {
+            for (int i = 0; i < 5; ++i) {
+              skein::sleep_for(5ms);
+              ++ticks;
+            }
+          });
+          const auto retry = skein::Clock::now();
+          const std::error_code again = code_of([&] { d.receive(std::span<char>(buf, sizeof buf), 100ms); });
+          CHECK_MESSAGE(again == std::errc::timed_out, describe(again));
+          CHECK(ms_since(retry) >= 95);
+          ticker.join();
+          CHECK(ticks == 5);
         }
 
         const std::string huge(70'000, 'u');

@@ -3,7 +3,10 @@
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -266,3 +269,38 @@ TEST_SUITE("scheduler") {
     CHECK(past >= now);
   }
 }
+
+// The fields every park, wake and resume touches share one cache line, the second of the record
+// (spawn places records 64-byte aligned): a field added in the wrong place would silently cost a
+// cache miss per wake-up in a server with thousands of connections.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Winvalid-offsetof"
+TEST_SUITE("scheduler") {
+  TEST_CASE("a fiber's hot fields share one cache line; records are 64-byte aligned") {
+    using skein::detail::Fiber;
+    constexpr std::size_t line = 64;
+    const std::size_t hot[] = {
+        offsetof(Fiber, state),      offsetof(Fiber, wake),       offsetof(Fiber, cancel_requested),
+        offsetof(Fiber, shielded),   offsetof(Fiber, scheduler),  offsetof(Fiber, resume_at),
+        offsetof(Fiber, next_ready), offsetof(Fiber, timer_slot), offsetof(Fiber, unlink),
+        offsetof(Fiber, unlink_arg), offsetof(Fiber, deadline)};
+    for (const std::size_t at : hot) CHECK(at / line == offsetof(Fiber, scheduler) / line);
+    CHECK((offsetof(Fiber, deadline) + sizeof(skein::TimePoint) - 1) / line ==
+          offsetof(Fiber, scheduler) / line);
+    // Closures of three sizes put the record at different distances from the stack's top.
+    skein::run([] {
+      auto record_of = [](auto padding) {
+        skein::detail::Fiber* self = nullptr;
+        skein::spawn([&self, padding] {
+          (void)padding;
+          self = skein::detail::current_fiber();
+        }).join();
+        return reinterpret_cast<std::uintptr_t>(self);
+      };
+      CHECK(record_of(0) % line == 0);
+      CHECK(record_of(std::array<char, 24>{}) % line == 0);
+      CHECK(record_of(std::array<char, 40>{}) % line == 0);
+    });
+  }
+}
+#pragma GCC diagnostic pop

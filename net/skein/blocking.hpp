@@ -1,8 +1,12 @@
 // run_blocking: runs a call that would block the thread (a library call, a file read, CPU-heavy
 // work) on a small shared thread pool, and parks only the calling fiber until it returns.
 //
-// Errors: rethrows whatever `f` threw. A cancel that arrives while `f` runs cannot stop it (f
-// may use the caller's stack); it takes effect once `f` returns, as errc::operation_canceled.
+// Errors: rethrows whatever `f` threw. In an already-cancelled fiber it throws
+// errc::operation_canceled without running `f`. A cancel that arrives while `f` runs cannot stop
+// it (f may use the caller's stack); it takes effect once `f` returns, as operation_canceled.
+//
+// fork(): a child forked while skein runs should exec; it gets a fresh pool, but shares the
+// parent's epoll set, and calls in flight in the parent never complete in the child.
 #pragma once
 
 #include <exception>

@@ -141,6 +141,8 @@ void run_blocking_job(BlockingJob& job) {
     return;
   }
   Fiber* self = current_fiber();
+  // Already cancelled: the call is a cancellation point like any wait, and `f` never starts.
+  if (self->cancel_requested && !self->shielded) throw_if_interrupted(Wake::cancelled);
   auto completion = std::make_shared<Completion>();
   completion->fiber = self;
   pool().submit(Item{&job, nullptr, completion, driver->mailbox()});
@@ -159,8 +161,10 @@ void run_abandonable(std::shared_ptr<void> keep, BlockingJob& job, TimePoint dea
     job.run();
     return;
   }
+  Fiber* self = current_fiber();
+  if (self->cancel_requested && !self->shielded) throw_if_interrupted(Wake::cancelled);
   auto completion = std::make_shared<Completion>();
-  completion->fiber = current_fiber();
+  completion->fiber = self;
   pool().submit(Item{&job, std::move(keep), completion, driver->mailbox()});
   const Wake w = await(*driver, *completion, deadline);
   if (w != Wake::notified) {

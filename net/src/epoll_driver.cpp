@@ -98,9 +98,11 @@ EpollDriver::~EpollDriver() {
 }
 
 EpollDriver* EpollDriver::current() noexcept {
-  if (tl_driver) return tl_driver;
   Scheduler* s = Scheduler::current();
+  // Outside a fiber (the thread's own stack, including the scheduler loop running a finished
+  // fiber's destructors) nothing can park: callers block in poll(2) instead.
   if (!s || !s->running()) return nullptr;
+  if (tl_driver) return tl_driver;
   try {
     auto driver = std::make_unique<EpollDriver>();
     tl_driver = driver.get();
@@ -139,8 +141,8 @@ void EpollDriver::wait(int fd, Direction dir, TimePoint deadline) {
       throw std::system_error(errno, std::generic_category(), "skein: epoll_ctl(ADD)");
     st.registered = true;
   }
-  budget_ = io_budget;
   if (st.ready[d]) return;
+  budget_ = io_budget;  // a real wait: the fiber gives way anyway
   Fiber* self = current_fiber();
   const std::uint32_t generation = st.generation;
   st.waiter[d] = self;
@@ -215,7 +217,8 @@ void EpollDriver::epoll_once(int timeout_ms, const timespec* timeout) noexcept {
   if (timeout && has_pwait2_) {
     // Nanosecond timeouts: a 100 us sleep must not become 1 ms.
     n = epoll_pwait2(epfd_, events, max_events, timeout, nullptr);
-    if (n < 0 && errno == ENOSYS) {
+    // Older kernels lack it (ENOSYS); older container seccomp profiles refuse it (EPERM).
+    if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
       has_pwait2_ = false;
       n = epoll_wait(epfd_, events, max_events, timeout_ms);
     }

@@ -81,7 +81,8 @@ class EpollDriver final : public Driver {
   EpollDriver();
   ~EpollDriver() override;
 
-  // The driver of this thread's scheduler, installed on first use; nullptr outside a fiber.
+  // The driver of this thread's scheduler, installed on first use; nullptr outside a fiber (also
+  // on the scheduler loop's own stack).
   static EpollDriver* current() noexcept;
   // This thread's driver if one was installed, without installing one.
   static EpollDriver* installed() noexcept;
@@ -103,8 +104,9 @@ class EpollDriver final : public Driver {
   void remove_remote_waiter() noexcept { --remote_waiters_; }
   const std::shared_ptr<Mailbox>& mailbox() const noexcept { return mailbox_; }
 
-  // Called before each I/O attempt that does not wait: every `io_budget` of them in a row the
-  // fiber yields, so a connection that always has data cannot starve the others.
+  // Called before each I/O attempt. The budget is the thread's: after `io_budget` attempts with
+  // no real wait on this thread in between, the fiber that hits zero yields, so connections that
+  // always have data cannot starve the others.
   void spend_budget() {
     if (--budget_ == 0) yield_for_fairness();
   }

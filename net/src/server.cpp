@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <system_error>
 #include <unordered_map>
 #include <utility>
@@ -124,17 +125,27 @@ struct Server::State {
       const std::uint64_t key = ++accepted;
       ++active;
       Slot slot(this, key);
-      auto task = spawn(FiberOptions{"connection", options.stack_size},
-                        [this, slot = std::move(slot), peer, s = std::move(stream)]() mutable {
-                          try {
-                            handler(std::move(s));
-                          } catch (...) {
-                            if (options.on_error)
-                              options.on_error(peer, std::current_exception());
-                            else
-                              report(peer, std::current_exception());
-                          }
-                        });
+      Task<void> task;
+      try {
+        task = spawn(FiberOptions{"connection", options.stack_size},
+                     [this, slot = std::move(slot), peer, s = std::move(stream)]() mutable {
+                       try {
+                         handler(std::move(s));
+                       } catch (...) {
+                         if (options.on_error)
+                           options.on_error(peer, std::current_exception());
+                         else
+                           report(peer, std::current_exception());
+                       }
+                     });
+      } catch (const std::system_error& e) {
+        // No stack for the fiber (out of memory or mappings): this connection is dropped (its
+        // closure, with the stream and the slot, is gone already); back off like for EMFILE.
+        std::fprintf(stderr, "skein::serve: cannot start a connection fiber: %s; dropping it\n", e.what());
+        sleep_for(backoff);
+        backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds(1));
+        continue;
+      }
       connections.emplace(key, std::move(task));
     }
   }
@@ -163,6 +174,89 @@ void Server::stop() noexcept {
   wake(state_->server_waiter);
 }
 
+namespace {
+
+// SIGINT/SIGTERM through a signalfd read by a fiber, so no handler runs at an arbitrary point.
+// Owns the mask change, the descriptor and the fiber, and undoes all three however serve() ends.
+class SignalWatch {
+ public:
+  SignalWatch(Server& server, bool& hurry) {
+    sigemptyset(&watched_);
+    sigemptyset(&added_);
+    for (const int sig : {SIGINT, SIGTERM}) {
+      // Linux queues a blocked signal even when it is ignored; one the process inherited as
+      // ignored (`server &` in a script ignores SIGINT) must stay ignored, so leave it alone.
+      struct sigaction sa {};
+      if (sigaction(sig, nullptr, &sa) == 0 && sa.sa_handler == SIG_IGN) continue;
+      sigaddset(&watched_, sig);
+    }
+    if (sigisemptyset(&watched_)) return;
+    sigset_t before;
+    pthread_sigmask(SIG_BLOCK, &watched_, &before);
+    for (const int sig : {SIGINT, SIGTERM})
+      if (sigismember(&watched_, sig) && !sigismember(&before, sig)) sigaddset(&added_, sig);
+    fd_ = signalfd(-1, &watched_, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (fd_ < 0) {
+      const int err = errno;
+      unblock();
+      throw std::system_error(err, std::generic_category(), "skein::Server::serve: signalfd");
+    }
+    try {
+      fiber_ = spawn(FiberOptions{"serve-signals"}, [&server, &hurry, fd = fd_] {
+        detail::EpollDriver* driver = detail::EpollDriver::current();
+        for (int seen = 0;;) {
+          signalfd_siginfo info;
+          if (::read(fd, &info, sizeof info) != sizeof info) {
+            driver->state(fd).ready[0] = false;
+            driver->wait(fd, detail::Direction::read, no_deadline);
+            continue;
+          }
+          // The first signal stops gracefully; a second one cuts the grace period short.
+          if (++seen > 1) hurry = true;
+          server.stop();
+        }
+      });
+    } catch (...) {
+      ::close(fd_);
+      unblock();
+      throw;
+    }
+  }
+
+  ~SignalWatch() {
+    if (fiber_.valid()) {
+      fiber_.cancel();
+      detail::TaskAccess::wait_shielded(fiber_);
+    }
+    if (fd_ >= 0) {
+      // A signal that came after the watcher ended is consumed here rather than delivered, with
+      // its default action, the moment it is unblocked.
+      signalfd_siginfo info;
+      while (::read(fd_, &info, sizeof info) == sizeof info) {
+      }
+      if (detail::EpollDriver* d = detail::EpollDriver::installed()) d->forget(fd_);
+      ::close(fd_);
+    }
+    unblock();
+  }
+
+  SignalWatch(const SignalWatch&) = delete;
+  SignalWatch& operator=(const SignalWatch&) = delete;
+
+ private:
+  // Unblocks only what this watch blocked: a mask changed meanwhile, or another watch's, stays.
+  void unblock() noexcept {
+    if (!sigisemptyset(&added_)) pthread_sigmask(SIG_UNBLOCK, &added_, nullptr);
+  }
+
+  sigset_t watched_;
+  sigset_t added_;
+  int fd_ = -1;
+  Task<void> fiber_;
+};
+
+}  // namespace
+
 void Server::serve(Listener& listener, Handler handler) {
   State& st = *state_;
   Fiber* self = detail::current_fiber();
@@ -175,40 +269,15 @@ void Server::serve(Listener& listener, Handler handler) {
   if (!listener.is_open())
     throw std::system_error(std::make_error_code(std::errc::bad_file_descriptor), "skein::Server::serve");
   if (st.stop_requested) return;
-  st.serving = true;
   st.handler = std::move(handler);
+  st.serving = true;
+  struct Serving {
+    State& st;
+    ~Serving() { st.serving = false; }
+  } serving{st};
 
-  // SIGINT/SIGTERM through a signalfd, read by a fiber: no handler runs at an arbitrary point.
-  sigset_t signals, old_mask;
-  Task<void> signal_watcher;
-  int sigfd = -1;
-  if (st.options.stop_on_signals) {
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &signals, &old_mask);
-    sigfd = signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (sigfd < 0) {
-      const int err = errno;
-      pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-      throw std::system_error(err, std::generic_category(), "skein::Server::serve: signalfd");
-    }
-    signal_watcher = spawn(FiberOptions{"serve-signals"}, [this, sigfd] {
-      detail::EpollDriver* driver = detail::EpollDriver::current();
-      for (int seen = 0;;) {
-        signalfd_siginfo info;
-        const ssize_t n = ::read(sigfd, &info, sizeof info);
-        if (n != sizeof info) {
-          driver->state(sigfd).ready[0] = false;
-          driver->wait(sigfd, detail::Direction::read, no_deadline);
-          continue;
-        }
-        // The first signal stops gracefully; a second one cuts the grace period short.
-        if (++seen > 1) state_->hurry = true;
-        stop();
-      }
-    });
-  }
+  std::optional<SignalWatch> signals;
+  if (st.options.stop_on_signals) signals.emplace(*this, st.hurry);
 
   auto acceptor = spawn(FiberOptions{"acceptor"}, [&st, &listener] {
     struct Done {
@@ -228,26 +297,22 @@ void Server::serve(Listener& listener, Handler handler) {
       st.stop_requested = true;
     }
 
-  // Shutdown. The waits are shielded: a cancel of this fiber only shortens the grace period,
-  // and serve() must not return while a handler might still use the listener or `st`.
+  // Shutdown. Whatever happens, serve() must not return while a handler might still use the
+  // listener or `st`: the waits for the acceptor and for the last handlers are shielded. The
+  // grace period is not, so cancelling serve() cuts it short.
   const bool was_shielded = self->shielded;
   self->shielded = true;
   acceptor.cancel();
   detail::TaskAccess::wait_shielded(acceptor);
-  const TimePoint grace_end = deadline_after(st.options.grace_period);
-  while (st.active > 0 && !st.hurry && !cancelled && !self->cancel_requested && Clock::now() < grace_end)
-    park_in(st.server_waiter, grace_end);
-  for (auto& [id, task] : st.connections) task.cancel();
-  while (st.active > 0) park_in(st.server_waiter, no_deadline);
-  if (signal_watcher.valid()) {
-    signal_watcher.cancel();
-    detail::TaskAccess::wait_shielded(signal_watcher);
-    if (detail::EpollDriver* d = detail::EpollDriver::installed()) d->forget(sigfd);
-    ::close(sigfd);
-    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-  }
   self->shielded = was_shielded;
-  st.serving = false;
+  const TimePoint grace_end = deadline_after(st.options.grace_period);
+  while (st.active > 0 && !st.hurry && !cancelled && Clock::now() < grace_end)
+    if (park_in(st.server_waiter, grace_end) == Wake::cancelled) cancelled = true;
+  for (auto& [key, task] : st.connections) task.cancel();
+  self->shielded = true;
+  while (st.active > 0) park_in(st.server_waiter, no_deadline);
+  signals.reset();
+  self->shielded = was_shielded;
 
   if (cancelled || self->cancel_requested) detail::throw_if_interrupted(Wake::cancelled);
   // The acceptor ends only by cancellation or an error; rethrow the error.

@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdint>
 #include <system_error>
 #include <utility>
 
@@ -56,16 +57,30 @@ void poll_wait(int fd, Direction dir, TimePoint deadline) {
 // The I/O context of one call: the thread's driver and the fd's slot in it, or neither outside
 // a fiber.
 struct Io {
-  Io(int fd) : fd(fd), driver(EpollDriver::current()), st(driver ? &driver->state(fd) : nullptr) {}
+  explicit Io(int fd)
+      : fd(fd),
+        driver(EpollDriver::current()),
+        st(driver ? &driver->state(fd) : nullptr),
+        generation(st ? st->generation : 0) {}
 
-  // True if the call should be attempted now (spending the fiber's fairness budget).
+  // True if the call should be attempted now. Spends the thread's fairness budget, which may let
+  // other fibers run first; if one of them closed this socket meanwhile, throws net_errc::closed.
   bool ready(Direction dir) {
     if (!st) return true;
-    if (!st->ready[static_cast<int>(dir)]) return false;
+    const auto d = static_cast<int>(dir);
+    if (!st->ready[d]) return false;
     driver->spend_budget();
-    return st->ready[static_cast<int>(dir)];
+    if (st->generation != generation)
+      throw std::system_error(make_error_code(net_errc::closed), "skein: socket closed");
+    return st->ready[d];
   }
-  void drained(Direction dir) noexcept {
+  // The kernel said EAGAIN: nothing to do now, whatever was reported before.
+  void would_block(Direction dir) noexcept {
+    if (st) st->ready[static_cast<int>(dir)] = false;
+  }
+  // A stream transfer came back short: the queue is drained, unless a hang-up or error was
+  // reported, whose event may have come with the bytes just consumed (no edge would follow).
+  void short_transfer(Direction dir) noexcept {
     if (st) st->ready[static_cast<int>(dir)] = st->hung_up[static_cast<int>(dir)];
   }
   void wait(Direction dir, Deadline deadline) {
@@ -78,6 +93,7 @@ struct Io {
   int fd;
   EpollDriver* driver;
   FdState* st;
+  std::uint32_t generation;
 };
 
 void set_nodelay(int fd) noexcept {
@@ -105,6 +121,9 @@ struct SocketAccess {
   static S adopt(int fd) noexcept {
     S s;
     static_cast<Socket&>(s).fd_ = fd;
+    // A slot left registered by a descriptor closed on another thread (or behind skein's back)
+    // must not be mistaken for this one's: a fresh number starts from a clean slot.
+    if (EpollDriver* d = EpollDriver::installed()) d->forget(fd);
     return s;
   }
 };
@@ -167,12 +186,12 @@ std::size_t Stream::read(std::span<char> buf, Deadline deadline) {
       if (n >= 0) {
         // A short read drained the socket's receive queue: the next one would only say EAGAIN
         // (Tokio relies on the same fact). End of stream stays readable.
-        if (n > 0 && static_cast<std::size_t>(n) < buf.size()) io.drained(Direction::read);
+        if (n > 0 && static_cast<std::size_t>(n) < buf.size()) io.short_transfer(Direction::read);
         return static_cast<std::size_t>(n);
       }
       if (errno == EINTR) continue;
       if (errno != EAGAIN) throw_errno(errno, "skein::Stream::read");
-      io.drained(Direction::read);
+      io.would_block(Direction::read);
     }
     io.wait(Direction::read, deadline);
   }
@@ -196,12 +215,12 @@ std::size_t Stream::write(std::string_view data, Deadline deadline) {
       // MSG_NOSIGNAL: a closed peer is EPIPE for this call, not SIGPIPE for the process.
       const ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
       if (n >= 0) {
-        if (static_cast<std::size_t>(n) < data.size()) io.drained(Direction::write);
+        if (static_cast<std::size_t>(n) < data.size()) io.short_transfer(Direction::write);
         return static_cast<std::size_t>(n);
       }
       if (errno == EINTR) continue;
       if (errno != EAGAIN) throw_errno(errno, "skein::Stream::write");
-      io.drained(Direction::write);
+      io.would_block(Direction::write);
     }
     io.wait(Direction::write, deadline);
   }
@@ -243,10 +262,10 @@ void Stream::write_all(std::span<const std::string_view> parts, Deadline deadlin
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno != EAGAIN) throw_errno(errno, "skein::Stream::write_all");
-      io.drained(Direction::write);
+      io.would_block(Direction::write);
       continue;
     }
-    if (static_cast<std::size_t>(n) < total) io.drained(Direction::write);
+    if (static_cast<std::size_t>(n) < total) io.short_transfer(Direction::write);
     auto left = static_cast<std::size_t>(n);
     while (left > 0) {
       const std::size_t here = std::min(left, parts[first].size() - offset);
@@ -291,10 +310,10 @@ Stream connect(const Address& address, Deadline deadline) {
   }
   if (errno == EAGAIN && address.family() == AF_UNIX)
     throw_errno(EAGAIN, "skein::connect: the Unix socket's backlog is full");
-  if (errno != EINPROGRESS && errno != EINTR) throw_errno(errno, "skein::connect");
+  if (errno != EINPROGRESS) throw_errno(errno, "skein::connect");
   // In progress: the fd turns writable when the handshake ends, either way.
   Io io(s.fd());
-  io.drained(Direction::write);
+  io.would_block(Direction::write);
   io.wait(Direction::write, deadline);
   int err = 0;
   socklen_t len = sizeof err;
@@ -337,7 +356,7 @@ Stream Listener::accept(Deadline deadline, Address* peer) {
       }
       switch (errno) {
         case EAGAIN:
-          io.drained(Direction::read);
+          io.would_block(Direction::read);
           break;
         // A connection that died in the queue, or a network error Linux passes on from the new
         // socket (accept(2)): the listener itself is fine.
@@ -413,7 +432,7 @@ std::size_t datagram_io(int fd, Direction dir, Deadline deadline, const char* wh
       if (n >= 0) return static_cast<std::size_t>(n);
       if (errno == EINTR) continue;
       if (errno != EAGAIN) throw_errno(errno, what);
-      io.drained(dir);
+      io.would_block(dir);
     }
     io.wait(dir, deadline);
   }
