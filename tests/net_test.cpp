@@ -270,12 +270,22 @@ TEST_SUITE("net") {
     CHECK(Address::any(9) == Address::ip("0.0.0.0", 9));
     CHECK(Address::any(9, true) == Address::ip("::", 9));
     CHECK(Address::any(9, true).to_string() == "[::]:9");
+
+    // Link-local IPv6 with a scope id (numeric here: interface names differ between machines).
+    const Address scoped = Address::ip("fe80::1%1", 7);
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(scoped.data());
+    CHECK(v6->sin6_scope_id == 1);
+    CHECK(Address::ip("[fe80::1%1]", 7) == scoped);
+    CHECK_FALSE(Address::ip("fe80::1", 7) == scoped);
+    CHECK(Address::ip(scoped.to_string().substr(0, scoped.to_string().rfind(':')), 7) ==
+          scoped);  // parses back
   }
 
   TEST_CASE("Address: malformed literals throw invalid_argument") {
     FdCheck fds;
-    for (const char* bad : {"", "localhost", "256.0.0.1", "1.2.3", "1.2.3.4.5", "1.2.3.4:80", "::g", "[::1",
-                            "::1]", "[]", "1::2::3", " 127.0.0.1", "127.0.0.1 "}) {
+    for (const char* bad :
+         {"", "localhost", "256.0.0.1", "1.2.3", "1.2.3.4.5", "1.2.3.4:80", "::g", "[::1", "::1]", "[]",
+          "1::2::3", " 127.0.0.1", "127.0.0.1 ", "[1.2.3.4]", "127.1", "1", "fe80::1%"}) {
       CAPTURE(bad);
       const std::error_code e = code_of([&] { Address::ip(bad, 1); });
       CHECK_MESSAGE(e == std::errc::invalid_argument, describe(e));

@@ -20,7 +20,7 @@ class Address {
   // An empty address (family AF_UNSPEC).
   Address() noexcept;
 
-  // Parses an IPv4 ("127.0.0.1") or IPv6 ("::1", "[::1]") literal; no name lookup.
+  // Parses an IPv4 ("127.0.0.1") or IPv6 ("::1", "[::1]", "fe80::1%eth0") literal; no lookup.
   static Address ip(std::string_view literal, std::uint16_t port);
   // 127.0.0.1:port, or [::1]:port when `ipv6`.
   static Address loopback(std::uint16_t port, bool ipv6 = false) noexcept;

@@ -1,10 +1,10 @@
 // A fiber-per-connection server (asyncio.start_server, gevent's StreamServer): accept, run the
 // handler in its own fiber, cap the live connections, stop gracefully.
 //
-// Errors: serve() throws what listen/accept report other than the fd-limit errors, which it
-// backs off from and survives. A handler's exception ends only its connection; it goes to
-// ServeOptions::on_error (default: one line on stderr, silent for resets, broken pipes, end of
-// stream, timeouts and cancels — the ordinary ways a connection ends).
+// Errors: serve() throws what accept reports other than the fd-limit errors, which it backs off
+// from and survives (net_errc::closed if another fiber closes the listener). A handler's exception ends only
+// its connection; it goes to ServeOptions::on_error (default: one line on stderr, silent for resets, broken
+// pipes, end of stream, timeouts and cancels — the ordinary ways a connection ends).
 #pragma once
 
 #include <skein/socket.hpp>

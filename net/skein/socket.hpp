@@ -34,7 +34,8 @@ struct SocketAccess;
 class Socket {
  public:
   Socket() noexcept = default;
-  // Adopts `fd` (any socket) and switches it to non-blocking mode.
+  // Adopts `fd` (any socket) and switches it to non-blocking mode. If that fails it throws and
+  // `fd` stays the caller's to close.
   explicit Socket(int fd);
   Socket(Socket&& other) noexcept;
   Socket& operator=(Socket&& other) noexcept;
@@ -82,10 +83,13 @@ class Stream : public Socket {
   void set_nodelay(bool on);
 };
 
-// Connects a stream to `address` (TCP or Unix-domain).
+// Connects a stream to `address` (TCP or Unix-domain). A Unix socket whose backlog is full
+// throws errc::resource_unavailable_try_again at once (Linux does not queue such connects).
 Stream connect(const Address& address, Deadline deadline = {});
-// Resolves `host` (see resolve()) and connects to the first address that accepts; the deadline
-// covers the lookup and every attempt. Throws the last attempt's error if none connects.
+// Resolves `host` (see resolve()) and tries its addresses in order until one accepts; the
+// deadline covers the lookup and every attempt (an address that drops SYNs can use it all up,
+// and without a deadline each such attempt lasts as long as the kernel retries, about two
+// minutes). Throws the last attempt's error if none connects.
 Stream connect(std::string_view host, std::uint16_t port, Deadline deadline = {});
 
 struct ListenOptions {

@@ -4,6 +4,7 @@
 #include <skein/net_error.hpp>
 
 #include <arpa/inet.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/un.h>
@@ -29,21 +30,32 @@ Address::Address() noexcept {
 
 Address Address::ip(std::string_view literal, std::uint16_t port) {
   std::string text(literal);
-  if (text.size() >= 2 && text.front() == '[' && text.back() == ']') text = text.substr(1, text.size() - 2);
-  Address a;
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&a.storage_);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&a.storage_);
-  if (text.find(':') == std::string::npos && inet_pton(AF_INET, text.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    a.len_ = sizeof(sockaddr_in);
-  } else if (inet_pton(AF_INET6, text.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    a.len_ = sizeof(sockaddr_in6);
-  } else {
+  const bool bracketed = text.size() >= 2 && text.front() == '[' && text.back() == ']';
+  if (bracketed) text = text.substr(1, text.size() - 2);
+  const auto bad = [&] {
     invalid("skein::Address::ip: not an IPv4 or IPv6 address: '" + std::string(literal) + "'");
+  };
+  if (text.empty() || text.find('\0') != std::string::npos) bad();
+  // getaddrinfo with AI_NUMERICHOST parses literals only (no lookup, so no blocking) and, unlike
+  // inet_pton, understands IPv6 scope ids ("fe80::1%eth0").
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST;
+  addrinfo* list = nullptr;
+  if (getaddrinfo(text.c_str(), nullptr, &hints, &list) != 0 || !list) bad();
+  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> owner(list, &freeaddrinfo);
+  // Brackets belong to IPv6 only; and inet_aton's shorthands ("1", "127.1") are not addresses.
+  if (bracketed && list->ai_family != AF_INET6) bad();
+  if (list->ai_family == AF_INET) {
+    in_addr strict{};
+    if (inet_pton(AF_INET, text.c_str(), &strict) != 1) bad();
   }
+  Address a = from_sockaddr(list->ai_addr, list->ai_addrlen);
+  if (a.family() == AF_INET)
+    reinterpret_cast<sockaddr_in*>(&a.storage_)->sin_port = htons(port);
+  else
+    reinterpret_cast<sockaddr_in6*>(&a.storage_)->sin6_port = htons(port);
   return a;
 }
 
@@ -123,9 +135,19 @@ std::string Address::to_string() const {
     case AF_INET:
       inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage_)->sin_addr, text, sizeof text);
       return std::string(text) + ":" + std::to_string(port());
-    case AF_INET6:
-      inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_addr, text, sizeof text);
-      return "[" + std::string(text) + "]:" + std::to_string(port());
+    case AF_INET6: {
+      const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&storage_);
+      inet_ntop(AF_INET6, &v6->sin6_addr, text, sizeof text);
+      std::string host(text);
+      if (v6->sin6_scope_id != 0) {
+        // The interface name when it still exists, else the number: both parse back.
+        char name[IF_NAMESIZE] = {};
+        host += '%';
+        host +=
+            if_indextoname(v6->sin6_scope_id, name) ? std::string(name) : std::to_string(v6->sin6_scope_id);
+      }
+      return "[" + host + "]:" + std::to_string(port());
+    }
     case AF_UNIX: {
       const auto* un = reinterpret_cast<const sockaddr_un*>(&storage_);
       const std::size_t offset = offsetof(sockaddr_un, sun_path);
@@ -140,7 +162,23 @@ std::string Address::to_string() const {
 }
 
 bool operator==(const Address& a, const Address& b) noexcept {
-  return a.len_ == b.len_ && std::memcmp(&a.storage_, &b.storage_, a.len_) == 0;
+  if (a.family() != b.family()) return false;
+  switch (a.family()) {
+    case AF_INET: {
+      const auto* x = reinterpret_cast<const sockaddr_in*>(&a.storage_);
+      const auto* y = reinterpret_cast<const sockaddr_in*>(&b.storage_);
+      return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    case AF_INET6: {
+      // The flow label is per-packet metadata, not part of the endpoint.
+      const auto* x = reinterpret_cast<const sockaddr_in6*>(&a.storage_);
+      const auto* y = reinterpret_cast<const sockaddr_in6*>(&b.storage_);
+      return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+             std::memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    }
+    default:
+      return a.len_ == b.len_ && std::memcmp(&a.storage_, &b.storage_, a.len_) == 0;
+  }
 }
 
 // ---- resolve ------------------------------------------------------------------------------
