@@ -23,9 +23,9 @@ struct ServeOptions {
   std::size_t max_connections = 10'000;           // accepting pauses while this many are live
   std::chrono::milliseconds grace_period{5'000};  // after stop(): how long handlers may finish
   bool stop_on_signals = false;                   // SIGINT/SIGTERM call stop(); a second one
-                                                  // cancels the handlers at once. A signal the
-                                                  // process inherited as ignored stays ignored
-                                                  // (`server &` in a script ignores SIGINT)
+                                                  // cancels the handlers at once. Also when the
+                                                  // process inherited them as ignored (as Go's
+                                                  // signal.Notify does)
   std::size_t stack_size = default_stack_size;    // of each connection's fiber
   std::function<void(const Address& peer, std::exception_ptr)> on_error;  // see above
 };

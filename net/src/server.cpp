@@ -183,14 +183,11 @@ class SignalWatch {
   SignalWatch(Server& server, bool& hurry) {
     sigemptyset(&watched_);
     sigemptyset(&added_);
-    for (const int sig : {SIGINT, SIGTERM}) {
-      // Linux queues a blocked signal even when it is ignored; one the process inherited as
-      // ignored (`server &` in a script ignores SIGINT) must stay ignored, so leave it alone.
-      struct sigaction sa {};
-      if (sigaction(sig, nullptr, &sa) == 0 && sa.sa_handler == SIG_IGN) continue;
-      sigaddset(&watched_, sig);
-    }
-    if (sigisemptyset(&watched_)) return;
+    // Both, even one the process inherited as ignored (`server &` in a script ignores SIGINT):
+    // asking for them is explicit, as with Go's signal.Notify, which un-ignores them too. Linux
+    // queues a blocked signal whatever its disposition, so the signalfd sees it.
+    sigaddset(&watched_, SIGINT);
+    sigaddset(&watched_, SIGTERM);
     sigset_t before;
     pthread_sigmask(SIG_BLOCK, &watched_, &before);
     for (const int sig : {SIGINT, SIGTERM})
