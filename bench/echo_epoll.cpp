@@ -7,7 +7,7 @@
 // Level-triggered because a ping-pong peer sends one message per round trip: one read() per
 // readiness event gets all of it, where edge-triggered would need a second read() to see EAGAIN.
 
-#include "cli.hpp"
+#include "baseline_server.hpp"
 
 #include <cerrno>
 #include <csignal>
@@ -30,6 +30,8 @@
 
 namespace {
 
+using baseline::die;
+
 namespace cli = skein_samples::cli;
 
 constexpr const char* kUsage =
@@ -45,11 +47,6 @@ constexpr const char* kUsage =
 
 constexpr int kMaxEvents = 512;
 constexpr std::size_t kReadBuffer = 64 * 1024;
-
-[[noreturn]] void die(const char* what) {
-  std::fprintf(stderr, "echo_epoll: %s: %s\n", what, std::strerror(errno));
-  std::exit(1);
-}
 
 // Bytes a short write left behind. While a connection has any, it waits for EPOLLOUT and not
 // EPOLLIN: reading more would only grow the backlog of a peer that is not reading.
@@ -213,35 +210,11 @@ class Server {
 
 int main(int argc, char** argv) {
   cli::program = "echo_epoll";
-  std::string host = "127.0.0.1";
-  int port = 0;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view value;
-    if (cli::is_help(argv[i])) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (cli::option("--port", i, argc, argv, value)) {
-      port = cli::number("--port", value, 0, 65535);
-    } else if (cli::option("--host", i, argc, argv, value)) {
-      host = value;
-    } else {
-      cli::unknown_argument(argv[i]);
-    }
-  }
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1)
-    cli::usage_error("--host must be an IPv4 address, not '" + host + "'");
+  sockaddr_in addr = baseline::parse_listen_args(argc, argv, kUsage);
+  const std::string host = baseline::host_of(addr);
 
   // Signals arrive as readable data on an fd in the same epoll set: no handler, no races.
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGINT);
-  sigaddset(&mask, SIGTERM);
-  if (sigprocmask(SIG_BLOCK, &mask, nullptr) < 0) die("sigprocmask");
-  const int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-  if (sfd < 0) die("signalfd");
+  const int sfd = baseline::stop_signal_fd(SFD_NONBLOCK | SFD_CLOEXEC);
 
   const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (lfd < 0) die("socket");

@@ -5,7 +5,7 @@
 //
 //   echo_threads [--host 127.0.0.1] [--port P]     (--help for details)
 
-#include "cli.hpp"
+#include "baseline_server.hpp"
 
 #include <atomic>
 #include <cerrno>
@@ -29,6 +29,8 @@
 
 namespace {
 
+using baseline::die;
+
 namespace cli = skein_samples::cli;
 
 constexpr const char* kUsage =
@@ -41,11 +43,6 @@ constexpr const char* kUsage =
     "  --host ADDR   IPv4 address to listen on; default 127.0.0.1\n"
     "  --port P      TCP port, 0..65535; 0 (the default) picks a free one\n"
     "  -h, --help    show this help and exit\n";
-
-[[noreturn]] void die(const char* what) {
-  std::fprintf(stderr, "echo_threads: %s: %s\n", what, std::strerror(errno));
-  std::exit(1);
-}
 
 void serve(int fd) {
   char buf[16 * 1024];
@@ -79,36 +76,12 @@ void warn_once(const char* what, const char* why) {
 
 int main(int argc, char** argv) {
   cli::program = "echo_threads";
-  std::string host = "127.0.0.1";
-  int port = 0;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view value;
-    if (cli::is_help(argv[i])) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (cli::option("--port", i, argc, argv, value)) {
-      port = cli::number("--port", value, 0, 65535);
-    } else if (cli::option("--host", i, argc, argv, value)) {
-      host = value;
-    } else {
-      cli::unknown_argument(argv[i]);
-    }
-  }
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1)
-    cli::usage_error("--host must be an IPv4 address, not '" + host + "'");
+  sockaddr_in addr = baseline::parse_listen_args(argc, argv, kUsage);
+  const std::string host = baseline::host_of(addr);
 
   // Blocked before any thread exists, so every connection thread inherits the mask and the
   // signals wait on the signalfd for the accept loop.
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGINT);
-  sigaddset(&mask, SIGTERM);
-  if (sigprocmask(SIG_BLOCK, &mask, nullptr) < 0) die("sigprocmask");
-  const int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
-  if (sfd < 0) die("signalfd");
+  const int sfd = baseline::stop_signal_fd(SFD_CLOEXEC);
 
   const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (lfd < 0) die("socket");

@@ -19,6 +19,7 @@
 #include <skein/skein.hpp>
 
 #include "cli.hpp"
+#include "serve_main.hpp"
 
 #include <array>
 #include <chrono>
@@ -83,14 +84,6 @@ void handle_echo(skein::Stream stream, bool verbose) {
   }
 }
 
-skein::Address listen_address(const std::string& host, std::uint16_t port) {
-  try {
-    return skein::Address::ip(host, port);
-  } catch (const std::system_error&) {
-    return skein::resolve(host, port).front();
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -117,16 +110,8 @@ int main(int argc, char** argv) {
 
   try {
     skein::run([&] {
-      skein::Listener listener = skein::listen(listen_address(host, port));
-      std::printf("listening on %s\n", listener.local_address().to_string().c_str());
-      std::fflush(stdout);
-
-      skein::ServeOptions options;
-      options.stop_on_signals = true;
-      // Idle connections would otherwise hold the exit for the whole grace period.
-      options.grace_period = std::chrono::seconds(1);
-      skein::serve(
-          listener, [verbose](skein::Stream stream) { handle_echo(std::move(stream), verbose); }, options);
+      skein_samples::listen_and_serve(
+          host, port, [verbose](skein::Stream stream) { handle_echo(std::move(stream), verbose); });
     });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "echo_server: %s\n", e.what());

@@ -21,6 +21,7 @@
 
 #include "cli.hpp"
 #include "http/http_session.hpp"
+#include "serve_main.hpp"
 
 #include <array>
 #include <chrono>
@@ -105,16 +106,6 @@ void handle_connection(skein::Stream stream, const Config& config) {
   }
 }
 
-// An IP literal as it is; anything else is looked up (on the blocking pool, so it must run on a
-// fiber) and the first address wins.
-skein::Address listen_address(const Config& config) {
-  try {
-    return skein::Address::ip(config.host, config.port);
-  } catch (const std::system_error&) {
-    return skein::resolve(config.host, config.port).front();
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -141,17 +132,9 @@ int main(int argc, char** argv) {
 
   try {
     skein::run([&config] {
-      skein::Listener listener = skein::listen(listen_address(config));
-      std::printf("listening on %s\n", listener.local_address().to_string().c_str());
-      std::fflush(stdout);
-
-      skein::ServeOptions options;
-      options.stop_on_signals = true;
-      // Idle keep-alive connections would otherwise hold the exit for the whole grace period.
-      options.grace_period = std::chrono::seconds(1);
-      skein::serve(
-          listener, [&config](skein::Stream stream) { handle_connection(std::move(stream), config); },
-          options);
+      skein_samples::listen_and_serve(config.host, config.port, [&config](skein::Stream stream) {
+        handle_connection(std::move(stream), config);
+      });
     });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "http_server: %s\n", e.what());

@@ -134,6 +134,21 @@ Wake await(EpollDriver& driver, Completion& completion, TimePoint deadline) noex
 
 }  // namespace
 
+namespace {
+
+// Queues `job` on the pool for the running fiber `self`, whose driver gets the completion. An
+// already-cancelled fiber throws instead: the call is a cancellation point like any wait.
+std::shared_ptr<Completion> submit(Fiber* self, EpollDriver& driver, BlockingJob& job,
+                                   std::shared_ptr<void> keep) {
+  if (self->cancel_requested && !self->shielded) throw_if_interrupted(Wake::cancelled);
+  auto completion = std::make_shared<Completion>();
+  completion->fiber = self;
+  pool().submit(Item{&job, std::move(keep), completion, driver.mailbox()});
+  return completion;
+}
+
+}  // namespace
+
 void run_blocking_job(BlockingJob& job) {
   EpollDriver* driver = EpollDriver::current();
   if (!driver) {
@@ -141,11 +156,7 @@ void run_blocking_job(BlockingJob& job) {
     return;
   }
   Fiber* self = current_fiber();
-  // Already cancelled: the call is a cancellation point like any wait, and `f` never starts.
-  if (self->cancel_requested && !self->shielded) throw_if_interrupted(Wake::cancelled);
-  auto completion = std::make_shared<Completion>();
-  completion->fiber = self;
-  pool().submit(Item{&job, nullptr, completion, driver->mailbox()});
+  const auto completion = submit(self, *driver, job, nullptr);
   // `job` may live on this fiber's stack and is in use on the pool: the fiber cannot leave
   // before it is done, so a cancel waits (shielded) and is reported afterwards.
   const bool was_shielded = self->shielded;
@@ -161,11 +172,7 @@ void run_abandonable(std::shared_ptr<void> keep, BlockingJob& job, TimePoint dea
     job.run();
     return;
   }
-  Fiber* self = current_fiber();
-  if (self->cancel_requested && !self->shielded) throw_if_interrupted(Wake::cancelled);
-  auto completion = std::make_shared<Completion>();
-  completion->fiber = self;
-  pool().submit(Item{&job, std::move(keep), completion, driver->mailbox()});
+  const auto completion = submit(current_fiber(), *driver, job, std::move(keep));
   const Wake w = await(*driver, *completion, deadline);
   if (w != Wake::notified) {
     completion->fiber = nullptr;  // a late completion must not wake this fiber in another wait
