@@ -22,6 +22,24 @@ namespace {
   throw std::system_error(std::make_error_code(std::errc::invalid_argument), what);
 }
 
+// Fills `ss` with a sockaddr_in for `v4` or, when `ipv6`, a sockaddr_in6 for `v6`, both with
+// `port`; returns its length.
+socklen_t ip_sockaddr(sockaddr_storage& ss, std::uint16_t port, bool ipv6, in_addr_t v4,
+                      const in6_addr& v6) noexcept {
+  if (ipv6) {
+    auto* sa = reinterpret_cast<sockaddr_in6*>(&ss);
+    sa->sin6_family = AF_INET6;
+    sa->sin6_port = htons(port);
+    sa->sin6_addr = v6;
+    return sizeof(sockaddr_in6);
+  }
+  auto* sa = reinterpret_cast<sockaddr_in*>(&ss);
+  sa->sin_family = AF_INET;
+  sa->sin_port = htons(port);
+  sa->sin_addr.s_addr = v4;
+  return sizeof(sockaddr_in);
+}
+
 }  // namespace
 
 Address::Address() noexcept {
@@ -61,37 +79,13 @@ Address Address::ip(std::string_view literal, std::uint16_t port) {
 
 Address Address::loopback(std::uint16_t port, bool ipv6) noexcept {
   Address a;
-  if (ipv6) {
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(&a.storage_);
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    v6->sin6_addr = in6addr_loopback;
-    a.len_ = sizeof(sockaddr_in6);
-  } else {
-    auto* v4 = reinterpret_cast<sockaddr_in*>(&a.storage_);
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.len_ = sizeof(sockaddr_in);
-  }
+  a.len_ = ip_sockaddr(a.storage_, port, ipv6, htonl(INADDR_LOOPBACK), in6addr_loopback);
   return a;
 }
 
 Address Address::any(std::uint16_t port, bool ipv6) noexcept {
   Address a;
-  if (ipv6) {
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(&a.storage_);
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    v6->sin6_addr = in6addr_any;
-    a.len_ = sizeof(sockaddr_in6);
-  } else {
-    auto* v4 = reinterpret_cast<sockaddr_in*>(&a.storage_);
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    v4->sin_addr.s_addr = htonl(INADDR_ANY);
-    a.len_ = sizeof(sockaddr_in);
-  }
+  a.len_ = ip_sockaddr(a.storage_, port, ipv6, htonl(INADDR_ANY), in6addr_any);
   return a;
 }
 
