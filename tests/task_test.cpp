@@ -342,7 +342,7 @@ TEST_SUITE("task") {
         waiters.push_back(&node);
         const auto w = skein::detail::park(skein::no_deadline, &skein::detail::unlink_wait_node, &node);
         CHECK(w == skein::detail::Wake::cancelled);
-        CHECK(node.list == nullptr);
+        CHECK(!node.linked);
       });
       skein::yield();
       v.cancel();

@@ -5,6 +5,7 @@
 #include <skein/generator.hpp>
 #include <skein/net.hpp>
 #include <skein/run.hpp>
+#include <skein/runtime.hpp>
 #include <skein/stack.hpp>
 #include <skein/task.hpp>
 #include <skein/time.hpp>

@@ -19,6 +19,14 @@
 
 namespace skein {
 
+// How serve(address, ...) spreads connections over the runtime's workers.
+enum class Distribution {
+  reuse_port,  // one SO_REUSEPORT listener and acceptor per worker; the kernel balances connections
+  acceptor,    // one listener and acceptor on the calling worker, handing connections out round
+               // robin (for kernels or setups without SO_REUSEPORT balancing; the acceptor is the
+               // bottleneck past a few cores)
+};
+
 struct ServeOptions {
   std::size_t max_connections = 10'000;           // accepting pauses while this many are live
   std::chrono::milliseconds grace_period{5'000};  // after stop(): how long handlers may finish
@@ -28,6 +36,10 @@ struct ServeOptions {
                                                   // signal.Notify does)
   std::size_t stack_size = default_stack_size;    // of each connection's fiber
   std::function<void(const Address& peer, std::exception_ptr)> on_error;  // see above
+  // serve(address, ...) only:
+  std::size_t workers = 0;  // how many of the runtime's workers serve (the first ones); 0: all
+  Distribution distribution = Distribution::reuse_port;
+  std::function<void(const Address&)> on_listening;  // once bound: the address (port 0 resolved)
 };
 
 class Server {
@@ -46,7 +58,12 @@ class Server {
   // then throws operation_canceled.
   void serve(Listener& listener, Handler handler);
 
-  // Asks serve() to stop (see above). Any fiber on serve()'s thread; idempotent; before serve()
+  // Listens on `address` and serves across options.workers workers (see Distribution), each
+  // connection's fiber on the worker that accepted it (or was handed it). Otherwise as above;
+  // stop() and the signals stop every worker. Throws what listen() throws.
+  void serve(const Address& address, Handler handler);
+
+  // Asks serve() to stop (see above). Any fiber of the runtime; idempotent; before serve()
   // starts it makes serve() return at once.
   void stop() noexcept;
 
@@ -66,5 +83,8 @@ class Server {
 
 // Server(options).serve(listener, handler).
 void serve(Listener& listener, Server::Handler handler, ServeOptions options = {});
+
+// Server(options).serve(address, handler): on every worker of the runtime (or options.workers).
+void serve(const Address& address, Server::Handler handler, ServeOptions options = {});
 
 }  // namespace skein

@@ -25,8 +25,9 @@ namespace {
 
 constinit thread_local EpollDriver* tl_driver = nullptr;
 
-// epoll_event.data for the eventfd; fd events carry (generation << 32 | fd), never all ones.
+// epoll_event.data for the two eventfds; fd events carry (generation << 32 | fd), never these.
 constexpr std::uint64_t eventfd_tag = ~std::uint64_t{0};
+constexpr std::uint64_t inbox_tag = ~std::uint64_t{1};
 constexpr int max_events = 256;
 
 [[noreturn]] void fatal(const char* what) {
@@ -69,7 +70,7 @@ void Mailbox::close() noexcept {
 
 // ---- driver -------------------------------------------------------------------------------
 
-EpollDriver::EpollDriver() {
+EpollDriver::EpollDriver(Inbox& inbox) : inbox_(inbox) {
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epfd_ < 0) throw std::system_error(errno, std::generic_category(), "skein: epoll_create1");
   eventfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -86,6 +87,13 @@ EpollDriver::EpollDriver() {
     ::close(eventfd_);
     ::close(epfd_);
     throw std::system_error(err, std::generic_category(), "skein: epoll_ctl(eventfd)");
+  }
+  ev.data.u64 = inbox_tag;
+  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, inbox.fd(), &ev) < 0) {
+    const int err = errno;
+    ::close(eventfd_);
+    ::close(epfd_);
+    throw std::system_error(err, std::generic_category(), "skein: epoll_ctl(inbox)");
   }
   mailbox_ = std::make_shared<Mailbox>(eventfd_);
 }
@@ -104,7 +112,7 @@ EpollDriver* EpollDriver::current() noexcept {
   if (!s || !s->running()) return nullptr;
   if (tl_driver) return tl_driver;
   try {
-    auto driver = std::make_unique<EpollDriver>();
+    auto driver = std::make_unique<EpollDriver>(s->inbox());
     tl_driver = driver.get();
     s->set_driver(std::move(driver));
   } catch (const std::exception& e) {
@@ -197,7 +205,7 @@ void EpollDriver::wait_until(TimePoint deadline) noexcept {
 }
 
 void EpollDriver::prefetch_waiter(std::uint64_t data, std::uint32_t events) const noexcept {
-  if (data == eventfd_tag) return;
+  if (data == eventfd_tag || data == inbox_tag) return;
   const auto fd = static_cast<std::uint32_t>(data);
   const FdState& st = chunks_[fd / chunk_size][fd % chunk_size];
   const Fiber* f = st.waiter[(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ? 0 : 1];
@@ -238,6 +246,10 @@ void EpollDriver::epoll_once(int timeout_ms, const timespec* timeout) noexcept {
     const std::uint64_t data = events[i].data.u64;
     if (data == eventfd_tag) {
       drain_mailbox();
+      continue;
+    }
+    if (data == inbox_tag) {
+      inbox_.clear_fd();  // the scheduler loop takes the messages
       continue;
     }
     const auto fd = static_cast<std::uint32_t>(data);

@@ -25,6 +25,7 @@
 #pragma once
 
 #include "driver.hpp"
+#include "scheduler.hpp"
 
 #include <skein/detail/fiber.hpp>
 #include <skein/time.hpp>
@@ -78,7 +79,8 @@ class Mailbox {
 
 class EpollDriver final : public Driver {
  public:
-  EpollDriver();
+  // Watches `inbox`'s eventfd too, so messages from other threads end the idle step.
+  explicit EpollDriver(Inbox& inbox);
   ~EpollDriver() override;
 
   // The driver of this thread's scheduler, installed on first use; nullptr outside a fiber (also
@@ -123,6 +125,7 @@ class EpollDriver final : public Driver {
 
   static constexpr unsigned io_budget = 128;
   static constexpr std::size_t chunk_size = 1024;
+  Inbox& inbox_;
   int epfd_ = -1;
   int eventfd_ = -1;
   std::shared_ptr<Mailbox> mailbox_;

@@ -4,6 +4,7 @@
 // fiber; run() rethrows whatever `f` threw.
 #pragma once
 
+#include <skein/runtime.hpp>
 #include <skein/task.hpp>
 #include <skein/time.hpp>
 
@@ -16,32 +17,12 @@
 
 namespace skein {
 
-namespace detail {
-// Binds a scheduler to this thread for its lifetime (throws operation_not_permitted if the thread
-// already has one) and runs its loop.
-class RunScope {
- public:
-  RunScope();
-  ~RunScope();
-  RunScope(const RunScope&) = delete;
-  RunScope& operator=(const RunScope&) = delete;
-  // Runs fibers until none is left. On a deadlock (every fiber parked, nothing left to wake
-  // them) it cancels the newest parked fiber, and again while the deadlock lasts.
-  void loop();
-
- private:
-  std::unique_ptr<Scheduler> scheduler_;
-};
-}  // namespace detail
-
-// Runs `f` as the first fiber of a new scheduler on this thread, runs every fiber it spawns, and
-// returns `f`'s value (or rethrows its exception) once all of them have finished.
+// Runs `f` as the first fiber of a new single-worker runtime on this thread, runs every fiber it
+// spawns, and returns `f`'s value (or rethrows its exception) once all of them have finished.
+// run(RuntimeOptions, f) in <skein/runtime.hpp> is the same with more workers.
 template <class F>
 auto run(F&& f) -> std::invoke_result_t<std::decay_t<F>&> {
-  detail::RunScope scope;
-  auto main = spawn(FiberOptions{"main"}, std::forward<F>(f));
-  scope.loop();
-  return main.join();
+  return run(RuntimeOptions{1}, std::forward<F>(f));
 }
 
 // Lets every other ready fiber run before the caller continues. A cancellation point. Outside a

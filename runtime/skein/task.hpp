@@ -118,7 +118,7 @@ class Task {
   explicit operator bool() const noexcept { return valid(); }
 
   // True once the body has returned or thrown.
-  bool done() const noexcept { return f_ && f_->state == detail::FiberState::done; }
+  bool done() const noexcept { return f_ && f_->finished.load(std::memory_order_acquire); }
 
   std::uint64_t id() const noexcept { return f_ ? f_->id : 0; }
   std::string_view name() const noexcept { return f_ ? std::string_view(f_->name) : std::string_view(); }
@@ -162,7 +162,7 @@ class Task {
   }
 
   // Asks the fiber to stop: the wait it is parked in (or its next one) throws operation_canceled.
-  // Cooperative: a fiber that never waits runs to completion. No effect once done.
+  // Cooperative: a fiber that never waits runs to completion. No effect once done. Any thread.
   void cancel() noexcept {
     if (f_) detail::cancel(f_);
   }
@@ -201,32 +201,41 @@ struct TaskAccess {
 };
 }  // namespace detail
 
-// Starts `f` on a new fiber of this thread's scheduler; it first runs when the caller next waits
-// or yields. Returns the handle to its result. Must be called inside skein::run.
+namespace detail {
 template <class F>
-auto spawn(FiberOptions options, F&& f) {
+using fiber_result_t = std::invoke_result_t<std::decay_t<F>&>;
+
+// Constructs the record of a fiber that will run `f` at the top of a fresh stack (not started).
+template <class F>
+std::pair<Fiber*, Stack> make_fiber(std::size_t stack_size, F&& f) {
   using Fn = std::decay_t<F>;
-  using T = std::invoke_result_t<Fn&>;
-  using Impl = detail::FiberImpl<Fn, T>;
+  using Impl = FiberImpl<Fn, fiber_result_t<F>>;
   static_assert(alignof(Impl) <= 16, "over-aligned closures are not supported");
-  detail::Scheduler& sched = detail::scheduler_for("skein::spawn");
-  detail::Stack stack = detail::acquire_stack(options.stack_size);
+  Stack stack = acquire_stack(stack_size);
   // Rounded to a cache line, so the record's hot fields start on one (see detail::Fiber).
   constexpr std::size_t footprint = (sizeof(Impl) + 63) & ~std::size_t{63};
   if (footprint + 4096 > stack.size) {
-    detail::release_stack(stack);
+    release_stack(stack);
     throw std::system_error(std::make_error_code(std::errc::invalid_argument),
                             "skein::spawn: closure too large for the stack");
   }
-  Impl* impl;
   try {
-    impl = new (stack.hi() - footprint) Impl(std::forward<F>(f));
+    return {new (stack.hi() - footprint) Impl(std::forward<F>(f)), stack};
   } catch (...) {
-    detail::release_stack(stack);
+    release_stack(stack);
     throw;
   }
-  detail::start_fiber(sched, impl, stack, std::move(options.name));
-  return detail::TaskAccess::adopt<T>(impl);
+}
+}  // namespace detail
+
+// Starts `f` on a new fiber of the calling fiber's worker; it first runs when the caller next waits
+// or yields. Returns the handle to its result. Must be called inside skein::run.
+template <class F>
+auto spawn(FiberOptions options, F&& f) {
+  detail::Scheduler& sched = detail::scheduler_for("skein::spawn");
+  auto [fiber, stack] = detail::make_fiber(options.stack_size, std::forward<F>(f));
+  detail::start_fiber(sched, fiber, stack, std::move(options.name));
+  return detail::TaskAccess::adopt<detail::fiber_result_t<F>>(fiber);
 }
 
 template <class F>

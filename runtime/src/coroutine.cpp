@@ -65,6 +65,7 @@ void coroutine_destroy(CoroutineCore* co) noexcept {
     switch_context(here, *co);
   }
   const Stack stack = co->stack;
+  discard_context(*co);
   co->~CoroutineCore();
   release_stack(stack);
 }

@@ -1,13 +1,20 @@
 #include "scheduler.hpp"
 
+#include "runtime_core.hpp"
 #include "switch.hpp"
 
 #include <skein/run.hpp>
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <mutex>
+#include <semaphore>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -16,19 +23,25 @@ namespace skein::detail {
 
 namespace {
 
-// Idle step when no I/O layer is installed: sleep in the kernel until the next timer.
-class ClockDriver final : public Driver {
+// Idle step when no I/O layer is installed: sleep in the kernel until the next timer or a message
+// from another thread (the inbox's eventfd).
+class PollDriver final : public Driver {
  public:
+  explicit PollDriver(Inbox& inbox) noexcept : inbox_(inbox) {}
   void wait_until(TimePoint deadline) noexcept override {
-    if (deadline == no_deadline) return;  // nothing can wake us; the loop will see a deadlock
-    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count();
-    timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
-    // steady_clock is CLOCK_MONOTONIC in libstdc++ and libc++.
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
+    pollfd p{inbox_.fd(), POLLIN, 0};
+    timespec ts{};
+    if (deadline != no_deadline) {
+      const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()).count();
+      if (left > 0) ts = {static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
     }
+    if (ppoll(&p, 1, deadline == no_deadline ? nullptr : &ts, nullptr) > 0) inbox_.clear_fd();
   }
   void poll() noexcept override {}
   std::size_t waiters() const noexcept override { return 0; }
+
+ private:
+  Inbox& inbox_;
 };
 
 bool is_cancellation(const std::exception_ptr& e) noexcept {
@@ -105,25 +118,84 @@ void TimerHeap::sift_down(std::size_t i, Entry e) noexcept {
   place(i, e);
 }
 
+// ---- inbox -------------------------------------------------------------------------------
+
+Inbox::Inbox() {
+  eventfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (eventfd_ < 0) throw std::system_error(errno, std::generic_category(), "skein: eventfd");
+}
+
+Inbox::~Inbox() {
+  ::close(eventfd_);
+}
+
+void Inbox::post(RemoteNode* n) noexcept {
+  RemoteNode* head = head_.load(std::memory_order_relaxed);
+  do {
+    n->next = head;
+  } while (!head_.compare_exchange_weak(head, n, std::memory_order_seq_cst, std::memory_order_relaxed));
+  // Pairs with prepare_sleep(): either the consumer sees the node before it sleeps, or this sees
+  // it sleeping (sequentially consistent store/load on both sides). The exchange lets only one
+  // producer write.
+  if (sleeping_.load(std::memory_order_seq_cst) && sleeping_.exchange(false, std::memory_order_seq_cst)) {
+    const std::uint64_t one = 1;
+    // Cannot fail short of a bug: the counter is far from overflowing and the fd is open.
+    [[maybe_unused]] const ssize_t r = ::write(eventfd_, &one, sizeof one);
+  }
+}
+
+RemoteNode* Inbox::take() noexcept {
+  RemoteNode* n = head_.exchange(nullptr, std::memory_order_acquire);
+  RemoteNode* fifo = nullptr;
+  while (n) {
+    RemoteNode* next = n->next;
+    n->next = fifo;
+    fifo = n;
+    n = next;
+  }
+  return fifo;
+}
+
+bool Inbox::prepare_sleep() noexcept {
+  sleeping_.store(true, std::memory_order_seq_cst);
+  if (head_.load(std::memory_order_seq_cst) == nullptr) return true;
+  sleeping_.store(false, std::memory_order_relaxed);
+  return false;
+}
+
+void Inbox::clear_fd() noexcept {
+  std::uint64_t count;
+  while (::read(eventfd_, &count, sizeof count) < 0 && errno == EINTR) {
+  }
+}
+
 // ---- scheduler ----------------------------------------------------------------------------
 
-Scheduler::Scheduler() : driver_(std::make_unique<ClockDriver>()) {
+Scheduler::Scheduler(RuntimeCore& runtime, std::size_t index) : runtime_(&runtime), index_(index) {
   if (tl_scheduler)
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "skein::run: this thread already runs a scheduler");
+  driver_ = std::make_unique<PollDriver>(inbox_);
   tl_scheduler = this;
 }
 
 Scheduler::~Scheduler() {
-  tl_scheduler = nullptr;
+  unbind();
 }
 
-void Scheduler::start(Fiber* f, Stack stack, std::string name) noexcept {
+void Scheduler::unbind() noexcept {
+  if (tl_scheduler == this) tl_scheduler = nullptr;
+}
+
+void Scheduler::prepare(Fiber* f, Stack stack, std::string name) noexcept {
   f->stack = stack;
   f->scheduler = this;
-  f->id = next_id_++;
+  f->id = runtime_->next_id();
   f->name = std::move(name);
   prepare_context(*f, f, &Scheduler::fiber_entry);
+}
+
+void Scheduler::start_local(Fiber* f) noexcept {
   f->next_live = live_;
   if (live_) live_->prev_live = f;
   live_ = f;
@@ -133,7 +205,7 @@ void Scheduler::start(Fiber* f, Stack stack, std::string name) noexcept {
 
 void Scheduler::fiber_entry(Transfer t) noexcept {
   auto& f = static_cast<Fiber&>(enter_context(t));
-  if (f.cancel_requested)
+  if (f.cancel_requested.load(std::memory_order_relaxed))
     f.skip_body();
   else
     f.run_body();
@@ -143,9 +215,9 @@ void Scheduler::fiber_entry(Transfer t) noexcept {
 
 void Scheduler::loop() {
   home_ = &running_context();
-  while (live_count_ > 0) {
-    // One round: the fibers ready now. Those they make ready run next round, after timers and
-    // I/O have had their turn, so a busy fiber cannot starve a sleeping one.
+  for (;;) {
+    // One round: the fibers ready now. Those they make ready run next round, after timers,
+    // messages and I/O have had their turn, so a busy fiber cannot starve a sleeping one.
     for (std::size_t n = ready_.size(); n > 0; --n) {
       Fiber* f = ready_.pop();
       // With thousands of fibers their records and saved frames are cold (each lives on its own
@@ -161,18 +233,50 @@ void Scheduler::loop() {
       }
       resume(f);
     }
-    if (live_count_ == 0) break;
+    if (inbox_.pending()) drain_inbox();
+    if (stop_) break;
     if (!timers_.empty()) fire_timers(Clock::now());
     if (!ready_.empty()) {
       if (driver_->waiters() > 0) driver_->poll();
       continue;
     }
-    if (!timers_.empty())
-      driver_->wait_until(timers_.top()->deadline);
-    else if (driver_->waiters() > 0)
-      driver_->wait_until(no_deadline);
-    else
-      recover_deadlock();
+    idle();
+  }
+}
+
+// Nothing is ready: sleep in the driver until the next timer, I/O or a message.
+void Scheduler::idle() {
+  if (timers_.empty() && driver_->waiters() == 0 && live_count_ > 0 && runtime_->detects_deadlock() &&
+      !inbox_.pending()) {
+    recover_deadlock();
+    return;
+  }
+  if (!inbox_.prepare_sleep()) return;
+  driver_->wait_until(timers_.empty() ? no_deadline : timers_.top()->deadline);
+  inbox_.end_sleep();
+}
+
+void Scheduler::drain_inbox() noexcept {
+  for (RemoteNode* n = inbox_.take(); n;) {
+    RemoteNode* next = n->next;  // handling may free the node (a cancel's last reference)
+    Fiber* f = n->fiber;
+    switch (n->kind) {
+      case RemoteNode::Kind::start:
+        start_local(f);
+        break;
+      case RemoteNode::Kind::wake:
+        make_ready(f, Wake::notified);
+        break;
+      case RemoteNode::Kind::cancel:
+        if (f->state != FiberState::done) cancel(f);
+        release(f);
+        runtime_->release();
+        break;
+      case RemoteNode::Kind::stop:
+        stop_ = true;
+        break;
+    }
+    n = next;
   }
 }
 
@@ -180,13 +284,29 @@ void Scheduler::finish(Fiber* f) noexcept {
   (f->prev_live ? f->prev_live->next_live : live_) = f->next_live;
   if (f->next_live) f->next_live->prev_live = f->prev_live;
   --live_count_;
-  while (WaitNode* n = f->joiners.pop_front()) wake(n->fiber, Wake::notified);
-  if (f->detached) report_unobserved(*f);
+  {
+    std::lock_guard lock(f->joiners.lock);
+    f->finished.store(true, std::memory_order_release);
+    while (WaitNode* n = f->joiners.pop_front()) wake_node(n);
+  }
+  if (f->endings.fetch_or(Fiber::ended_body, std::memory_order_acq_rel) & Fiber::ended_handle)
+    report_unobserved(*f);
   release(f);
+  runtime_->release();
 }
 
 void Scheduler::wake(Fiber* f, Wake why) noexcept {
   if (f->state != FiberState::parked) return;
+  if (f->claimed.exchange(true, std::memory_order_acquire)) {
+    // A waker on another thread won this wake-up; its message will make the fiber ready. The
+    // deadline is moot.
+    if (f->timer_slot != Fiber::no_timer) timers_.erase(f);
+    return;
+  }
+  make_ready(f, why);
+}
+
+void Scheduler::make_ready(Fiber* f, Wake why) noexcept {
   if (f->timer_slot != Fiber::no_timer) timers_.erase(f);
   if (why != Wake::notified && f->unlink) f->unlink(f, f->unlink_arg);
   f->wake = why;
@@ -195,7 +315,7 @@ void Scheduler::wake(Fiber* f, Wake why) noexcept {
 }
 
 void Scheduler::cancel(Fiber* f) noexcept {
-  f->cancel_requested = true;
+  f->cancel_requested.store(true, std::memory_order_relaxed);
   if (!f->shielded) wake(f, Wake::cancelled);
 }
 
@@ -230,18 +350,49 @@ Wake park(TimePoint deadline, Unlink unlink, void* arg) noexcept {
   return tl_scheduler->park_running(deadline, unlink, arg);
 }
 
-void unpark(Fiber* fiber) noexcept {
-  fiber->scheduler->wake(fiber, Wake::notified);
+bool unpark(Fiber* fiber) noexcept {
+  if (fiber->claimed.exchange(true, std::memory_order_acq_rel)) return false;
+  Scheduler* s = fiber->scheduler;
+  if (s == tl_scheduler) {
+    s->make_ready(fiber, Wake::notified);
+  } else {
+    fiber->post_node.kind = RemoteNode::Kind::wake;
+    s->post(&fiber->post_node);
+  }
+  return true;
 }
 
 void cancel(Fiber* fiber) noexcept {
   // A finished fiber's scheduler may be gone (a Task kept past skein::run).
-  if (fiber->state != FiberState::done) fiber->scheduler->cancel(fiber);
+  if (fiber->finished.load(std::memory_order_acquire)) return;
+  Scheduler* s = fiber->scheduler;
+  if (s == tl_scheduler) {
+    s->cancel(fiber);
+    return;
+  }
+  // Another thread's fiber: flag it now (its next wait sees it at once), and send one message to
+  // end a wait it is parked in. The message keeps the record and the runtime alive until handled.
+  fiber->cancel_requested.store(true, std::memory_order_seq_cst);
+  if (fiber->cancel_posted.exchange(true, std::memory_order_acq_rel)) return;
+  if (!s->runtime().try_retain()) return;  // the runtime has ended: the fiber is done
+  fiber->refs.fetch_add(1, std::memory_order_relaxed);
+  s->post(&fiber->cancel_node);
 }
 
 void unlink_wait_node(Fiber*, void* node) noexcept {
   auto* n = static_cast<WaitNode*>(node);
-  if (n->list) n->list->remove(n);
+  std::lock_guard lock(n->owner->lock);
+  if (n->linked) n->owner->remove(n);
+}
+
+bool wake_node(WaitNode* node) noexcept {
+  if (node->fiber) return unpark(node->fiber);
+  node->thread_wake->release();
+  return true;
+}
+
+void SpinLock::yield_thread() noexcept {
+  std::this_thread::yield();
 }
 
 void throw_if_interrupted(Wake w) {
@@ -252,19 +403,21 @@ void throw_if_interrupted(Wake w) {
 }
 
 void release(Fiber* fiber) noexcept {
-  if (--fiber->refs > 0) return;
+  if (fiber->refs.fetch_sub(1, std::memory_order_acq_rel) > 1) return;
   const Stack stack = fiber->stack;
+  discard_context(*fiber);
   fiber->~Fiber();
   release_stack(stack);
 }
 
 void release_handle(Fiber* fiber) noexcept {
-  fiber->detached = true;
-  if (fiber->state == FiberState::done) report_unobserved(*fiber);
+  if (fiber->endings.fetch_or(Fiber::ended_handle, std::memory_order_acq_rel) & Fiber::ended_body)
+    report_unobserved(*fiber);
   release(fiber);
 }
 
 Scheduler& scheduler_for(const char* what) {
+  // Bound means a fiber is running or the loop has yet to start: the runtime cannot have ended.
   if (!tl_scheduler)
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             std::string(what) + ": no scheduler on this thread (call it inside skein::run)");
@@ -272,20 +425,50 @@ Scheduler& scheduler_for(const char* what) {
 }
 
 void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string name) noexcept {
-  scheduler.start(fiber, stack, std::move(name));
+  scheduler.runtime().retain();
+  scheduler.prepare(fiber, stack, std::move(name));
+  scheduler.start_local(fiber);
 }
 
+namespace {
+// Joins `fiber`'s waiters as a plain thread and blocks until it finishes or `deadline` passes.
+bool wait_done_thread(Fiber* fiber, TimePoint deadline) {
+  std::binary_semaphore wake{0};
+  WaitNode node{nullptr, &wake};
+  {
+    std::lock_guard lock(fiber->joiners.lock);
+    if (fiber->finished.load(std::memory_order_relaxed)) return true;
+    fiber->joiners.push_back(&node);
+  }
+  if (deadline == no_deadline) {
+    wake.acquire();
+    return true;
+  }
+  if (wake.try_acquire_until(deadline)) return true;
+  std::lock_guard lock(fiber->joiners.lock);
+  if (!node.linked) {
+    // Woken just as the deadline passed: the release happened under the lock we now hold.
+    wake.acquire();
+    return true;
+  }
+  fiber->joiners.remove(&node);
+  return false;
+}
+}  // namespace
+
 bool wait_done(Fiber* fiber, TimePoint deadline) {
-  if (fiber->state == FiberState::done) return true;
+  if (fiber->finished.load(std::memory_order_acquire)) return true;
   Fiber* self = current_fiber();
-  if (!self)
-    throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
-                            "skein::Task: waiting for an unfinished task outside a fiber");
+  if (!self) return wait_done_thread(fiber, deadline);
   if (self == fiber)
     throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                             "skein::Task: a fiber cannot wait for itself");
   WaitNode node{self};
-  fiber->joiners.push_back(&node);
+  {
+    std::lock_guard lock(fiber->joiners.lock);
+    if (fiber->finished.load(std::memory_order_relaxed)) return true;
+    fiber->joiners.push_back(&node);
+  }
   const Wake w = park(deadline, &unlink_wait_node, &node);
   if (w == Wake::notified) return true;
   if (w == Wake::timed_out) return false;
@@ -295,19 +478,20 @@ bool wait_done(Fiber* fiber, TimePoint deadline) {
 
 void wait_done_shielded(Fiber* fiber) noexcept {
   Fiber* self = current_fiber();
-  if (fiber->state == FiberState::done || !self || self == fiber) return;
+  if (fiber->finished.load(std::memory_order_acquire) || !self || self == fiber) return;
   const bool was_shielded = self->shielded;
   self->shielded = true;
   WaitNode node{self};
-  fiber->joiners.push_back(&node);
-  park(no_deadline, &unlink_wait_node, &node);
+  bool wait = true;
+  {
+    std::lock_guard lock(fiber->joiners.lock);
+    if (fiber->finished.load(std::memory_order_relaxed))
+      wait = false;
+    else
+      fiber->joiners.push_back(&node);
+  }
+  if (wait) park(no_deadline, &unlink_wait_node, &node);
   self->shielded = was_shielded;
-}
-
-RunScope::RunScope() : scheduler_(std::make_unique<Scheduler>()) {}
-RunScope::~RunScope() = default;
-void RunScope::loop() {
-  scheduler_->loop();
 }
 
 }  // namespace skein::detail
@@ -318,7 +502,8 @@ void yield() {
   detail::Scheduler* s = detail::Scheduler::current();
   if (!s || !s->running()) return;
   s->yield_running();
-  if (s->running()->cancel_requested) detail::throw_if_interrupted(detail::Wake::cancelled);
+  if (s->running()->cancel_requested.load(std::memory_order_relaxed))
+    detail::throw_if_interrupted(detail::Wake::cancelled);
 }
 
 void sleep_until(TimePoint deadline) {

@@ -1,5 +1,6 @@
-// The per-thread scheduler: a FIFO ready queue, a timer heap and an idle step that sleeps in the
-// kernel. See docs/architecture.md for the fiber state machine.
+// The per-thread scheduler: a FIFO ready queue, a timer heap, an inbox for other threads and an
+// idle step that sleeps in the kernel. See docs/architecture.md for the fiber state machine and
+// docs/threading.md for what crosses threads.
 #pragma once
 
 #include "context.hpp"
@@ -9,6 +10,7 @@
 #include <skein/detail/fiber.hpp>
 #include <skein/time.hpp>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -76,7 +78,40 @@ class TimerHeap {
   std::uint64_t seq_ = 0;
 };
 
+// Messages from other threads: a lock-free multi-producer, single-consumer stack of RemoteNodes
+// (push is a CAS, the consumer takes everything with one exchange and reverses it into arrival
+// order), plus an eventfd to wake the consumer when it sleeps. Wake-ups are deduplicated: a
+// producer writes the eventfd only if the consumer announced it was going to sleep, and only the
+// first producer to see that writes, so a busy worker gets no syscalls at all.
+class Inbox {
+ public:
+  Inbox();
+  ~Inbox();
+  Inbox(const Inbox&) = delete;
+  Inbox& operator=(const Inbox&) = delete;
+
+  // Any thread: queues `n` and wakes the consumer if it sleeps.
+  void post(RemoteNode* n) noexcept;
+  // Consumer: true if something is queued (a hint: posts may land right after).
+  bool pending() const noexcept { return head_.load(std::memory_order_relaxed) != nullptr; }
+  // Consumer: takes every queued node, oldest first.
+  RemoteNode* take() noexcept;
+  // Consumer, before sleeping in the driver: returns false (and stays awake) if something is
+  // queued; otherwise posts from now on write the eventfd.
+  bool prepare_sleep() noexcept;
+  void end_sleep() noexcept { sleeping_.store(false, std::memory_order_relaxed); }
+  // Readable while a wake-up is pending; the driver watches it and calls clear_fd() when it is.
+  int fd() const noexcept { return eventfd_; }
+  void clear_fd() noexcept;
+
+ private:
+  alignas(64) std::atomic<RemoteNode*> head_{nullptr};
+  std::atomic<bool> sleeping_{false};
+  int eventfd_ = -1;
+};
+
 class Scheduler;
+class RuntimeCore;
 
 // The scheduler bound to this thread, or nullptr.
 inline constinit thread_local Scheduler* tl_scheduler = nullptr;
@@ -86,22 +121,36 @@ inline constinit thread_local Scheduler* tl_scheduler = nullptr;
 // calls), so each frame between the switch and the code that continues costs a misprediction.
 class Scheduler {
  public:
-  // Binds a new scheduler to this thread. Throws operation_not_permitted if one is bound already.
-  Scheduler();
+  // Binds a new scheduler, worker `index` of `runtime`, to this thread. Throws
+  // operation_not_permitted if one is bound already.
+  Scheduler(RuntimeCore& runtime, std::size_t index);
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
   // The scheduler bound to this thread, or nullptr.
   static Scheduler* current() noexcept { return tl_scheduler; }
+  // Unbinds it from this thread (its loop has ended; the object lives on for late posters).
+  void unbind() noexcept;
 
   // The fiber on the CPU, or nullptr while the loop itself runs.
   Fiber* running() const noexcept { return running_; }
 
-  // Runs fibers until none is left (see RunScope::loop).
+  RuntimeCore& runtime() const noexcept { return *runtime_; }
+  std::size_t index() const noexcept { return index_; }
+
+  // Runs fibers until the runtime ends. On a single-worker runtime that nothing outside can reach,
+  // a deadlock (every fiber parked, nothing left to wake them) cancels the newest parked fiber,
+  // and again while the deadlock lasts.
   void loop();
 
-  void start(Fiber* f, Stack stack, std::string name) noexcept;
+  // Fills in what a fiber needs before it can be started here (from any thread).
+  void prepare(Fiber* f, Stack stack, std::string name) noexcept;
+  // Makes a prepared fiber ready: on this scheduler's thread directly, from others by message.
+  void start_local(Fiber* f) noexcept;
+  void post(RemoteNode* n) noexcept { inbox_.post(n); }
+  const Inbox& inbox() const noexcept { return inbox_; }
+  Inbox& inbox() noexcept { return inbox_; }
   // Puts the running fiber at the back of the ready queue and switches to the loop.
   [[gnu::always_inline]] void yield_running() noexcept {
     Fiber* f = running_;
@@ -115,10 +164,13 @@ class Scheduler {
   // The park protocol (detail::park): see fiber.hpp.
   [[gnu::always_inline]] Wake park_running(TimePoint deadline, Unlink unlink, void* arg) noexcept {
     Fiber* f = running_;
-    if (f->cancel_requested && !f->shielded) {
+    if (f->cancel_requested.load(std::memory_order_relaxed) && !f->shielded &&
+        !f->claimed.exchange(true, std::memory_order_acquire)) {
       // Cancelled already: the wait ends before it starts, and leaves whatever list the waiter
-      // joined before parking, exactly as a cancel during the wait would.
+      // joined before parking, exactly as a cancel during the wait would. (If a waker on another
+      // thread won the wake-up first, the fiber parks to receive it.)
       if (unlink) unlink(f, arg);
+      f->claimed.store(false, std::memory_order_relaxed);
       return Wake::cancelled;
     }
     f->state = FiberState::parked;
@@ -133,9 +185,15 @@ class Scheduler {
     f->resume_at = &here;
     switch_context(here, *home_);
     f->unlink = nullptr;
+    f->claimed.store(false, std::memory_order_relaxed);
     return f->wake;
   }
+  // This thread: ends `f`'s wait with `why` (a deadline or a cancel) if nobody else won its
+  // wake-up first.
   void wake(Fiber* f, Wake why) noexcept;
+  // This thread: makes `f`, parked and its wake-up won by the caller, ready with `why`.
+  void make_ready(Fiber* f, Wake why) noexcept;
+  // This thread.
   void cancel(Fiber* f) noexcept;
 
   // Replaces the idle-time driver (the I/O layer installs its own).
@@ -152,16 +210,21 @@ class Scheduler {
   }
   void finish(Fiber* f) noexcept;
   void fire_timers(TimePoint now) noexcept;
+  void drain_inbox() noexcept;
+  void idle();
   void recover_deadlock() noexcept;
   [[noreturn]] static void fiber_entry(Transfer t) noexcept;
 
+  RuntimeCore* runtime_;
+  std::size_t index_;
+  bool stop_ = false;            // the runtime ended: leave the loop
   ExecContext* home_ = nullptr;  // the context running loop(): fibers switch back to it
   Fiber* running_ = nullptr;
   ReadyQueue ready_;
   TimerHeap timers_;
   Fiber* live_ = nullptr;  // every started, unfinished fiber (through prev_live/next_live)
   std::size_t live_count_ = 0;
-  std::uint64_t next_id_ = 1;
+  Inbox inbox_;  // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
 };
 

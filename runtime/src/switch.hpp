@@ -17,8 +17,19 @@
 #endif
 #endif
 
+#if defined(__SANITIZE_THREAD__)
+#define SKEIN_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SKEIN_TSAN 1
+#endif
+#endif
+
 #if defined(SKEIN_ASAN)
 #include <sanitizer/common_interface_defs.h>
+#endif
+#if defined(SKEIN_TSAN)
+#include <sanitizer/tsan_interface.h>
 #endif
 
 namespace skein::detail {
@@ -51,7 +62,7 @@ inline void finish_switch(Transfer t, ExecContext& self) noexcept {
 #if defined(SKEIN_ASAN)
   const void* lo = nullptr;
   std::size_t size = 0;
-  __sanitizer_finish_switch_fiber(self.asan_fake_stack, &lo, &size);
+  __sanitizer_finish_switch_fiber(self.sanitizer, &lo, &size);
   if (prev->kind == ContextKind::thread && !prev->stack)  // learn the thread stack's bounds
     prev->stack = Stack{static_cast<char*>(const_cast<void*>(lo)), size, 0};
 #else
@@ -66,9 +77,15 @@ inline void start_switch(ExecContext& from, ExecContext& to, bool from_exits) no
   tl_leaving = &from;
   tl_running = &to;
 #if defined(SKEIN_ASAN)
-  __sanitizer_start_switch_fiber(from_exits ? nullptr : &from.asan_fake_stack, to.stack.lo, to.stack.size);
+  __sanitizer_start_switch_fiber(from_exits ? nullptr : &from.sanitizer, to.stack.lo, to.stack.size);
 #else
   (void)from_exits;
+#endif
+#if defined(SKEIN_TSAN)
+  // TSan keeps a shadow call stack and clock per fiber; a thread's own context is the fiber TSan
+  // created for the thread. The switch itself orders the two contexts (flag 0: synchronise).
+  if (!from.sanitizer) from.sanitizer = __tsan_get_current_fiber();
+  __tsan_switch_to_fiber(to.sanitizer, 0);
 #endif
 }
 
@@ -95,6 +112,19 @@ inline ExecContext& enter_context(Transfer t) noexcept {
 // Prepares `ctx` to start in `entry` on its stack, below `top` (which must lie within the stack).
 inline void prepare_context(ExecContext& ctx, void* top, ContextEntry entry) noexcept {
   ctx.sp = make_context(top, static_cast<std::size_t>(static_cast<char*>(top) - ctx.stack.lo), entry);
+#if defined(SKEIN_TSAN)
+  ctx.sanitizer = __tsan_create_fiber(0);
+#endif
+}
+
+// Lets go of what the sanitizers keep for a context that will never run again (not the running one).
+inline void discard_context(ExecContext& ctx) noexcept {
+#if defined(SKEIN_TSAN)
+  if (ctx.sanitizer) __tsan_destroy_fiber(ctx.sanitizer);
+  ctx.sanitizer = nullptr;
+#else
+  (void)ctx;
+#endif
 }
 
 }  // namespace skein::detail

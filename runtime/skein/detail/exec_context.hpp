@@ -32,10 +32,12 @@ enum class ContextKind : std::uint8_t {
 };
 
 struct ExecContext {
-  void* sp = nullptr;               // the suspended state (asm frame) while not running
-  Stack stack{};                    // this context's stack; empty for a thread's own stack
-  EhState eh{};                     // exception state while not running
-  void* asan_fake_stack = nullptr;  // ASan's fake stack while not running (ASan builds only)
+  void* sp = nullptr;  // the suspended state (asm frame) while not running
+  Stack stack{};       // this context's stack; empty for a thread's own stack
+  EhState eh{};        // exception state while not running
+  // ASan's fake stack while not running, or TSan's fiber for this context (the two sanitizers
+  // never share a build); unused otherwise.
+  void* sanitizer = nullptr;
   ContextKind kind = ContextKind::thread;
 };
 

@@ -5,16 +5,19 @@
 #include <skein/detail/exec_context.hpp>
 #include <skein/time.hpp>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <semaphore>
 #include <string>
 
 namespace skein::detail {
 
 class Scheduler;
 
-// A fiber's life, value by value. Transitions happen only on the fiber's own scheduler thread.
+// A fiber's life, value by value. Transitions happen only on the fiber's own scheduler thread;
+// other threads learn that a fiber is done through Fiber::finished.
 enum class FiberState : std::uint8_t {
   ready,    // in the ready queue; runs when the scheduler reaches it (first run: starts the body)
   running,  // on the CPU; exactly one per scheduler, or none while the scheduler loop runs
@@ -33,23 +36,58 @@ enum class Wake : std::uint8_t {
 // deadline or a cancel rather than by the party it waits for.
 using Unlink = void (*)(struct Fiber* fiber, void* arg) noexcept;
 
-// A fiber waiting in some list (joiners of a task, waiters of a lock...). Lives on the waiting
-// fiber's stack for the duration of its wait.
+// A lock for the few words a cross-thread wait list guards: held for a handful of instructions,
+// never across a switch, so spinning beats a futex.
+class SpinLock {
+ public:
+  void lock() noexcept {
+    while (locked_.exchange(true, std::memory_order_acquire)) {
+      for (unsigned spins = 0; locked_.load(std::memory_order_relaxed); ++spins) {
+        // More workers than cores: the holder may be preempted, so stop burning its CPU.
+        if (spins >= 64)
+          yield_thread();
+        else
+          pause();
+      }
+    }
+  }
+  bool try_lock() noexcept { return !locked_.exchange(true, std::memory_order_acquire); }
+  void unlock() noexcept { locked_.store(false, std::memory_order_release); }
+
+ private:
+  static void pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
+  static void yield_thread() noexcept;
+  std::atomic<bool> locked_{false};
+};
+
+// A waiter in some wait list (joiners of a task, waiters of a lock...): a fiber, or a plain thread
+// blocked on `thread_wake`. Lives on the waiter's stack for the duration of its wait.
 struct WaitNode {
-  struct Fiber* fiber = nullptr;
-  struct WaitList* list = nullptr;  // the list it is in, or nullptr once taken off
+  struct Fiber* fiber = nullptr;  // null for a thread waiter
+  std::binary_semaphore* thread_wake = nullptr;
+  struct WaitList* owner = nullptr;  // the list it was pushed on; set once
+  bool linked = false;               // still in `owner` (guarded by owner->lock)
   WaitNode* prev = nullptr;
   WaitNode* next = nullptr;
 };
 
-// Intrusive FIFO of waiting fibers; O(1) to remove a waiter that leaves early.
+// Intrusive FIFO of waiters, O(1) to remove one that leaves early, shared between threads: every
+// access holds `lock`, including the unlink of a waiter that timed out or was cancelled.
 struct WaitList {
+  SpinLock lock;
   WaitNode* head = nullptr;
   WaitNode* tail = nullptr;
 
   bool empty() const noexcept { return head == nullptr; }
   void push_back(WaitNode* n) noexcept {
-    n->list = this;
+    n->owner = this;
+    n->linked = true;
     n->next = nullptr;
     n->prev = tail;
     if (tail)
@@ -61,7 +99,7 @@ struct WaitList {
   void remove(WaitNode* n) noexcept {
     (n->prev ? n->prev->next : head) = n->next;
     (n->next ? n->next->prev : tail) = n->prev;
-    n->list = nullptr;
+    n->linked = false;
   }
   WaitNode* pop_front() noexcept {
     WaitNode* n = head;
@@ -70,8 +108,26 @@ struct WaitList {
   }
 };
 
-// An Unlink for a fiber waiting through `arg`, a WaitNode.
+// An Unlink for a fiber waiting through `arg`, a WaitNode: takes it off its list under the lock.
 void unlink_wait_node(struct Fiber* fiber, void* node) noexcept;
+
+// Wakes the waiter of a node just popped from its list (the caller holds the list's lock). Returns
+// false if the waiter had already been woken by its deadline or a cancel (it is leaving).
+bool wake_node(WaitNode* node) noexcept;
+
+// A message to a scheduler from another thread, linked into its inbox. Each fiber carries its own
+// two, so posting never allocates: at most one start-or-wake and one cancel is in flight per fiber.
+struct RemoteNode {
+  enum class Kind : std::uint8_t {
+    start,   // a fiber spawned from another thread: link it and make it ready
+    wake,    // a wake-up claimed on another thread: make the parked fiber ready
+    cancel,  // Task::cancel from another thread: cancel here, then drop the reference it held
+    stop,    // the runtime has ended: leave the loop
+  };
+  RemoteNode* next = nullptr;
+  struct Fiber* fiber = nullptr;
+  Kind kind = Kind::start;
+};
 
 // Lives at the top of the fiber's own stack, so a spawn costs no heap allocation. Shared by the
 // running fiber and its Task handle; whichever lets go last returns the stack to the pool.
@@ -91,8 +147,12 @@ struct Fiber : ExecContext {
   // of connections wakes fibers whose records are cold, and each extra line is a miss.
   FiberState state = FiberState::ready;
   Wake wake = Wake::notified;
-  bool cancel_requested = false;
-  bool shielded = false;  // in a wait a cancel must not end (see wait_done_shielded)
+  std::atomic<bool> cancel_requested{false};  // set from any thread, read by the fiber
+  bool shielded = false;                      // in a wait a cancel must not end (see wait_done_shielded)
+  // The wake-up of the current wait has been claimed: exactly one of unpark (any thread), the
+  // deadline and a cancel wins it, and only the winner touches the fiber. Cleared as the fiber
+  // resumes from park(), so it is open from the start of each wait until it is won.
+  std::atomic<bool> claimed{false};
   Scheduler* scheduler = nullptr;
   ExecContext* resume_at = this;      // where to resume: here, or a coroutine it parked inside
   Fiber* next_ready = nullptr;        // ready-queue link
@@ -104,13 +164,20 @@ struct Fiber : ExecContext {
 
   Fiber* prev_live = nullptr;  // the scheduler's list of live fibers
   Fiber* next_live = nullptr;
-  WaitList joiners;          // fibers waiting for this one to finish
-  std::exception_ptr error;  // what the body threw
+  WaitList joiners;                   // waiting for this one to finish (under joiners.lock)
+  std::atomic<bool> finished{false};  // state reached done (set under joiners.lock)
+  std::exception_ptr error;           // what the body threw
   std::string name;
   std::uint64_t id = 0;
-  int refs = 2;                 // the running fiber + its Task handle
-  bool detached = false;        // the handle let go without joining
-  bool error_observed = false;  // join() rethrew `error` (or it was a cancellation)
+  std::atomic<int> refs{2};  // the running fiber + its Task handle (+ one per cancel in flight)
+  // Who let go first, the body (ended_body) or the handle (ended_handle): the second one reports
+  // an exception nobody joined, so it is reported exactly once.
+  std::atomic<std::uint8_t> endings{0};
+  static constexpr std::uint8_t ended_body = 1, ended_handle = 2;
+  bool error_observed = false;             // join() rethrew `error` (or it was a cancellation)
+  std::atomic<bool> cancel_posted{false};  // a cancel message is (or was) on its way
+  RemoteNode post_node{nullptr, this, RemoteNode::Kind::start};
+  RemoteNode cancel_node{nullptr, this, RemoteNode::Kind::cancel};
 };
 
 // The fiber running on this thread, or nullptr on the thread's own stack.
@@ -121,11 +188,17 @@ Fiber* current_fiber() noexcept;
 // cancelled. Must be called from a fiber.
 Wake park(TimePoint deadline, Unlink unlink = nullptr, void* arg = nullptr) noexcept;
 
-// Makes a parked fiber ready with Wake::notified; does nothing if it is not parked (a wake that
-// lost the race to a timeout or a cancel). Same thread as the fiber.
-void unpark(Fiber* fiber) noexcept;
+// Wakes a parked fiber with Wake::notified, from any thread (through its scheduler's inbox when
+// that is another thread's). Returns false, doing nothing, if the wait's wake-up was already won
+// by its deadline, a cancel or another unpark.
+//
+// The rule that makes this safe: a fiber that has made itself findable by a waker (joined a wait
+// list) must go on to park(), and leave the list only through its Unlink or the waker: a wake-up
+// claimed on another thread is delivered later, and must find the fiber still parked in that wait.
+bool unpark(Fiber* fiber) noexcept;
 
-// Asks a fiber to stop: its current or next wait ends with the cancellation error. Idempotent.
+// Asks a fiber to stop, from any thread: its current or next wait ends with the cancellation
+// error. Idempotent.
 void cancel(Fiber* fiber) noexcept;
 
 // Throws the error a wait that ended with `w` reports: operation_canceled or timed_out.
@@ -138,7 +211,7 @@ void release(Fiber* fiber) noexcept;
 // `what` when there is none (spawn outside skein::run).
 Scheduler& scheduler_for(const char* what);
 
-// Makes a constructed fiber on `stack` runnable on `scheduler`.
+// Makes a constructed fiber on `stack` runnable on `scheduler`, the calling fiber's.
 void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string name) noexcept;
 
 // Marks a Task handle's release: reports an exception nobody will see, then releases.
@@ -146,6 +219,7 @@ void release_handle(Fiber* fiber) noexcept;
 
 // Waits for `fiber` to finish, until `deadline`. Returns false on timeout; throws the cancellation
 // error if the waiter is cancelled, resource_deadlock_would_occur if a fiber waits for itself.
+// Outside a fiber it blocks the thread.
 bool wait_done(Fiber* fiber, TimePoint deadline);
 
 // Waits for `fiber` to finish even if the waiter is cancelled meanwhile (the cancel takes effect

@@ -1,0 +1,117 @@
+// Thread-per-core: a runtime of N worker threads, each with its own scheduler, timers and I/O
+// driver. A fiber stays on the worker it started on; spawn_on starts one on another worker, and
+// every wait (join, cancel, the sync primitives) works between fibers on different workers.
+// See docs/threading.md.
+//
+// Errors: std::system_error — operation_not_permitted for a spawn outside any runtime or into a
+// runtime that has ended, invalid_argument for a worker index out of range or zero workers.
+#pragma once
+
+#include <skein/task.hpp>
+
+#include <cstddef>
+#include <memory>
+#include <type_traits>
+#include <utility>
+
+namespace skein {
+
+struct RuntimeOptions {
+  std::size_t workers = 0;  // worker threads; 0 means one per core (std::thread::hardware_concurrency)
+};
+
+namespace detail {
+class RuntimeCore;
+
+// The runtime of the calling fiber; throws operation_not_permitted naming `what` outside one.
+RuntimeCore& runtime_for(const char* what);
+// Starts a constructed fiber on worker `worker` of `core`, from any thread. Throws (and frees the
+// fiber) if the runtime has ended or the index is out of range.
+void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack stack, std::string name);
+std::size_t worker_count(const RuntimeCore& core) noexcept;
+
+// Creates a runtime whose worker 0 is the calling thread (the other workers get threads of their
+// own) and which ends when its last fiber has finished. ~RunScope joins the worker threads.
+class RunScope {
+ public:
+  explicit RunScope(std::size_t workers = 1);
+  ~RunScope();
+  RunScope(const RunScope&) = delete;
+  RunScope& operator=(const RunScope&) = delete;
+  // Runs worker 0's loop until the runtime ends (see skein::run).
+  void loop();
+
+ private:
+  std::unique_ptr<RuntimeCore> core_;
+};
+
+template <class F>
+auto spawn_into(RuntimeCore& core, std::size_t worker, FiberOptions options, F&& f) {
+  auto [fiber, stack] = make_fiber(options.stack_size, std::forward<F>(f));
+  start_fiber_on(core, worker, fiber, stack, std::move(options.name));
+  return TaskAccess::adopt<fiber_result_t<F>>(fiber);
+}
+}  // namespace detail
+
+// Runs `f` as the first fiber of a new runtime with options.workers workers, on worker 0, which is
+// the calling thread. Returns `f`'s value (or rethrows its exception) once every fiber on every
+// worker has finished, and the worker threads have been joined.
+template <class F>
+auto run(RuntimeOptions options, F&& f) -> std::invoke_result_t<std::decay_t<F>&> {
+  detail::RunScope scope(options.workers);
+  auto main = spawn(FiberOptions{"main"}, std::forward<F>(f));
+  scope.loop();
+  return main.join();
+}
+
+// The calling fiber's worker index, 0 .. worker_count() - 1; 0 outside a runtime.
+std::size_t this_worker() noexcept;
+
+// How many workers the calling fiber's runtime has; 1 outside a runtime.
+std::size_t worker_count() noexcept;
+
+// Starts `f` on worker `worker` of the calling fiber's runtime; it runs there for its whole life.
+// The handle can be joined or cancelled from any worker.
+template <class F>
+auto spawn_on(std::size_t worker, FiberOptions options, F&& f) {
+  return detail::spawn_into(detail::runtime_for("skein::spawn_on"), worker, std::move(options),
+                            std::forward<F>(f));
+}
+
+template <class F>
+auto spawn_on(std::size_t worker, F&& f) {
+  return spawn_on(worker, FiberOptions{}, std::forward<F>(f));
+}
+
+// A runtime whose workers are all threads of their own, for programs whose main thread does
+// something else: any thread may spawn fibers into it and join or cancel them (a thread that
+// joins blocks until the fiber is done). It lives until destroyed: ~Runtime waits for every fiber
+// to finish, then stops and joins the worker threads.
+class Runtime {
+ public:
+  explicit Runtime(RuntimeOptions options = {});
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  std::size_t workers() const noexcept;
+
+  // Starts `f` on worker `worker`. Any thread, fiber or not.
+  template <class F>
+  auto spawn_on(std::size_t worker, FiberOptions options, F&& f) {
+    return detail::spawn_into(*core_, worker, std::move(options), std::forward<F>(f));
+  }
+  template <class F>
+  auto spawn_on(std::size_t worker, F&& f) {
+    return spawn_on(worker, FiberOptions{}, std::forward<F>(f));
+  }
+
+  // Waits until every fiber has finished, then stops and joins the workers; later spawns throw
+  // operation_not_permitted. Idempotent; called by the destructor. Not from one of its fibers.
+  void shutdown();
+
+ private:
+  std::unique_ptr<detail::RuntimeCore> core_;
+};
+
+}  // namespace skein

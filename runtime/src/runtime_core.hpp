@@ -1,0 +1,67 @@
+// A runtime: N workers, each a thread with its own scheduler, and the count that decides when the
+// runtime ends. See docs/threading.md.
+#pragma once
+
+#include "scheduler.hpp"
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+namespace skein::detail {
+
+class RuntimeCore {
+ public:
+  // Starts `workers` workers. With `caller_is_worker` the calling thread is worker 0 (its
+  // scheduler is bound here, its loop runs in run_worker0()); otherwise every worker gets a thread
+  // and the runtime can be reached from threads outside it. Returns once every worker's scheduler
+  // exists. The runtime holds one token until release_token(): it cannot end before that.
+  RuntimeCore(std::size_t workers, bool caller_is_worker);
+  // Releases the token if still held, waits for the runtime to end and joins the threads.
+  ~RuntimeCore();
+  RuntimeCore(const RuntimeCore&) = delete;
+  RuntimeCore& operator=(const RuntimeCore&) = delete;
+
+  std::size_t size() const noexcept { return workers_.size(); }
+  Scheduler& worker(std::size_t i) const noexcept { return *workers_[i]; }
+
+  // Runs worker 0's loop on the calling thread (caller_is_worker only) until the runtime ends.
+  void run_worker0();
+
+  // The runtime ends when this count reaches zero: every fiber spawned and not yet finished, every
+  // cancel message in flight, and the token.
+  void retain() noexcept { pending_.fetch_add(1, std::memory_order_relaxed); }
+  // From outside a fiber of this runtime: retains unless the runtime has ended (returns false).
+  bool try_retain() noexcept;
+  // The last release ends the runtime: every worker leaves its loop.
+  void release() noexcept {
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) stop_all();
+  }
+  void release_token() noexcept;
+
+  std::uint64_t next_id() noexcept { return next_id_.fetch_add(1, std::memory_order_relaxed); }
+
+  // A single-worker runtime that only its own fibers can reach can tell a deadlock from a wait.
+  bool detects_deadlock() const noexcept { return workers_.size() == 1 && caller_is_worker_; }
+
+  // Blocks until the runtime has ended and joins the worker threads. Idempotent.
+  void join();
+
+ private:
+  void stop_all() noexcept;
+  void worker_main(std::size_t index, std::atomic<std::size_t>* started);
+
+  std::vector<Scheduler*> workers_;  // all set before the constructor returns
+  std::vector<std::thread> threads_;
+  std::unique_ptr<Scheduler> caller_worker_;  // worker 0 when caller_is_worker
+  std::atomic<std::int64_t> pending_{1};      // see retain(); starts with the token
+  std::atomic<std::uint64_t> next_id_{1};
+  bool caller_is_worker_;
+  bool token_held_ = true;
+  std::vector<RemoteNode> stop_nodes_;
+};
+
+}  // namespace skein::detail
