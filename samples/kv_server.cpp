@@ -201,9 +201,7 @@ int main(int argc, char** argv) {
 
   auto store = std::make_unique<Store>();
   try {
-    // TODO(runtime: N workers): skein::run(skein::RuntimeOptions{threads}, ...) once it links.
-    (void)threads;
-    skein::run([&] { serve(host, port, *store); });
+    skein::run(skein::RuntimeOptions{threads}, [&] { serve(host, port, *store); });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kv_server: %s\n", e.what());
     return 1;
