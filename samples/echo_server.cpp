@@ -35,7 +35,7 @@ namespace {
 namespace cli = skein_samples::cli;
 
 constexpr const char* kUsage =
-    "usage: echo_server [--host H] [--port P] [--verbose]\n"
+    "usage: echo_server [--host H] [--port P] [--threads N] [--verbose]\n"
     "\n"
     "Echoes every byte a client sends back to it, until the client closes; one fiber per\n"
     "connection. Prints 'listening on HOST:PORT' once it accepts connections. Ctrl-C or SIGTERM\n"
@@ -43,6 +43,8 @@ constexpr const char* kUsage =
     "\n"
     "  --host H      address to listen on, an IP literal or a name; default 127.0.0.1\n"
     "  --port P      TCP port, 0..65535 (0 picks a free one); default 8888\n"
+    "  --threads N   worker threads, each serving its own share of the connections;\n"
+    "                default 1\n"
     "  --verbose     print 'Received ... from PEER' for every read, as the seeds' server does\n"
     "  -h, --help    show this help and exit\n";
 
@@ -91,6 +93,7 @@ int main(int argc, char** argv) {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8888;
   bool verbose = false;
+  std::size_t threads = 1;
   for (int i = 1; i < argc; ++i) {
     std::string_view value;
     if (cli::is_help(argv[i])) {
@@ -101,6 +104,8 @@ int main(int argc, char** argv) {
       host = value;
     } else if (cli::option("--port", i, argc, argv, value)) {
       port = static_cast<std::uint16_t>(cli::number("--port", value, 0, 65535));
+    } else if (cli::option("--threads", i, argc, argv, value)) {
+      threads = static_cast<std::size_t>(cli::number("--threads", value, 1, 256));
     } else if (std::string_view(argv[i]) == "--verbose") {
       verbose = true;
     } else {
@@ -109,7 +114,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    skein::run([&] {
+    skein::run(skein::RuntimeOptions{threads}, [&] {
       skein_samples::listen_and_serve(
           host, port, [verbose](skein::Stream stream) { handle_echo(std::move(stream), verbose); });
     });

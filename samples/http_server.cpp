@@ -38,7 +38,7 @@ namespace cli = skein_samples::cli;
 using skein_samples::http::HttpSession;
 
 constexpr const char* kUsage =
-    "usage: http_server [--host H] [--port P] [--idle-timeout S] [--delay-ms N]\n"
+    "usage: http_server [--host H] [--port P] [--threads N] [--idle-timeout S] [--delay-ms N]\n"
     "\n"
     "Serves the seeds' aiohttp app over HTTP/1.1, one fiber per connection:\n"
     "  GET /        -> <h1>Index Page</h1>\n"
@@ -48,6 +48,8 @@ constexpr const char* kUsage =
     "\n"
     "  --host H           address to listen on, an IP literal or a name; default 127.0.0.1\n"
     "  --port P           TCP port, 0..65535 (0 picks a free one); default 8080\n"
+    "  --threads N        worker threads, each serving its own share of the connections;\n"
+    "                     default 1\n"
     "  --idle-timeout S   close a connection after S seconds without a request (a write that\n"
     "                     stalls that long fails too); 0 waits forever; default 60\n"
     "  --delay-ms N       wait N ms (parking only that connection's fiber) before each\n"
@@ -111,6 +113,7 @@ void handle_connection(skein::Stream stream, const Config& config) {
 int main(int argc, char** argv) {
   cli::program = "http_server";
   Config config;
+  std::size_t threads = 1;
   for (int i = 1; i < argc; ++i) {
     std::string_view value;
     if (cli::is_help(argv[i])) {
@@ -121,6 +124,8 @@ int main(int argc, char** argv) {
       config.host = value;
     } else if (cli::option("--port", i, argc, argv, value)) {
       config.port = static_cast<std::uint16_t>(cli::number("--port", value, 0, 65535));
+    } else if (cli::option("--threads", i, argc, argv, value)) {
+      threads = static_cast<std::size_t>(cli::number("--threads", value, 1, 256));
     } else if (cli::option("--idle-timeout", i, argc, argv, value)) {
       config.idle_timeout = std::chrono::duration<double>(cli::number("--idle-timeout", value, 0.0, 86400.0));
     } else if (cli::option("--delay-ms", i, argc, argv, value)) {
@@ -131,7 +136,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    skein::run([&config] {
+    skein::run(skein::RuntimeOptions{threads}, [&config] {
       skein_samples::listen_and_serve(config.host, config.port, [&config](skein::Stream stream) {
         handle_connection(std::move(stream), config);
       });

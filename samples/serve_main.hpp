@@ -24,16 +24,18 @@ inline skein::Address listen_address(const std::string& host, std::uint16_t port
 }
 
 // Listens on host:port, prints "listening on HOST:PORT" (the bound port, so port 0 works) and
-// serves `handler` one fiber per connection until SIGINT/SIGTERM. Must run on a fiber.
+// serves `handler` one fiber per connection, on every worker of the runtime, until SIGINT/SIGTERM.
+// Must run on a fiber.
 inline void listen_and_serve(const std::string& host, std::uint16_t port, skein::Server::Handler handler) {
-  skein::Listener listener = skein::listen(listen_address(host, port));
-  std::printf("listening on %s\n", listener.local_address().to_string().c_str());
-  std::fflush(stdout);
   skein::ServeOptions options;
   options.stop_on_signals = true;
   // Idle (keep-alive) connections would otherwise hold the exit for the whole grace period.
   options.grace_period = std::chrono::seconds(1);
-  skein::serve(listener, std::move(handler), options);
+  options.on_listening = [](const skein::Address& bound) {
+    std::printf("listening on %s\n", bound.to_string().c_str());
+    std::fflush(stdout);
+  };
+  skein::serve(listen_address(host, port), std::move(handler), options);
 }
 
 }  // namespace skein_samples

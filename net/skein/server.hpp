@@ -78,6 +78,9 @@ class Server {
 
  private:
   struct State;
+  struct Source;
+  void check_can_serve() const;
+  void serve_from(Source& source, Handler handler);
   std::unique_ptr<State> state_;
 };
 

@@ -3,6 +3,7 @@
 #include "epoll_driver.hpp"
 
 #include <skein/run.hpp>
+#include <skein/runtime.hpp>
 #include <skein/server.hpp>
 #include <skein/task.hpp>
 
@@ -11,11 +12,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
+#include <deque>
+#include <mutex>
 #include <optional>
 #include <system_error>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace skein {
 
@@ -24,20 +29,38 @@ using detail::Wake;
 
 namespace {
 
-void unlink_slot(Fiber*, void* slot) noexcept {
-  *static_cast<Fiber**>(slot) = nullptr;
+// Where one fiber waits to be woken, possibly from another worker (Server::stop).
+struct WaitSlot {
+  detail::SpinLock lock;
+  Fiber* waiter = nullptr;
+};
+
+void unlink_slot(Fiber*, void* arg) noexcept {
+  auto* slot = static_cast<WaitSlot*>(arg);
+  std::lock_guard guard(slot->lock);
+  slot->waiter = nullptr;
 }
 
-// Parks the running fiber in `slot` until wake(slot), `deadline` or a cancel.
-Wake park_in(Fiber*& slot, TimePoint deadline) noexcept {
-  slot = detail::current_fiber();
-  const Wake w = detail::park(deadline, &unlink_slot, &slot);
-  slot = nullptr;
-  return w;
+// Parks the running fiber in `slot` until wake(slot), `deadline` or a cancel, unless `ready()`
+// (checked under the slot's lock, so a waker that makes it true just before cannot be missed).
+template <class Ready>
+Wake park_in(WaitSlot& slot, TimePoint deadline, Ready ready) noexcept {
+  {
+    std::lock_guard guard(slot.lock);
+    if (ready()) return Wake::notified;
+    slot.waiter = detail::current_fiber();
+  }
+  return detail::park(deadline, &unlink_slot, &slot);
 }
 
-void wake(Fiber*& slot) noexcept {
-  if (Fiber* f = std::exchange(slot, nullptr)) detail::unpark(f);
+Wake park_in(WaitSlot& slot, TimePoint deadline) noexcept {
+  return park_in(slot, deadline, [] { return false; });
+}
+
+// Any thread.
+void wake(WaitSlot& slot) noexcept {
+  std::lock_guard guard(slot.lock);
+  if (Fiber* f = std::exchange(slot.waiter, nullptr)) detail::unpark(f);
 }
 
 // The ordinary ways a connection ends: not worth a line on stderr.
@@ -71,19 +94,83 @@ bool is_fd_limit(const std::error_code& c) noexcept {
          c == std::errc::no_buffer_space || c == std::errc::not_enough_memory;
 }
 
+void back_off(std::chrono::milliseconds& backoff) {
+  sleep_for(backoff);
+  backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds(1));
+}
+
+// Accepts the next connection, backing off from the fd-limit errors: the connection stays queued,
+// and retrying at once would spin, so it waits for handlers to close theirs, longer each time,
+// and says so once per episode. Resets `backoff` on success.
+Stream accept_next(Listener& listener, Address& peer, std::chrono::milliseconds& backoff) {
+  for (;;) {
+    try {
+      Stream stream = listener.accept({}, &peer);
+      backoff = std::chrono::milliseconds(10);
+      return stream;
+    } catch (const std::system_error& e) {
+      if (!is_fd_limit(e.code())) throw;
+      if (backoff == std::chrono::milliseconds(10))
+        std::fprintf(stderr, "skein::serve: accept: %s; backing off until descriptors free up\n", e.what());
+      back_off(backoff);
+    }
+  }
+}
+
 }  // namespace
+
+// Where a worker's serve() gets its connections: its own listener, or (Distribution::acceptor)
+// what one acceptor hands it from another worker.
+struct Server::Source {
+  Listener* listener = nullptr;
+  // Handed connections, under `lock`; the worker's acceptor fiber waits in `waiter` while empty.
+  detail::SpinLock lock;
+  std::deque<std::pair<Stream, Address>> handed;
+  WaitSlot waiter;
+
+  Stream next(Address& peer, std::chrono::milliseconds& backoff) {
+    if (listener) return accept_next(*listener, peer, backoff);
+    for (;;) {
+      {
+        std::lock_guard guard(lock);
+        if (!handed.empty()) {
+          auto [stream, from] = std::move(handed.front());
+          handed.pop_front();
+          peer = from;
+          return std::move(stream);
+        }
+      }
+      detail::throw_if_interrupted(park_in(waiter, no_deadline, [this] {
+        std::lock_guard guard(lock);
+        return !handed.empty();
+      }));
+    }
+  }
+
+  // Any worker.
+  void hand(Stream stream, const Address& peer) {
+    {
+      std::lock_guard guard(lock);
+      handed.emplace_back(std::move(stream), peer);
+    }
+    wake(waiter);
+  }
+};
 
 struct Server::State {
   ServeOptions options;
   Handler handler;
   bool serving = false;
-  bool stop_requested = false;
-  bool hurry = false;  // skip the rest of the grace period
-  std::size_t active = 0;
-  std::uint64_t accepted = 0;
+  // Set from any worker (stop(), the signal watcher, a serve() across workers); the rest belongs
+  // to serve()'s worker.
+  std::atomic<bool> stop_requested{false};
+  std::atomic<bool> hurry{false};  // skip the rest of the grace period
+  std::atomic<std::size_t> active{0};
+  std::atomic<std::uint64_t> accepted{0};
   std::unordered_map<std::uint64_t, Task<void>> connections;  // by accept number
-  Fiber* server_waiter = nullptr;    // serve(), waiting for a stop or for handlers to end
-  Fiber* acceptor_waiter = nullptr;  // the acceptor, waiting for a free connection slot
+  WaitSlot server_waiter;       // serve(), waiting for a stop or for handlers to end
+  WaitSlot acceptor_waiter;     // the acceptor, waiting for a free connection slot
+  std::vector<Server*> shards;  // serve(address) across workers: one Server per worker
 
   // Runs when a connection's closure is destroyed, whether its body ran or it was cancelled
   // before it started: the count cannot drift.
@@ -102,26 +189,13 @@ struct Server::State {
     }
   };
 
-  void accept_loop(Listener& listener) {
+  void accept_loop(Source& source) {
     auto backoff = std::chrono::milliseconds(10);
     for (;;) {
       while (active >= options.max_connections)
         detail::throw_if_interrupted(park_in(acceptor_waiter, no_deadline));
       Address peer;
-      Stream stream;
-      try {
-        stream = listener.accept({}, &peer);
-      } catch (const std::system_error& e) {
-        if (!is_fd_limit(e.code())) throw;
-        // Out of descriptors: the connection stays queued. Retrying at once would spin; wait for
-        // handlers to close theirs, longer each time, and say so once per episode.
-        if (backoff == std::chrono::milliseconds(10))
-          std::fprintf(stderr, "skein::serve: accept: %s; backing off until descriptors free up\n", e.what());
-        sleep_for(backoff);
-        backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds(1));
-        continue;
-      }
-      backoff = std::chrono::milliseconds(10);
+      Stream stream = source.next(peer, backoff);
       const std::uint64_t key = ++accepted;
       ++active;
       Slot slot(this, key);
@@ -142,8 +216,7 @@ struct Server::State {
         // No stack for the fiber (out of memory or mappings): this connection is dropped (its
         // closure, with the stream and the slot, is gone already); back off like for EMFILE.
         std::fprintf(stderr, "skein::serve: cannot start a connection fiber: %s; dropping it\n", e.what());
-        sleep_for(backoff);
-        backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds(1));
+        back_off(backoff);
         continue;
       }
       connections.emplace(key, std::move(task));
@@ -158,7 +231,9 @@ Server::Server(ServeOptions options) : state_(std::make_unique<State>()) {
 Server::~Server() = default;
 
 std::size_t Server::active() const noexcept {
-  return state_->active;
+  std::size_t n = state_->active;
+  for (const Server* shard : state_->shards) n += shard->active();
+  return n;
 }
 
 bool Server::stopping() const noexcept {
@@ -166,7 +241,9 @@ bool Server::stopping() const noexcept {
 }
 
 std::uint64_t Server::accepted() const noexcept {
-  return state_->accepted;
+  std::uint64_t n = state_->accepted;
+  for (const Server* shard : state_->shards) n += shard->accepted();
+  return n;
 }
 
 void Server::stop() noexcept {
@@ -180,7 +257,7 @@ namespace {
 // Owns the mask change, the descriptor and the fiber, and undoes all three however serve() ends.
 class SignalWatch {
  public:
-  SignalWatch(Server& server, bool& hurry) {
+  SignalWatch(Server& server, std::atomic<bool>& hurry) {
     sigemptyset(&watched_);
     sigemptyset(&added_);
     // Both, even one the process inherited as ignored (`server &` in a script ignores SIGINT):
@@ -254,17 +331,27 @@ class SignalWatch {
 
 }  // namespace
 
-void Server::serve(Listener& listener, Handler handler) {
-  State& st = *state_;
-  Fiber* self = detail::current_fiber();
-  if (!self)
+void Server::check_can_serve() const {
+  if (!detail::current_fiber())
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "skein::Server::serve: call it from a fiber (inside skein::run)");
-  if (st.serving)
+  if (state_->serving)
     throw std::system_error(std::make_error_code(std::errc::operation_in_progress),
                             "skein::Server::serve: already serving");
+}
+
+void Server::serve(Listener& listener, Handler handler) {
+  check_can_serve();
   if (!listener.is_open())
     throw std::system_error(std::make_error_code(std::errc::bad_file_descriptor), "skein::Server::serve");
+  Source source;
+  source.listener = &listener;
+  serve_from(source, std::move(handler));
+}
+
+void Server::serve_from(Source& source, Handler handler) {
+  State& st = *state_;
+  Fiber* self = detail::current_fiber();
   if (st.stop_requested) return;
   st.handler = std::move(handler);
   st.serving = true;
@@ -276,7 +363,7 @@ void Server::serve(Listener& listener, Handler handler) {
   std::optional<SignalWatch> signals;
   if (st.options.stop_on_signals) signals.emplace(*this, st.hurry);
 
-  auto acceptor = spawn(FiberOptions{"acceptor"}, [&st, &listener] {
+  auto acceptor = spawn(FiberOptions{"acceptor"}, [&st, &source] {
     struct Done {
       State& st;
       ~Done() {
@@ -284,12 +371,13 @@ void Server::serve(Listener& listener, Handler handler) {
         wake(st.server_waiter);
       }
     } done{st};
-    st.accept_loop(listener);
+    st.accept_loop(source);
   });
 
   bool cancelled = false;
-  while (!st.stop_requested)
-    if (park_in(st.server_waiter, no_deadline) == Wake::cancelled) {
+  auto stopped = [&st] { return st.stop_requested.load(); };
+  while (!stopped())
+    if (park_in(st.server_waiter, no_deadline, stopped) == Wake::cancelled) {
       cancelled = true;
       st.stop_requested = true;
     }
@@ -303,11 +391,13 @@ void Server::serve(Listener& listener, Handler handler) {
   detail::TaskAccess::wait_shielded(acceptor);
   self->shielded = was_shielded;
   const TimePoint grace_end = deadline_after(st.options.grace_period);
-  while (st.active > 0 && !st.hurry && !cancelled && Clock::now() < grace_end)
-    if (park_in(st.server_waiter, grace_end) == Wake::cancelled) cancelled = true;
+  auto settled = [&st] { return st.active == 0 || st.hurry; };
+  while (!settled() && !cancelled && Clock::now() < grace_end)
+    if (park_in(st.server_waiter, grace_end, settled) == Wake::cancelled) cancelled = true;
   for (auto& [key, task] : st.connections) task.cancel();
   self->shielded = true;
-  while (st.active > 0) park_in(st.server_waiter, no_deadline);
+  auto idle = [&st] { return st.active == 0; };
+  while (!idle()) park_in(st.server_waiter, no_deadline, idle);
   signals.reset();
   self->shielded = was_shielded;
 
@@ -320,8 +410,153 @@ void Server::serve(Listener& listener, Handler handler) {
   }
 }
 
+void Server::serve(const Address& address, Handler handler) {
+  check_can_serve();
+  State& st = *state_;
+  const std::size_t available = worker_count();
+  const std::size_t n = st.options.workers == 0 ? available : std::min(st.options.workers, available);
+  // One path, one socket: a Unix-domain server always hands connections out.
+  const Distribution distribution =
+      address.family() == AF_UNIX ? Distribution::acceptor : st.options.distribution;
+  if (n <= 1) {
+    Listener listener = listen(address);
+    if (st.options.on_listening) st.options.on_listening(listener.local_address());
+    serve(listener, std::move(handler));
+    return;
+  }
+
+  ListenOptions listen_options;
+  listen_options.reuse_port = distribution == Distribution::reuse_port;
+  std::vector<Listener> listeners;
+  listeners.push_back(listen(address, listen_options));
+  if (distribution == Distribution::reuse_port) {
+    const Address bound = listeners[0].local_address();  // port 0: the others take the same port
+    for (std::size_t i = 1; i < n; ++i) listeners.push_back(listen(bound, listen_options));
+  }
+  if (st.options.on_listening) st.options.on_listening(listeners[0].local_address());
+  if (st.stop_requested) return;
+
+  // One Server per worker, each with the whole single-worker machinery; this fiber coordinates.
+  ServeOptions shard_options = st.options;
+  shard_options.stop_on_signals = false;
+  shard_options.on_listening = nullptr;
+  shard_options.max_connections = (st.options.max_connections + n - 1) / n;
+  std::vector<std::unique_ptr<Server>> shards;
+  std::deque<Source> sources(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    shards.push_back(std::make_unique<Server>(shard_options));
+    if (distribution == Distribution::reuse_port) sources[i].listener = &listeners[i];
+  }
+  st.serving = true;
+  struct Serving {
+    State& st;
+    ~Serving() {
+      st.serving = false;
+      st.shards.clear();
+    }
+  } serving{st};
+  for (auto& shard : shards) st.shards.push_back(shard.get());
+
+  std::optional<SignalWatch> signals;
+  if (st.options.stop_on_signals) signals.emplace(*this, st.hurry);
+
+  // Whichever part ends first (a stop, an error) stops the rest.
+  std::vector<Task<void>> workers;
+  std::atomic<std::size_t> ended{0};  // workers past their serve_from
+  Task<void> acceptor;
+  try {
+    for (std::size_t i = 0; i < n; ++i)
+      workers.push_back(
+          spawn_on(i, FiberOptions{"serve-worker"}, [this, &shards, &sources, &handler, &ended, i] {
+            struct Done {
+              Server* server;
+              std::atomic<std::size_t>& ended;
+              ~Done() {
+                ++ended;
+                server->stop();
+              }
+            } done{this, ended};
+            shards[i]->serve_from(sources[i], handler);
+          }));
+    if (distribution == Distribution::acceptor)
+      acceptor = spawn(FiberOptions{"acceptor"}, [this, &listeners, &sources, n] {
+        struct Done {
+          Server* server;
+          ~Done() { server->stop(); }
+        } done{this};
+        auto backoff = std::chrono::milliseconds(10);
+        for (std::size_t next = 0;; next = (next + 1) % n) {
+          Address peer;
+          Stream stream = accept_next(listeners[0], peer, backoff);
+          sources[next].hand(std::move(stream), peer);
+        }
+      });
+  } catch (...) {
+    stop();  // out of stacks: end what started
+  }
+
+  Fiber* self = detail::current_fiber();
+  bool cancelled = false;
+  auto stopped = [&st] { return st.stop_requested.load(); };
+  while (!stopped())
+    if (park_in(st.server_waiter, no_deadline, stopped) == Wake::cancelled) {
+      cancelled = true;
+      st.stop_requested = true;
+    }
+
+  // Shutdown: every worker runs its own (stop accepting, grace period, cancel); this fiber passes
+  // on a second signal or its own cancellation, and must not return before all of them are done.
+  const bool was_shielded = self->shielded;
+  self->shielded = true;
+  if (acceptor.valid()) {
+    acceptor.cancel();
+    detail::TaskAccess::wait_shielded(acceptor);
+  }
+  self->shielded = was_shielded;
+  for (auto& shard : shards) shard->stop();
+  // A worker that ends calls stop(), which wakes this fiber; so does a second signal (hurry).
+  bool hurried = false;
+  auto all_done = [&] { return ended == workers.size(); };
+  while (!all_done()) {
+    if ((st.hurry || cancelled) && !hurried) {
+      hurried = true;
+      for (auto& w : workers) w.cancel();
+    }
+    self->shielded = cancelled;  // once cancelled, wait out the workers regardless
+    auto changed = [&] { return all_done() || (st.hurry && !hurried); };
+    if (park_in(st.server_waiter, no_deadline, changed) == Wake::cancelled) cancelled = true;
+  }
+  self->shielded = true;
+  signals.reset();
+  self->shielded = was_shielded;
+
+  if (cancelled || self->cancel_requested) detail::throw_if_interrupted(Wake::cancelled);
+  std::exception_ptr first;
+  for (auto& w : workers) {
+    try {
+      w.join();
+    } catch (const std::system_error& e) {
+      if (e.code() != std::errc::operation_canceled && !first) first = std::current_exception();
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+  }
+  if (acceptor.valid()) {
+    try {
+      acceptor.join();
+    } catch (const std::system_error& e) {
+      if (e.code() != std::errc::operation_canceled && !first) first = std::current_exception();
+    }
+  }
+  if (first) std::rethrow_exception(first);
+}
+
 void serve(Listener& listener, Server::Handler handler, ServeOptions options) {
   Server(std::move(options)).serve(listener, std::move(handler));
+}
+
+void serve(const Address& address, Server::Handler handler, ServeOptions options) {
+  Server(std::move(options)).serve(address, std::move(handler));
 }
 
 }  // namespace skein

@@ -1,0 +1,340 @@
+// The multi-worker runtime: spawn_on, fibers staying on their worker, join/cancel/timeouts between
+// workers, the claimed wake-up protocol under contention, and Runtime for outside threads. Meson
+// runs this suite once per worker count (SKEIN_TEST_WORKERS = 1, 2, 4, 8): more workers than
+// cores is deliberate, it shakes out races.
+#include <skein/skein.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+std::size_t workers() {
+  static const std::size_t n = [] {
+    const char* env = std::getenv("SKEIN_TEST_WORKERS");
+    const long v = env ? std::strtol(env, nullptr, 10) : 4;
+    return static_cast<std::size_t>(v > 0 ? v : 4);
+  }();
+  return n;
+}
+
+skein::RuntimeOptions options() {
+  return skein::RuntimeOptions{workers()};
+}
+
+template <class F>
+std::errc error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::system_error& e) {
+    return static_cast<std::errc>(e.code().value());
+  }
+  return std::errc{};
+}
+
+}  // namespace
+
+TEST_SUITE("runtime") {
+  TEST_CASE("run with N workers returns the main fiber's value; main runs on worker 0, this thread") {
+    const auto caller = std::this_thread::get_id();
+    const auto [value, where, count, thread] = skein::run(options(), [] {
+      return std::tuple{42, skein::this_worker(), skein::worker_count(), std::this_thread::get_id()};
+    });
+    CHECK(value == 42);
+    CHECK(where == 0);
+    CHECK(count == workers());
+    CHECK(thread == caller);
+    CHECK(skein::worker_count() == 1);  // outside a runtime
+    CHECK(skein::this_worker() == 0);
+  }
+
+  TEST_CASE("spawn_on runs a fiber on that worker's thread, and it stays there across waits") {
+    skein::run(options(), [] {
+      std::vector<skein::Task<bool>> tasks;
+      for (std::size_t i = 0; i < 4 * workers(); ++i) {
+        const std::size_t w = i % workers();
+        tasks.push_back(skein::spawn_on(w, [w] {
+          const auto thread = std::this_thread::get_id();
+          bool stayed = skein::this_worker() == w;
+          for (int k = 0; k < 20; ++k) {
+            if (k % 2)
+              skein::yield();
+            else
+              skein::sleep_for(100us);
+            stayed = stayed && skein::this_worker() == w && std::this_thread::get_id() == thread;
+          }
+          return stayed;
+        }));
+      }
+      for (auto& t : tasks) CHECK(t.join());
+    });
+  }
+
+  TEST_CASE("workers are distinct threads") {
+    skein::run(options(), [] {
+      std::vector<skein::Task<std::thread::id>> tasks;
+      for (std::size_t w = 0; w < workers(); ++w)
+        tasks.push_back(skein::spawn_on(w, [] { return std::this_thread::get_id(); }));
+      std::vector<std::thread::id> ids;
+      for (auto& t : tasks) ids.push_back(t.join());
+      std::sort(ids.begin(), ids.end());
+      CHECK(std::unique(ids.begin(), ids.end()) == ids.end());
+    });
+  }
+
+  TEST_CASE("a ring of fibers, each joining its neighbour on the next worker") {
+    static constexpr int ring = 200;
+    const int total = skein::run(options(), [] {
+      std::vector<skein::Task<int>> tasks(ring);
+      // Built from the end: fiber i joins fiber i + 1, which lives on another worker.
+      for (int i = ring - 1; i >= 0; --i) {
+        skein::Task<int>* next = i + 1 < ring ? &tasks[static_cast<std::size_t>(i + 1)] : nullptr;
+        tasks[static_cast<std::size_t>(i)] = skein::spawn_on(static_cast<std::size_t>(i) % workers(), [next] {
+          skein::sleep_for(50us);
+          return 1 + (next ? next->join() : 0);
+        });
+      }
+      return tasks[0].join();
+    });
+    CHECK(total == ring);
+  }
+
+  TEST_CASE("an exception crosses workers through join") {
+    skein::run(options(), [] {
+      auto t = skein::spawn_on(workers() - 1, []() -> int { throw std::runtime_error("far away"); });
+      try {
+        t.join();
+        FAIL("join did not rethrow");
+      } catch (const std::runtime_error& e) {
+        CHECK(std::string(e.what()) == "far away");
+      }
+    });
+  }
+
+  TEST_CASE("cancel from another worker wakes a parked fiber; before it starts it never runs") {
+    skein::run(options(), [] {
+      const std::size_t far = workers() - 1;
+      auto sleeper = skein::spawn_on(far, [] { skein::sleep_for(60s); });
+      skein::sleep_for(2ms);
+      const auto start = skein::Clock::now();
+      sleeper.cancel();
+      CHECK(error_of([&] { sleeper.join(); }) == std::errc::operation_canceled);
+      CHECK(skein::Clock::now() - start < 5s);
+
+      std::atomic<bool> ran{false};
+      auto never = skein::spawn_on(far, [&ran] { ran = true; });
+      never.cancel();
+      // Cancelled before it started, or (another worker was quicker) it ran to the end first: the
+      // body has no wait, so nothing in between.
+      const std::errc e = error_of([&] { never.join(); });
+      CHECK(e == (ran ? std::errc{} : std::errc::operation_canceled));
+    });
+  }
+
+  TEST_CASE("a fiber parked in a join on another worker is cancelled out of it") {
+    skein::run(options(), [] {
+      auto target = skein::spawn_on(0, [] { skein::sleep_for(300ms); });
+      auto waiter = skein::spawn_on(workers() - 1, [&target] { target.wait(); });
+      skein::sleep_for(5ms);
+      waiter.cancel();
+      CHECK(error_of([&] { waiter.join(); }) == std::errc::operation_canceled);
+      CHECK_FALSE(target.done());
+      target.join();
+    });
+  }
+
+  TEST_CASE("join_until across workers: the deadline passes, the task goes on, a later join gets it") {
+    skein::run(options(), [] {
+      auto slow = skein::spawn_on(workers() - 1, [] {
+        skein::sleep_for(50ms);
+        return 7;
+      });
+      CHECK(error_of([&] { slow.join_for(1ms); }) == std::errc::timed_out);
+      CHECK(slow.valid());
+      CHECK(slow.join() == 7);
+    });
+  }
+
+  TEST_CASE("racing deadlines against finishes: every join either gets the value or times out cleanly") {
+    // Thousands of joins whose deadline lands close to the moment the joined fiber on another
+    // worker finishes: the claimed wake-up protocol must hand each waiter exactly one outcome.
+    std::atomic<int> values{0}, timeouts{0};
+    skein::run(options(), [&] {
+      std::vector<skein::Task<void>> joiners;
+      for (int i = 0; i < 400; ++i) {
+        joiners.push_back(skein::spawn_on(static_cast<std::size_t>(i) % workers(), [&, i] {
+          std::minstd_rand rng(static_cast<unsigned>(i));
+          for (int k = 0; k < 5; ++k) {
+            const auto work = std::chrono::microseconds(rng() % 300);
+            auto t = skein::spawn_on((static_cast<std::size_t>(i) + 1) % workers(), [work] {
+              skein::sleep_for(work);
+              return 1;
+            });
+            if (t.wait_for(std::chrono::microseconds(rng() % 300))) {
+              CHECK(t.done());
+              values += t.join();
+            } else {
+              ++timeouts;
+              t.join();
+            }
+          }
+        }));
+      }
+      skein::join_all(joiners);
+    });
+    CHECK(values + timeouts == 400 * 5);
+    MESSAGE(values.load() << " joins got the value, " << timeouts.load() << " timed out first");
+  }
+
+  TEST_CASE("unpark races timeouts: each wake-up is delivered exactly once, to a fiber still waiting") {
+    // Waiters park on a shared WaitList with short deadlines; wakers on other workers pop them and
+    // unpark. A wake_node that returns true must be received as Wake::notified, and only then.
+    std::atomic<long> claimed{0}, notified{0}, timed_out{0};
+    skein::run(options(), [&] {
+      skein::detail::WaitList list;
+      std::atomic<bool> done{false};
+      std::vector<skein::Task<void>> waiters, wakers;
+      for (int i = 0; i < 64; ++i)
+        waiters.push_back(skein::spawn_on(static_cast<std::size_t>(i) % workers(), [&, i] {
+          std::minstd_rand rng(static_cast<unsigned>(i));
+          for (int k = 0; k < 200; ++k) {
+            skein::detail::WaitNode node{skein::detail::current_fiber()};
+            {
+              std::lock_guard lock(list.lock);
+              list.push_back(&node);
+            }
+            const auto w = skein::detail::park(skein::deadline_after(std::chrono::microseconds(rng() % 100)),
+                                               &skein::detail::unlink_wait_node, &node);
+            if (w == skein::detail::Wake::notified)
+              ++notified;
+            else
+              ++timed_out;
+          }
+        }));
+      for (std::size_t w = 0; w < workers(); ++w)
+        wakers.push_back(skein::spawn_on(w, [&] {
+          while (!done) {
+            {
+              std::lock_guard lock(list.lock);
+              if (skein::detail::WaitNode* n = list.pop_front())
+                if (skein::detail::wake_node(n)) ++claimed;
+            }
+            skein::yield();
+          }
+        }));
+      skein::join_all(waiters);
+      done = true;
+      skein::join_all(wakers);
+      CHECK(list.empty());
+    });
+    CHECK(notified + timed_out == 64 * 200);
+    CHECK(claimed == notified);
+    MESSAGE(notified.load() << " woken, " << timed_out.load() << " timed out");
+  }
+
+  TEST_CASE("run ends only when fibers spawned late on other workers have finished") {
+    std::atomic<int> finished{0};
+    skein::run(options(), [&] {
+      // A detached chain: each link spawns the next on another worker and returns at once.
+      struct Link {
+        static void go(std::atomic<int>& finished, int left) {
+          skein::sleep_for(200us);
+          ++finished;
+          if (left > 0)
+            skein::spawn_on(static_cast<std::size_t>(left) % skein::worker_count(), [&finished, left] {
+              go(finished, left - 1);
+            }).detach();
+        }
+      };
+      skein::spawn_on(workers() - 1, [&finished] { Link::go(finished, 49); }).detach();
+    });
+    CHECK(finished == 50);
+  }
+
+  TEST_CASE("many fibers hopping across workers through spawn_on and join") {
+    std::atomic<long> sum{0};
+    skein::run(options(), [&] {
+      std::vector<skein::Task<void>> tasks;
+      for (int i = 0; i < 100; ++i)
+        tasks.push_back(skein::spawn_on(static_cast<std::size_t>(i) % workers(), [&sum, i] {
+          for (int hop = 0; hop < 20; ++hop) {
+            auto t = skein::spawn_on(static_cast<std::size_t>(i + hop) % skein::worker_count(), [hop] {
+              skein::yield();
+              return hop;
+            });
+            sum += t.join();
+          }
+        }));
+      skein::join_all(tasks);
+    });
+    CHECK(sum == 100L * (19 * 20 / 2));
+  }
+
+  TEST_CASE("misuse: a worker out of range, spawn_on outside a runtime, zero workers means cores") {
+    CHECK(error_of([] { skein::spawn_on(0, [] {}); }) == std::errc::operation_not_permitted);
+    skein::run(options(), [] {
+      CHECK(error_of([] { skein::spawn_on(workers(), [] {}); }) == std::errc::invalid_argument);
+    });
+    const std::size_t cores = std::max(1u, std::thread::hardware_concurrency());
+    CHECK(skein::run(skein::RuntimeOptions{0}, [] { return skein::worker_count(); }) == cores);
+  }
+
+  TEST_CASE("Runtime: plain threads spawn fibers, join them (blocking), and time out waiting") {
+    skein::Runtime rt(options());
+    CHECK(rt.workers() == workers());
+    std::vector<std::thread> threads;
+    std::atomic<int> sum{0};
+    for (int t = 0; t < 4; ++t)
+      threads.emplace_back([&rt, &sum, t] {
+        for (int i = 0; i < 50; ++i) {
+          auto task = rt.spawn_on(static_cast<std::size_t>(t + i) % rt.workers(), [i] {
+            skein::sleep_for(50us);
+            return i;
+          });
+          sum += task.join();
+        }
+      });
+    for (auto& t : threads) t.join();
+    CHECK(sum == 4 * (49 * 50 / 2));
+
+    auto slow = rt.spawn_on(0, [] {
+      skein::sleep_for(100ms);
+      return 3;
+    });
+    CHECK_FALSE(slow.wait_for(1ms));
+    CHECK(slow.join() == 3);
+
+    auto sleeper = rt.spawn_on(rt.workers() - 1, [] { skein::sleep_for(60s); });
+    sleeper.cancel();  // from a plain thread
+    CHECK(error_of([&] { sleeper.join(); }) == std::errc::operation_canceled);
+
+    rt.shutdown();
+    CHECK(error_of([&] { rt.spawn_on(0, [] {}); }) == std::errc::operation_not_permitted);
+  }
+
+  TEST_CASE("Runtime: the destructor waits for detached fibers") {
+    std::atomic<int> done{0};
+    {
+      skein::Runtime rt(options());
+      for (std::size_t w = 0; w < rt.workers(); ++w)
+        rt.spawn_on(w, [&done] {
+            skein::sleep_for(20ms);
+            ++done;
+          }).detach();
+    }
+    CHECK(done == static_cast<int>(workers()));
+  }
+}
