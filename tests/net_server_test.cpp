@@ -167,6 +167,128 @@ TEST_SUITE("server") {
     });
   }
 
+  TEST_CASE("serve(address) across workers: every worker takes connections; stop() ends them all") {
+    for (const std::size_t workers : {2u, 4u}) {
+      for (const auto distribution : {skein::Distribution::reuse_port, skein::Distribution::acceptor}) {
+        CAPTURE(workers);
+        const std::string mode = distribution == skein::Distribution::reuse_port ? "reuse_port" : "acceptor";
+        CAPTURE(mode);
+        FdCheck fds;
+        skein::run(skein::RuntimeOptions{workers}, [&] {
+          skein::ServeOptions opts;
+          opts.distribution = distribution;
+          std::atomic<std::uint16_t> port{0};
+          opts.on_listening = [&port](const Address& a) { port = a.port(); };
+          std::vector<std::atomic<int>> served(workers);
+          skein::Server server(opts);
+          auto srv = skein::spawn([&] {
+            server.serve(Address::loopback(0), [&served](skein::Stream s) {
+              ++served[skein::this_worker()];
+              echo(std::move(s));
+            });
+          });
+          CancelOnExit guard{srv};
+          REQUIRE(eventually([&] { return port != 0; }));
+          // Clients on every worker, many connections each, every byte checked.
+          std::vector<skein::Task<int>> clients;
+          for (int i = 0; i < 200; ++i)
+            clients.push_back(skein::spawn_on(static_cast<std::size_t>(i) % workers, [&port, i] {
+              skein::Stream c = skein::connect(Address::loopback(port), 10s);
+              const std::string msg =
+                  pattern(static_cast<std::uint64_t>(i), 1000 + static_cast<std::size_t>(i));
+              c.write_all(msg, 10s);
+              std::string back(msg.size(), '\0');
+              c.read_exact(back, 10s);
+              return back == msg ? 1 : 0;
+            }));
+          int ok = 0;
+          for (auto& c : clients) ok += c.join();
+          CHECK(ok == 200);
+          CHECK(eventually([&] { return server.active() == 0; }));
+          CHECK(server.accepted() == 200);
+          int total = 0, busy = 0;
+          for (auto& n : served) {
+            total += n;
+            busy += n > 0;
+          }
+          CHECK(total == 200);
+          // The kernel's SO_REUSEPORT hash or the round robin: more than one worker took some.
+          CHECK(busy > 1);
+          MESSAGE("connections per worker spread over " << busy << " of " << workers);
+          server.stop();
+          srv.join();
+        });
+      }
+    }
+  }
+
+  TEST_CASE("serve(address) across workers: a second signal or a cancel cuts every worker's grace") {
+    FdCheck fds;
+    skein::run(skein::RuntimeOptions{3}, [] {
+      skein::ServeOptions opts;
+      opts.grace_period = 30s;
+      std::atomic<std::uint16_t> port{0};
+      opts.on_listening = [&port](const Address& a) { port = a.port(); };
+      skein::Server server(opts);
+      std::atomic<int> cancelled{0};
+      auto srv = skein::spawn([&] {
+        server.serve(Address::loopback(0), [&cancelled](skein::Stream s) {
+          try {
+            skein::sleep_for(60s);
+          } catch (const std::system_error& e) {
+            if (e.code() == std::errc::operation_canceled) ++cancelled;
+            throw;
+          }
+          (void)s;
+        });
+      });
+      REQUIRE(eventually([&] { return port != 0; }));
+      std::vector<skein::Stream> held;
+      for (int i = 0; i < 12; ++i) held.push_back(skein::connect(Address::loopback(port), 5s));
+      REQUIRE(eventually([&] { return server.active() == 12; }));
+      const auto start = skein::Clock::now();
+      srv.cancel();
+      CHECK(code_of([&] { srv.join(); }) == std::errc::operation_canceled);
+      CHECK(ms_since(start) < 5000);
+      CHECK(cancelled == 12);
+      CHECK(server.active() == 0);
+    });
+  }
+
+  TEST_CASE("serve(address) on one worker, and on a Unix path (always one acceptor)") {
+    FdCheck fds;
+    skein::run(skein::RuntimeOptions{2}, [] {
+      const std::string path = "/tmp/skein-serve-test-" + std::to_string(getpid()) + ".sock";
+      ::unlink(path.c_str());
+      for (const bool unix_socket : {false, true}) {
+        skein::ServeOptions opts;
+        if (!unix_socket) opts.workers = 1;
+        std::atomic<bool> listening{false};
+        Address bound;
+        opts.on_listening = [&](const Address& a) {
+          bound = a;
+          listening = true;
+        };
+        skein::Server server(opts);
+        auto srv = skein::spawn(
+            [&] { server.serve(unix_socket ? Address::unix_path(path) : Address::loopback(0), echo); });
+        REQUIRE(eventually([&] { return listening.load(); }));
+        for (std::size_t w = 0; w < 2; ++w)
+          skein::spawn_on(w, [&bound] {
+            skein::Stream c = skein::connect(bound, 5s);
+            c.write_all("ping", 5s);
+            std::string back(4, '\0');
+            c.read_exact(back, 5s);
+            CHECK(back == "ping");
+          }).join();
+        CHECK(server.accepted() == 2);
+        server.stop();
+        srv.join();
+      }
+      ::unlink(path.c_str());
+    });
+  }
+
   TEST_CASE("a server on a Unix-domain listener (unnamed peers)") {
     FdCheck fds;
     skein::run([] {
