@@ -57,8 +57,9 @@ class RuntimeCore {
   std::vector<Scheduler*> workers_;  // all set before the constructor returns
   std::vector<std::thread> threads_;
   std::unique_ptr<Scheduler> caller_worker_;  // worker 0 when caller_is_worker
-  std::atomic<std::int64_t> pending_{1};      // see retain(); starts with the token
-  std::atomic<std::uint64_t> next_id_{1};
+  // Each on its own cache line: every spawn and finish on every worker touches them.
+  alignas(64) std::atomic<std::int64_t> pending_{1};  // see retain(); starts with the token
+  alignas(64) std::atomic<std::uint64_t> next_id_{1};
   bool caller_is_worker_;
   bool token_held_ = true;
   std::vector<RemoteNode> stop_nodes_;
