@@ -42,7 +42,8 @@ void sleep_for(std::chrono::duration<Rep, Period> d) {
 bool in_fiber() noexcept;
 
 namespace this_fiber {
-// The running fiber's id (1, 2, ... per scheduler), or 0 outside a fiber.
+// The running fiber's id, unique within its runtime (1, 2, 3, ... in a single-worker one), or 0
+// outside a fiber.
 std::uint64_t id() noexcept;
 // The running fiber's name, or "" outside a fiber.
 std::string_view name() noexcept;

@@ -143,6 +143,14 @@ void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack s
                                 " out of range (the runtime has " + std::to_string(core.size()) + ")");
   }
   Scheduler* here = Scheduler::current();
+  Scheduler& target = core.worker(worker);
+  if (&target == here) {
+    target.prepare(fiber, stack, std::move(name));
+    target.start_local(fiber);
+    return;
+  }
+  // The start message holds a count until the target has started the fiber. A fiber of this
+  // runtime keeps it alive; anyone else must check it has not ended.
   if (here && &here->runtime() == &core) {
     core.retain();
   } else if (!core.try_retain()) {
@@ -150,12 +158,8 @@ void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack s
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "skein::spawn_on: the runtime has ended");
   }
-  Scheduler& target = core.worker(worker);
   target.prepare(fiber, stack, std::move(name));
-  if (&target == here)
-    target.start_local(fiber);
-  else
-    target.post(&fiber->post_node);
+  target.post(&fiber->post_node);
 }
 
 RunScope::RunScope(std::size_t workers) {

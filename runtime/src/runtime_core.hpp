@@ -31,8 +31,8 @@ class RuntimeCore {
   // Runs worker 0's loop on the calling thread (caller_is_worker only) until the runtime ends.
   void run_worker0();
 
-  // The runtime ends when this count reaches zero: every fiber spawned and not yet finished, every
-  // cancel message in flight, and the token.
+  // The runtime ends when this count reaches zero: one per worker with live fibers, one per start
+  // or cancel message in flight, and the token.
   void retain() noexcept { pending_.fetch_add(1, std::memory_order_relaxed); }
   // From outside a fiber of this runtime: retains unless the runtime has ended (returns false).
   bool try_retain() noexcept;
@@ -42,7 +42,10 @@ class RuntimeCore {
   }
   void release_token() noexcept;
 
-  std::uint64_t next_id() noexcept { return next_id_.fetch_add(1, std::memory_order_relaxed); }
+  // Fiber ids for spawns from threads outside the runtime (workers number their own).
+  std::uint64_t next_outside_id() noexcept {
+    return (std::uint64_t{1} << 63) | next_outside_id_.fetch_add(1, std::memory_order_relaxed);
+  }
 
   // A single-worker runtime that only its own fibers can reach can tell a deadlock from a wait.
   bool detects_deadlock() const noexcept { return workers_.size() == 1 && caller_is_worker_; }
@@ -56,10 +59,9 @@ class RuntimeCore {
 
   std::vector<Scheduler*> workers_;  // all set before the constructor returns
   std::vector<std::thread> threads_;
-  std::unique_ptr<Scheduler> caller_worker_;  // worker 0 when caller_is_worker
-  // Each on its own cache line: every spawn and finish on every worker touches them.
+  std::unique_ptr<Scheduler> caller_worker_;          // worker 0 when caller_is_worker
   alignas(64) std::atomic<std::int64_t> pending_{1};  // see retain(); starts with the token
-  alignas(64) std::atomic<std::uint64_t> next_id_{1};
+  alignas(64) std::atomic<std::uint64_t> next_outside_id_{1};
   bool caller_is_worker_;
   bool token_held_ = true;
   std::vector<RemoteNode> stop_nodes_;

@@ -190,7 +190,14 @@ void Scheduler::unbind() noexcept {
 void Scheduler::prepare(Fiber* f, Stack stack, std::string name) noexcept {
   f->stack = stack;
   f->scheduler = this;
-  f->id = runtime_->next_id();
+  // Ids are unique in the runtime without a shared counter: worker k of n hands out k + 1,
+  // k + 1 + n, ... for the fibers its own fibers spawn; threads outside the runtime use the
+  // runtime's counter, in the upper half.
+  Scheduler* spawner = tl_scheduler;
+  if (spawner && spawner->runtime_ == runtime_)
+    f->id = spawner->spawned_++ * runtime_->size() + spawner->index_ + 1;
+  else
+    f->id = runtime_->next_outside_id();
   f->name = std::move(name);
   prepare_context(*f, f, &Scheduler::fiber_entry);
 }
@@ -199,7 +206,8 @@ void Scheduler::start_local(Fiber* f) noexcept {
   f->next_live = live_;
   if (live_) live_->prev_live = f;
   live_ = f;
-  ++live_count_;
+  // The runtime counts workers with live fibers, not fibers: a spawn costs no shared write.
+  if (live_count_++ == 0) runtime_->retain();
   ready_.push(f);
 }
 
@@ -263,6 +271,7 @@ void Scheduler::drain_inbox() noexcept {
     switch (n->kind) {
       case RemoteNode::Kind::start:
         start_local(f);
+        runtime_->release();  // the count the message held
         break;
       case RemoteNode::Kind::wake:
         make_ready(f, Wake::notified);
@@ -283,16 +292,13 @@ void Scheduler::drain_inbox() noexcept {
 void Scheduler::finish(Fiber* f) noexcept {
   (f->prev_live ? f->prev_live->next_live : live_) = f->next_live;
   if (f->next_live) f->next_live->prev_live = f->prev_live;
-  --live_count_;
   {
     std::lock_guard lock(f->joiners.lock);
     f->finished.store(true, std::memory_order_release);
     while (WaitNode* n = f->joiners.pop_front()) wake_node(n);
   }
-  if (f->endings.fetch_or(Fiber::ended_body, std::memory_order_acq_rel) & Fiber::ended_handle)
-    report_unobserved(*f);
   release(f);
-  runtime_->release();
+  if (--live_count_ == 0) runtime_->release();
 }
 
 void Scheduler::wake(Fiber* f, Wake why) noexcept {
@@ -404,6 +410,9 @@ void throw_if_interrupted(Wake w) {
 
 void release(Fiber* fiber) noexcept {
   if (fiber->refs.fetch_sub(1, std::memory_order_acq_rel) > 1) return;
+  // The last of the body, the handle (and a cancel in flight) to let go: an exception that no
+  // join rethrew is reported now.
+  report_unobserved(*fiber);
   const Stack stack = fiber->stack;
   discard_context(*fiber);
   fiber->~Fiber();
@@ -411,8 +420,6 @@ void release(Fiber* fiber) noexcept {
 }
 
 void release_handle(Fiber* fiber) noexcept {
-  if (fiber->endings.fetch_or(Fiber::ended_handle, std::memory_order_acq_rel) & Fiber::ended_body)
-    report_unobserved(*fiber);
   release(fiber);
 }
 
@@ -425,7 +432,6 @@ Scheduler& scheduler_for(const char* what) {
 }
 
 void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string name) noexcept {
-  scheduler.runtime().retain();
   scheduler.prepare(fiber, stack, std::move(name));
   scheduler.start_local(fiber);
 }

@@ -144,7 +144,7 @@ class Scheduler {
   // and again while the deadlock lasts.
   void loop();
 
-  // Fills in what a fiber needs before it can be started here (from any thread).
+  // Fills in what a fiber needs before it can be started here (from any thread: the spawner's).
   void prepare(Fiber* f, Stack stack, std::string name) noexcept;
   // Makes a prepared fiber ready: on this scheduler's thread directly, from others by message.
   void start_local(Fiber* f) noexcept;
@@ -224,7 +224,8 @@ class Scheduler {
   TimerHeap timers_;
   Fiber* live_ = nullptr;  // every started, unfinished fiber (through prev_live/next_live)
   std::size_t live_count_ = 0;
-  Inbox inbox_;  // before driver_: the driver watches its fd
+  std::uint64_t spawned_ = 0;  // fibers spawned from this worker (for their ids)
+  Inbox inbox_;                // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
 };
 

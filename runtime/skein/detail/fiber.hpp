@@ -169,11 +169,7 @@ struct Fiber : ExecContext {
   std::exception_ptr error;           // what the body threw
   std::string name;
   std::uint64_t id = 0;
-  std::atomic<int> refs{2};  // the running fiber + its Task handle (+ one per cancel in flight)
-  // Who let go first, the body (ended_body) or the handle (ended_handle): the second one reports
-  // an exception nobody joined, so it is reported exactly once.
-  std::atomic<std::uint8_t> endings{0};
-  static constexpr std::uint8_t ended_body = 1, ended_handle = 2;
+  std::atomic<int> refs{2};                // the running fiber + its Task handle (+ one per cancel in flight)
   bool error_observed = false;             // join() rethrew `error` (or it was a cancellation)
   std::atomic<bool> cancel_posted{false};  // a cancel message is (or was) on its way
   RemoteNode post_node{nullptr, this, RemoteNode::Kind::start};
