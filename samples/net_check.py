@@ -8,6 +8,8 @@
     net_check.py fetch-overlap   HTTP_SERVER FETCH
     net_check.py fetch-failures  HTTP_SERVER FETCH
 
+NET_CHECK_SERVER_ARGS (environment) adds arguments to every server, e.g. '--threads 4'.
+
 Each check starts its servers with --port 0, reads the port from their 'listening on HOST:PORT'
 line, talks to them over 127.0.0.1, and stops every one by its pid with SIGINT (or SIGTERM),
 expecting exit status 0 within a timeout; a server that does not exit is killed and the check
@@ -30,6 +32,7 @@ import urllib.request
 
 # In a cross build meson test names the emulator (qemu) to run target binaries with.
 WRAPPER = shlex.split(os.environ.get("MESON_EXE_WRAPPER", ""))
+SERVER_ARGS = shlex.split(os.environ.get("NET_CHECK_SERVER_ARGS", ""))
 IO_TIMEOUT = 10.0
 
 
@@ -48,7 +51,7 @@ class Server:
     def __init__(self, exe, *args):
         self.name = os.path.basename(exe)
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(WRAPPER + [exe, "--port", "0", *args],
+        self.proc = subprocess.Popen(WRAPPER + [exe, "--port", "0", *SERVER_ARGS, *args],
                                      stdout=subprocess.PIPE, stderr=self.stderr)
         self.stopped = False
         try:

@@ -107,7 +107,8 @@ class Runtime {
   }
 
   // Waits until every fiber has finished, then stops and joins the workers; later spawns throw
-  // operation_not_permitted. Idempotent; called by the destructor. Not from one of its fibers.
+  // operation_not_permitted. Idempotent; called by the destructor. From one of its own fibers it
+  // throws resource_deadlock_would_occur (the destructor then aborts).
   void shutdown();
 
  private:

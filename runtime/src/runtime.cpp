@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 #include <system_error>
@@ -184,7 +185,12 @@ Runtime::Runtime(RuntimeOptions options)
     : core_(std::make_unique<detail::RuntimeCore>(options.workers, false)) {}
 
 Runtime::~Runtime() {
-  shutdown();
+  try {
+    shutdown();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "skein::~Runtime: %s; aborting\n", e.what());
+    std::abort();
+  }
 }
 
 std::size_t Runtime::workers() const noexcept {
@@ -192,6 +198,10 @@ std::size_t Runtime::workers() const noexcept {
 }
 
 void Runtime::shutdown() {
+  const detail::Scheduler* here = detail::Scheduler::current();
+  if (here && &here->runtime() == core_.get())
+    throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
+                            "skein::Runtime::shutdown: called from one of its own fibers");
   core_->release_token();
   core_->join();
 }
