@@ -222,6 +222,36 @@ TEST_SUITE("server") {
     }
   }
 
+  TEST_CASE("serve(address) across workers, stopped and started again: every worker serves again") {
+    // Each worker registers its listener in its own driver; the second round's listeners (likely
+    // the same descriptor numbers) must not be mistaken for the first round's on any worker.
+    FdCheck fds;
+    skein::run(skein::RuntimeOptions{2}, [] {
+      for (int round = 0; round < 3; ++round) {
+        CAPTURE(round);
+        skein::ServeOptions opts;
+        std::atomic<std::uint16_t> port{0};
+        opts.on_listening = [&port](const Address& a) { port = a.port(); };
+        skein::Server server(opts);
+        auto srv = skein::spawn([&] { server.serve(Address::loopback(0), echo); });
+        REQUIRE(eventually([&] { return port != 0; }));
+        std::vector<skein::Task<void>> clients;
+        for (int i = 0; i < 32; ++i)
+          clients.push_back(skein::spawn_on(static_cast<std::size_t>(i) % 2, [&port] {
+            skein::Stream c = skein::connect(Address::loopback(port), 5s);
+            c.write_all("hello", 5s);
+            std::string back(5, '\0');
+            c.read_exact(back, 5s);
+            CHECK(back == "hello");
+          }));
+        skein::join_all(clients);
+        CHECK(server.accepted() == 32);
+        server.stop();
+        srv.join();
+      }
+    });
+  }
+
   TEST_CASE("serve(address) across workers: a second signal or a cancel cuts every worker's grace") {
     FdCheck fds;
     skein::run(skein::RuntimeOptions{3}, [] {

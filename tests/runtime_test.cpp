@@ -18,6 +18,11 @@
 #include <tuple>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 using namespace std::chrono_literals;
 
 namespace {
@@ -323,6 +328,56 @@ TEST_SUITE("runtime") {
 
     rt.shutdown();
     CHECK(error_of([&] { rt.spawn_on(0, [] {}); }) == std::errc::operation_not_permitted);
+  }
+
+  TEST_CASE("a single-worker run waiting on another runtime's task is waiting, not deadlocked") {
+    skein::Runtime rt(options());
+    auto far = rt.spawn_on(0, [] {
+      skein::sleep_for(100ms);
+      return 42;
+    });
+    // Nothing on this run's worker can wake the main fiber but the other runtime: no timers, no
+    // I/O. Deadlock recovery must not cancel it.
+    CHECK(skein::run([&far] { return far.join(); }) == 42);
+  }
+
+  TEST_CASE("Runtime: shutdown from several threads at once, and from one of its own fibers") {
+    skein::Runtime rt(options());
+    CHECK(error_of([&rt] { rt.spawn_on(0, [&rt] { rt.shutdown(); }).join(); }) ==
+          std::errc::resource_deadlock_would_occur);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 4; ++i) threads.emplace_back([&rt] { rt.shutdown(); });
+    for (auto& t : threads) t.join();
+    CHECK(error_of([&rt] { rt.spawn_on(0, [] {}); }) == std::errc::operation_not_permitted);
+  }
+
+  TEST_CASE("a worker that cannot start (out of descriptors) makes the runtime throw, not crash") {
+    // In a child: the descriptor limit is lowered so a worker's eventfd fails.
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      // Fill every free descriptor below a low limit, then free exactly one: room for worker 0's
+      // eventfd, none for worker 1's.
+      rlimit low{0, 0};
+      getrlimit(RLIMIT_NOFILE, &low);
+      low.rlim_cur = 256;
+      setrlimit(RLIMIT_NOFILE, &low);
+      int last = -1;
+      for (int fd; (fd = dup(STDERR_FILENO)) >= 0;) last = fd;
+      if (last >= 0) close(last);
+      try {
+        skein::run(skein::RuntimeOptions{8}, [] {});
+      } catch (const std::system_error& e) {
+        _exit(e.code() == std::errc::too_many_files_open ? 0 : 3);
+      } catch (...) {
+        _exit(4);
+      }
+      _exit(5);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
   }
 
   TEST_CASE("Runtime: the destructor waits for detached fibers") {

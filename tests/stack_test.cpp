@@ -138,6 +138,18 @@ TEST_SUITE("stack") {
     }
   }
 
+  TEST_CASE("stack overflow on a worker thread that never mapped a stack is reported too") {
+    // The fiber's stack comes from the spawning (plain) thread; the worker running it must still
+    // have the handler's alternate signal stack.
+    const ChildResult r = run_in_child([] {
+      skein::Runtime rt(skein::RuntimeOptions{2});
+      rt.spawn_on(1, skein::FiberOptions{"deep-on-worker", 64 * 1024}, [] { return recurse(0); }).join();
+    });
+    CAPTURE(r.err);
+    CHECK(r.aborted());
+    CHECK(r.err.find("\"deep-on-worker\" (stack 64 KiB") != std::string::npos);
+  }
+
   TEST_CASE("a frame larger than the guard page still lands on it (stack-clash probing)") {
     const ChildResult r = run_in_child([] {
       skein::run([] {

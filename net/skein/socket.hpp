@@ -55,6 +55,10 @@ class Socket {
  protected:
   friend struct detail::SocketAccess;
   int fd_ = -1;
+  // The worker's I/O driver whose slot for fd_ this socket owns (set at its first I/O call on a
+  // worker): a driver's slot for the same number left behind by an earlier socket is reset rather
+  // than trusted. Opaque here.
+  void* driver_ = nullptr;
 };
 
 enum class Shutdown { read = SHUT_RD, write = SHUT_WR, both = SHUT_RDWR };

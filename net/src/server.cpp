@@ -147,6 +147,12 @@ struct Server::Source {
     }
   }
 
+  // Connections handed but not yet taken. Any worker.
+  std::size_t queued() {
+    std::lock_guard guard(lock);
+    return handed.size();
+  }
+
   // Any worker.
   void hand(Stream stream, const Address& peer) {
     {
@@ -168,9 +174,10 @@ struct Server::State {
   std::atomic<std::size_t> active{0};
   std::atomic<std::uint64_t> accepted{0};
   std::unordered_map<std::uint64_t, Task<void>> connections;  // by accept number
-  WaitSlot server_waiter;       // serve(), waiting for a stop or for handlers to end
-  WaitSlot acceptor_waiter;     // the acceptor, waiting for a free connection slot
-  std::vector<Server*> shards;  // serve(address) across workers: one Server per worker
+  WaitSlot server_waiter;        // serve(), waiting for a stop or for handlers to end
+  WaitSlot acceptor_waiter;      // the acceptor, waiting for a free connection slot
+  std::vector<Server*> shards;   // serve(address) across workers: one Server per worker
+  WaitSlot* upstream = nullptr;  // a shard fed by one acceptor: that acceptor's slot
 
   // Runs when a connection's closure is destroyed, whether its body ran or it was cancelled
   // before it started: the count cannot drift.
@@ -185,6 +192,7 @@ struct Server::State {
       --state->active;
       state->connections.erase(key);  // drops the handle: the fiber is then detached
       wake(state->acceptor_waiter);
+      if (state->upstream) wake(*state->upstream);
       if (state->stop_requested && state->active == 0) wake(state->server_waiter);
     }
   };
@@ -445,7 +453,10 @@ void Server::serve(const Address& address, Handler handler) {
   std::deque<Source> sources(n);
   for (std::size_t i = 0; i < n; ++i) {
     shards.push_back(std::make_unique<Server>(shard_options));
-    if (distribution == Distribution::reuse_port) sources[i].listener = &listeners[i];
+    if (distribution == Distribution::reuse_port)
+      sources[i].listener = &listeners[i];
+    else
+      shards[i]->state_->upstream = &st.acceptor_waiter;
   }
   st.serving = true;
   struct Serving {
@@ -479,18 +490,40 @@ void Server::serve(const Address& address, Handler handler) {
             shards[i]->serve_from(sources[i], handler);
           }));
     if (distribution == Distribution::acceptor)
-      acceptor = spawn(FiberOptions{"acceptor"}, [this, &listeners, &sources, n] {
-        struct Done {
-          Server* server;
-          ~Done() { server->stop(); }
-        } done{this};
-        auto backoff = std::chrono::milliseconds(10);
-        for (std::size_t next = 0;; next = (next + 1) % n) {
-          Address peer;
-          Stream stream = accept_next(listeners[0], peer, backoff);
-          sources[next].hand(std::move(stream), peer);
-        }
-      });
+      acceptor =
+          spawn(FiberOptions{"acceptor"}, [this, &st, &listeners, &sources, &shards, n, &shard_options] {
+            struct Done {
+              Server* server;
+              ~Done() { server->stop(); }
+            } done{this};
+            // Round robin over the workers with room: live plus handed connections under their share
+            // of max_connections. When all are full, accepting pauses (the backlog queues), as on one
+            // worker.
+            auto has_room = [&](std::size_t k) {
+              return shards[k]->active() + sources[k].queued() < shard_options.max_connections;
+            };
+            auto backoff = std::chrono::milliseconds(10);
+            for (std::size_t next = 0;;) {
+              std::size_t tried = 0;
+              while (tried < n && !has_room(next)) {
+                next = (next + 1) % n;
+                ++tried;
+              }
+              if (tried == n) {
+                auto any_room = [&] {
+                  for (std::size_t k = 0; k < n; ++k)
+                    if (has_room(k)) return true;
+                  return false;
+                };
+                detail::throw_if_interrupted(park_in(st.acceptor_waiter, no_deadline, any_room));
+                continue;
+              }
+              Address peer;
+              Stream stream = accept_next(listeners[0], peer, backoff);
+              sources[next].hand(std::move(stream), peer);
+              next = (next + 1) % n;
+            }
+          });
   } catch (...) {
     stop();  // out of stacks: end what started
   }
@@ -526,7 +559,10 @@ void Server::serve(const Address& address, Handler handler) {
     auto changed = [&] { return all_done() || (st.hurry && !hurried); };
     if (park_in(st.server_waiter, no_deadline, changed) == Wake::cancelled) cancelled = true;
   }
+  // Every worker is past its serve_from; wait for each fiber's end (its last step is the stop()
+  // in its Done, on this Server).
   self->shielded = true;
+  for (auto& w : workers) detail::TaskAccess::wait_shielded(w);
   signals.reset();
   self->shielded = was_shielded;
 

@@ -27,6 +27,22 @@ using detail::Direction;
 using detail::EpollDriver;
 using detail::FdState;
 
+namespace detail {
+// Adopts descriptors that are known to be non-blocking already, without the fcntl calls.
+struct SocketAccess {
+  static void*& driver(Socket& s) noexcept { return s.driver_; }
+  template <class S>
+  static S adopt(int fd) noexcept {
+    S s;
+    static_cast<Socket&>(s).fd_ = fd;
+    // A slot left registered by a descriptor closed on another thread (or behind skein's back)
+    // must not be mistaken for this one's: a fresh number starts from a clean slot.
+    if (EpollDriver* d = EpollDriver::installed()) d->forget(fd);
+    return s;
+  }
+};
+}  // namespace detail
+
 namespace {
 
 [[noreturn]] void throw_errno(int err, const char* what) {
@@ -54,12 +70,24 @@ void poll_wait(int fd, Direction dir, TimePoint deadline) {
   }
 }
 
+// The driver `s` is used on now (nullptr outside a fiber). The first time a socket is used on a
+// worker, that worker's slot for its number may still hold an earlier socket's registration (one
+// closed on another worker, whose driver could not be told): it is reset, not trusted.
+EpollDriver* driver_for(Socket& s) {
+  EpollDriver* driver = EpollDriver::current();
+  if (driver && detail::SocketAccess::driver(s) != driver) {
+    driver->forget(s.fd());
+    detail::SocketAccess::driver(s) = driver;
+  }
+  return driver;
+}
+
 // The I/O context of one call: the thread's driver and the fd's slot in it, or neither outside
 // a fiber.
 struct Io {
-  explicit Io(int fd)
-      : fd(fd),
-        driver(EpollDriver::current()),
+  explicit Io(Socket& s)
+      : fd(s.fd()),
+        driver(driver_for(s)),
         st(driver ? &driver->state(fd) : nullptr),
         generation(st ? st->generation : 0) {}
 
@@ -114,21 +142,6 @@ int open_socket(int family, int type) {
 
 }  // namespace
 
-namespace detail {
-// Adopts descriptors that are known to be non-blocking already, without the fcntl calls.
-struct SocketAccess {
-  template <class S>
-  static S adopt(int fd) noexcept {
-    S s;
-    static_cast<Socket&>(s).fd_ = fd;
-    // A slot left registered by a descriptor closed on another thread (or behind skein's back)
-    // must not be mistaken for this one's: a fresh number starts from a clean slot.
-    if (EpollDriver* d = EpollDriver::installed()) d->forget(fd);
-    return s;
-  }
-};
-}  // namespace detail
-
 // ---- Socket -------------------------------------------------------------------------------
 
 Socket::Socket(int fd) : fd_(fd) {
@@ -143,19 +156,24 @@ Socket::Socket(int fd) : fd_(fd) {
   if (EpollDriver* d = EpollDriver::installed()) d->forget(fd);
 }
 
-Socket::Socket(Socket&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+Socket::Socket(Socket&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), driver_(std::exchange(other.driver_, nullptr)) {}
 
 Socket& Socket::operator=(Socket&& other) noexcept {
   if (this != &other) {
     close();
     fd_ = std::exchange(other.fd_, -1);
+    driver_ = std::exchange(other.driver_, nullptr);
   }
   return *this;
 }
 
+// Only this thread's driver can be told (another worker's is not ours to touch): a registration
+// left there is reset when its next socket with this number is first used on it.
 void Socket::close() noexcept {
   if (fd_ < 0) return;
   if (EpollDriver* d = EpollDriver::installed()) d->forget(fd_);
+  driver_ = nullptr;
   // Linux releases the descriptor even when close() reports EINTR or EIO: never retry.
   ::close(std::exchange(fd_, -1));
 }
@@ -163,6 +181,7 @@ void Socket::close() noexcept {
 int Socket::release() noexcept {
   if (fd_ >= 0)
     if (EpollDriver* d = EpollDriver::installed()) d->forget(fd_);
+  driver_ = nullptr;
   return std::exchange(fd_, -1);
 }
 
@@ -179,7 +198,7 @@ Address Socket::local_address() const {
 std::size_t Stream::read(std::span<char> buf, Deadline deadline) {
   require_open(fd_, "skein::Stream::read");
   if (buf.empty()) return 0;
-  Io io(fd_);
+  Io io(*this);
   for (;;) {
     if (io.ready(Direction::read)) {
       const ssize_t n = ::recv(fd_, buf.data(), buf.size(), 0);
@@ -209,7 +228,7 @@ void Stream::read_exact(std::span<char> buf, Deadline deadline) {
 std::size_t Stream::write(std::string_view data, Deadline deadline) {
   require_open(fd_, "skein::Stream::write");
   if (data.empty()) return 0;
-  Io io(fd_);
+  Io io(*this);
   for (;;) {
     if (io.ready(Direction::write)) {
       // MSG_NOSIGNAL: a closed peer is EPIPE for this call, not SIGPIPE for the process.
@@ -235,7 +254,7 @@ void Stream::write_all(std::span<const std::string_view> parts, Deadline deadlin
   constexpr std::size_t max_iov = 64;
   std::size_t first = 0;   // the first part not fully written
   std::size_t offset = 0;  // bytes of it already written
-  Io io(fd_);
+  Io io(*this);
   while (first < parts.size()) {
     if (parts[first].size() == offset) {
       ++first;
@@ -312,7 +331,7 @@ Stream connect(const Address& address, Deadline deadline) {
     throw_errno(EAGAIN, "skein::connect: the Unix socket's backlog is full");
   if (errno != EINPROGRESS) throw_errno(errno, "skein::connect");
   // In progress: the fd turns writable when the handshake ends, either way.
-  Io io(s.fd());
+  Io io(s);
   io.would_block(Direction::write);
   io.wait(Direction::write, deadline);
   int err = 0;
@@ -342,7 +361,7 @@ Stream connect(std::string_view host, std::uint16_t port, Deadline deadline) {
 
 Stream Listener::accept(Deadline deadline, Address* peer) {
   require_open(fd_, "skein::Listener::accept");
-  Io io(fd_);
+  Io io(*this);
   for (;;) {
     if (io.ready(Direction::read)) {
       sockaddr_storage ss{};
@@ -423,9 +442,9 @@ namespace {
 // Datagram calls: a short datagram says nothing about what else is queued, so only EAGAIN
 // clears readiness.
 template <class Call>
-std::size_t datagram_io(int fd, Direction dir, Deadline deadline, const char* what, Call call) {
-  require_open(fd, what);
-  Io io(fd);
+std::size_t datagram_io(Socket& s, Direction dir, Deadline deadline, const char* what, Call call) {
+  require_open(s.fd(), what);
+  Io io(s);
   for (;;) {
     if (io.ready(dir)) {
       const ssize_t n = call();
@@ -441,7 +460,7 @@ std::size_t datagram_io(int fd, Direction dir, Deadline deadline, const char* wh
 }  // namespace
 
 std::size_t UdpSocket::send_to(std::string_view datagram, const Address& to, Deadline deadline) {
-  return datagram_io(fd_, Direction::write, deadline, "skein::UdpSocket::send_to", [&] {
+  return datagram_io(*this, Direction::write, deadline, "skein::UdpSocket::send_to", [&] {
     return ::sendto(fd_, datagram.data(), datagram.size(), MSG_NOSIGNAL, to.data(), to.size());
   });
 }
@@ -449,7 +468,7 @@ std::size_t UdpSocket::send_to(std::string_view datagram, const Address& to, Dea
 std::size_t UdpSocket::receive_from(std::span<char> buf, Address* from, Deadline deadline) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
-  const std::size_t n = datagram_io(fd_, Direction::read, deadline, "skein::UdpSocket::receive_from", [&] {
+  const std::size_t n = datagram_io(*this, Direction::read, deadline, "skein::UdpSocket::receive_from", [&] {
     len = sizeof ss;
     return ::recvfrom(fd_, buf.data(), buf.size(), 0, reinterpret_cast<sockaddr*>(&ss), &len);
   });
@@ -464,12 +483,12 @@ void UdpSocket::connect(const Address& peer) {
 }
 
 std::size_t UdpSocket::send(std::string_view datagram, Deadline deadline) {
-  return datagram_io(fd_, Direction::write, deadline, "skein::UdpSocket::send",
+  return datagram_io(*this, Direction::write, deadline, "skein::UdpSocket::send",
                      [&] { return ::send(fd_, datagram.data(), datagram.size(), MSG_NOSIGNAL); });
 }
 
 std::size_t UdpSocket::receive(std::span<char> buf, Deadline deadline) {
-  return datagram_io(fd_, Direction::read, deadline, "skein::UdpSocket::receive",
+  return datagram_io(*this, Direction::read, deadline, "skein::UdpSocket::receive",
                      [&] { return ::recv(fd_, buf.data(), buf.size(), 0); });
 }
 

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -64,7 +65,7 @@ RuntimeCore::RuntimeCore(std::size_t workers, bool caller_is_worker)
   for (Scheduler* s : workers_) {
     if (s) continue;
     // A worker could not create its scheduler (out of descriptors): end the others and report.
-    token_held_ = false;
+    token_held_.store(false);
     stop_all();
     for (auto& t : threads_) t.join();
     if (caller_worker_) caller_worker_->unbind();
@@ -77,6 +78,7 @@ RuntimeCore::RuntimeCore(std::size_t workers, bool caller_is_worker)
 RuntimeCore::~RuntimeCore() {
   release_token();
   join();
+  while (outside_posters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   // The schedulers outlive every loop: a thread that posted the last message may still be inside
   // post() when the receiving worker has already left its loop.
   for (std::size_t i = caller_is_worker_ ? 1 : 0; i < workers_.size(); ++i) delete workers_[i];
@@ -111,15 +113,25 @@ bool RuntimeCore::try_retain() noexcept {
   return true;
 }
 
+void RuntimeCore::post_from_outside(Scheduler& s, RemoteNode* n) noexcept {
+  outside_posters_.fetch_add(1, std::memory_order_acq_rel);
+  retain();
+  s.post(n);
+  release();
+  outside_posters_.fetch_sub(1, std::memory_order_release);
+}
+
 void RuntimeCore::release_token() noexcept {
-  if (std::exchange(token_held_, false)) release();
+  if (token_held_.exchange(false, std::memory_order_acq_rel)) release();
 }
 
 void RuntimeCore::stop_all() noexcept {
-  for (std::size_t i = 0; i < workers_.size(); ++i) workers_[i]->post(&stop_nodes_[i]);
+  for (std::size_t i = 0; i < workers_.size(); ++i)
+    if (workers_[i]) workers_[i]->post(&stop_nodes_[i]);  // null: failed to start (constructor)
 }
 
 void RuntimeCore::join() {
+  std::lock_guard lock(join_mutex_);  // shutdown() may be called from several threads
   for (auto& t : threads_)
     if (t.joinable()) t.join();
 }
@@ -151,8 +163,9 @@ void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack s
     return;
   }
   // The start message holds a count until the target has started the fiber. A fiber of this
-  // runtime keeps it alive; anyone else must check it has not ended.
-  if (here && &here->runtime() == &core) {
+  // runtime keeps the runtime alive; anyone else must check it has not ended.
+  const bool outsider = !here || &here->runtime() != &core;
+  if (!outsider) {
     core.retain();
   } else if (!core.try_retain()) {
     discard();
@@ -160,7 +173,10 @@ void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack s
                             "skein::spawn_on: the runtime has ended");
   }
   target.prepare(fiber, stack, std::move(name));
-  target.post(&fiber->post_node);
+  if (outsider)
+    core.post_from_outside(target, &fiber->post_node);
+  else
+    target.post(&fiber->post_node);
 }
 
 RunScope::RunScope(std::size_t workers) {

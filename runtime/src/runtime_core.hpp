@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -42,6 +43,13 @@ class RuntimeCore {
   }
   void release_token() noexcept;
 
+  // Posts `n` to worker `s` from a thread that is not one of this runtime's workers, which the
+  // destructor does not join: it holds a count while inside post() (the message may be handled
+  // and the runtime end the moment it is pushed) and is waited for by ~RuntimeCore, since its own
+  // release may be the last one, whose stop messages it then sends. The caller knows the runtime
+  // has not ended (it holds a count, or wakes a fiber parked in it).
+  void post_from_outside(Scheduler& s, RemoteNode* n) noexcept;
+
   // Fiber ids for spawns from threads outside the runtime (workers number their own).
   std::uint64_t next_outside_id() noexcept {
     return (std::uint64_t{1} << 63) | next_outside_id_.fetch_add(1, std::memory_order_relaxed);
@@ -62,8 +70,10 @@ class RuntimeCore {
   std::unique_ptr<Scheduler> caller_worker_;          // worker 0 when caller_is_worker
   alignas(64) std::atomic<std::int64_t> pending_{1};  // see retain(); starts with the token
   alignas(64) std::atomic<std::uint64_t> next_outside_id_{1};
+  std::atomic<std::size_t> outside_posters_{0};  // threads inside post_from_outside
   bool caller_is_worker_;
-  bool token_held_ = true;
+  std::atomic<bool> token_held_{true};
+  std::mutex join_mutex_;
   std::vector<RemoteNode> stop_nodes_;
 };
 

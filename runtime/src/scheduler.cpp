@@ -175,6 +175,7 @@ Scheduler::Scheduler(RuntimeCore& runtime, std::size_t index) : runtime_(&runtim
   if (tl_scheduler)
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "skein::run: this thread already runs a scheduler");
+  prepare_fiber_thread();
   driver_ = std::make_unique<PollDriver>(inbox_);
   tl_scheduler = this;
 }
@@ -254,8 +255,8 @@ void Scheduler::loop() {
 
 // Nothing is ready: sleep in the driver until the next timer, I/O or a message.
 void Scheduler::idle() {
-  if (timers_.empty() && driver_->waiters() == 0 && live_count_ > 0 && runtime_->detects_deadlock() &&
-      !inbox_.pending()) {
+  if (timers_.empty() && driver_->waiters() == 0 && foreign_waits_ == 0 && live_count_ > 0 &&
+      runtime_->detects_deadlock() && !inbox_.pending()) {
     recover_deadlock();
     return;
   }
@@ -356,14 +357,26 @@ Wake park(TimePoint deadline, Unlink unlink, void* arg) noexcept {
   return tl_scheduler->park_running(deadline, unlink, arg);
 }
 
+namespace {
+// Posts `n` to `s` from this thread; see RuntimeCore::post_from_outside for threads that are not
+// the runtime's workers. (Its workers are joined before the schedulers are freed.)
+void post_to(Scheduler& s, RemoteNode* n) noexcept {
+  if (tl_scheduler && &tl_scheduler->runtime() == &s.runtime())
+    s.post(n);
+  else
+    s.runtime().post_from_outside(s, n);
+}
+}  // namespace
+
 bool unpark(Fiber* fiber) noexcept {
   if (fiber->claimed.exchange(true, std::memory_order_acq_rel)) return false;
   Scheduler* s = fiber->scheduler;
   if (s == tl_scheduler) {
     s->make_ready(fiber, Wake::notified);
   } else {
+    // The fiber is parked, so its worker has a live fiber and its runtime a count.
     fiber->post_node.kind = RemoteNode::Kind::wake;
-    s->post(&fiber->post_node);
+    post_to(*s, &fiber->post_node);
   }
   return true;
 }
@@ -382,7 +395,7 @@ void cancel(Fiber* fiber) noexcept {
   if (fiber->cancel_posted.exchange(true, std::memory_order_acq_rel)) return;
   if (!s->runtime().try_retain()) return;  // the runtime has ended: the fiber is done
   fiber->refs.fetch_add(1, std::memory_order_relaxed);
-  s->post(&fiber->cancel_node);
+  post_to(*s, &fiber->cancel_node);
 }
 
 void unlink_wait_node(Fiber*, void* node) noexcept {
@@ -475,6 +488,7 @@ bool wait_done(Fiber* fiber, TimePoint deadline) {
     if (fiber->finished.load(std::memory_order_relaxed)) return true;
     fiber->joiners.push_back(&node);
   }
+  const Scheduler::ForeignWait foreign(*self->scheduler, *fiber->scheduler);
   const Wake w = park(deadline, &unlink_wait_node, &node);
   if (w == Wake::notified) return true;
   if (w == Wake::timed_out) return false;
@@ -496,7 +510,10 @@ void wait_done_shielded(Fiber* fiber) noexcept {
     else
       fiber->joiners.push_back(&node);
   }
-  if (wait) park(no_deadline, &unlink_wait_node, &node);
+  if (wait) {
+    const Scheduler::ForeignWait foreign(*self->scheduler, *fiber->scheduler);
+    park(no_deadline, &unlink_wait_node, &node);
+  }
   self->shielded = was_shielded;
 }
 

@@ -196,6 +196,24 @@ class Scheduler {
   // This thread.
   void cancel(Fiber* f) noexcept;
 
+  // Marks a wait whose waker belongs to another runtime (or is no fiber at all) for its
+  // duration: while one lasts, an idle worker is waiting, not deadlocked.
+  class ForeignWait {
+   public:
+    ForeignWait(Scheduler& waiter, const Scheduler& wakes) noexcept
+        : s_(waiter.runtime_ != wakes.runtime_ ? &waiter : nullptr) {
+      if (s_) ++s_->foreign_waits_;
+    }
+    ~ForeignWait() {
+      if (s_) --s_->foreign_waits_;
+    }
+    ForeignWait(const ForeignWait&) = delete;
+    ForeignWait& operator=(const ForeignWait&) = delete;
+
+   private:
+    Scheduler* s_;
+  };
+
   // Replaces the idle-time driver (the I/O layer installs its own).
   void set_driver(std::unique_ptr<Driver> driver) noexcept { driver_ = std::move(driver); }
   Driver& driver() noexcept { return *driver_; }
@@ -224,8 +242,9 @@ class Scheduler {
   TimerHeap timers_;
   Fiber* live_ = nullptr;  // every started, unfinished fiber (through prev_live/next_live)
   std::size_t live_count_ = 0;
-  std::uint64_t spawned_ = 0;  // fibers spawned from this worker (for their ids)
-  Inbox inbox_;                // before driver_: the driver watches its fd
+  std::uint64_t spawned_ = 0;      // fibers spawned from this worker (for their ids)
+  std::size_t foreign_waits_ = 0;  // see ForeignWait
+  Inbox inbox_;                    // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
 };
 

@@ -229,12 +229,17 @@ class AltStack {
 
 class StackPool {
  public:
+  // The overflow report needs the handler and, on this thread, an alternate signal stack.
+  void prepare() {
+    if (ready_) [[likely]]
+      return;
+    install_overflow_handler();
+    altstack_.ensure();
+    ready_ = true;
+  }
+
   detail::Stack acquire(std::size_t usable) {
-    if (!ready_) [[unlikely]] {
-      install_overflow_handler();
-      altstack_.ensure();
-      ready_ = true;
-    }
+    prepare();
     for (std::size_t i = free_.size(); i-- > 0;) {
       if (free_[i].size != usable) continue;
       detail::Stack s = free_[i];
@@ -301,6 +306,10 @@ Stack acquire_stack(std::size_t size) {
   if (size > (std::size_t{1} << 40))
     throw std::system_error(std::make_error_code(std::errc::invalid_argument), "skein: stack size too large");
   return tl_pool.acquire((size + page - 1) & ~(page - 1));
+}
+
+void prepare_fiber_thread() {
+  tl_pool.prepare();
 }
 
 void release_stack(Stack stack) noexcept {

@@ -45,6 +45,11 @@ struct ExecContext {
 // thread's pool when one of that size is free. Throws std::system_error if the kernel refuses.
 Stack acquire_stack(std::size_t size);
 
+// Readies this thread to run fibers whose stacks it did not map (a worker running fibers spawned
+// from other threads): the stack-overflow report needs a handler and an alternate signal stack.
+// acquire_stack does it too.
+void prepare_fiber_thread();
+
 // Returns a stack to this thread's pool (or to the kernel when the pool is full).
 void release_stack(Stack stack) noexcept;
 
