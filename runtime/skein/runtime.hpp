@@ -4,7 +4,8 @@
 // See docs/threading.md.
 //
 // Errors: std::system_error — operation_not_permitted for a spawn outside any runtime or into a
-// runtime that has ended, invalid_argument for a worker index out of range or zero workers.
+// runtime that has ended, invalid_argument for a worker index out of range, too_many_files_open
+// (or what the kernel said) when a worker cannot start.
 #pragma once
 
 #include <skein/task.hpp>
