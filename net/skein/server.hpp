@@ -39,7 +39,8 @@ struct ServeOptions {
   // serve(address, ...) only:
   std::size_t workers = 0;  // how many of the runtime's workers serve (the first ones); 0: all
   Distribution distribution = Distribution::reuse_port;
-  std::function<void(const Address&)> on_listening;  // once bound: the address (port 0 resolved)
+  // Once bound and (with stop_on_signals) watching the signals: the address, port 0 resolved.
+  std::function<void(const Address&)> on_listening;
 };
 
 class Server {
@@ -80,7 +81,7 @@ class Server {
   struct State;
   struct Source;
   void check_can_serve() const;
-  void serve_from(Source& source, Handler handler);
+  void serve_from(Source& source, Handler handler, const Address* announce = nullptr);
   std::unique_ptr<State> state_;
 };
 

@@ -357,7 +357,7 @@ void Server::serve(Listener& listener, Handler handler) {
   serve_from(source, std::move(handler));
 }
 
-void Server::serve_from(Source& source, Handler handler) {
+void Server::serve_from(Source& source, Handler handler, const Address* announce) {
   State& st = *state_;
   Fiber* self = detail::current_fiber();
   if (st.stop_requested) return;
@@ -370,6 +370,8 @@ void Server::serve_from(Source& source, Handler handler) {
 
   std::optional<SignalWatch> signals;
   if (st.options.stop_on_signals) signals.emplace(*this, st.hurry);
+  // Only now: whoever learns the address may signal at once.
+  if (announce && st.options.on_listening) st.options.on_listening(*announce);
 
   auto acceptor = spawn(FiberOptions{"acceptor"}, [&st, &source] {
     struct Done {
@@ -428,8 +430,10 @@ void Server::serve(const Address& address, Handler handler) {
       address.family() == AF_UNIX ? Distribution::acceptor : st.options.distribution;
   if (n <= 1) {
     Listener listener = listen(address);
-    if (st.options.on_listening) st.options.on_listening(listener.local_address());
-    serve(listener, std::move(handler));
+    const Address bound = listener.local_address();
+    Source source;
+    source.listener = &listener;
+    serve_from(source, std::move(handler), &bound);
     return;
   }
 
@@ -441,7 +445,6 @@ void Server::serve(const Address& address, Handler handler) {
     const Address bound = listeners[0].local_address();  // port 0: the others take the same port
     for (std::size_t i = 1; i < n; ++i) listeners.push_back(listen(bound, listen_options));
   }
-  if (st.options.on_listening) st.options.on_listening(listeners[0].local_address());
   if (st.stop_requested) return;
 
   // One Server per worker, each with the whole single-worker machinery; this fiber coordinates.
@@ -470,6 +473,8 @@ void Server::serve(const Address& address, Handler handler) {
 
   std::optional<SignalWatch> signals;
   if (st.options.stop_on_signals) signals.emplace(*this, st.hurry);
+  // Only now: whoever learns the address may signal at once.
+  if (st.options.on_listening) st.options.on_listening(listeners[0].local_address());
 
   // Whichever part ends first (a stop, an error) stops the rest.
   std::vector<Task<void>> workers;
