@@ -121,9 +121,7 @@ void handle(skein::Stream stream, Work work) {
 
 int main(int argc, char** argv) {
   cli::program = "scale_server";
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 8888;
-  std::size_t threads = 1;
+  skein_samples::ServerFlags flags(8888);
   double work_us = 200;
   long long rounds = -1;
   bool calibrate = false;
@@ -132,13 +130,7 @@ int main(int argc, char** argv) {
     if (cli::is_help(argv[i])) {
       std::fputs(kUsage, stdout);
       return 0;
-    } else if (cli::option("--host", i, argc, argv, value)) {
-      if (value.empty()) cli::usage_error("--host must not be empty");
-      host = value;
-    } else if (cli::option("--port", i, argc, argv, value)) {
-      port = static_cast<std::uint16_t>(cli::number("--port", value, 0, 65535));
-    } else if (cli::option("--threads", i, argc, argv, value)) {
-      threads = static_cast<std::size_t>(cli::number("--threads", value, 1, 256));
+    } else if (flags.parse(i, argc, argv)) {
     } else if (cli::option("--work-us", i, argc, argv, value)) {
       work_us = cli::number("--work-us", value, 0.0, 1e6);
     } else if (cli::option("--rounds", i, argc, argv, value)) {
@@ -181,8 +173,8 @@ int main(int argc, char** argv) {
   }
 
   try {
-    skein::run(skein::RuntimeOptions{threads}, [&] {
-      skein_samples::listen_and_serve(host, port,
+    skein::run(skein::RuntimeOptions{flags.threads}, [&] {
+      skein_samples::listen_and_serve(flags.host, flags.port,
                                       [work](skein::Stream stream) { handle(std::move(stream), work); });
     });
   } catch (const std::exception& e) {

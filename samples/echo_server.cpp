@@ -90,22 +90,13 @@ void handle_echo(skein::Stream stream, bool verbose) {
 
 int main(int argc, char** argv) {
   cli::program = "echo_server";
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 8888;
+  skein_samples::ServerFlags flags(8888);
   bool verbose = false;
-  std::size_t threads = 1;
   for (int i = 1; i < argc; ++i) {
-    std::string_view value;
     if (cli::is_help(argv[i])) {
       std::fputs(kUsage, stdout);
       return 0;
-    } else if (cli::option("--host", i, argc, argv, value)) {
-      if (value.empty()) cli::usage_error("--host must not be empty");
-      host = value;
-    } else if (cli::option("--port", i, argc, argv, value)) {
-      port = static_cast<std::uint16_t>(cli::number("--port", value, 0, 65535));
-    } else if (cli::option("--threads", i, argc, argv, value)) {
-      threads = static_cast<std::size_t>(cli::number("--threads", value, 1, 256));
+    } else if (flags.parse(i, argc, argv)) {
     } else if (std::string_view(argv[i]) == "--verbose") {
       verbose = true;
     } else {
@@ -114,9 +105,10 @@ int main(int argc, char** argv) {
   }
 
   try {
-    skein::run(skein::RuntimeOptions{threads}, [&] {
-      skein_samples::listen_and_serve(
-          host, port, [verbose](skein::Stream stream) { handle_echo(std::move(stream), verbose); });
+    skein::run(skein::RuntimeOptions{flags.threads}, [&] {
+      skein_samples::listen_and_serve(flags.host, flags.port, [verbose](skein::Stream stream) {
+        handle_echo(std::move(stream), verbose);
+      });
     });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "echo_server: %s\n", e.what());

@@ -57,8 +57,6 @@ constexpr const char* kUsage =
     "  -h, --help         show this help and exit\n";
 
 struct Config {
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 8080;
   std::chrono::duration<double> idle_timeout{60.0};
   std::chrono::milliseconds delay{0};
 };
@@ -113,19 +111,13 @@ void handle_connection(skein::Stream stream, const Config& config) {
 int main(int argc, char** argv) {
   cli::program = "http_server";
   Config config;
-  std::size_t threads = 1;
+  skein_samples::ServerFlags flags(8080);
   for (int i = 1; i < argc; ++i) {
     std::string_view value;
     if (cli::is_help(argv[i])) {
       std::fputs(kUsage, stdout);
       return 0;
-    } else if (cli::option("--host", i, argc, argv, value)) {
-      if (value.empty()) cli::usage_error("--host must not be empty");
-      config.host = value;
-    } else if (cli::option("--port", i, argc, argv, value)) {
-      config.port = static_cast<std::uint16_t>(cli::number("--port", value, 0, 65535));
-    } else if (cli::option("--threads", i, argc, argv, value)) {
-      threads = static_cast<std::size_t>(cli::number("--threads", value, 1, 256));
+    } else if (flags.parse(i, argc, argv)) {
     } else if (cli::option("--idle-timeout", i, argc, argv, value)) {
       config.idle_timeout = std::chrono::duration<double>(cli::number("--idle-timeout", value, 0.0, 86400.0));
     } else if (cli::option("--delay-ms", i, argc, argv, value)) {
@@ -136,8 +128,8 @@ int main(int argc, char** argv) {
   }
 
   try {
-    skein::run(skein::RuntimeOptions{threads}, [&config] {
-      skein_samples::listen_and_serve(config.host, config.port, [&config](skein::Stream stream) {
+    skein::run(skein::RuntimeOptions{flags.threads}, [&config, &flags] {
+      skein_samples::listen_and_serve(flags.host, flags.port, [&config](skein::Stream stream) {
         handle_connection(std::move(stream), config);
       });
     });

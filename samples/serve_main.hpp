@@ -4,14 +4,43 @@
 
 #include <skein/skein.hpp>
 
+#include "cli.hpp"
+
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 
 namespace skein_samples {
+
+// The options every sample server takes: --host H, --port P, --threads N.
+struct ServerFlags {
+  std::string host = "127.0.0.1";
+  std::uint16_t port;
+  std::size_t threads = 1;
+
+  explicit ServerFlags(std::uint16_t default_port) : port(default_port) {}
+
+  // Takes argv[i] (and its value) if it is one of them; exits with a usage error for a bad value.
+  bool parse(int& i, int argc, char** argv) {
+    std::string_view value;
+    if (cli::option("--host", i, argc, argv, value)) {
+      if (value.empty()) cli::usage_error("--host must not be empty");
+      host = value;
+    } else if (cli::option("--port", i, argc, argv, value)) {
+      port = static_cast<std::uint16_t>(cli::number("--port", value, 0, 65535));
+    } else if (cli::option("--threads", i, argc, argv, value)) {
+      threads = static_cast<std::size_t>(cli::number("--threads", value, 1, 256));
+    } else {
+      return false;
+    }
+    return true;
+  }
+};
 
 // An IP literal as it is; anything else is looked up (on the blocking pool, so it must run on a
 // fiber) and the first address wins.
