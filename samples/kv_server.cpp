@@ -21,6 +21,7 @@
 #include "kv/store.hpp"
 #include "serve_main.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -30,6 +31,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <vector>
 
 namespace {
 
@@ -38,7 +40,7 @@ using skein_samples::kv::KvSession;
 using skein_samples::kv::Store;
 
 constexpr const char* kUsage =
-    "usage: kv_server [--host H] [--port P] [--threads N]\n"
+    "usage: kv_server [--host H] [--port P] [--threads N] [--poll-us N]\n"
     "\n"
     "A Redis-compatible key-value server (RESP2, as redis-cli and redis-benchmark speak it), one\n"
     "fiber per connection: PING ECHO SET (NX XX GET EX PX KEEPTTL) GET DEL EXISTS INCR DECR INCRBY\n"
@@ -51,11 +53,19 @@ constexpr const char* kUsage =
     "  --port P      TCP port, 0..65535 (0 picks a free one); default 6380 (Redis's 6379 plus one,\n"
     "                so it can run beside a redis-server)\n"
     "  --threads N   worker threads serving connections, 1..256; default 1\n"
+    "  --poll-us N   after the last request, a worker keeps polling for new ones for N microseconds\n"
+    "                before it sleeps (a sleeping server costs each client send a wake-up);\n"
+    "                0..100000, 0 never polls; default 50\n"
     "  -h, --help    show this help and exit\n";
 
 constexpr std::size_t kReadChunk = 16 * 1024;           // the read buffer, until a command needs more
 constexpr std::size_t kMaxQueryBuffer = 1024ull << 20;  // Redis's client-query-buffer-limit, 1 GiB
 constexpr std::chrono::milliseconds kSweepInterval{100};
+constexpr std::chrono::milliseconds kPollBackoffMax{100};
+
+// Batches of commands this worker thread has read so far: what the poller watches. Fibers stay on
+// the worker that started them, so each worker's connections and poller share one counter.
+thread_local std::uint64_t t_batches = 0;
 
 // A connection's read buffer: [begin, end) holds bytes read and not yet consumed.
 struct ReadBuffer {
@@ -129,6 +139,7 @@ void handle_connection(skein::Stream stream, Store& store) {
     const std::size_t n = stream.read({in.data.get() + in.end, in.capacity - in.end});
     if (n == 0) return;  // the client closed
     in.end += n;
+    ++t_batches;
     // Every complete command that arrived, all replies in one write (more than one only when
     // they pass KvSession::kOutputBatch).
     for (;;) {
@@ -154,29 +165,67 @@ void handle_connection(skein::Stream stream, Store& store) {
   }
 }
 
-// Cancels the expiry sweeper however main's fiber leaves its scope (a failed listen included):
-// the runtime waits for every fiber, and the sweeper would otherwise run forever.
-struct CancelOnExit {
-  skein::Task<void>& task;
-  ~CancelOnExit() {
-    task.cancel();
-    try {
-      task.join();
-    } catch (const std::system_error&) {
-      // operation_canceled: how it ends.
+// Polls before sleeping: one per worker. When a worker has nothing to run it sleeps in epoll_wait,
+// and the next client to send it a request then pays for waking it up (a cross-CPU interrupt,
+// which on a virtual machine is a trip through the hypervisor). For `window` after the last batch
+// of commands this fiber keeps the worker awake by yielding: each scheduler round then polls the
+// sockets without blocking, and a request that arrives meanwhile is served without a wake-up.
+// Once the worker has been idle for the whole window the poller sleeps too, and looks again after
+// 1 ms, 2 ms, ... up to 100 ms while nothing happens: an idle server stays idle.
+void poll_before_sleep(std::chrono::microseconds window) {
+  using Clock = std::chrono::steady_clock;
+  std::uint64_t seen = t_batches;
+  Clock::time_point idle_since = Clock::now();
+  for (;;) {
+    skein::yield();
+    if (t_batches != seen) {
+      seen = t_batches;
+      idle_since = Clock::now();
+      continue;
+    }
+    if (Clock::now() - idle_since < window) continue;
+    std::chrono::milliseconds backoff{1};
+    for (;;) {
+      skein::sleep_for(backoff);
+      if (t_batches != seen) break;
+      backoff = std::min(backoff * 2, kPollBackoffMax);
+    }
+    seen = t_batches;
+    idle_since = Clock::now();
+  }
+}
+
+// The background fibers (expiry sweeper, pollers), cancelled and joined however main's fiber
+// leaves its scope (a failed listen included): the runtime waits for every fiber, and these would
+// otherwise run forever.
+struct Background {
+  std::vector<skein::Task<void>> tasks;
+  ~Background() {
+    for (auto& task : tasks) task.cancel();
+    for (auto& task : tasks) {
+      try {
+        task.join();
+      } catch (const std::system_error&) {
+        // operation_canceled: how they end.
+      }
     }
   }
 };
 
-void serve(const std::string& host, std::uint16_t port, Store& store) {
+void serve(const std::string& host, std::uint16_t port, std::chrono::microseconds poll, Store& store) {
+  Background background;
   // Active expiry: every 100 ms a bounded sweep reclaims expired keys nobody reads again.
-  auto sweeper = skein::spawn(skein::FiberOptions{"expiry sweeper"}, [&store] {
+  background.tasks.push_back(skein::spawn(skein::FiberOptions{"expiry sweeper"}, [&store] {
     for (;;) {
       skein::sleep_for(kSweepInterval);
       store.sweep();
     }
-  });
-  CancelOnExit cancel{sweeper};
+  }));
+  if (poll.count() > 0) {
+    for (std::size_t worker = 0; worker < skein::worker_count(); ++worker)
+      background.tasks.push_back(
+          skein::spawn_on(worker, skein::FiberOptions{"poller"}, [poll] { poll_before_sleep(poll); }));
+  }
   skein_samples::listen_and_serve(
       host, port, [&store](skein::Stream stream) { handle_connection(std::move(stream), store); });
 }
@@ -188,6 +237,7 @@ int main(int argc, char** argv) {
   std::string host = "127.0.0.1";
   std::uint16_t port = 6380;
   std::size_t threads = 1;
+  std::chrono::microseconds poll{50};
   for (int i = 1; i < argc; ++i) {
     std::string_view value;
     if (cli::is_help(argv[i])) {
@@ -200,6 +250,8 @@ int main(int argc, char** argv) {
       port = static_cast<std::uint16_t>(cli::number("--port", value, 0, 65535));
     } else if (cli::option("--threads", i, argc, argv, value)) {
       threads = cli::number<std::size_t>("--threads", value, 1, 256);
+    } else if (cli::option("--poll-us", i, argc, argv, value)) {
+      poll = std::chrono::microseconds(cli::number("--poll-us", value, 0, 100000));
     } else {
       cli::unknown_argument(argv[i]);
     }
@@ -207,7 +259,7 @@ int main(int argc, char** argv) {
 
   auto store = std::make_unique<Store>();
   try {
-    skein::run(skein::RuntimeOptions{threads}, [&] { serve(host, port, *store); });
+    skein::run(skein::RuntimeOptions{threads}, [&] { serve(host, port, poll, *store); });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kv_server: %s\n", e.what());
     return 1;
