@@ -234,22 +234,15 @@ void serve(const std::string& host, std::uint16_t port, std::chrono::microsecond
 
 int main(int argc, char** argv) {
   cli::program = "kv_server";
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 6380;
-  std::size_t threads = 1;
+  skein_samples::ServerFlags flags(6380);
   std::chrono::microseconds poll{50};
   for (int i = 1; i < argc; ++i) {
     std::string_view value;
     if (cli::is_help(argv[i])) {
       std::fputs(kUsage, stdout);
       return 0;
-    } else if (cli::option("--host", i, argc, argv, value)) {
-      if (value.empty()) cli::usage_error("--host must not be empty");
-      host = value;
-    } else if (cli::option("--port", i, argc, argv, value)) {
-      port = static_cast<std::uint16_t>(cli::number("--port", value, 0, 65535));
-    } else if (cli::option("--threads", i, argc, argv, value)) {
-      threads = cli::number<std::size_t>("--threads", value, 1, 256);
+    } else if (flags.parse(i, argc, argv)) {
+      // --host, --port, --threads
     } else if (cli::option("--poll-us", i, argc, argv, value)) {
       poll = std::chrono::microseconds(cli::number("--poll-us", value, 0, 100000));
     } else {
@@ -259,7 +252,7 @@ int main(int argc, char** argv) {
 
   auto store = std::make_unique<Store>();
   try {
-    skein::run(skein::RuntimeOptions{threads}, [&] { serve(host, port, poll, *store); });
+    skein::run(skein::RuntimeOptions{flags.threads}, [&] { serve(flags.host, flags.port, poll, *store); });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kv_server: %s\n", e.what());
     return 1;
