@@ -13,6 +13,8 @@
 // write per batch, not per command. The keys live in one Store shared by every connection, on
 // every worker thread: 64 shards, each a hash map behind its own mutex, held only for the map
 // operation and never across a fiber wait (see samples/kv/store.hpp and docs/kv_server.md).
+// Besides the connections, a fiber sweeps expired keys every 100 ms, and each worker runs a poller
+// that keeps it from sleeping for --poll-us after its last request (see poll_before_sleep).
 
 #include <skein/skein.hpp>
 
