@@ -13,8 +13,8 @@
 // write per batch, not per command. The keys live in one Store shared by every connection, on
 // every worker thread: 64 shards, each a hash map behind its own mutex, held only for the map
 // operation and never across a fiber wait (see samples/kv/store.hpp and docs/kv_server.md).
-// Besides the connections, a fiber sweeps expired keys every 100 ms, and each worker runs a poller
-// that keeps it from sleeping for --poll-us after its last request (see poll_before_sleep).
+// Besides the connections, a fiber sweeps expired keys every 100 ms, and each worker keeps polling
+// for --poll-us after its last work before it sleeps (RuntimeOptions::spin_before_sleep).
 
 #include <skein/skein.hpp>
 
@@ -63,11 +63,6 @@ constexpr const char* kUsage =
 constexpr std::size_t kReadChunk = 16 * 1024;           // the read buffer, until a command needs more
 constexpr std::size_t kMaxQueryBuffer = 1024ull << 20;  // Redis's client-query-buffer-limit, 1 GiB
 constexpr std::chrono::milliseconds kSweepInterval{100};
-constexpr std::chrono::milliseconds kPollBackoffMax{100};
-
-// Batches of commands this worker thread has read so far: what the poller watches. Fibers stay on
-// the worker that started them, so each worker's connections and poller share one counter.
-thread_local std::uint64_t t_batches = 0;
 
 // A connection's read buffer: [begin, end) holds bytes read and not yet consumed.
 struct ReadBuffer {
@@ -141,7 +136,6 @@ void handle_connection(skein::Stream stream, Store& store) {
     const std::size_t n = stream.read({in.data.get() + in.end, in.capacity - in.end});
     if (n == 0) return;  // the client closed
     in.end += n;
-    ++t_batches;
     // Every complete command that arrived, all replies in one write (more than one only when
     // they pass KvSession::kOutputBatch).
     for (;;) {
@@ -167,37 +161,7 @@ void handle_connection(skein::Stream stream, Store& store) {
   }
 }
 
-// Polls before sleeping: one per worker. When a worker has nothing to run it sleeps in epoll_wait,
-// and the next client to send it a request then pays for waking it up (a cross-CPU interrupt,
-// which on a virtual machine is a trip through the hypervisor). For `window` after the last batch
-// of commands this fiber keeps the worker awake by yielding: each scheduler round then polls the
-// sockets without blocking, and a request that arrives meanwhile is served without a wake-up.
-// Once the worker has been idle for the whole window the poller sleeps too, and looks again after
-// 1 ms, 2 ms, ... up to 100 ms while nothing happens: an idle server stays idle.
-void poll_before_sleep(std::chrono::microseconds window) {
-  using Clock = std::chrono::steady_clock;
-  std::uint64_t seen = t_batches;
-  Clock::time_point idle_since = Clock::now();
-  for (;;) {
-    skein::yield();
-    if (t_batches != seen) {
-      seen = t_batches;
-      idle_since = Clock::now();
-      continue;
-    }
-    if (Clock::now() - idle_since < window) continue;
-    std::chrono::milliseconds backoff{1};
-    for (;;) {
-      skein::sleep_for(backoff);
-      if (t_batches != seen) break;
-      backoff = std::min(backoff * 2, kPollBackoffMax);
-    }
-    seen = t_batches;
-    idle_since = Clock::now();
-  }
-}
-
-// The background fibers (expiry sweeper, pollers), cancelled and joined however main's fiber
+// The background fibers (the expiry sweeper), cancelled and joined however main's fiber
 // leaves its scope (a failed listen included): the runtime waits for every fiber, and these would
 // otherwise run forever.
 struct Background {
@@ -214,7 +178,7 @@ struct Background {
   }
 };
 
-void serve(const std::string& host, std::uint16_t port, std::chrono::microseconds poll, Store& store) {
+void serve(const std::string& host, std::uint16_t port, Store& store) {
   Background background;
   // Active expiry: every 100 ms a bounded sweep reclaims expired keys nobody reads again.
   background.tasks.push_back(skein::spawn(skein::FiberOptions{"expiry sweeper"}, [&store] {
@@ -223,11 +187,6 @@ void serve(const std::string& host, std::uint16_t port, std::chrono::microsecond
       store.sweep();
     }
   }));
-  if (poll.count() > 0) {
-    for (std::size_t worker = 0; worker < skein::worker_count(); ++worker)
-      background.tasks.push_back(
-          skein::spawn_on(worker, skein::FiberOptions{"poller"}, [poll] { poll_before_sleep(poll); }));
-  }
   skein_samples::listen_and_serve(
       host, port, [&store](skein::Stream stream) { handle_connection(std::move(stream), store); });
 }
@@ -254,7 +213,11 @@ int main(int argc, char** argv) {
 
   auto store = std::make_unique<Store>();
   try {
-    skein::run(skein::RuntimeOptions{flags.threads}, [&] { serve(flags.host, flags.port, poll, *store); });
+    // --poll-us: each worker polls for that long after its last work before it sleeps (see
+    // docs/kv_server.md, "Waking up").
+    skein::RuntimeOptions runtime{flags.threads};
+    runtime.spin_before_sleep = poll;
+    skein::run(runtime, [&] { serve(flags.host, flags.port, *store); });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kv_server: %s\n", e.what());
     return 1;

@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 using namespace std::chrono_literals;
@@ -378,6 +379,33 @@ TEST_SUITE("runtime") {
     REQUIRE(waitpid(pid, &status, 0) == pid);
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
+  }
+
+  TEST_CASE("spin_before_sleep: a worker polls for the window after its last work, then sleeps") {
+    auto cpu_now = [] {
+      timespec ts{};
+      clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+      return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+    };
+    skein::RuntimeOptions spinning = options();
+    spinning.spin_before_sleep = 20ms;
+    // Busy: short sleeps inside the window keep the worker polling (on the CPU) throughout.
+    auto start = cpu_now();
+    skein::run(spinning, [] {
+      for (int i = 0; i < 10; ++i) skein::sleep_for(5ms);
+    });
+    const auto busy_cpu = cpu_now() - start;
+    // Idle: once the window has passed the worker sleeps in the kernel (no CPU for the rest).
+    start = cpu_now();
+    const auto wall = skein::Clock::now();
+    skein::run(spinning, [] { skein::sleep_for(300ms); });
+    const auto idle_cpu = cpu_now() - start;
+    CHECK(skein::Clock::now() - wall >= 300ms);
+    MESSAGE("busy: " << std::chrono::duration<double, std::milli>(busy_cpu).count()
+                     << " ms CPU in ~50 ms; idle: "
+                     << std::chrono::duration<double, std::milli>(idle_cpu).count() << " ms CPU in 300 ms");
+    CHECK(busy_cpu >= 20ms);   // it did poll (generous: the machine may be busy)
+    CHECK(idle_cpu <= 150ms);  // and then slept: at most about one window per worker
   }
 
   TEST_CASE("Runtime: the destructor waits for detached fibers") {

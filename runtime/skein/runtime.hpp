@@ -10,6 +10,7 @@
 
 #include <skein/task.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <type_traits>
@@ -19,6 +20,11 @@ namespace skein {
 
 struct RuntimeOptions {
   std::size_t workers = 0;  // worker threads; 0 means one per core (std::thread::hardware_concurrency)
+  // How long a worker that runs out of work keeps polling for I/O and messages (epoll_wait with a
+  // zero timeout) before it sleeps in the kernel. A request arriving meanwhile is served without
+  // anybody being woken: the sender saves a cross-CPU wake-up, the worker spends CPU while idle.
+  // 0 (the default) sleeps at once. See docs/threading.md.
+  std::chrono::microseconds spin_before_sleep{0};
 };
 
 namespace detail {
@@ -41,6 +47,7 @@ class RunScope {
   RunScope& operator=(const RunScope&) = delete;
   // Runs worker 0's loop until the runtime ends (see skein::run).
   void loop();
+  void set_spin_before_sleep(std::chrono::microseconds spin) noexcept;
 
  private:
   std::unique_ptr<RuntimeCore> core_;
@@ -60,6 +67,7 @@ auto spawn_into(RuntimeCore& core, std::size_t worker, FiberOptions options, F&&
 template <class F>
 auto run(RuntimeOptions options, F&& f) -> std::invoke_result_t<std::decay_t<F>&> {
   detail::RunScope scope(options.workers);
+  scope.set_spin_before_sleep(options.spin_before_sleep);
   auto main = spawn(FiberOptions{"main"}, std::forward<F>(f));
   scope.loop();
   return main.join();

@@ -188,6 +188,10 @@ RunScope::RunScope(std::size_t workers) {
 
 RunScope::~RunScope() = default;
 
+void RunScope::set_spin_before_sleep(std::chrono::microseconds spin) noexcept {
+  core_->set_spin_before_sleep(spin);
+}
+
 void RunScope::loop() {
   core_->release_token();
   core_->run_worker0();

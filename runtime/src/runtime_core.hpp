@@ -5,6 +5,7 @@
 #include "scheduler.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -55,6 +56,10 @@ class RuntimeCore {
     return (std::uint64_t{1} << 63) | next_outside_id_.fetch_add(1, std::memory_order_relaxed);
   }
 
+  // RuntimeOptions::spin_before_sleep; set before any fiber runs.
+  std::chrono::nanoseconds spin_before_sleep() const noexcept { return spin_; }
+  void set_spin_before_sleep(std::chrono::nanoseconds spin) noexcept { spin_ = spin; }
+
   // A single-worker runtime that only its own fibers can reach can tell a deadlock from a wait.
   bool detects_deadlock() const noexcept { return workers_.size() == 1 && caller_is_worker_; }
 
@@ -72,6 +77,7 @@ class RuntimeCore {
   alignas(64) std::atomic<std::uint64_t> next_outside_id_{1};
   std::atomic<std::size_t> outside_posters_{0};  // threads inside post_from_outside
   bool caller_is_worker_;
+  std::chrono::nanoseconds spin_{0};
   std::atomic<bool> token_held_{true};
   std::mutex join_mutex_;
   std::vector<RemoteNode> stop_nodes_;

@@ -224,7 +224,9 @@ void Scheduler::fiber_entry(Transfer t) noexcept {
 
 void Scheduler::loop() {
   home_ = &running_context();
+  spin_ = runtime_->spin_before_sleep();
   for (;;) {
+    if (spin_.count() > 0 && !ready_.empty()) busy_until_ = Clock::now() + spin_;
     // One round: the fibers ready now. Those they make ready run next round, after timers,
     // messages and I/O have had their turn, so a busy fiber cannot starve a sleeping one.
     for (std::size_t n = ready_.size(); n > 0; --n) {
@@ -258,6 +260,11 @@ void Scheduler::idle() {
   if (timers_.empty() && driver_->waiters() == 0 && foreign_waits_ == 0 && live_count_ > 0 &&
       runtime_->detects_deadlock() && !inbox_.pending()) {
     recover_deadlock();
+    return;
+  }
+  if (spin_.count() > 0 && Clock::now() < busy_until_) {
+    // Still within spin_before_sleep of the last round that ran fibers: look again at once.
+    driver_->poll();
     return;
   }
   if (!inbox_.prepare_sleep()) return;

@@ -242,9 +242,11 @@ class Scheduler {
   TimerHeap timers_;
   Fiber* live_ = nullptr;  // every started, unfinished fiber (through prev_live/next_live)
   std::size_t live_count_ = 0;
-  std::uint64_t spawned_ = 0;      // fibers spawned from this worker (for their ids)
-  std::size_t foreign_waits_ = 0;  // see ForeignWait
-  Inbox inbox_;                    // before driver_: the driver watches its fd
+  std::uint64_t spawned_ = 0;         // fibers spawned from this worker (for their ids)
+  std::size_t foreign_waits_ = 0;     // see ForeignWait
+  std::chrono::nanoseconds spin_{0};  // RuntimeOptions::spin_before_sleep
+  TimePoint busy_until_{};            // poll rather than sleep until then
+  Inbox inbox_;                       // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
 };
 
