@@ -41,13 +41,12 @@ std::size_t worker_count(const RuntimeCore& core) noexcept;
 // own) and which ends when its last fiber has finished. ~RunScope joins the worker threads.
 class RunScope {
  public:
-  explicit RunScope(std::size_t workers = 1);
+  explicit RunScope(std::size_t workers = 1, std::chrono::microseconds spin_before_sleep = {});
   ~RunScope();
   RunScope(const RunScope&) = delete;
   RunScope& operator=(const RunScope&) = delete;
   // Runs worker 0's loop until the runtime ends (see skein::run).
   void loop();
-  void set_spin_before_sleep(std::chrono::microseconds spin) noexcept;
 
  private:
   std::unique_ptr<RuntimeCore> core_;
@@ -66,8 +65,7 @@ auto spawn_into(RuntimeCore& core, std::size_t worker, FiberOptions options, F&&
 // worker has finished, and the worker threads have been joined.
 template <class F>
 auto run(RuntimeOptions options, F&& f) -> std::invoke_result_t<std::decay_t<F>&> {
-  detail::RunScope scope(options.workers);
-  scope.set_spin_before_sleep(options.spin_before_sleep);
+  detail::RunScope scope(options.workers, options.spin_before_sleep);
   auto main = spawn(FiberOptions{"main"}, std::forward<F>(f));
   scope.loop();
   return main.join();

@@ -34,8 +34,11 @@ void block_async_signals() noexcept {
 
 }  // namespace
 
-RuntimeCore::RuntimeCore(std::size_t workers, bool caller_is_worker)
-    : workers_(resolve_workers(workers), nullptr), caller_is_worker_(caller_is_worker) {
+RuntimeCore::RuntimeCore(std::size_t workers, bool caller_is_worker,
+                         std::chrono::nanoseconds spin_before_sleep)
+    : workers_(resolve_workers(workers), nullptr),
+      caller_is_worker_(caller_is_worker),
+      spin_(spin_before_sleep) {
   stop_nodes_.resize(workers_.size());
   for (auto& n : stop_nodes_) n.kind = RemoteNode::Kind::stop;
   std::size_t first_thread = 0;
@@ -179,18 +182,14 @@ void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack s
     target.post(&fiber->post_node);
 }
 
-RunScope::RunScope(std::size_t workers) {
+RunScope::RunScope(std::size_t workers, std::chrono::microseconds spin_before_sleep) {
   if (Scheduler::current())
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "skein::run: this thread already runs a scheduler");
-  core_ = std::make_unique<RuntimeCore>(workers, true);
+  core_ = std::make_unique<RuntimeCore>(workers, true, spin_before_sleep);
 }
 
 RunScope::~RunScope() = default;
-
-void RunScope::set_spin_before_sleep(std::chrono::microseconds spin) noexcept {
-  core_->set_spin_before_sleep(spin);
-}
 
 void RunScope::loop() {
   core_->release_token();
@@ -202,7 +201,7 @@ void RunScope::loop() {
 namespace skein {
 
 Runtime::Runtime(RuntimeOptions options)
-    : core_(std::make_unique<detail::RuntimeCore>(options.workers, false)) {}
+    : core_(std::make_unique<detail::RuntimeCore>(options.workers, false, options.spin_before_sleep)) {}
 
 Runtime::~Runtime() {
   try {

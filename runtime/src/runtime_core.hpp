@@ -21,7 +21,7 @@ class RuntimeCore {
   // scheduler is bound here, its loop runs in run_worker0()); otherwise every worker gets a thread
   // and the runtime can be reached from threads outside it. Returns once every worker's scheduler
   // exists. The runtime holds one token until release_token(): it cannot end before that.
-  RuntimeCore(std::size_t workers, bool caller_is_worker);
+  RuntimeCore(std::size_t workers, bool caller_is_worker, std::chrono::nanoseconds spin_before_sleep);
   // Releases the token if still held, waits for the runtime to end and joins the threads.
   ~RuntimeCore();
   RuntimeCore(const RuntimeCore&) = delete;
@@ -56,9 +56,8 @@ class RuntimeCore {
     return (std::uint64_t{1} << 63) | next_outside_id_.fetch_add(1, std::memory_order_relaxed);
   }
 
-  // RuntimeOptions::spin_before_sleep; set before any fiber runs.
+  // RuntimeOptions::spin_before_sleep.
   std::chrono::nanoseconds spin_before_sleep() const noexcept { return spin_; }
-  void set_spin_before_sleep(std::chrono::nanoseconds spin) noexcept { spin_ = spin; }
 
   // A single-worker runtime that only its own fibers can reach can tell a deadlock from a wait.
   bool detects_deadlock() const noexcept { return workers_.size() == 1 && caller_is_worker_; }
@@ -77,7 +76,7 @@ class RuntimeCore {
   alignas(64) std::atomic<std::uint64_t> next_outside_id_{1};
   std::atomic<std::size_t> outside_posters_{0};  // threads inside post_from_outside
   bool caller_is_worker_;
-  std::chrono::nanoseconds spin_{0};
+  const std::chrono::nanoseconds spin_;
   std::atomic<bool> token_held_{true};
   std::mutex join_mutex_;
   std::vector<RemoteNode> stop_nodes_;

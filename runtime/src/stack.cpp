@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #if defined(SKEIN_VALGRIND) && SKEIN_VALGRIND
+#include <valgrind/memcheck.h>
 #include <valgrind/valgrind.h>
 #endif
 
@@ -246,6 +247,11 @@ class StackPool {
       free_[i] = free_.back();
       free_.pop_back();
       cached_bytes_ -= s.size;
+#if defined(SKEIN_VALGRIND) && SKEIN_VALGRIND
+      // Valgrind marked the previous owner's frames inaccessible as they returned (the stack
+      // pointer moved up over them); for the next owner they are fresh, uninitialised stack.
+      VALGRIND_MAKE_MEM_UNDEFINED(s.lo, s.size);
+#endif
 #if defined(SKEIN_ASAN)
       ASAN_UNPOISON_MEMORY_REGION(s.lo, s.size);  // frames of the previous owner may be poisoned
 #endif
