@@ -197,6 +197,18 @@ struct Server::State {
     }
   };
 
+  // Parks serve()'s fiber until stop() (from any worker). A cancel of that fiber counts as a stop;
+  // returns true if that is how it ended.
+  bool wait_for_stop() {
+    auto stopped = [this] { return stop_requested.load(); };
+    while (!stopped())
+      if (park_in(server_waiter, no_deadline, stopped) == Wake::cancelled) {
+        stop_requested = true;
+        return true;
+      }
+    return false;
+  }
+
   void accept_loop(Source& source) {
     auto backoff = std::chrono::milliseconds(10);
     for (;;) {
@@ -384,13 +396,7 @@ void Server::serve_from(Source& source, Handler handler, const Address* announce
     st.accept_loop(source);
   });
 
-  bool cancelled = false;
-  auto stopped = [&st] { return st.stop_requested.load(); };
-  while (!stopped())
-    if (park_in(st.server_waiter, no_deadline, stopped) == Wake::cancelled) {
-      cancelled = true;
-      st.stop_requested = true;
-    }
+  bool cancelled = st.wait_for_stop();
 
   // Shutdown. Whatever happens, serve() must not return while a handler might still use the
   // listener or `st`: the waits for the acceptor and for the last handlers are shielded. The
@@ -534,13 +540,7 @@ void Server::serve(const Address& address, Handler handler) {
   }
 
   Fiber* self = detail::current_fiber();
-  bool cancelled = false;
-  auto stopped = [&st] { return st.stop_requested.load(); };
-  while (!stopped())
-    if (park_in(st.server_waiter, no_deadline, stopped) == Wake::cancelled) {
-      cancelled = true;
-      st.stop_requested = true;
-    }
+  bool cancelled = st.wait_for_stop();
 
   // Shutdown: every worker runs its own (stop accepting, grace period, cancel); this fiber passes
   // on a second signal or its own cancellation, and must not return before all of them are done.

@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include "alloc_count.hpp"
 #include "kv_session.hpp"
 
 #include <cstddef>
@@ -17,30 +18,6 @@
 
 using skein_samples::kv::KvSession;
 using skein_samples::kv::Store;
-
-// Counts every allocation, for the test that a warm session allocates nothing per command.
-namespace {
-std::size_t g_allocations = 0;
-}  // namespace
-
-void* operator new(std::size_t size) {
-  ++g_allocations;
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 
 namespace {
 
@@ -347,10 +324,10 @@ TEST_CASE_FIXTURE(Fixture, "a warm session allocates nothing per command") {
                          multibulk({"MGET", "key:000001", "counter"}) + multibulk({"EXISTS", "key:000001"}) +
                          multibulk({"TTL", "key:000001"}) + multibulk({"PING"}) + "GET key:000001\r\n";
   for (int i = 0; i < 10; ++i) raw(in);  // warm: the keys exist, the buffers have grown
-  const std::size_t before = g_allocations;
+  const std::size_t before = skein_samples::kv::test::allocations();
   for (int i = 0; i < 1000; ++i) {
     session.feed(in);
     session.clear_output();
   }
-  CHECK(g_allocations - before == 0);
+  CHECK(skein_samples::kv::test::allocations() - before == 0);
 }

@@ -263,22 +263,25 @@ void append_error(std::string& out, std::string_view text) {
   out += "\r\n";
 }
 
-void append_integer(std::string& out, std::int64_t value) {
+namespace {
+// One RESP line of a type byte and a number: ":42\r\n", "$5\r\n", "*3\r\n".
+template <class Number>
+void append_line(std::string& out, char type, Number value) {
   char buf[24];
-  buf[0] = ':';
+  buf[0] = type;
   char* end = std::to_chars(buf + 1, buf + sizeof buf - 2, value).ptr;
   *end++ = '\r';
   *end++ = '\n';
   out.append(buf, end);
 }
+}  // namespace
+
+void append_integer(std::string& out, std::int64_t value) {
+  append_line(out, ':', value);
+}
 
 void append_bulk(std::string& out, std::string_view data) {
-  char buf[24];
-  buf[0] = '$';
-  char* end = std::to_chars(buf + 1, buf + sizeof buf - 2, data.size()).ptr;
-  *end++ = '\r';
-  *end++ = '\n';
-  out.append(buf, end);
+  append_line(out, '$', data.size());
   out += data;
   out += "\r\n";
 }
@@ -288,12 +291,7 @@ void append_null(std::string& out) {
 }
 
 void append_array_header(std::string& out, std::size_t count) {
-  char buf[24];
-  buf[0] = '*';
-  char* end = std::to_chars(buf + 1, buf + sizeof buf - 2, count).ptr;
-  *end++ = '\r';
-  *end++ = '\n';
-  out.append(buf, end);
+  append_line(out, '*', count);
 }
 
 }  // namespace skein_samples::kv

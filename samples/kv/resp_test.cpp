@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include "alloc_count.hpp"
 #include "resp.hpp"
 
 #include <cstddef>
@@ -16,32 +17,6 @@
 using skein_samples::kv::Limits;
 using skein_samples::kv::RespParser;
 using Status = RespParser::Status;
-
-// Counts the bytes allocated, for the tests that a claimed length allocates nothing.
-namespace {
-std::size_t g_allocated = 0;
-}  // namespace
-
-void* operator new(std::size_t size) {
-  g_allocated += size;
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-// GCC matches the free() below against the new-expressions it inlines it into, not against the
-// operator new above, and calls that a mismatch.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 
 namespace {
 
@@ -205,18 +180,18 @@ TEST_CASE("inline commands split as sdssplitargs") {
 TEST_CASE("bulk and multibulk lengths at and over the limits, without allocating them") {
   RespParser p;
   // Exactly the limits: accepted, waiting for the data, and nothing reserved for it.
-  std::size_t before = g_allocated;
+  std::size_t before = skein_samples::kv::test::allocated_bytes();
   REQUIRE(p.parse("*1\r\n$536870912\r\n") == Status::incomplete);
   CHECK(p.wanted() == 16 + 536870912 + 2);
-  CHECK(g_allocated - before < 1024);
+  CHECK(skein_samples::kv::test::allocated_bytes() - before < 1024);
   p.reset();
-  before = g_allocated;
+  before = skein_samples::kv::test::allocated_bytes();
   REQUIRE(p.parse("*1048576\r\n$1\r\nx\r\n") == Status::incomplete);
-  CHECK(g_allocated - before < 1024);
+  CHECK(skein_samples::kv::test::allocated_bytes() - before < 1024);
   p.reset();
 
   std::string error;
-  before = g_allocated;
+  before = skein_samples::kv::test::allocated_bytes();
   CHECK(parse_all("*1\r\n$536870913\r\nabc", &error).empty());
   CHECK(error == "Protocol error: invalid bulk length");
   CHECK(parse_all("*1\r\n$9223372036854775807\r\n", &error).empty());
@@ -225,7 +200,7 @@ TEST_CASE("bulk and multibulk lengths at and over the limits, without allocating
   CHECK(error == "Protocol error: invalid multibulk length");
   CHECK(parse_all("*9223372036854775807\r\n", &error).empty());
   CHECK(error == "Protocol error: invalid multibulk length");
-  CHECK(g_allocated - before < 4096);
+  CHECK(skein_samples::kv::test::allocated_bytes() - before < 4096);
 
   // Smaller limits, as a caller may set them.
   Limits small;
