@@ -7,5 +7,7 @@
 #include <skein/run.hpp>
 #include <skein/runtime.hpp>
 #include <skein/stack.hpp>
+#include <skein/sync.hpp>
 #include <skein/task.hpp>
 #include <skein/time.hpp>
+#include <skein/timeout.hpp>
