@@ -1,6 +1,7 @@
 // Everything skein offers, in one include.
 #pragma once
 
+#include <skein/channel.hpp>
 #include <skein/coroutine.hpp>
 #include <skein/generator.hpp>
 #include <skein/net.hpp>
@@ -9,5 +10,6 @@
 #include <skein/stack.hpp>
 #include <skein/sync.hpp>
 #include <skein/task.hpp>
+#include <skein/task_group.hpp>
 #include <skein/time.hpp>
 #include <skein/timeout.hpp>

@@ -44,16 +44,6 @@ class PollDriver final : public Driver {
   Inbox& inbox_;
 };
 
-bool is_cancellation(const std::exception_ptr& e) noexcept {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::system_error& s) {
-    return s.code() == std::errc::operation_canceled;
-  } catch (...) {
-    return false;
-  }
-}
-
 // An exception that ended a detached fiber would otherwise vanish (gevent prints these too).
 void report_unobserved(const Fiber& f) noexcept {
   if (!f.error || f.error_observed || is_cancellation(f.error)) return;
@@ -69,6 +59,16 @@ void report_unobserved(const Fiber& f) noexcept {
 }
 
 }  // namespace
+
+bool is_cancellation(const std::exception_ptr& e) noexcept {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::system_error& s) {
+    return s.code() == std::errc::operation_canceled;
+  } catch (...) {
+    return false;
+  }
+}
 
 // ---- timer heap ---------------------------------------------------------------------------
 

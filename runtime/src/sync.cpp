@@ -74,20 +74,7 @@ void Mutex::unlock() noexcept {
 }
 
 void Mutex::lock_uninterruptible() noexcept {
-  detail::Fiber* self = detail::current_fiber();
-  const bool was_shielded = self && self->shielded;
-  if (self) self->shielded = true;
-  // A thread has no cancel, but its TimeoutScope must not cut this wait short either.
-  const TimePoint scope = self ? no_deadline : detail::set_scope_deadline(no_deadline);
-  try {
-    lock();
-  } catch (...) {
-    // Shielded and without a deadline, the wait ends only by being handed the lock.
-  }
-  if (self)
-    self->shielded = was_shielded;
-  else
-    detail::set_scope_deadline(scope);
+  detail::run_shielded([this] { lock(); });
 }
 
 // ---- ConditionVariable ----------------------------------------------------------------------

@@ -229,6 +229,9 @@ void cancel(Fiber* fiber) noexcept;
 // deadline or a TimeoutScope's). Returns for Wake::notified.
 void throw_if_interrupted(Wake w);
 
+// True if `e` is the operation_canceled error a cancelled wait throws.
+bool is_cancellation(const std::exception_ptr& e) noexcept;
+
 // The deadline of the innermost TimeoutScope of the calling fiber or thread (no_deadline if none).
 TimePoint scope_deadline() noexcept;
 
