@@ -72,7 +72,7 @@ class ConditionVariable {
   ConditionVariable& operator=(const ConditionVariable&) = delete;
 
   // Unlocks `lock`, waits for a notification, re-locks. `lock` is held again when this returns or
-  // throws.
+  // throws; a `lock` that does not hold its mutex throws operation_not_permitted.
   void wait(std::unique_lock<Mutex>& lock);
   // As wait(), until `deadline`: false if it passed without a notification.
   bool wait_until(std::unique_lock<Mutex>& lock, Deadline deadline);
@@ -200,7 +200,8 @@ class Barrier {
   bool arrive_and_wait();
   // As arrive_and_wait(), until `deadline`. If the deadline passes (or the caller is cancelled)
   // first, the arrival is withdrawn and it returns std::nullopt (or throws); the phase then still
-  // needs a party. (If the phase completed just as the deadline passed, it counts as released.)
+  // needs a party. (If the phase completed just as the wait ended otherwise, it counts as
+  // released and returns false; a cancel then takes effect at the next wait.)
   std::optional<bool> arrive_and_wait_until(Deadline deadline);
   std::size_t parties() const noexcept { return parties_; }
 

@@ -84,6 +84,9 @@ void ConditionVariable::wait(std::unique_lock<Mutex>& lock) {
 }
 
 bool ConditionVariable::wait_until(std::unique_lock<Mutex>& lock, Deadline deadline) {
+  if (!lock.owns_lock())
+    throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
+                            "skein::ConditionVariable::wait: the lock is not held");
   detail::ThreadWaiter thread;
   detail::WaitNode node;
   detail::attach(node, thread);
@@ -191,8 +194,11 @@ std::size_t Semaphore::available() const noexcept {
 
 void WaitGroup::add(std::ptrdiff_t n) {
   std::unique_lock g(waiters_.lock);
-  if (n < 0 && static_cast<std::size_t>(-n) > count_) invalid("skein::WaitGroup: count would go below zero");
-  count_ += static_cast<std::size_t>(n);
+  // Negated in unsigned arithmetic: -PTRDIFF_MIN does not fit a ptrdiff_t.
+  const std::size_t magnitude =
+      n < 0 ? std::size_t{0} - static_cast<std::size_t>(n) : static_cast<std::size_t>(n);
+  if (n < 0 && magnitude > count_) invalid("skein::WaitGroup: count would go below zero");
+  count_ = n < 0 ? count_ - magnitude : count_ + magnitude;
   if (count_ == 0) wake_all(waiters_, g);
 }
 
@@ -251,7 +257,10 @@ std::optional<bool> Barrier::arrive_and_wait_until(Deadline deadline) {
   waiters_.push_back(&node);
   g.unlock();
   const Wake w = detail::block(node, deadline.at(), &Barrier::withdraw, &node);
-  if (w == Wake::timed_out) return node.withdrawn ? std::nullopt : std::optional<bool>(false);
+  // Not withdrawn: the phase completed with this arrival just as the wait was ended otherwise. It
+  // counts as released (a cancel or scope then takes effect at the caller's next wait).
+  if (w != Wake::notified && !node.withdrawn) return false;
+  if (w == Wake::timed_out) return std::nullopt;
   detail::throw_if_interrupted(w);
   return false;
 }
