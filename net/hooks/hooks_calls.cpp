@@ -96,8 +96,9 @@ ssize_t transfer(Call call, int fd, Direction dir, bool dontwait, bool all, std:
   }
 }
 
+// Classifies `fd` if it is not yet: asked before the transfer starts.
 bool is_stream(int fd) noexcept {
-  const FdEntry* e = entry(fd);
+  const FdEntry* e = classified(fd);
   return e && (e->flags.load(std::memory_order_relaxed) & fd_stream);
 }
 
@@ -724,6 +725,7 @@ int dup3(int fd, int to, int flags) noexcept {
 namespace skein::hooks::detail {
 
 // By Call. getaddrinfo's own definition is hooks_dynamic.cpp's, which checks it itself.
+extern void* const hook_addresses[call_count];
 void* const hook_addresses[call_count] = {
     reinterpret_cast<void*>(&::read),
     reinterpret_cast<void*>(&::write),
