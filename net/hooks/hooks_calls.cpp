@@ -393,9 +393,8 @@ int fiber_sleep(const timespec& req, timespec* rem) noexcept {
   return err;
 }
 
-int do_nanosleep(const timespec* req, timespec* rem) noexcept {
-  if (!fiber_driver(Call::nanosleep) || !req || !valid(req))
-    return static_cast<int>(syscall(SYS_nanosleep, req, rem));
+int do_nanosleep(Call call, const timespec* req, timespec* rem) noexcept {
+  if (!fiber_driver(call) || !req || !valid(req)) return static_cast<int>(syscall(SYS_nanosleep, req, rem));
   const int err = fiber_sleep(*req, rem);
   if (err == 0) return 0;
   errno = err;
@@ -568,11 +567,11 @@ unsigned int sleep(unsigned int seconds) {
 
 int usleep(useconds_t us) {
   const timespec req{static_cast<time_t>(us / 1'000'000), static_cast<long>(us % 1'000'000) * 1000};
-  return do_nanosleep(&req, nullptr);
+  return do_nanosleep(Call::usleep, &req, nullptr);
 }
 
 int nanosleep(const struct timespec* req, struct timespec* rem) {
-  return do_nanosleep(req, rem);
+  return do_nanosleep(Call::nanosleep, req, rem);
 }
 
 int clock_nanosleep(clockid_t clock, int flags, const struct timespec* req, struct timespec* rem) {
