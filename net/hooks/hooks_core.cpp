@@ -233,7 +233,8 @@ int wait_fd(EpollDriver* driver, int fd, Direction dir, TimePoint deadline) noex
       if (Clock::now() >= soon) return deadline == soon ? wait_own_deadline : wait_ready;
       return w == skein::detail::Wake::notified ? wait_ready : timed_out(deadline);
     }
-    return code.category() == std::generic_category() ? code.value() : EIO;
+    // epoll_ctl's errno; a wake reason from outside this file's knowledge counts as a deadline.
+    return code.category() == std::generic_category() ? code.value() : ETIMEDOUT;
   } catch (...) {
     return ENOMEM;
   }
