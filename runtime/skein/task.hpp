@@ -198,6 +198,10 @@ struct TaskAccess {
   static void wait_shielded(const Task<T>& t) noexcept {
     wait_done_shielded(t.f_);
   }
+  template <class T>
+  static Fiber* fiber_of(const Task<T>& t) noexcept {
+    return t.f_;
+  }
 };
 }  // namespace detail
 

@@ -44,16 +44,6 @@ class PollDriver final : public Driver {
   Inbox& inbox_;
 };
 
-bool is_cancellation(const std::exception_ptr& e) noexcept {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::system_error& s) {
-    return s.code() == std::errc::operation_canceled;
-  } catch (...) {
-    return false;
-  }
-}
-
 // An exception that ended a detached fiber would otherwise vanish (gevent prints these too).
 void report_unobserved(const Fiber& f) noexcept {
   if (!f.error || f.error_observed || is_cancellation(f.error)) return;
@@ -69,6 +59,16 @@ void report_unobserved(const Fiber& f) noexcept {
 }
 
 }  // namespace
+
+bool is_cancellation(const std::exception_ptr& e) noexcept {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::system_error& s) {
+    return s.code() == std::errc::operation_canceled;
+  } catch (...) {
+    return false;
+  }
+}
 
 // ---- timer heap ---------------------------------------------------------------------------
 
@@ -356,6 +356,11 @@ void Scheduler::recover_deadlock() noexcept {
 
 // ---- the detail API -----------------------------------------------------------------------
 
+namespace {
+// The TimeoutScope deadline of a thread outside any fiber (a fiber's is in its record).
+constinit thread_local TimePoint tl_thread_scope = no_deadline;
+}  // namespace
+
 Fiber* current_fiber() noexcept {
   return tl_scheduler ? tl_scheduler->running() : nullptr;
 }
@@ -377,14 +382,7 @@ void post_to(Scheduler& s, RemoteNode* n) noexcept {
 
 bool unpark(Fiber* fiber) noexcept {
   if (fiber->claimed.exchange(true, std::memory_order_acq_rel)) return false;
-  Scheduler* s = fiber->scheduler;
-  if (s == tl_scheduler) {
-    s->make_ready(fiber, Wake::notified);
-  } else {
-    // The fiber is parked, so its worker has a live fiber and its runtime a count.
-    fiber->post_node.kind = RemoteNode::Kind::wake;
-    post_to(*s, &fiber->post_node);
-  }
+  deliver(Wakeup{fiber, nullptr});
   return true;
 }
 
@@ -411,9 +409,29 @@ void unlink_wait_node(Fiber*, void* node) noexcept {
   if (n->linked) n->owner->remove(n);
 }
 
+bool claim(const WaitNode* node) noexcept {
+  std::atomic<bool>& claimed = node->fiber ? node->fiber->claimed : node->thread->claimed;
+  return !claimed.exchange(true, std::memory_order_acq_rel);
+}
+
+void deliver(Wakeup w) noexcept {
+  if (Fiber* f = w.fiber) {
+    Scheduler* s = f->scheduler;
+    if (s == tl_scheduler) {
+      s->make_ready(f, Wake::notified);
+    } else {
+      // The fiber is parked, so its worker has a live fiber and its runtime a count.
+      f->post_node.kind = RemoteNode::Kind::wake;
+      post_to(*s, &f->post_node);
+    }
+  } else if (w.thread) {
+    w.thread->wake.release();
+  }
+}
+
 bool wake_node(WaitNode* node) noexcept {
-  if (node->fiber) return unpark(node->fiber);
-  node->thread_wake->release();
+  if (!claim(node)) return false;
+  deliver(wakeup_of(node));
   return true;
 }
 
@@ -426,6 +444,8 @@ void throw_if_interrupted(Wake w) {
     throw std::system_error(std::make_error_code(std::errc::operation_canceled), "skein: fiber cancelled");
   if (w == Wake::timed_out)
     throw std::system_error(std::make_error_code(std::errc::timed_out), "skein: deadline passed");
+  if (w == Wake::expired)
+    throw std::system_error(std::make_error_code(std::errc::timed_out), "skein: timeout scope expired");
 }
 
 void release(Fiber* fiber) noexcept {
@@ -456,51 +476,64 @@ void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string na
   scheduler.start_local(fiber);
 }
 
-namespace {
-// Joins `fiber`'s waiters as a plain thread and blocks until it finishes or `deadline` passes.
-bool wait_done_thread(Fiber* fiber, TimePoint deadline) {
-  std::binary_semaphore wake{0};
-  WaitNode node{nullptr, &wake};
-  {
-    std::lock_guard lock(fiber->joiners.lock);
-    if (fiber->finished.load(std::memory_order_relaxed)) return true;
-    fiber->joiners.push_back(&node);
-  }
-  if (deadline == no_deadline) {
-    wake.acquire();
-    return true;
-  }
-  if (wake.try_acquire_until(deadline)) return true;
-  std::lock_guard lock(fiber->joiners.lock);
-  if (!node.linked) {
-    // Woken just as the deadline passed: the release happened under the lock we now hold.
-    wake.acquire();
-    return true;
-  }
-  fiber->joiners.remove(&node);
-  return false;
-}
-}  // namespace
-
 bool wait_done(Fiber* fiber, TimePoint deadline) {
   if (fiber->finished.load(std::memory_order_acquire)) return true;
   Fiber* self = current_fiber();
-  if (!self) return wait_done_thread(fiber, deadline);
   if (self == fiber)
     throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                             "skein::Task: a fiber cannot wait for itself");
-  WaitNode node{self};
+  ThreadWaiter thread;
+  WaitNode node{self, self ? nullptr : &thread};
   {
     std::lock_guard lock(fiber->joiners.lock);
     if (fiber->finished.load(std::memory_order_relaxed)) return true;
     fiber->joiners.push_back(&node);
   }
-  const Scheduler::ForeignWait foreign(*self->scheduler, *fiber->scheduler);
-  const Wake w = park(deadline, &unlink_wait_node, &node);
+  Wake w;
+  if (self) {
+    const Scheduler::ForeignWait foreign(*self->scheduler, *fiber->scheduler);
+    w = park(deadline, &unlink_wait_node, &node);
+  } else {
+    w = block_thread(thread, deadline, &unlink_wait_node, &node);
+  }
   if (w == Wake::notified) return true;
   if (w == Wake::timed_out) return false;
   throw_if_interrupted(w);
   return false;
+}
+
+Wake block_thread(ThreadWaiter& thread, TimePoint deadline, Unlink unlink, void* arg) noexcept {
+  const TimePoint scope = tl_thread_scope;
+  const TimePoint until = scope < deadline ? scope : deadline;
+  if (until == no_deadline) {
+    thread.wake.acquire();
+    return Wake::notified;
+  }
+  if (thread.wake.try_acquire_until(until)) return Wake::notified;
+  if (thread.claimed.exchange(true, std::memory_order_acq_rel)) {
+    // A waker won the wake-up just as the deadline passed; its release is on its way.
+    thread.wake.acquire();
+    return Wake::notified;
+  }
+  if (unlink) unlink(nullptr, arg);
+  return until < deadline ? Wake::expired : Wake::timed_out;
+}
+
+Wake block(WaitNode& node, TimePoint deadline, Unlink unlink, void* arg) noexcept {
+  if (!node.fiber) return block_thread(*node.thread, deadline, unlink, arg);
+  // The party that will wake it may be any thread, in this runtime or not: not a deadlock.
+  const Scheduler::ForeignWait foreign(*node.fiber->scheduler);
+  return park(deadline, unlink, arg);
+}
+
+TimePoint scope_deadline() noexcept {
+  const Fiber* f = current_fiber();
+  return f ? f->scope_deadline : tl_thread_scope;
+}
+
+TimePoint set_scope_deadline(TimePoint deadline) noexcept {
+  Fiber* f = current_fiber();
+  return std::exchange(f ? f->scope_deadline : tl_thread_scope, deadline);
 }
 
 void wait_done_shielded(Fiber* fiber) noexcept {
@@ -539,12 +572,14 @@ void yield() {
 void sleep_until(TimePoint deadline) {
   detail::Scheduler* s = detail::Scheduler::current();
   if (!s || !s->running()) {
-    std::this_thread::sleep_until(deadline);
+    const TimePoint scope = detail::scope_deadline();
+    std::this_thread::sleep_until(scope < deadline ? scope : deadline);
+    if (scope < deadline) detail::throw_if_interrupted(detail::Wake::expired);
     return;
   }
-  // Waking at the deadline is the point of a sleep, not an error.
-  if (s->park_running(deadline, nullptr, nullptr) == detail::Wake::cancelled)
-    detail::throw_if_interrupted(detail::Wake::cancelled);
+  // Waking at the deadline is the point of a sleep, not an error; a TimeoutScope's passing is.
+  const detail::Wake w = s->park_running(deadline, nullptr, nullptr);
+  if (w != detail::Wake::timed_out) detail::throw_if_interrupted(w);
 }
 
 bool in_fiber() noexcept {

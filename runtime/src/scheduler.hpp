@@ -177,8 +177,12 @@ class Scheduler {
     f->wake = Wake::notified;
     f->unlink = unlink;
     f->unlink_arg = arg;
-    if (deadline != no_deadline) {
-      f->deadline = deadline;
+    // A TimeoutScope bounds every wait inside it, but never a shielded one: those protect memory
+    // still in use elsewhere (a run_blocking job, a child being reaped) and must see it through.
+    const TimePoint scope = f->shielded ? no_deadline : f->scope_deadline;
+    const TimePoint until = scope < deadline ? scope : deadline;
+    if (until != no_deadline) {
+      f->deadline = until;
       timers_.push(f);
     }
     ExecContext& here = running_context();
@@ -186,6 +190,7 @@ class Scheduler {
     switch_context(here, *home_);
     f->unlink = nullptr;
     f->claimed.store(false, std::memory_order_relaxed);
+    if (f->wake == Wake::timed_out && until < deadline) return Wake::expired;
     return f->wake;
   }
   // This thread: ends `f`'s wait with `why` (a deadline or a cancel) if nobody else won its
@@ -204,6 +209,8 @@ class Scheduler {
         : s_(waiter.runtime_ != wakes.runtime_ ? &waiter : nullptr) {
       if (s_) ++s_->foreign_waits_;
     }
+    // A wait any thread at all may end (a lock, a channel): never counted as a deadlock.
+    explicit ForeignWait(Scheduler& waiter) noexcept : s_(&waiter) { ++s_->foreign_waits_; }
     ~ForeignWait() {
       if (s_) --s_->foreign_waits_;
     }

@@ -30,6 +30,7 @@ enum class Wake : std::uint8_t {
   notified,   // unpark(): the condition waited for happened
   timed_out,  // the deadline passed
   cancelled,  // the fiber was cancelled (Task::cancel or deadlock recovery)
+  expired,    // the deadline of an enclosing TimeoutScope passed (before the wait's own)
 };
 
 // Removes a parked fiber from whatever wait list it is on; called when the fiber is woken by its
@@ -66,11 +67,18 @@ class SpinLock {
   std::atomic<bool> locked_{false};
 };
 
-// A waiter in some wait list (joiners of a task, waiters of a lock...): a fiber, or a plain thread
-// blocked on `thread_wake`. Lives on the waiter's stack for the duration of its wait.
+// A plain thread (no fiber) blocked in a wait. `claimed` plays the part of Fiber::claimed: exactly
+// one of a waker and the thread's own timeout wins the wake-up.
+struct ThreadWaiter {
+  std::binary_semaphore wake{0};
+  std::atomic<bool> claimed{false};
+};
+
+// A waiter in some wait list (joiners of a task, waiters of a lock...): a fiber, or a plain thread.
+// Lives on the waiter's stack for the duration of its wait.
 struct WaitNode {
-  struct Fiber* fiber = nullptr;  // null for a thread waiter
-  std::binary_semaphore* thread_wake = nullptr;
+  struct Fiber* fiber = nullptr;     // null for a thread waiter
+  ThreadWaiter* thread = nullptr;    // the thread waiter, when `fiber` is null
   struct WaitList* owner = nullptr;  // the list it was pushed on; set once
   bool linked = false;               // still in `owner` (guarded by owner->lock)
   WaitNode* prev = nullptr;
@@ -111,8 +119,26 @@ struct WaitList {
 // An Unlink for a fiber waiting through `arg`, a WaitNode: takes it off its list under the lock.
 void unlink_wait_node(struct Fiber* fiber, void* node) noexcept;
 
-// Wakes the waiter of a node just popped from its list (the caller holds the list's lock). Returns
-// false if the waiter had already been woken by its deadline or a cancel (it is leaving).
+// Wins the wake-up of a node's waiter (the caller holds the lock of the list it popped it from).
+// Returns false if its deadline, a cancel or another waker won it first: the waiter is leaving.
+// After a true, the caller may hand the waiter what it waits for, then must deliver() it.
+bool claim(const WaitNode* node) noexcept;
+
+// Who to wake once a claim is won; copied out of the node so delivery may happen after the list's
+// lock is released (the node itself may vanish the moment its waiter runs).
+struct Wakeup {
+  struct Fiber* fiber = nullptr;
+  ThreadWaiter* thread = nullptr;
+  explicit operator bool() const noexcept { return fiber || thread; }
+};
+inline Wakeup wakeup_of(const WaitNode* node) noexcept {
+  return {node->fiber, node->thread};
+}
+// Makes a claimed waiter run again: a fiber ready (through its scheduler's inbox when that is
+// another thread's), a thread's semaphore released. Does nothing for an empty Wakeup.
+void deliver(Wakeup w) noexcept;
+
+// claim() then deliver(): the plain wake-up of a node just popped from its list.
 bool wake_node(WaitNode* node) noexcept;
 
 // A message to a scheduler from another thread, linked into its inbox. Each fiber carries its own
@@ -159,7 +185,8 @@ struct Fiber : ExecContext {
   std::size_t timer_slot = no_timer;  // index in the scheduler's timer heap, or no_timer
   Unlink unlink = nullptr;            // of the current wait (may be null)
   void* unlink_arg = nullptr;
-  TimePoint deadline = no_deadline;  // of the current wait
+  TimePoint deadline = no_deadline;        // of the current wait
+  TimePoint scope_deadline = no_deadline;  // of the innermost TimeoutScope (applies to every wait)
   static constexpr std::size_t no_timer = ~std::size_t{0};
 
   Fiber* prev_live = nullptr;  // the scheduler's list of live fibers
@@ -181,7 +208,8 @@ Fiber* current_fiber() noexcept;
 
 // Parks the running fiber until unpark(), `deadline`, or a cancel. `unlink(fiber, arg)` runs when
 // the wake is a timeout or a cancel. Returns at once with Wake::cancelled if the fiber is already
-// cancelled. Must be called from a fiber.
+// cancelled. The fiber's TimeoutScope deadline applies too, unless it is shielded: Wake::expired
+// when it passes before `deadline`. Must be called from a fiber.
 Wake park(TimePoint deadline, Unlink unlink = nullptr, void* arg = nullptr) noexcept;
 
 // Wakes a parked fiber with Wake::notified, from any thread (through its scheduler's inbox when
@@ -197,8 +225,15 @@ bool unpark(Fiber* fiber) noexcept;
 // error. Idempotent.
 void cancel(Fiber* fiber) noexcept;
 
-// Throws the error a wait that ended with `w` reports: operation_canceled or timed_out.
+// Throws the error a wait that ended with `w` reports: operation_canceled, or timed_out (its own
+// deadline or a TimeoutScope's). Returns for Wake::notified.
 void throw_if_interrupted(Wake w);
+
+// True if `e` is the operation_canceled error a cancelled wait throws.
+bool is_cancellation(const std::exception_ptr& e) noexcept;
+
+// The deadline of the innermost TimeoutScope of the calling fiber or thread (no_deadline if none).
+TimePoint scope_deadline() noexcept;
 
 // Lets go of one reference; the last one destroys the record and returns its stack.
 void release(Fiber* fiber) noexcept;
@@ -212,6 +247,18 @@ void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string na
 
 // Marks a Task handle's release: reports an exception nobody will see, then releases.
 void release_handle(Fiber* fiber) noexcept;
+
+// Blocks a plain thread whose node is on a wait list (its lock released) until a waker claims and
+// delivers it, or `deadline` / the thread's TimeoutScope passes; then `unlink(nullptr, arg)` has
+// taken the node off its list by the time this returns.
+Wake block_thread(ThreadWaiter& thread, TimePoint deadline, Unlink unlink, void* arg) noexcept;
+
+// The same for either kind of waiter: parks `node.fiber`, or blocks on `node.thread`. A fiber's wait
+// is never taken for a deadlock (any thread may be the one to end it).
+Wake block(WaitNode& node, TimePoint deadline, Unlink unlink, void* arg) noexcept;
+
+// Sets the calling fiber's (or thread's) TimeoutScope deadline; returns the previous one.
+TimePoint set_scope_deadline(TimePoint deadline) noexcept;
 
 // Waits for `fiber` to finish, until `deadline`. Returns false on timeout; throws the cancellation
 // error if the waiter is cancelled, resource_deadlock_would_occur if a fiber waits for itself.

@@ -1,0 +1,564 @@
+// Channels (Go's chan, gevent's Queue) and select, between fibers on any workers and plain threads.
+//
+//   Channel<T> ch;              unbuffered: a send waits for a receiver (a rendezvous)
+//   Channel<T> ch(16);          bounded: a send waits only while 16 values are queued
+//   Channel<T> ch(unbounded);   a send never waits
+//
+// close() ends the stream: receivers drain what is queued, then get std::nullopt (and range-for
+// ends); senders, waiting or new, get an error. Values are moved, never copied, so move-only
+// payloads work. Waiters are served in arrival order.
+//
+// Errors (docs/errors.md): a send on a closed channel throws std::system_error(broken_pipe) — a
+// waiting sender's value is then not delivered. Every blocking call is a cancellation point
+// (operation_canceled) and honours TimeoutScope (timed_out). A call's own deadline is not an
+// error: send_until returns false, recv_until std::nullopt (closed() tells it from the end).
+#pragma once
+
+#include <skein/detail/wait_queue.hpp>
+#include <skein/time.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <iterator>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <system_error>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace skein {
+
+// The capacity of a channel whose sends never wait.
+inline constexpr std::size_t unbounded = std::numeric_limits<std::size_t>::max();
+
+template <class T>
+class Channel;
+
+namespace detail {
+
+// A queued channel operation: a plain send or receive, or one case of a select. Whoever completes
+// it (a counterpart, or close()) has claimed its waiter, and records which operation fired and
+// whether it was the channel closing.
+struct ChanWait : WaitNode {
+  SpinLock* lock = nullptr;      // the channel's
+  std::size_t* fired = nullptr;  // set to `index` by the party completing this operation
+  bool* closed = nullptr;        // set when the completion is close()
+  std::size_t index = 0;
+};
+
+template <class T>
+struct ChanNode : ChanWait {
+  T* send_value = nullptr;                // a send's value, moved from by the receiver
+  std::optional<T>* recv_slot = nullptr;  // where a receive's value is put
+};
+
+// The Unlink of a queued channel operation: off its list, under the channel's lock.
+inline void unlink_chan(Fiber*, void* node) noexcept {
+  auto* n = static_cast<ChanWait*>(node);
+  std::lock_guard g(*n->lock);
+  if (n->linked) n->owner->remove(n);
+}
+
+[[noreturn]] inline void throw_closed() {
+  throw std::system_error(std::make_error_code(std::errc::broken_pipe),
+                          "skein::Channel: send on a closed channel");
+}
+
+// What a select waits with: the operation that fired, set by whoever completed it.
+struct SelectState {
+  static constexpr std::size_t none = ~std::size_t{0};
+  std::size_t fired = none;
+  bool closed = false;
+};
+
+// A cheap per-thread generator: select polls its cases from a random start, so one always-ready
+// case cannot starve the others (Go does the same).
+inline std::size_t select_start(std::size_t n) noexcept {
+  constinit thread_local std::uint32_t x = 2463534242u;
+  x ^= x << 13;
+  x ^= x >> 17;
+  x ^= x << 5;
+  return x % n;
+}
+
+struct ChannelAccess;
+
+}  // namespace detail
+
+template <class T>
+class Channel {
+ public:
+  using value_type = T;
+
+  // `capacity` values may wait in the channel; 0 (the default) makes every send a rendezvous with
+  // a receiver, `unbounded` lets sends never wait.
+  explicit Channel(std::size_t capacity = 0) noexcept : capacity_(capacity) {}
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+
+  // Waits until a receiver takes `value` or there is room for it. Throws broken_pipe if the
+  // channel is (or gets) closed first.
+  void send(T value) { send_until(value, no_deadline); }
+
+  // As send(), giving up at `deadline`: false, and `value` left as it was, if it was not sent.
+  bool send_until(T& value, Deadline deadline) { return send_impl(value, deadline.at()); }
+  bool send_until(T&& value, Deadline deadline) { return send_impl(value, deadline.at()); }
+  template <class Rep, class Period>
+  bool send_for(T&& value, std::chrono::duration<Rep, Period> d) {
+    return send_impl(value, Deadline(d).at());
+  }
+
+  // Sends only if that needs no wait (a receiver is waiting, or there is room); `value` is left as
+  // it was otherwise. Throws broken_pipe if closed.
+  bool try_send(T& value) { return try_send_impl(value); }
+  bool try_send(T&& value) { return try_send_impl(value); }
+
+  // Waits for a value. std::nullopt once the channel is closed and drained.
+  std::optional<T> recv() { return recv_until(no_deadline); }
+
+  // As recv(), giving up at `deadline`: std::nullopt if nothing came by then.
+  std::optional<T> recv_until(Deadline deadline);
+  template <class Rep, class Period>
+  std::optional<T> recv_for(std::chrono::duration<Rep, Period> d) {
+    return recv_until(d);
+  }
+
+  // A value if one is there without waiting, else std::nullopt.
+  std::optional<T> try_recv();
+
+  // Closes the channel: waiting receivers get std::nullopt (there is nothing queued for them),
+  // waiting senders throw broken_pipe, queued values stay for receivers to drain. Idempotent.
+  void close() noexcept;
+
+  bool closed() const noexcept {
+    std::lock_guard g(lock_);
+    return closed_;
+  }
+  // Values queued right now (a snapshot).
+  std::size_t size() const noexcept {
+    std::lock_guard g(lock_);
+    return buffer_.size();
+  }
+  std::size_t capacity() const noexcept { return capacity_; }
+
+  // for (T v : channel) receives until the channel is closed and drained.
+  class iterator {
+   public:
+    using value_type = T;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    T& operator*() const noexcept { return *value_; }
+    iterator& operator++() {
+      value_ = ch_->recv();
+      if (!value_) ch_ = nullptr;
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(std::default_sentinel_t) const noexcept { return ch_ == nullptr; }
+
+   private:
+    friend class Channel;
+    explicit iterator(Channel* ch) : ch_(ch) { ++*this; }
+    Channel* ch_ = nullptr;
+    mutable std::optional<T> value_;
+  };
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+ private:
+  friend struct detail::ChannelAccess;
+  using Node = detail::ChanNode<T>;
+
+  // Lock held: hands `value` to the oldest waiting receiver, or queues it if there is room.
+  bool offer(T& value, detail::Wakeup& wake) {
+    if (Node* r = detail::claim_front<Node>(receivers_)) {
+      r->recv_slot->emplace(std::move(value));
+      *r->fired = r->index;
+      wake = detail::wakeup_of(r);
+      return true;
+    }
+    if (buffer_.size() >= capacity_) return false;
+    buffer_.push_back(std::move(value));
+    return true;
+  }
+
+  // Lock held: takes the oldest value — from the queue (refilled from the oldest waiting sender)
+  // or, unbuffered, straight from that sender.
+  bool take(std::optional<T>& out, detail::Wakeup& wake) {
+    if (!buffer_.empty()) {
+      out.emplace(std::move(buffer_.front()));
+      buffer_.pop_front();
+      if (Node* s = detail::claim_front<Node>(senders_)) {
+        buffer_.push_back(std::move(*s->send_value));
+        *s->fired = s->index;
+        wake = detail::wakeup_of(s);
+      }
+      return true;
+    }
+    if (Node* s = detail::claim_front<Node>(senders_)) {
+      out.emplace(std::move(*s->send_value));
+      *s->fired = s->index;
+      wake = detail::wakeup_of(s);
+      return true;
+    }
+    return false;
+  }
+
+  // Lock held: makes `node` the caller's queued operation on `list`.
+  void queue(detail::WaitList& list, Node& node, detail::ThreadWaiter& thread, detail::SelectState& st,
+             std::size_t index) noexcept {
+    detail::attach(node, thread);
+    node.lock = &lock_;
+    node.fired = &st.fired;
+    node.closed = &st.closed;
+    node.index = index;
+    list.push_back(&node);
+  }
+
+  bool send_impl(T& value, TimePoint deadline);
+  bool try_send_impl(T& value);
+
+  mutable detail::SpinLock lock_;  // guards everything below (the lists' own locks are unused)
+  detail::WaitList senders_;       // waiting only while the queue is full and no receiver waits
+  detail::WaitList receivers_;     // waiting only while the queue is empty and no sender waits
+  std::deque<T> buffer_;
+  const std::size_t capacity_;
+  bool closed_ = false;
+};
+
+template <class T>
+bool Channel<T>::try_send_impl(T& value) {
+  std::unique_lock g(lock_);
+  if (closed_) detail::throw_closed();
+  detail::Wakeup wake;
+  if (!offer(value, wake)) return false;
+  g.unlock();
+  detail::deliver(wake);
+  return true;
+}
+
+template <class T>
+bool Channel<T>::send_impl(T& value, TimePoint deadline) {
+  std::unique_lock g(lock_);
+  if (closed_) detail::throw_closed();
+  detail::Wakeup wake;
+  if (offer(value, wake)) {
+    g.unlock();
+    detail::deliver(wake);
+    return true;
+  }
+  detail::ThreadWaiter thread;
+  detail::SelectState st;
+  Node node;
+  node.send_value = &value;
+  queue(senders_, node, thread, st, 0);
+  g.unlock();
+  const detail::Wake w = detail::block(node, deadline, &detail::unlink_chan, &node);
+  if (w == detail::Wake::notified) {
+    if (st.closed) detail::throw_closed();
+    return true;
+  }
+  if (w == detail::Wake::timed_out) return false;
+  detail::throw_if_interrupted(w);
+  return false;
+}
+
+template <class T>
+std::optional<T> Channel<T>::recv_until(Deadline deadline) {
+  std::optional<T> out;
+  std::unique_lock g(lock_);
+  detail::Wakeup wake;
+  if (take(out, wake)) {
+    g.unlock();
+    detail::deliver(wake);
+    return out;
+  }
+  if (closed_) return out;
+  detail::ThreadWaiter thread;
+  detail::SelectState st;
+  Node node;
+  node.recv_slot = &out;
+  queue(receivers_, node, thread, st, 0);
+  g.unlock();
+  const detail::Wake w = detail::block(node, deadline.at(), &detail::unlink_chan, &node);
+  if (w != detail::Wake::notified && w != detail::Wake::timed_out) detail::throw_if_interrupted(w);
+  return out;
+}
+
+template <class T>
+std::optional<T> Channel<T>::try_recv() {
+  std::optional<T> out;
+  std::unique_lock g(lock_);
+  detail::Wakeup wake;
+  if (!take(out, wake)) return out;
+  g.unlock();
+  detail::deliver(wake);
+  return out;
+}
+
+template <class T>
+void Channel<T>::close() noexcept {
+  detail::WaitNode* woken;
+  {
+    std::lock_guard g(lock_);
+    if (closed_) return;
+    closed_ = true;
+    // At most one of the lists has waiters; chain both anyway.
+    woken = detail::claim_all(receivers_);
+    detail::WaitNode** tail = &woken;
+    while (*tail) tail = &(*tail)->next;
+    *tail = detail::claim_all(senders_);
+    for (detail::WaitNode* n = woken; n; n = n->next) {
+      auto* c = static_cast<detail::ChanWait*>(n);
+      *c->fired = c->index;
+      *c->closed = true;
+    }
+  }
+  detail::deliver_all(woken);
+}
+
+// ---- select ---------------------------------------------------------------------------------
+
+namespace detail {
+
+struct Noop {
+  template <class... A>
+  void operator()(A&&...) const noexcept {}
+};
+
+// What a select case on a channel does; select() holds every case's channel lock around the
+// first two, so no counterpart can complete one case while another is being tried or queued:
+//   try_now(st, wake)   complete now if possible (a counterpart to wake goes in `wake`)
+//   enqueue(t, st, i)   queue the operation as case `i` of the calling waiter
+//   dequeue()           (no lock held) leave the channel's list if still on it
+//   fire(st)            (no lock held) run the case's callback
+struct ChannelAccess {
+  template <class T>
+  static SpinLock& lock_of(Channel<T>& ch) noexcept {
+    return ch.lock_;
+  }
+  template <class T>
+  static bool try_recv(Channel<T>& ch, std::optional<T>& out, Wakeup& wake) {
+    return ch.take(out, wake) || ch.closed_;  // closed and drained fires with nullopt
+  }
+  template <class T>
+  static bool try_send(Channel<T>& ch, T& value, SelectState& st, Wakeup& wake) {
+    if (ch.closed_) {
+      st.closed = true;  // fires, and fire() throws
+      return true;
+    }
+    return ch.offer(value, wake);
+  }
+  template <class T>
+  static void enqueue(Channel<T>& ch, bool send, ChanNode<T>& node, ThreadWaiter& thread, SelectState& st,
+                      std::size_t index) noexcept {
+    ch.queue(send ? ch.senders_ : ch.receivers_, node, thread, st, index);
+  }
+};
+
+template <class T, class F>
+struct RecvCase {
+  Channel<T>& ch;
+  F f;
+  std::optional<T> value;
+  ChanNode<T> node;
+  static constexpr bool is_channel = true;
+  SpinLock& lock() noexcept { return ChannelAccess::lock_of(ch); }
+  bool try_now(SelectState&, Wakeup& wake) { return ChannelAccess::try_recv(ch, value, wake); }
+  void enqueue(ThreadWaiter& t, SelectState& st, std::size_t i) noexcept {
+    node.recv_slot = &value;
+    ChannelAccess::enqueue(ch, false, node, t, st, i);
+  }
+  void dequeue() noexcept {
+    if (node.lock) unlink_chan(nullptr, &node);
+  }
+  void fire(const SelectState&) { f(std::move(value)); }
+};
+
+template <class T, class F>
+struct SendCase {
+  Channel<T>& ch;
+  T value;
+  F f;
+  ChanNode<T> node;
+  static constexpr bool is_channel = true;
+  SpinLock& lock() noexcept { return ChannelAccess::lock_of(ch); }
+  bool try_now(SelectState& st, Wakeup& wake) { return ChannelAccess::try_send(ch, value, st, wake); }
+  void enqueue(ThreadWaiter& t, SelectState& st, std::size_t i) noexcept {
+    node.send_value = &value;
+    ChannelAccess::enqueue(ch, true, node, t, st, i);
+  }
+  void dequeue() noexcept {
+    if (node.lock) unlink_chan(nullptr, &node);
+  }
+  void fire(const SelectState& st) {
+    if (st.closed) throw_closed();
+    f();
+  }
+};
+
+template <class F>
+struct TimeoutCase {
+  TimePoint at;
+  F f;
+  static constexpr bool is_channel = false;
+  void fire(const SelectState&) { f(); }
+};
+
+template <class F>
+struct DefaultCase {
+  F f;
+  static constexpr bool is_channel = false;
+  void fire(const SelectState&) { f(); }
+};
+
+template <class C>
+inline constexpr bool is_timeout_case = false;
+template <class F>
+inline constexpr bool is_timeout_case<TimeoutCase<F>> = true;
+template <class C>
+inline constexpr bool is_default_case = false;
+template <class F>
+inline constexpr bool is_default_case<DefaultCase<F>> = true;
+
+}  // namespace detail
+
+// A select case that receives from `ch`; `f(std::optional<T>)` runs if it fires (std::nullopt:
+// the channel is closed and drained).
+template <class T, class F = detail::Noop>
+detail::RecvCase<T, F> on_recv(Channel<T>& ch, F f = {}) {
+  return {ch, std::move(f), std::nullopt, {}};
+}
+
+// A select case that sends `value` on `ch`; `f()` runs if it fires. If the channel is closed, the
+// select throws broken_pipe.
+template <class T, class F = detail::Noop>
+detail::SendCase<T, F> on_send(Channel<T>& ch, T value, F f = {}) {
+  return {ch, std::move(value), std::move(f), {}};
+}
+
+// A select case that fires when `deadline` passes first.
+template <class F = detail::Noop>
+detail::TimeoutCase<F> on_timeout(Deadline deadline, F f = {}) {
+  return {deadline.at(), std::move(f)};
+}
+
+// A select case that fires at once if no channel case is ready: the select never waits.
+template <class F = detail::Noop>
+detail::DefaultCase<F> on_default(F f = {}) {
+  return {std::move(f)};
+}
+
+// Waits until exactly one of the cases can proceed, performs it, runs its callback and returns its
+// position in the argument list (Go's select). Ready cases are chosen among at random. With an
+// on_default case it never waits; with on_timeout cases it waits until the earliest deadline.
+// Throws like the cases' channels (broken_pipe for a send on a closed one), and like any wait.
+template <class... Cases>
+std::size_t select(Cases&&... cases) {
+  constexpr std::size_t n = sizeof...(Cases);
+  constexpr std::size_t channels = (0 + ... + (std::remove_cvref_t<Cases>::is_channel ? 1 : 0));
+  static_assert(n > 0, "skein::select needs at least one case");
+  static_assert((0 + ... + (detail::is_default_case<std::remove_cvref_t<Cases>> ? 1 : 0)) <= 1,
+                "skein::select takes at most one on_default case");
+  auto all = std::forward_as_tuple(cases...);
+  // Calls g(case, index) for every case, or only for the channel cases.
+  auto each = [&]<bool only_channels = false, class G>(G && g) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (
+          [&] {
+            auto& c = std::get<I>(all);
+            if constexpr (!only_channels || std::remove_cvref_t<decltype(c)>::is_channel)
+              g(c, std::integral_constant<std::size_t, I>{});
+          }(),
+          ...);
+    }
+    (std::make_index_sequence<n>{});
+  };
+  auto each_channel = [&](auto&& g) { each.template operator()<true>(g); };
+  detail::SelectState st;
+  auto finish = [&]() -> std::size_t {
+    each([&](auto& c, auto i) {
+      if (i == st.fired) c.fire(st);
+    });
+    return st.fired;
+  };
+
+  // Every case's channel locked at once, in address order (so two selects cannot deadlock), each
+  // lock once even if several cases share a channel.
+  detail::SpinLock* locks[channels > 0 ? channels : 1];
+  std::size_t held = 0;
+  each_channel([&](auto& c, auto) { locks[held++] = &c.lock(); });
+  std::sort(locks, locks + held, std::less<>{});
+  held = static_cast<std::size_t>(std::unique(locks, locks + held) - locks);
+  for (std::size_t k = 0; k < held; ++k) locks[k]->lock();
+  auto unlock_all = [&] {
+    for (std::size_t k = held; k > 0; --k) locks[k - 1]->unlock();
+  };
+
+  // A case that can proceed now, tried from a random start so an always-ready one cannot starve
+  // the rest.
+  detail::Wakeup wake;
+  try {
+    if constexpr (channels > 0) {
+      const std::size_t start = detail::select_start(n);
+      for (std::size_t k = 0; k < n && st.fired == detail::SelectState::none; ++k)
+        each_channel([&](auto& c, auto i) {
+          if (i == (start + k) % n && c.try_now(st, wake)) st.fired = i;
+        });
+    }
+  } catch (...) {
+    unlock_all();
+    throw;
+  }
+  TimePoint deadline = no_deadline;
+  each([&](auto& c, auto i) {
+    using C = std::remove_cvref_t<decltype(c)>;
+    if constexpr (detail::is_default_case<C>)
+      if (st.fired == detail::SelectState::none) st.fired = i;
+    if constexpr (detail::is_timeout_case<C>)
+      if (c.at < deadline) deadline = c.at;
+  });
+  if (st.fired != detail::SelectState::none) {
+    unlock_all();
+    detail::deliver(wake);
+    return finish();
+  }
+
+  // Nothing can proceed: queue on every channel, then wait for a counterpart to complete one case
+  // (it wins the caller's wake-up, so it is the only one), the earliest timeout, or a cancel.
+  detail::ThreadWaiter thread;
+  detail::WaitNode alone;  // stands for the caller when there are only timeouts
+  detail::WaitNode* identity = &alone;
+  detail::attach(alone, thread);
+  each_channel([&](auto& c, auto i) {
+    c.enqueue(thread, st, i);
+    identity = &c.node;
+  });
+  unlock_all();
+  auto dequeue_all = [&]() noexcept { each_channel([](auto& c, auto) { c.dequeue(); }); };
+  using Dequeue = decltype(dequeue_all);
+  const detail::Wake w = detail::block(
+      *identity, deadline, [](detail::Fiber*, void* d) noexcept { (*static_cast<Dequeue*>(d))(); },
+      &dequeue_all);
+  if (w == detail::Wake::notified) {
+    dequeue_all();
+    return finish();
+  }
+  if (w == detail::Wake::timed_out) {
+    each([&](auto& c, auto i) {
+      if constexpr (detail::is_timeout_case<std::remove_cvref_t<decltype(c)>>)
+        if (st.fired == detail::SelectState::none && c.at == deadline) st.fired = i;
+    });
+    return finish();
+  }
+  detail::throw_if_interrupted(w);
+  return detail::SelectState::none;
+}
+
+}  // namespace skein

@@ -1,0 +1,151 @@
+// Structured concurrency: TaskGroup (asyncio.TaskGroup, a Trio nursery) keeps children from
+// outliving it and fails as a whole; Pool (gevent.pool.Pool) bounds how many tasks run at once.
+//
+// Errors (docs/errors.md): TaskGroup::join rethrows the first exception a child ended with
+// (cancellations are not failures), unchanged; Pool::spawn and the joins are cancellation points
+// (operation_canceled) and honour TimeoutScope (timed_out). Pool(0) throws invalid_argument.
+#pragma once
+
+#include <skein/detail/wait_queue.hpp>
+#include <skein/runtime.hpp>
+#include <skein/sync.hpp>
+#include <skein/task.hpp>
+
+#include <cstddef>
+#include <exception>
+#include <mutex>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+namespace skein {
+
+// A scope for child fibers. When one child fails, the group cancels the others; join() waits for
+// every child and rethrows the first failure. Cancelling the group cancels every child. A group
+// destroyed without join() cancels its children and waits for them, so no child outlives it —
+// its body may safely use the spawning scope's locals. Spawn into it from any fiber; join it from
+// one. Children spawned after cancel() or a failure start cancelled.
+class TaskGroup {
+ public:
+  TaskGroup() = default;
+  TaskGroup(const TaskGroup&) = delete;
+  TaskGroup& operator=(const TaskGroup&) = delete;
+  ~TaskGroup();
+
+  // Starts `f` as a child on the calling fiber's worker. The handle may be joined, or dropped:
+  // the group keeps track of the child either way.
+  template <class F>
+  auto spawn(FiberOptions options, F&& f) {
+    return adopt(skein::spawn(std::move(options), wrap(std::forward<F>(f))));
+  }
+  template <class F>
+  auto spawn(F&& f) {
+    return spawn(FiberOptions{"group child"}, std::forward<F>(f));
+  }
+  // As spawn(), on worker `worker` of the calling fiber's runtime.
+  template <class F>
+  auto spawn_on(std::size_t worker, F&& f) {
+    return adopt(skein::spawn_on(worker, FiberOptions{"group child"}, wrap(std::forward<F>(f))));
+  }
+
+  // Waits until every child (including those spawned meanwhile) has finished, then rethrows the
+  // first failure, if any, and forgets it: the group can be used again. If the waiting fiber is
+  // cancelled or its TimeoutScope expires, the children are cancelled and waited for first.
+  void join();
+
+  // Cancels every child, now and later spawned, until the next join() returns.
+  void cancel() noexcept;
+
+  // Children not yet finished (a snapshot).
+  std::size_t active() const noexcept;
+
+ private:
+  template <class F>
+  auto wrap(F&& f) {
+    return [this, fn = std::forward<F>(f)]() mutable -> detail::fiber_result_t<F> {
+      try {
+        return fn();
+      } catch (...) {
+        fail(std::current_exception());
+        throw;
+      }
+    };
+  }
+  template <class T>
+  Task<T> adopt(Task<T> t) {
+    track(detail::TaskAccess::fiber_of(t));
+    return t;
+  }
+  void track(detail::Fiber* child);
+  void fail(std::exception_ptr e) noexcept;
+  // Waits for every child, shielded or not; returns with the list emptied and references dropped.
+  // Throws (unshielded) if the wait is interrupted, leaving the list as it was.
+  void wait_children(bool shielded);
+
+  mutable detail::SpinLock lock_;
+  std::vector<detail::Fiber*> children_;  // each holds a reference of the group's
+  std::size_t prune_at_ = 16;             // drop finished children when the list grows this long
+  std::size_t joining_ = 0;               // wait_children() calls in progress (no pruning then)
+  std::exception_ptr first_error_;
+  bool cancelling_ = false;
+};
+
+// Runs at most `size` tasks at once: spawn() waits for a free slot (gevent.pool.Pool; the seeds'
+// "hand new requests to idle coroutines", with a bound). The pool's destructor waits for every
+// task it started.
+class Pool {
+ public:
+  explicit Pool(std::size_t size);
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  ~Pool();
+
+  // Waits for a free slot, then starts `f` on the calling fiber's worker; the slot frees when the
+  // body ends.
+  template <class F>
+  auto spawn(FiberOptions options, F&& f) {
+    slots_.acquire();
+    running_.add(1);
+    try {
+      return skein::spawn(std::move(options),
+                          [this, fn = std::forward<F>(f)]() mutable -> detail::fiber_result_t<F> {
+                            struct Leave {
+                              Pool* pool;
+                              ~Leave() { pool->leave(); }
+                            } leave{this};
+                            return fn();
+                          });
+    } catch (...) {
+      leave();
+      throw;
+    }
+  }
+  template <class F>
+  auto spawn(F&& f) {
+    return spawn(FiberOptions{"pool task"}, std::forward<F>(f));
+  }
+
+  // Waits until every task started so far has finished.
+  void join() { running_.wait(); }
+  std::size_t size() const noexcept { return size_; }
+  // Slots free right now (a snapshot).
+  std::size_t free_slots() const noexcept { return slots_.available(); }
+  // Tasks running right now (a snapshot).
+  std::size_t running() const noexcept { return running_.count(); }
+
+ private:
+  // The last thing a task does: frees its slot, then (possibly letting ~Pool proceed) leaves.
+  void leave() noexcept {
+    slots_.release();
+    try {
+      running_.done();
+    } catch (...) {
+      // The count cannot go below zero: every leave() follows an add(1).
+    }
+  }
+  std::size_t size_;
+  Semaphore slots_;
+  WaitGroup running_;
+};
+
+}  // namespace skein
