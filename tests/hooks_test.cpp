@@ -331,6 +331,35 @@ TEST_SUITE("hooks") {
     });
   }
 
+  TEST_CASE(
+      "a TimeoutScope's deadline ends hooked waits with ETIMEDOUT; a shorter SO_RCVTIMEO stays EAGAIN") {
+    Pair p;
+    skein::run([&] {
+      const auto start = skein::Clock::now();
+      char c;
+      int read_err = 0, sleep_err = 0, poll_err = 0;
+      {
+        skein::TimeoutScope scope(50ms);
+        CHECK(read(p.fd[0], &c, 1) == -1);
+        read_err = errno;
+        CHECK(usleep(2'000'000) == -1);
+        sleep_err = errno;
+        pollfd pf{p.fd[0], POLLIN, 0};
+        CHECK(poll(&pf, 1, 2000) == -1);
+        poll_err = errno;
+      }
+      CHECK(read_err == ETIMEDOUT);
+      CHECK(sleep_err == ETIMEDOUT);
+      CHECK(poll_err == ETIMEDOUT);
+      CHECK(seconds_since(start) < 1.0);
+      const timeval tv{0, 30'000};
+      REQUIRE(setsockopt(p.fd[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+      skein::TimeoutScope scope(5s);
+      CHECK(recv(p.fd[0], &c, 1, 0) == -1);
+      CHECK(errno == EAGAIN);  // the socket's own timeout came first
+    });
+  }
+
   TEST_CASE("accept and connect over loopback TCP park fibers; a refused connect is ECONNREFUSED") {
     skein::run([] {
       sockaddr_in addr;
