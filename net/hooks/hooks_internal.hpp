@@ -1,0 +1,126 @@
+// What the hook definitions share: the call registry (which are on), the per-descriptor table and
+// the waits. Internal to libskein_hooks.
+//
+// Every hook issues the real call as a raw system call (syscall(2)), so no "next" symbol is looked
+// up and nothing runs at static initialisation: the tables are constinit and filled on first use.
+#pragma once
+
+#include "epoll_driver.hpp"
+
+#include <skein/time.hpp>
+
+#include <poll.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace skein::hooks::detail {
+
+using skein::detail::Direction;
+using skein::detail::EpollDriver;
+
+// Every hooked call, in the order hooked_calls() lists them. The fortified (__*_chk) and 64-bit
+// aliases count as their plain call.
+enum class Call : unsigned {
+  read,
+  write,
+  readv,
+  writev,
+  recv,
+  recvfrom,
+  recvmsg,
+  send,
+  sendto,
+  sendmsg,
+  accept,
+  accept4,
+  connect,
+  close,
+  poll,
+  select,
+  epoll_wait,
+  sleep,
+  usleep,
+  nanosleep,
+  clock_nanosleep,
+  getaddrinfo,
+  socket,
+  fcntl,
+  ioctl,
+  setsockopt,
+  dup,
+  dup2,
+  dup3,
+  count,
+};
+inline constexpr unsigned call_count = static_cast<unsigned>(Call::count);
+extern const char* const call_names[call_count];
+
+// This thread's driver if `c` should park the calling fiber: inside a fiber, `c` not turned off
+// by SKEIN_HOOKS_DISABLE and no Bypass alive on the thread. nullptr means "behave like libc".
+EpollDriver* fiber_driver(Call c) noexcept;
+
+// Bits of FdEntry::flags.
+enum : std::uint32_t {
+  fd_known = 1,     // classified: the other bits are meaningful
+  fd_socket = 2,    // a socket: the only kind the hooks make non-blocking and wait on
+  fd_stream = 4,    // SOCK_STREAM: blocking sends transfer everything, MSG_WAITALL loops
+  fd_user_nb = 8,   // the user asked for O_NONBLOCK (socket, fcntl, ioctl FIONBIO, accept4)
+  fd_ours_nb = 16,  // the hooks set O_NONBLOCK in the kernel; the user's view hides it
+};
+
+// One descriptor's state, shared by every thread (descriptors are the process's).
+struct FdEntry {
+  std::atomic<std::uint32_t> flags{0};
+  std::atomic<std::int64_t> rcv_timeout_ns{0};  // SO_RCVTIMEO; 0: none
+  std::atomic<std::int64_t> snd_timeout_ns{0};  // SO_SNDTIMEO; 0: none
+  std::atomic<void*> driver{nullptr};           // the driver whose slot for this fd is ours
+};
+
+// `fd`'s entry, nullptr for a negative fd or one beyond the table (those fall through to libc).
+FdEntry* entry(int fd) noexcept;
+// The entry, classified first if it is not yet (fstat, SO_TYPE, F_GETFL, the timeouts); nullptr
+// if the descriptor is not open (the raw call then reports EBADF itself).
+FdEntry* classified(int fd) noexcept;
+// Records a descriptor just created by socket/accept: `flags` without fd_known.
+void record_new(int fd, std::uint32_t flags, std::int64_t rcv_ns = 0, std::int64_t snd_ns = 0) noexcept;
+// Forgets `fd` before it is closed (or replaced by dup2): this thread's driver lets go of it.
+void reset(int fd) noexcept;
+
+// A blocking socket the hooks must make wait: a socket, not user non-blocking.
+inline bool waitable(const FdEntry* e) noexcept {
+  if (!e) return false;
+  const std::uint32_t f = e->flags.load(std::memory_order_relaxed);
+  return (f & fd_socket) && !(f & fd_user_nb);
+}
+
+// Sets O_NONBLOCK in the kernel for a socket the user keeps blocking, once. False if fcntl failed.
+bool make_nonblocking(int fd, FdEntry& e) noexcept;
+
+// Binds `fd` to `driver` for this call: a slot left by another descriptor with this number (or by
+// this one on another worker) is reset first.
+void attach(int fd, FdEntry& e, EpollDriver& driver) noexcept;
+
+// What a wait returns: ready (try the call again), the call's own deadline passed, or an errno.
+inline constexpr int wait_ready = 0;
+inline constexpr int wait_own_deadline = -1;
+
+// Waits until `fd` may be ready for `dir`: the fiber parks if `driver` is set, else the thread
+// blocks in ppoll(2). Returns wait_ready, wait_own_deadline, or ECANCELED, ETIMEDOUT (a deadline
+// not the call's own), EBADF (closed meanwhile), EINTR (thread only: a signal) or another errno.
+int wait_fd(EpollDriver* driver, int fd, Direction dir, TimePoint deadline) noexcept;
+
+// Waits in a fiber until one of `fds` has an event it asks for (through a private epoll set, which
+// the driver watches), then returns check()'s value; check() is the real call with a zero timeout
+// and is tried first. Returns 0 when `deadline` passes, -1 with errno on cancel/ETIMEDOUT/failure.
+int wait_any(EpollDriver& driver, const pollfd* fds, std::size_t n, TimePoint deadline, int (*check)(void*),
+             void* arg) noexcept;
+
+// Parks the fiber until `deadline`. Returns 0, or ECANCELED / ETIMEDOUT if woken early for those.
+int fiber_sleep_until(TimePoint deadline) noexcept;
+
+// The deadline `ns` nanoseconds from now (no_deadline for 0).
+TimePoint deadline_in(std::int64_t ns) noexcept;
+
+}  // namespace skein::hooks::detail

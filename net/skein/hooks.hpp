@@ -1,0 +1,41 @@
+// The opt-in libc hooks (libskein_hooks.a, Meson's skein_hooks_dep): link them and libc's blocking
+// socket, sleep, poll and resolver calls, made inside a fiber, park only that fiber. See
+// docs/hooks.md for what is hooked, what falls through to libc and why.
+//
+// Errors: the hooked calls keep POSIX's convention exactly (-1 and errno; clock_nanosleep and
+// getaddrinfo return their codes). Inside a fiber a Task::cancel ends the call with ECANCELED
+// (getaddrinfo: EAI_SYSTEM with errno ECANCELED), an SO_RCVTIMEO/SO_SNDTIMEO expiry with EAGAIN
+// (connect: EINPROGRESS), a deadline that is not the call's own (a timeout scope) with ETIMEDOUT.
+// This header's functions do not fail.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace skein::hooks {
+
+// The calls this program routes through the hooks right now: linked in (the symbol resolves to
+// the hook, for shared libraries too) and not turned off by SKEIN_HOOKS_DISABLE. In link order of
+// the list, e.g. {"read", "write", ...}.
+std::vector<std::string_view> hooked_calls();
+
+// True if `call` (a libc function name such as "recv") is in hooked_calls().
+bool is_hooked(std::string_view call) noexcept;
+
+// One line for a startup log: "skein hooks: read write ... (off: sleep)".
+std::string describe();
+
+// Per-call opt-out: while one is alive on this thread, hooked calls made on it behave as if the
+// hooks were not linked (they block the thread; a descriptor the hooks made non-blocking is waited
+// for with poll(2)). Nests. Must not be held across a skein wait (sleep_for, join, ...): another
+// fiber on the thread would run bypassed too.
+class Bypass {
+ public:
+  Bypass() noexcept;
+  ~Bypass();
+  Bypass(const Bypass&) = delete;
+  Bypass& operator=(const Bypass&) = delete;
+};
+
+}  // namespace skein::hooks
