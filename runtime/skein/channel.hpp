@@ -543,11 +543,13 @@ std::size_t select(Cases&&... cases) {
   unlock_all();
   auto dequeue_all = [&]() noexcept { each_channel([](auto& c, auto) { c.dequeue(); }); };
   using Dequeue = decltype(dequeue_all);
+  // The other cases' nodes must be gone before the wake-up reopens (a fiber's reopens as it
+  // resumes), or a counterpart could complete a second case of a select that has moved on.
   const detail::Wake w = detail::block(
       *identity, deadline, [](detail::Fiber*, void* d) noexcept { (*static_cast<Dequeue*>(d))(); },
-      &dequeue_all);
+      &dequeue_all, true);
   if (w == detail::Wake::notified) {
-    dequeue_all();
+    dequeue_all();  // a thread's wake-up never reopens, so its nodes may go now
     return finish();
   }
   if (w == detail::Wake::timed_out) {

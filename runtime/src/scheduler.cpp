@@ -365,8 +365,8 @@ Fiber* current_fiber() noexcept {
   return tl_scheduler ? tl_scheduler->running() : nullptr;
 }
 
-Wake park(TimePoint deadline, Unlink unlink, void* arg) noexcept {
-  return tl_scheduler->park_running(deadline, unlink, arg);
+Wake park(TimePoint deadline, Unlink unlink, void* arg, bool unlink_on_wake) noexcept {
+  return tl_scheduler->park_running(deadline, unlink, arg, unlink_on_wake);
 }
 
 namespace {
@@ -519,11 +519,11 @@ Wake block_thread(ThreadWaiter& thread, TimePoint deadline, Unlink unlink, void*
   return until < deadline ? Wake::expired : Wake::timed_out;
 }
 
-Wake block(WaitNode& node, TimePoint deadline, Unlink unlink, void* arg) noexcept {
+Wake block(WaitNode& node, TimePoint deadline, Unlink unlink, void* arg, bool unlink_on_wake) noexcept {
   if (!node.fiber) return block_thread(*node.thread, deadline, unlink, arg);
   // The party that will wake it may be any thread, in this runtime or not: not a deadlock.
   const Scheduler::ForeignWait foreign(*node.fiber->scheduler);
-  return park(deadline, unlink, arg);
+  return park(deadline, unlink, arg, unlink_on_wake);
 }
 
 TimePoint scope_deadline() noexcept {

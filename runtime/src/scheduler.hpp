@@ -162,7 +162,8 @@ class Scheduler {
   }
 
   // The park protocol (detail::park): see fiber.hpp.
-  [[gnu::always_inline]] Wake park_running(TimePoint deadline, Unlink unlink, void* arg) noexcept {
+  [[gnu::always_inline]] Wake park_running(TimePoint deadline, Unlink unlink, void* arg,
+                                           bool unlink_on_wake = false) noexcept {
     Fiber* f = running_;
     if (f->cancel_requested.load(std::memory_order_relaxed) && !f->shielded &&
         !f->claimed.exchange(true, std::memory_order_acquire)) {
@@ -189,6 +190,7 @@ class Scheduler {
     f->resume_at = &here;
     switch_context(here, *home_);
     f->unlink = nullptr;
+    if (unlink_on_wake && f->wake == Wake::notified) unlink(f, arg);
     f->claimed.store(false, std::memory_order_relaxed);
     if (f->wake == Wake::timed_out && until < deadline) return Wake::expired;
     return f->wake;

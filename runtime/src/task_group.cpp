@@ -47,13 +47,11 @@ void TaskGroup::fail(std::exception_ptr e) noexcept {
 }
 
 void TaskGroup::cancel() noexcept {
-  std::vector<detail::Fiber*> now;
-  {
-    std::lock_guard g(lock_);
-    cancelling_ = true;
-    now = children_;  // each kept alive by the group's reference while the lock is not held
-  }
-  for (detail::Fiber* f : now) detail::cancel(f);
+  // Under the lock: a joiner may release finished children the moment it is let go. Nothing takes
+  // this lock while holding a wait list's, so cancelling (which may unlink a waiter) here is safe.
+  std::lock_guard g(lock_);
+  cancelling_ = true;
+  for (detail::Fiber* f : children_) detail::cancel(f);
 }
 
 void TaskGroup::wait_children(bool shielded) {

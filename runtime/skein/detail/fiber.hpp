@@ -209,8 +209,11 @@ Fiber* current_fiber() noexcept;
 // Parks the running fiber until unpark(), `deadline`, or a cancel. `unlink(fiber, arg)` runs when
 // the wake is a timeout or a cancel. Returns at once with Wake::cancelled if the fiber is already
 // cancelled. The fiber's TimeoutScope deadline applies too, unless it is shielded: Wake::expired
-// when it passes before `deadline`. Must be called from a fiber.
-Wake park(TimePoint deadline, Unlink unlink = nullptr, void* arg = nullptr) noexcept;
+// when it passes before `deadline`. With `unlink_on_wake`, `unlink` also runs after a notified
+// wake, before the wake-up reopens: for a waiter queued on several lists (select), whose other
+// nodes must be gone before any waker could claim it again. Must be called from a fiber.
+Wake park(TimePoint deadline, Unlink unlink = nullptr, void* arg = nullptr,
+          bool unlink_on_wake = false) noexcept;
 
 // Wakes a parked fiber with Wake::notified, from any thread (through its scheduler's inbox when
 // that is another thread's). Returns false, doing nothing, if the wait's wake-up was already won
@@ -255,7 +258,9 @@ Wake block_thread(ThreadWaiter& thread, TimePoint deadline, Unlink unlink, void*
 
 // The same for either kind of waiter: parks `node.fiber`, or blocks on `node.thread`. A fiber's wait
 // is never taken for a deadlock (any thread may be the one to end it).
-Wake block(WaitNode& node, TimePoint deadline, Unlink unlink, void* arg) noexcept;
+// `unlink_on_wake` as for park().
+Wake block(WaitNode& node, TimePoint deadline, Unlink unlink, void* arg,
+           bool unlink_on_wake = false) noexcept;
 
 // Sets the calling fiber's (or thread's) TimeoutScope deadline; returns the previous one.
 TimePoint set_scope_deadline(TimePoint deadline) noexcept;
