@@ -18,6 +18,7 @@
 #include <skein/task.hpp>
 
 #include "context.hpp"
+#include "ratio_report.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -336,81 +337,10 @@ BENCHMARK(BM_skein_yield_k_fibers)->Arg(10)->Arg(1000)->Arg(100000)->UseRealTime
 
 // ---- the ratio table -----------------------------------------------------------------------
 
-// Nanoseconds per iteration (wall clock, or CPU time of the benchmark thread) or a counter of every
-// benchmark that ran, keyed "function[/args]". With repetitions, the median aggregate wins when
-// there is one, else the median of the runs.
-class Results {
- public:
-  void add(const benchmark::BenchmarkReporter::Run& run) {
-    if (run.error_occurred) return;
-    std::string key = run.run_name.function_name;
-    if (!run.run_name.args.empty()) key += "/" + run.run_name.args;
-    Entry& e = entries_[key];
-    const double to_ns = 1e9 / benchmark::GetTimeUnitMultiplier(run.time_unit);
-    Sample s{run.GetAdjustedRealTime() * to_ns, run.GetAdjustedCPUTime() * to_ns, {}};
-    for (const auto& [name, counter] : run.counters) s.counters[name] = counter.value;
-    if (run.run_type == benchmark::BenchmarkReporter::Run::RT_Aggregate) {
-      if (run.aggregate_name == "median") e.median = s;
-    } else {
-      e.runs.push_back(std::move(s));
-    }
-  }
-
-  std::optional<double> ns(const std::string& key) const { return value(key, nullptr, false); }
-  std::optional<double> cpu_ns(const std::string& key) const { return value(key, nullptr, true); }
-  std::optional<double> counter(const std::string& key, const char* name) const {
-    return value(key, name, false);
-  }
-
- private:
-  struct Sample {
-    double ns;
-    double cpu_ns;
-    std::map<std::string, double> counters;
-  };
-  struct Entry {
-    std::vector<Sample> runs;
-    std::optional<Sample> median;
-  };
-
-  std::optional<double> value(const std::string& key, const char* counter, bool cpu) const {
-    const auto it = entries_.find(key);
-    if (it == entries_.end()) return std::nullopt;
-    auto pick = [&](const Sample& s) -> std::optional<double> {
-      if (!counter) return cpu ? s.cpu_ns : s.ns;
-      const auto c = s.counters.find(counter);
-      if (c == s.counters.end()) return std::nullopt;
-      return c->second;
-    };
-    if (it->second.median) return pick(*it->second.median);
-    std::vector<double> values;
-    for (const Sample& s : it->second.runs)
-      if (auto v = pick(s)) values.push_back(*v);
-    if (values.empty()) return std::nullopt;
-    std::sort(values.begin(), values.end());
-    const std::size_t n = values.size();
-    return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-  }
-
-  std::map<std::string, Entry> entries_;
-};
-
-// A measured quantity: a benchmark's time, or one of its counters.
-struct Metric {
-  const char* key;
-  const char* counter = nullptr;
-  std::optional<double> of(const Results& r) const { return counter ? r.counter(key, counter) : r.ns(key); }
-};
-
-enum class Goal { info, at_most, at_least };
-
-struct Ratio {
-  const char* label;
-  Metric num;
-  Metric den;
-  Goal goal = Goal::info;
-  double target = 0;
-};
+using skein_bench::Absolute;
+using skein_bench::Goal;
+using skein_bench::Ratio;
+using skein_bench::Results;
 
 const Ratio kRatios[] = {
     {"asm switch / boost switch", {"BM_switch_skein_asm"}, {"BM_switch_boost_fcontext"}, Goal::at_most, 0.70},
@@ -447,11 +377,6 @@ const Ratio kRatios[] = {
      {"BM_skein_yield_k_fibers/10", "ns_per_yield"}},
 };
 
-struct Absolute {
-  const char* label;
-  Metric metric;
-};
-
 const Absolute kAbsolutes[] = {
     {"switch round trip, skein asm", {"BM_switch_skein_asm"}},
     {"switch round trip, Boost.Context fcontext", {"BM_switch_boost_fcontext"}},
@@ -469,134 +394,14 @@ const Absolute kAbsolutes[] = {
     {"yield per fiber, 100000 fibers", {"BM_skein_yield_k_fibers/100000", "ns_per_yield"}},
 };
 
-struct Verdict {
-  std::optional<double> value;
-  const char* mark;  // PASS, MISS, or "" for informational rows
-};
-
-Verdict judge(const Ratio& r, const Results& results) {
-  const auto num = r.num.of(results);
-  const auto den = r.den.of(results);
-  if (!num || !den || *den <= 0) return {std::nullopt, ""};
-  const double v = *num / *den;
-  if (r.goal == Goal::info) return {v, ""};
-  const bool ok = r.goal == Goal::at_most ? v <= r.target : v >= r.target;
-  return {v, ok ? "PASS" : "MISS"};
-}
-
-const char* goal_op(Goal g) {
-  return g == Goal::at_most ? "<=" : ">=";
-}
-
-std::string format_ns(double ns) {
-  char buf[32];
-  if (ns >= 1e6)
-    std::snprintf(buf, sizeof buf, "%.2f ms", ns / 1e6);
-  else if (ns >= 1e3)
-    std::snprintf(buf, sizeof buf, "%.2f us", ns / 1e3);
-  else
-    std::snprintf(buf, sizeof buf, "%.2f ns", ns);
-  return buf;
-}
-
 void print_tables(const Results& results) {
-  std::printf("\nskein switch_bench: time per round trip (there and back), median of repetitions\n");
-  std::printf("  %-48s %12s %12s\n", "", "wall", "cpu");
-  for (const Absolute& a : kAbsolutes) {
-    const auto v = a.metric.of(results);
-    // CPU time is the benchmark thread's own; next to wall time it shows how much a busy
-    // machine took away (for the thread benchmarks it leaves out the other thread).
-    const auto cpu = a.metric.counter ? std::nullopt : results.cpu_ns(a.metric.key);
-    std::printf("  %-48s %12s %12s\n", a.label, v ? format_ns(*v).c_str() : "not run",
-                cpu ? format_ns(*cpu).c_str() : "");
-  }
-  // This run itself keeps about one CPU busy; a load much above that means something else ran.
-  double load[1];
-  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  if (getloadavg(load, 1) == 1 && load[0] >= 1.5)
-    std::printf(
-        "  note: 1-minute load average %.1f on %ld CPUs (this run counts ~1): other work shared\n"
-        "        the CPUs, so wall times may be inflated\n",
-        load[0], cpus);
-  std::printf("\nratios of wall times from this run (informational: a MISS never fails the run)\n");
-  for (const Ratio& r : kRatios) {
-    const Verdict v = judge(r, results);
-    char value[32];
-    if (v.value)
-      std::snprintf(value, sizeof value, "%10.2fx", *v.value);
-    else
-      std::snprintf(value, sizeof value, "%11s", "n/a");
-    if (r.goal == Goal::info)
-      std::printf("  %-58s = %s\n", r.label, value);
-    else
-      std::printf("  %-58s = %s  (target %s %.2f)  %s\n", r.label, value, goal_op(r.goal), r.target,
-                  v.value ? v.mark : "not run");
-  }
-  std::fflush(stdout);
+  // This run itself keeps about one CPU busy.
+  skein_bench::print_absolutes(
+      "skein switch_bench: time per round trip (there and back), median of repetitions", kAbsolutes, results,
+      1);
+  skein_bench::print_ratios("ratios of wall times from this run (informational: a MISS never fails the run)",
+                            kRatios, results);
 }
-
-std::string json_number(std::optional<double> v) {
-  if (!v || !std::isfinite(*v)) return "null";
-  std::ostringstream s;
-  s.precision(6);
-  s << *v;
-  return s.str();
-}
-
-std::string ratios_json(const Results& results) {
-  std::ostringstream out;
-  out << "[";
-  bool first = true;
-  for (const Ratio& r : kRatios) {
-    const Verdict v = judge(r, results);
-    out << (first ? "\n" : ",\n") << "    {\"name\": \"" << r.label
-        << "\", \"value\": " << json_number(v.value)
-        << ", \"numerator_ns\": " << json_number(r.num.of(results))
-        << ", \"denominator_ns\": " << json_number(r.den.of(results));
-    if (r.goal == Goal::info)
-      out << ", \"target\": null, \"pass\": null}";
-    else
-      out << ", \"target\": \"" << goal_op(r.goal) << " " << r.target
-          << "\", \"pass\": " << (v.value ? (*v.mark == 'P' ? "true" : "false") : "null") << "}";
-    first = false;
-  }
-  out << "\n  ]";
-  return out.str();
-}
-
-// Google Benchmark's JSON file, with the ratio table added as "skein_ratios". It also collects the
-// results: the file reporter sees every run and aggregate whatever the display flags say.
-class RatioJsonReporter final : public benchmark::JSONReporter {
- public:
-  explicit RatioJsonReporter(Results& results) : results_(results) {}
-
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const Run& run : runs) results_.add(run);
-    JSONReporter::ReportRuns(runs);
-  }
-
-  // The base class closes the document; its closing text is captured and reopened rather than
-  // reproduced, so a change of its layout cannot make the file invalid.
-  void Finalize() override {
-    std::ostream& out = GetOutputStream();
-    std::ostringstream tail;
-    SetOutputStream(&tail);
-    JSONReporter::Finalize();
-    SetOutputStream(&out);
-    std::string closing = tail.str();
-    const auto brace = closing.rfind('}');
-    if (brace == std::string::npos) {
-      out << closing;
-      return;
-    }
-    closing.erase(brace);
-    while (!closing.empty() && std::isspace(static_cast<unsigned char>(closing.back()))) closing.pop_back();
-    out << closing << ",\n  \"skein_ratios\": " << ratios_json(results_) << "\n}\n";
-  }
-
- private:
-  Results& results_;
-};
 
 void print_usage(const char* argv0) {
   std::printf(
@@ -616,64 +421,13 @@ void print_usage(const char* argv0) {
       argv0, kQuickMinTime, kDefaultOut);
 }
 
-bool starts_with(std::string_view s, std::string_view prefix) {
-  return s.substr(0, prefix.size()) == prefix;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args{argv[0]};
-  bool quick = false, has_out = false, has_min_time = false;
-  std::string out_path = kDefaultOut;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    if (a == "--help" || a == "-h") {
-      print_usage(argv[0]);
-      benchmark::PrintDefaultHelp();
-      return 0;
-    }
-    if (a == "--quick") {
-      quick = true;
-      continue;
-    }
-    if (starts_with(a, "--benchmark_out_format=") && a != "--benchmark_out_format=json") {
-      std::fprintf(stderr,
-                   "switch_bench: ignoring %s: the output file is always JSON (it carries the ratios)\n",
-                   argv[i]);
-      continue;
-    }
-    if (starts_with(a, "--benchmark_out=")) {
-      has_out = true;
-      out_path = std::string(a.substr(std::strlen("--benchmark_out=")));
-    }
-    if (starts_with(a, "--benchmark_min_time=")) has_min_time = true;
-    args.emplace_back(a);
-  }
-  if (!has_out) args.push_back(std::string("--benchmark_out=") + kDefaultOut);
-  if (quick && !has_min_time) args.push_back(std::string("--benchmark_min_time=") + kQuickMinTime);
-  if (const auto dir = std::filesystem::path(out_path).parent_path(); !dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-  }
-
-  std::vector<char*> cargv;
-  for (std::string& a : args) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  int cargc = static_cast<int>(args.size());
-  benchmark::Initialize(&cargc, cargv.data());
-  if (benchmark::ReportUnrecognizedArguments(cargc, cargv.data())) return 1;
-
   benchmark::AddCustomContext("skein_runtime_context_backend", skein::detail::context_backend);
   benchmark::AddCustomContext("skein_guard_mode", skein::effective_guard_mode() == skein::GuardMode::madvise
                                                       ? "madvise"
                                                       : "mprotect");
-
-  Results results;
-  RatioJsonReporter file_reporter(results);
-  benchmark::RunSpecifiedBenchmarks(nullptr, &file_reporter);
-  print_tables(results);
-  std::printf("\nJSON: %s\n", out_path.c_str());
-  benchmark::Shutdown();
-  return 0;
+  return skein_bench::run_main(
+      argc, argv, {"switch_bench", kDefaultOut, kQuickMinTime, print_usage, kRatios, print_tables});
 }

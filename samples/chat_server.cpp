@@ -230,12 +230,12 @@ class Room {
   // Queues `line` for every member but `except`. A member whose queue is full is dropped, and
   // that is announced in turn (which may drop more).
   void broadcast(std::string line, const Client* except) {
-    std::deque<std::pair<std::string, const Client*>> todo;
-    todo.emplace_back(std::move(line), except);
+    std::deque<std::pair<std::string, const Client*>> pending;
+    pending.emplace_back(std::move(line), except);
     std::vector<ClientPtr> full;
-    while (!todo.empty()) {
-      auto [text, skip] = std::move(todo.front());
-      todo.pop_front();
+    while (!pending.empty()) {
+      auto [text, skip] = std::move(pending.front());
+      pending.pop_front();
       for (const auto& [nick, member] : members_) {
         if (member.get() == skip) continue;
         std::string copy = text;
@@ -249,7 +249,7 @@ class Room {
         c->too_slow.store(true);
         c->out.close();
         c->ended.set();  // its session stops its reader and writer, and says goodbye
-        todo.emplace_back("* " + c->nick + " left (too slow)\n", nullptr);
+        pending.emplace_back("* " + c->nick + " left (too slow)\n", nullptr);
       }
       full.clear();
     }

@@ -6,6 +6,8 @@
 
 #include <doctest/doctest.h>
 
+#include "worker_options.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -28,28 +30,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::size_t workers() {
-  static const std::size_t n = [] {
-    const char* env = std::getenv("SKEIN_TEST_WORKERS");
-    const long v = env ? std::strtol(env, nullptr, 10) : 4;
-    return static_cast<std::size_t>(v > 0 ? v : 4);
-  }();
-  return n;
-}
-
-skein::RuntimeOptions options() {
-  return skein::RuntimeOptions{workers()};
-}
-
-template <class F>
-std::errc error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::system_error& e) {
-    return static_cast<std::errc>(e.code().value());
-  }
-  return std::errc{};
-}
+using skein_test::error_of;
+using skein_test::options;
+using skein_test::workers;
 
 }  // namespace
 

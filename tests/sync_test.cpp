@@ -15,6 +15,8 @@
 
 #include <doctest/doctest.h>
 
+#include "worker_options.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -43,32 +45,13 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::size_t workers() {
-  static const std::size_t n = [] {
-    const char* env = std::getenv("SKEIN_TEST_WORKERS");
-    const long v = env ? std::strtol(env, nullptr, 10) : 4;
-    return static_cast<std::size_t>(v > 0 ? v : 4);
-  }();
-  return n;
-}
-
-skein::RuntimeOptions options() {
-  return skein::RuntimeOptions{workers()};
-}
+using skein_test::error_of;
+using skein_test::options;
+using skein_test::workers;
 
 // A worker "i steps away": spread fibers over every worker of the running runtime.
 std::size_t far(std::size_t i) {
   return i % skein::worker_count();
-}
-
-template <class F>
-std::errc error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::system_error& e) {
-    return static_cast<std::errc>(e.code().value());
-  }
-  return std::errc{};
 }
 
 // The std::future_errc a call throws, or none.

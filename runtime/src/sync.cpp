@@ -65,12 +65,13 @@ bool Mutex::try_lock_until(Deadline deadline) {
 }
 
 void Mutex::unlock() noexcept {
-  std::unique_lock g(waiters_.lock);
-  detail::WaitNode* next = detail::claim_front(waiters_);
-  if (!next) locked_ = false;
-  const detail::Wakeup w = next ? detail::wakeup_of(next) : detail::Wakeup{};
-  g.unlock();
-  detail::deliver(w);
+  detail::Wakeup next;
+  {
+    std::lock_guard g(waiters_.lock);
+    next = detail::claim_one(waiters_);
+    if (!next) locked_ = false;
+  }
+  detail::deliver(next);
 }
 
 void Mutex::lock_uninterruptible() noexcept {
@@ -106,11 +107,12 @@ bool ConditionVariable::wait_until(std::unique_lock<Mutex>& lock, Deadline deadl
 }
 
 void ConditionVariable::notify_one() noexcept {
-  std::unique_lock g(waiters_.lock);
-  detail::WaitNode* n = detail::claim_front(waiters_);
-  const detail::Wakeup w = n ? detail::wakeup_of(n) : detail::Wakeup{};
-  g.unlock();
-  detail::deliver(w);
+  detail::Wakeup next;
+  {
+    std::lock_guard g(waiters_.lock);
+    next = detail::claim_one(waiters_);
+  }
+  detail::deliver(next);
 }
 
 void ConditionVariable::notify_all() noexcept {

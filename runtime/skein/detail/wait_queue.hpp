@@ -30,6 +30,12 @@ Node* claim_front(WaitList& list) noexcept {
   return nullptr;
 }
 
+// claim_front(), as the Wakeup to deliver once the lock is released (empty if nobody is waiting).
+inline Wakeup claim_one(WaitList& list) noexcept {
+  const WaitNode* n = claim_front(list);
+  return n ? wakeup_of(n) : Wakeup{};
+}
+
 // Pops every waiter off `list` (its lock held) and returns those whose wake-up was won, chained
 // through `next`, for deliver_all() once the lock is released.
 inline WaitNode* claim_all(WaitList& list) noexcept {
