@@ -282,7 +282,7 @@ TEST_SUITE("hooks") {
   }
 
   TEST_CASE("a cancel ends a hooked wait with ECANCELED; with_timeout's deadline too") {
-    Pair p;
+    Pair p, q;  // an interrupted wait shuts its connection down: one pair per wait
     skein::run([&] {
       int err = 0;
       auto t = skein::spawn([&] {
@@ -318,7 +318,7 @@ TEST_SUITE("hooks") {
       int perr = 0;
       try {
         skein::with_timeout(50ms, [&] {
-          pollfd pf{p.fd[0], POLLIN, 0};
+          pollfd pf{q.fd[0], POLLIN, 0};
           const int r = poll(&pf, 1, -1);
           perr = errno;
           return r;
@@ -333,7 +333,7 @@ TEST_SUITE("hooks") {
 
   TEST_CASE(
       "a TimeoutScope's deadline ends hooked waits with ETIMEDOUT; a shorter SO_RCVTIMEO stays EAGAIN") {
-    Pair p;
+    Pair p, q, r;  // an interrupted wait shuts its connection down: one pair per wait
     skein::run([&] {
       const auto start = skein::Clock::now();
       char c;
@@ -344,7 +344,7 @@ TEST_SUITE("hooks") {
         read_err = errno;
         CHECK(usleep(2'000'000) == -1);
         sleep_err = errno;
-        pollfd pf{p.fd[0], POLLIN, 0};
+        pollfd pf{q.fd[0], POLLIN, 0};
         CHECK(poll(&pf, 1, 2000) == -1);
         poll_err = errno;
       }
@@ -353,9 +353,9 @@ TEST_SUITE("hooks") {
       CHECK(poll_err == ETIMEDOUT);
       CHECK(seconds_since(start) < 1.0);
       const timeval tv{0, 30'000};
-      REQUIRE(setsockopt(p.fd[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+      REQUIRE(setsockopt(r.fd[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
       skein::TimeoutScope scope(5s);
-      CHECK(recv(p.fd[0], &c, 1, 0) == -1);
+      CHECK(recv(r.fd[0], &c, 1, 0) == -1);
       CHECK(errno == EAGAIN);  // the socket's own timeout came first
     });
   }

@@ -89,6 +89,8 @@ ssize_t transfer(Call call, int fd, Direction dir, bool dontwait, bool all, std:
     }
     const int w = wait_fd(driver, fd, dir, deadline);
     if (w != wait_ready) {
+      // Part of a request sent or a reply awaited: the connection cannot go on as if not.
+      if (interrupting(w)) interrupted(fd);
       if (done) return static_cast<ssize_t>(done);
       errno = interrupted_errno(w);
       return -1;
@@ -262,6 +264,8 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) noexcept {
     } else {
       return -1;
     }
+    // An abandoned attempt is aborted, not left to complete behind the caller's back.
+    if (interrupting(w)) interrupted(fd);
     // socket(7): a connect that times out fails with EINPROGRESS (it goes on in the background).
     errno = w == wait_own_deadline ? (err == EAGAIN ? EAGAIN : EINPROGRESS) : w;
     return -1;

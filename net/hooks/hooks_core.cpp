@@ -48,6 +48,18 @@ namespace {
 constinit std::atomic<std::uint64_t> disabled_mask{0};
 constinit std::atomic<bool> env_read{false};
 constinit thread_local unsigned tl_bypass = 0;
+// SKEIN_HOOKS_KEEP_INTERRUPTED: 0 unread, 1 unset (interrupted connections are shut down), 2 set.
+constinit std::atomic<int> keep_env{0};
+
+bool keep_all_interrupted() noexcept {
+  int k = keep_env.load(std::memory_order_acquire);
+  if (k == 0) {
+    const char* env = std::getenv("SKEIN_HOOKS_KEEP_INTERRUPTED");
+    k = env && *env && std::strcmp(env, "0") != 0 ? 2 : 1;
+    keep_env.store(k, std::memory_order_release);
+  }
+  return k == 2;
+}
 
 std::uint64_t disabled() noexcept {
   if (!env_read.load(std::memory_order_acquire)) {
@@ -172,6 +184,30 @@ void attach(int fd, FdEntry& e, EpollDriver& driver) noexcept {
   e.driver.store(&driver, std::memory_order_relaxed);
 }
 
+void interrupted(int fd) noexcept {
+  if (keep_all_interrupted()) return;
+  const int saved = errno;
+  FdEntry* e = classified(fd);
+  const std::uint32_t f = e ? e->flags.load(std::memory_order_acquire) : 0;
+  int type = 0, listening = 0;
+  socklen_t len = sizeof type;
+  if ((f & fd_socket) && !(f & fd_keep) && getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 &&
+      (type == SOCK_STREAM || type == SOCK_SEQPACKET)) {
+    len = sizeof listening;
+    // shutdown(2) on a listener would stop it listening: it has no request to be cut in half.
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && !listening &&
+        shutdown(fd, SHUT_RDWR) == 0) {
+      // What arrived before the shutdown is a reply the caller gave up on: drop it, or the next
+      // read would still return it ahead of the end of the stream. Nothing queues after this
+      // point (TCP answers later data with a reset, a Unix peer's send fails with EPIPE).
+      char sink[2048];
+      for (int i = 0; i < 100'000; ++i)
+        if (syscall(SYS_recvfrom, fd, sink, sizeof sink, MSG_DONTWAIT, nullptr, nullptr) <= 0) break;
+    }
+  }
+  errno = saved;
+}
+
 TimePoint deadline_in(std::int64_t ns) noexcept {
   if (ns <= 0) return no_deadline;
   return deadline_after(std::chrono::nanoseconds(ns));
@@ -287,6 +323,10 @@ int wait_any(EpollDriver& driver, const pollfd* fds, std::size_t n, TimePoint de
       result = check(arg);  // what is ready at the deadline counts, as the kernel's poll does
       break;
     }
+    // Every descriptor the fiber was waiting on is abandoned mid-exchange, whichever one the
+    // caller's request was on.
+    if (interrupting(w))
+      for (std::size_t i = 0; i < n; ++i) interrupted(fds[i].fd);
     errno = w;
     result = -1;
     break;
@@ -340,7 +380,17 @@ std::string describe() {
     (on ? line : off) += call_names[i];
   }
   if (!off.empty()) line += " (off:" + off + ")";
+  if (detail::keep_all_interrupted()) line += " (interrupted connections kept)";
   return line;
+}
+
+void keep_after_interrupt(int fd, bool keep) noexcept {
+  detail::FdEntry* e = detail::classified(fd);
+  if (!e || !(e->flags.load(std::memory_order_acquire) & detail::fd_socket)) return;
+  if (keep)
+    e->flags.fetch_or(detail::fd_keep, std::memory_order_relaxed);
+  else
+    e->flags.fetch_and(~std::uint32_t{detail::fd_keep}, std::memory_order_relaxed);
 }
 
 Bypass::Bypass() noexcept {

@@ -12,6 +12,7 @@
 #include <poll.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 
@@ -68,6 +69,7 @@ enum : std::uint32_t {
   fd_stream = 4,    // SOCK_STREAM: blocking sends transfer everything, MSG_WAITALL loops
   fd_user_nb = 8,   // the user asked for O_NONBLOCK (socket, fcntl, ioctl FIONBIO, accept4)
   fd_ours_nb = 16,  // the hooks set O_NONBLOCK in the kernel; the user's view hides it
+  fd_keep = 32,     // keep_after_interrupt(): an interrupted wait leaves the connection as it is
 };
 
 // One descriptor's state, shared by every thread (descriptors are the process's).
@@ -116,6 +118,18 @@ int wait_fd(EpollDriver* driver, int fd, Direction dir, TimePoint deadline) noex
 // and is tried first. Returns 0 when `deadline` passes, -1 with errno on cancel/ETIMEDOUT/failure.
 int wait_any(EpollDriver& driver, const pollfd* fds, std::size_t n, TimePoint deadline, int (*check)(void*),
              void* arg) noexcept;
+
+// True for the errno of a wait a fiber-only event interrupted (a cancel, a deadline not the call's
+// own): the call stopped in the middle of whatever the caller was exchanging on the descriptor.
+inline bool interrupting(int err) noexcept {
+  return err == ECANCELED || err == ETIMEDOUT;
+}
+
+// After an interrupted hooked wait on `fd`: a connected stream or seqpacket socket (not listening,
+// not opted out by keep_after_interrupt or SKEIN_HOOKS_KEEP_INTERRUPTED) is shut down both ways and
+// what it had received is dropped, so the library sees a broken connection instead of reading a
+// late reply as the answer to its next request. Anything else is left alone. Keeps errno.
+void interrupted(int fd) noexcept;
 
 // Parks the fiber until `deadline`. Returns 0, or ECANCELED / ETIMEDOUT if woken early for those.
 int fiber_sleep_until(TimePoint deadline) noexcept;

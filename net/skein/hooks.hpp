@@ -5,7 +5,8 @@
 // Errors: the hooked calls keep POSIX's convention exactly (-1 and errno; clock_nanosleep and
 // getaddrinfo return their codes). Inside a fiber a Task::cancel ends the call with ECANCELED
 // (getaddrinfo: EAI_SYSTEM with errno ECANCELED), an SO_RCVTIMEO/SO_SNDTIMEO expiry with EAGAIN
-// (connect: EINPROGRESS), a deadline that is not the call's own (a timeout scope) with ETIMEDOUT.
+// (connect: EINPROGRESS), a deadline that is not the call's own (a timeout scope) with ETIMEDOUT;
+// after those two the connection is shut down (keep_after_interrupt below).
 // This header's functions do not fail.
 #pragma once
 
@@ -25,6 +26,14 @@ bool is_hooked(std::string_view call) noexcept;
 
 // One line for a startup log: "skein hooks: read write ... (off: sleep)".
 std::string describe();
+
+// Interrupted connections: when a cancel or a timeout scope ends a hooked wait (ECANCELED,
+// ETIMEDOUT) on a connected stream socket, the hooks shut the socket down, so the library sees a
+// broken connection instead of reading the late reply as the answer to its next request.
+// keep_after_interrupt(fd) opts one socket out (until it is closed; `keep` false undoes it) for a
+// protocol the program resynchronises itself; SKEIN_HOOKS_KEEP_INTERRUPTED=1 opts out the whole
+// process. No effect on a descriptor that is not an open socket.
+void keep_after_interrupt(int fd, bool keep = true) noexcept;
 
 // Per-call opt-out: while one is alive on this thread, hooked calls made on it behave as if the
 // hooks were not linked (they block the thread; a descriptor the hooks made non-blocking is waited
