@@ -282,7 +282,9 @@ TEST_SUITE("hooks") {
   }
 
   TEST_CASE("a cancel ends a hooked wait with ECANCELED; with_timeout's deadline too") {
-    Pair p, q;  // an interrupted wait shuts its connection down: one pair per wait
+    Pair p;
+    int q[2];  // a pipe: an interrupted wait on a socket connection would shut it down
+    REQUIRE(pipe(q) == 0);
     skein::run([&] {
       int err = 0;
       auto t = skein::spawn([&] {
@@ -318,7 +320,7 @@ TEST_SUITE("hooks") {
       int perr = 0;
       try {
         skein::with_timeout(50ms, [&] {
-          pollfd pf{q.fd[0], POLLIN, 0};
+          pollfd pf{q[0], POLLIN, 0};
           const int r = poll(&pf, 1, -1);
           perr = errno;
           return r;
@@ -329,11 +331,15 @@ TEST_SUITE("hooks") {
       CHECK((perr == ECANCELED || perr == ETIMEDOUT));
       CHECK(seconds_since(start) < 1.0);
     });
+    close(q[0]);
+    close(q[1]);
   }
 
   TEST_CASE(
       "a TimeoutScope's deadline ends hooked waits with ETIMEDOUT; a shorter SO_RCVTIMEO stays EAGAIN") {
-    Pair p, q, r;  // an interrupted wait shuts its connection down: one pair per wait
+    Pair p, r;  // an interrupted wait shuts its connection down: one pair per wait
+    int q[2];   // poll on a pipe: on a cut connection it would report the hang-up (docs/hooks.md)
+    REQUIRE(pipe(q) == 0);
     skein::run([&] {
       const auto start = skein::Clock::now();
       char c;
@@ -344,7 +350,7 @@ TEST_SUITE("hooks") {
         read_err = errno;
         CHECK(usleep(2'000'000) == -1);
         sleep_err = errno;
-        pollfd pf{q.fd[0], POLLIN, 0};
+        pollfd pf{q[0], POLLIN, 0};
         CHECK(poll(&pf, 1, 2000) == -1);
         poll_err = errno;
       }
@@ -358,6 +364,8 @@ TEST_SUITE("hooks") {
       CHECK(recv(r.fd[0], &c, 1, 0) == -1);
       CHECK(errno == EAGAIN);  // the socket's own timeout came first
     });
+    close(q[0]);
+    close(q[1]);
   }
 
   TEST_CASE("accept and connect over loopback TCP park fibers; a refused connect is ECONNREFUSED") {

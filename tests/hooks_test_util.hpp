@@ -3,6 +3,7 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -77,8 +78,10 @@ inline bool wait_listening(int port, std::chrono::milliseconds limit) {
 // killed by its timeout.
 class Child {
  public:
-  // Starts argv[0] with `argv`; with `capture`, its stdout is readable through line().
-  explicit Child(const std::vector<std::string>& argv, bool capture = false) {
+  // Starts argv[0] with `argv`; with `capture`, its stdout is readable through line(). With `uid`
+  // (root only), it runs as that user and group (servers that refuse to run as root).
+  explicit Child(const std::vector<std::string>& argv, bool capture = false,
+                 uid_t uid = static_cast<uid_t>(-1), gid_t gid = static_cast<gid_t>(-1)) {
     int out[2] = {-1, -1};
     if (capture && pipe(out) != 0) {
       std::perror("pipe");
@@ -91,6 +94,11 @@ class Child {
     }
     if (pid_ == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (uid != static_cast<uid_t>(-1) &&
+          (setgroups(0, nullptr) != 0 || setgid(gid) != 0 || setuid(uid) != 0)) {
+        std::perror("setuid");
+        _exit(127);
+      }
       if (capture) {
         dup2(out[1], 1);
         ::close(out[0]);

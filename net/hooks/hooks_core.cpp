@@ -184,11 +184,12 @@ void attach(int fd, FdEntry& e, EpollDriver& driver) noexcept {
   e.driver.store(&driver, std::memory_order_relaxed);
 }
 
-void interrupted(int fd) noexcept {
-  if (keep_all_interrupted()) return;
+bool interrupted(int fd) noexcept {
+  if (keep_all_interrupted()) return false;
   const int saved = errno;
   FdEntry* e = classified(fd);
   const std::uint32_t f = e ? e->flags.load(std::memory_order_acquire) : 0;
+  bool cut = false;
   int type = 0, listening = 0;
   socklen_t len = sizeof type;
   if ((f & fd_socket) && !(f & fd_keep) && getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 &&
@@ -197,6 +198,7 @@ void interrupted(int fd) noexcept {
     // shutdown(2) on a listener would stop it listening: it has no request to be cut in half.
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && !listening &&
         shutdown(fd, SHUT_RDWR) == 0) {
+      cut = true;
       // What arrived before the shutdown is a reply the caller gave up on: drop it, or the next
       // read would still return it ahead of the end of the stream. Nothing queues after this
       // point (TCP answers later data with a reset, a Unix peer's send fails with EPIPE).
@@ -206,6 +208,7 @@ void interrupted(int fd) noexcept {
     }
   }
   errno = saved;
+  return cut;
 }
 
 TimePoint deadline_in(std::int64_t ns) noexcept {
@@ -324,9 +327,14 @@ int wait_any(EpollDriver& driver, const pollfd* fds, std::size_t n, TimePoint de
       break;
     }
     // Every descriptor the fiber was waiting on is abandoned mid-exchange, whichever one the
-    // caller's request was on.
-    if (interrupting(w))
-      for (std::size_t i = 0; i < n; ++i) interrupted(fds[i].fd);
+    // caller's request was on. If connections were cut, the call reports what the kernel now
+    // does (they hung up): a library's own handling of a closed connection runs, where a failed
+    // poll may pass for "nothing ready" (libmemcached reports a cache miss).
+    if (interrupting(w)) {
+      bool cut = false;
+      for (std::size_t i = 0; i < n; ++i) cut = interrupted(fds[i].fd) || cut;
+      if (cut && (result = check(arg)) > 0) break;
+    }
     errno = w;
     result = -1;
     break;

@@ -128,8 +128,9 @@ inline bool interrupting(int err) noexcept {
 // After an interrupted hooked wait on `fd`: a connected stream or seqpacket socket (not listening,
 // not opted out by keep_after_interrupt or SKEIN_HOOKS_KEEP_INTERRUPTED) is shut down both ways and
 // what it had received is dropped, so the library sees a broken connection instead of reading a
-// late reply as the answer to its next request. Anything else is left alone. Keeps errno.
-void interrupted(int fd) noexcept;
+// late reply as the answer to its next request. Anything else is left alone. Keeps errno. True if
+// `fd` was shut down.
+bool interrupted(int fd) noexcept;
 
 // Parks the fiber until `deadline`. Returns 0, or ECANCELED / ETIMEDOUT if woken early for those.
 int fiber_sleep_until(TimePoint deadline) noexcept;
