@@ -73,6 +73,19 @@ inline bool wait_listening(int port, std::chrono::milliseconds limit) {
   return false;
 }
 
+// This process's TCP socket connected to 127.0.0.1:port (a client library's, which it does not
+// show), or -1.
+inline int connection_to(int port) {
+  for (int fd = 3; fd < 1024; ++fd) {
+    sockaddr_in a{};
+    socklen_t len = sizeof a;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0 && a.sin_family == AF_INET &&
+        ntohs(a.sin_port) == port && a.sin_addr.s_addr == htonl(INADDR_LOOPBACK))
+      return fd;
+  }
+  return -1;
+}
+
 // A child process, stopped by its pid (SIGTERM, then SIGKILL after 5 s) when this goes away. It
 // also gets SIGKILL if the test process dies first (PR_SET_PDEATHSIG), so none outlives a test
 // killed by its timeout.
