@@ -62,7 +62,13 @@ void set(memcached_st* m, const std::string& key, const std::string& value) {
 
 // The server stops answering (SIGSTOP) while it lives: a get then waits in libmemcached's poll.
 struct Frozen {
-  Frozen() { kill(memcached_pid, SIGSTOP); }
+  Frozen() {
+    kill(memcached_pid, SIGSTOP);
+    // Until every thread has stopped, a request may still be answered: wait for the stop.
+    int status = 0;
+    REQUIRE(waitpid(memcached_pid, &status, WUNTRACED) == memcached_pid);
+    REQUIRE(WIFSTOPPED(status));
+  }
   ~Frozen() { kill(memcached_pid, SIGCONT); }
 };
 
