@@ -106,12 +106,12 @@ class Child {
       std::exit(1);
     }
     if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (uid != static_cast<uid_t>(-1) &&
           (setgroups(0, nullptr) != 0 || setgid(gid) != 0 || setuid(uid) != 0)) {
         std::perror("setuid");
         _exit(127);
       }
+      prctl(PR_SET_PDEATHSIG, SIGKILL);  // after setuid, which clears it
       if (capture) {
         dup2(out[1], 1);
         ::close(out[0]);
