@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -235,6 +236,34 @@ TEST_SUITE("hooks") {
     close(pipe_fds[0]);
     close(pipe_fds[1]);
     close(udp);
+  }
+
+  TEST_CASE("an interrupted connect is aborted, not left to complete behind the caller's back") {
+    // A listener whose accept queue is full (backlog 0, one connection not accepted) drops SYNs:
+    // the next connect waits in SYN_SENT.
+    const int l = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a = loopback(0);
+    socklen_t len = sizeof a;
+    REQUIRE(bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(listen(l, 0) == 0);
+    REQUIRE(getsockname(l, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    const int first = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(connect(first, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    const int s = socket(AF_INET, SOCK_STREAM, 0);
+    int err = 0;
+    skein::run([&] {
+      skein::TimeoutScope scope(50ms);
+      CHECK(connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == -1);
+      err = errno;
+    });
+    CHECK(err == ETIMEDOUT);
+    tcp_info info{};
+    len = sizeof info;
+    REQUIRE(getsockopt(s, IPPROTO_TCP, TCP_INFO, &info, &len) == 0);
+    CHECK(info.tcpi_state == (keep_all() ? TCP_SYN_SENT : TCP_CLOSE));
+    close(s);
+    close(first);
+    close(l);
   }
 
   TEST_CASE("an interrupted read on a Unix stream socket shuts it down; the peer's late send fails") {
