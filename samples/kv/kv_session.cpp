@@ -143,8 +143,6 @@ constexpr std::string_view kTooBig = "ERR string exceeds maximum allowed size (p
 // What HELLO and INFO say the server is: the Redis version whose commands it follows.
 constexpr std::string_view kServerName = "kv_server";
 constexpr std::string_view kServerVersion = "7.0.0";
-const auto kStarted = std::chrono::steady_clock::now();
-std::atomic<std::uint64_t> g_next_id{1};
 
 // Redis's string2ld: the whole text (under 5 KiB, no leading blank) read by strtold, which also
 // takes hex, "inf" and exponents; NaN and an overflow to infinity are refused.
@@ -197,10 +195,7 @@ const CommandInfo* lookup(std::string_view name) {
 }  // namespace
 
 KvSession::KvSession(Store& store, Limits limits)
-    : store_(store),
-      parser_(limits),
-      id_(g_next_id.fetch_add(1, std::memory_order_relaxed)),
-      max_string_(limits.max_bulk) {}
+    : store_(store), parser_(limits), id_(store.next_client_id()), max_string_(limits.max_bulk) {}
 
 std::size_t KvSession::feed(std::string_view input) {
   std::size_t used = 0;
@@ -791,12 +786,11 @@ void KvSession::cmd_info(std::span<const std::string_view> args) {
   }
   std::string text;
   if (server) {
-    const auto uptime =
-        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - kStarted);
+    const std::int64_t uptime = store_.uptime_ms() / 1000;
     text.append("# Server\r\nredis_version:").append(kServerVersion);
     text.append("\r\nredis_mode:standalone\r\narch_bits:64\r\nprocess_id:").append(std::to_string(getpid()));
-    text.append("\r\nuptime_in_seconds:").append(std::to_string(uptime.count()));
-    text.append("\r\nuptime_in_days:").append(std::to_string(uptime.count() / 86400)).append("\r\n");
+    text.append("\r\nuptime_in_seconds:").append(std::to_string(uptime));
+    text.append("\r\nuptime_in_days:").append(std::to_string(uptime / 86400)).append("\r\n");
   }
   if (keyspace) {
     if (!text.empty()) text.append("\r\n");

@@ -100,7 +100,10 @@ RespParser::Status RespParser::parse(std::string_view data) {
 
 RespParser::Status RespParser::parse_multibulk(std::string_view data) {
   if (expected_ < 0) {  // the header, "*<count>\r\n"
+    // A line over the limit is refused whether or not its end has arrived yet, so the outcome
+    // does not depend on how the input was split into reads.
     const std::size_t cr = find_cr(data, 1);
+    if (cr != std::string_view::npos && cr > limits_.max_inline) return fail("too big mbulk count string");
     if (cr == std::string_view::npos) {
       if (data.size() > limits_.max_inline) return fail("too big mbulk count string");
       wanted_ = data.size() + 1;
@@ -133,6 +136,8 @@ RespParser::Status RespParser::parse_multibulk(std::string_view data) {
         return fail(message);
       }
       const std::size_t cr = find_cr(data, pos_ + 1);
+      if (cr != std::string_view::npos && cr - pos_ > limits_.max_inline)
+        return fail("too big bulk count string");
       if (cr == std::string_view::npos) {
         if (data.size() - pos_ > limits_.max_inline) return fail("too big bulk count string");
         wanted_ = data.size() + 1;
@@ -171,8 +176,10 @@ RespParser::Status RespParser::parse_multibulk(std::string_view data) {
 RespParser::Status RespParser::parse_inline(std::string_view data) {
   std::size_t newline = 0;
   while (newline < data.size() && data[newline] != '\n' && data[newline] != '\0') ++newline;
-  if (newline == data.size() || data[newline] == '\0') {
-    if (data.size() > limits_.max_inline) return fail("too big inline request");
+  if (newline == data.size() || data[newline] == '\0' || newline > limits_.max_inline) {
+    // (A line over the limit is refused even when its end is here, as for the multibulk header.)
+    if (data.size() > limits_.max_inline || newline > limits_.max_inline)
+      return fail("too big inline request");
     wanted_ = data.size() + 1;
     return Status::incomplete;
   }

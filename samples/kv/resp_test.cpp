@@ -267,6 +267,27 @@ TEST_CASE("lines without an end are refused past max_inline") {
   CHECK(p.parse(std::string(60000, 'a')) == Status::incomplete);
 }
 
+TEST_CASE("a line over the limit is refused whether or not its end has arrived") {
+  Limits limits;
+  limits.max_inline = 16;
+  std::string error;
+  for (const auto& [data, message] : {
+           std::pair{std::string(17, 'x') + "\r\n", "Protocol error: too big inline request"},
+           std::pair{"*" + std::string(16, '1') + "\r\n", "Protocol error: too big mbulk count string"},
+           std::pair{"*1\r\n$" + std::string(16, '1') + "\r\n", "Protocol error: too big bulk count string"},
+       }) {
+    CAPTURE(data);
+    CHECK(parse_all(data, &error, limits).empty());
+    CHECK(error == message);
+    RespParser p(limits);
+    CHECK(p.parse(data.substr(0, data.size() - 2)) == Status::error);  // the same without its end
+    CHECK(p.error() == message);
+  }
+  // 15 bytes, the CR and the LF: the LF is the 17th byte, within the 16 the limit allows before it.
+  CHECK(parse_all(std::string(15, 'x') + "\r\n", &error, limits) ==
+        std::vector<Command>{{std::string(15, 'x')}});
+}
+
 TEST_CASE("reply writers") {
   using namespace skein_samples::kv;
   std::string out;

@@ -421,12 +421,11 @@ std::uint64_t Store::scan(std::uint64_t cursor, std::size_t count,
 }
 
 bool Store::random_key(std::string& key) {
-  thread_local std::uint64_t state = 0x9e3779b97f4a7c15ull ^ reinterpret_cast<std::uintptr_t>(&key);
-  const auto next = [] {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    return state;
+  const auto next = [this] {  // splitmix64
+    std::uint64_t z = random_state_.fetch_add(0x9e3779b97f4a7c15ull, std::memory_order_relaxed);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
   };
   const std::size_t first = next() % kShards;
   for (std::size_t k = 0; k < kShards; ++k) {

@@ -27,6 +27,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -54,7 +55,7 @@ class Store {
   // Unix time in milliseconds, advancing with std::chrono::steady_clock (see above).
   static std::int64_t unix_ms() noexcept;
 
-  explicit Store(Clock clock = &Store::unix_ms) : clock_(clock) {}
+  explicit Store(Clock clock = &Store::unix_ms) : clock_(clock), started_(clock()) {}
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
@@ -168,6 +169,10 @@ class Store {
   bool random_key(std::string& key);
   // Keys with a deadline, an estimate (INFO's expires=): may count expired keys not swept yet.
   std::size_t with_deadline() const;
+  // A new client id (HELLO's id): 1, 2, 3, ... per store, so a server's ids are unique.
+  std::uint64_t next_client_id() noexcept { return next_client_id_.fetch_add(1, std::memory_order_relaxed); }
+  // Milliseconds on the store's clock since it was made (INFO's uptime).
+  std::int64_t uptime_ms() const noexcept { return now() - started_; }
 
   // Keys stored, including expired ones not reclaimed yet (like Redis's DBSIZE).
   std::size_t size() const;
@@ -208,6 +213,10 @@ class Store {
   void mset_locked(std::span<const std::string_view> pairs);
 
   Clock clock_;
+  std::int64_t started_;
+  std::atomic<std::uint64_t> next_client_id_{1};
+  // random_key()'s sequence, per store so that two stores given the same commands pick alike.
+  std::atomic<std::uint64_t> random_state_{0};
   std::array<Shard, kShards> shards_;
 };
 
