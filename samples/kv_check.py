@@ -6,10 +6,11 @@
 Starts KV_SERVER with --port 0 (and SERVER_ARGS), reads the port from its 'listening on HOST:PORT'
 line, and drives it over 127.0.0.1: redis-cli commands (their output as redis-cli prints it),
 `redis-cli --pipe`, raw-socket pipelining, a large value sent in pieces, expiry (lazy and the
-active sweep), concurrent clients incrementing one counter, inline commands, and malformed RESP
-(the connection gets an error reply and is closed, while another client goes on being served).
-If redis-server is installed too, the same raw commands go to a redis-server started on a free
-loopback port (no persistence), and the replies must be byte for byte the same. Finally the server
+active sweep), concurrent clients incrementing one counter, inline commands, malformed RESP
+(the connection gets an error reply and is closed, while another client goes on being served), and
+SCAN walks (every key exactly once). If redis-server is installed too, the same raw commands go to
+a redis-server started on a free loopback port (no persistence), and the replies must be byte for
+byte the same (HELLO and INFO server, which name the server, by shape). Finally the server
 is stopped by its pid with SIGINT and must exit 0 with nothing on stderr.
 
 Every socket and subprocess has a timeout, so nothing hangs. Exits 0 when every check holds, 1

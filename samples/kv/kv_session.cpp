@@ -822,15 +822,18 @@ void KvSession::cmd_config(std::span<const std::string_view> args) {
   if (args.size() < 3) return wrong_arity("config|get");
   static constexpr std::pair<std::string_view, std::string_view> kParameters[] = {{"save", ""},
                                                                                   {"appendonly", "no"}};
+  // (Not a structured binding captured by the lambda: clang before 16 refuses that.)
+  const auto asked = [&](std::string_view name) {
+    return std::any_of(args.begin() + 2, args.end(), [&](std::string_view a) { return equals_ci(a, name); });
+  };
   std::size_t found = 0;
-  for (const auto& [name, value] : kParameters)
-    if (std::any_of(args.begin() + 2, args.end(), [&](std::string_view a) { return equals_ci(a, name); }))
-      ++found;
+  for (const auto& parameter : kParameters)
+    if (asked(parameter.first)) ++found;
   append_array_header(out_, 2 * found);
-  for (const auto& [name, value] : kParameters) {
-    if (std::any_of(args.begin() + 2, args.end(), [&](std::string_view a) { return equals_ci(a, name); })) {
-      append_bulk(out_, name);
-      append_bulk(out_, value);
+  for (const auto& parameter : kParameters) {
+    if (asked(parameter.first)) {
+      append_bulk(out_, parameter.first);
+      append_bulk(out_, parameter.second);
     }
   }
 }
