@@ -557,7 +557,7 @@ def check_scan(port):
     COUNT, MATCH and TYPE; KEYS finds the same."""
     c = Conn(port)
     expect(c.call("FLUSHALL") == b"+OK\r\n", "FLUSHALL")
-    names = [f"scan:{i}" for i in range(1500)]
+    names = [f"scan:{i}" for i in range(600)]
     c.send(b"".join(encode("SET", k, "v") for k in names))
     for _ in names:
         expect(c.reply() == b"+OK\r\n", "SET for SCAN")
@@ -565,7 +565,7 @@ def check_scan(port):
                         (["TYPE", "hash"], set())):
         cursor, seen, calls = b"0", [], 0
         while True:
-            reply = parse_reply(c.call("SCAN", cursor, "COUNT", "7", *extra))
+            reply = parse_reply(c.call("SCAN", cursor, "COUNT", "10", *extra))
             cursor, keys = reply
             seen += [k.decode() for k in keys]
             calls += 1
