@@ -5,10 +5,11 @@
 // std::mutex. A lock is held only for the map operation itself (and, for reads, for copying the
 // value into the caller's reply buffer): never across a fiber wait, so a fiber never parks holding
 // one, and two workers contend only when they touch the same shard at the same moment. A
-// single-key command takes one lock. A multi-key command (MGET, MSET, DEL, EXISTS) takes the locks
-// of every shard its keys fall in, always in ascending shard order (so two of them cannot
-// deadlock), and is therefore atomic as in Redis: no client sees half of an MSET. FLUSHALL takes
-// all 64 the same way, swaps the maps out and frees the entries after unlocking.
+// single-key command takes one lock. A multi-key command (MGET, MSET, MSETNX, DEL, EXISTS, RENAME,
+// COPY) takes the locks of every shard its keys fall in, always in ascending shard order (so two of
+// them cannot deadlock), and is therefore atomic as in Redis: no client sees half of an MSET.
+// FLUSHALL and KEYS take all 64 the same way (FLUSHALL swaps the maps out and frees the entries
+// after unlocking); SCAN and RANDOMKEY lock one shard at a time.
 //
 // Lookups are heterogeneous (the maps hash std::string_view), so a GET or an overwriting SET
 // builds no std::string for the key.
