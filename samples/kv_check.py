@@ -6,10 +6,11 @@
 Starts KV_SERVER with --port 0 (and SERVER_ARGS), reads the port from its 'listening on HOST:PORT'
 line, and drives it over 127.0.0.1: redis-cli commands (their output as redis-cli prints it),
 `redis-cli --pipe`, raw-socket pipelining, a large value sent in pieces, expiry (lazy and the
-active sweep), concurrent clients incrementing one counter, inline commands, and malformed RESP
-(the connection gets an error reply and is closed, while another client goes on being served).
-If redis-server is installed too, the same raw commands go to a redis-server started on a free
-loopback port (no persistence), and the replies must be byte for byte the same. Finally the server
+active sweep), concurrent clients incrementing one counter, inline commands, malformed RESP
+(the connection gets an error reply and is closed, while another client goes on being served), and
+SCAN walks (every key exactly once). If redis-server is installed too, the same raw commands go to
+a redis-server started on a free loopback port (no persistence), and the replies must be byte for
+byte the same (HELLO and INFO server, which name the server, by shape). Finally the server
 is stopped by its pid with SIGINT and must exit 0 with nothing on stderr.
 
 Every socket and subprocess has a timeout, so nothing hangs. Exits 0 when every check holds, 1
@@ -425,14 +426,120 @@ COMPARE = [
     ["SET", "x", "v", "GET"], ["SET", "x", "w", "NX", "GET"], ["SET", "y", "1", "px", "100000"], ["TTL", "y"],
     ["SET", "bin", b"\x00\xff\r\n"], ["GET", "bin"], ["INCRBY", "n", "+5"], ["INCRBY", "n", "05"],
 ]
-COMPARE_INLINE = [b"PING\r\n", b"set q \"a b\\x41\"\r\n", b"get q\r\n", b"\r\n  PING   x\r\n", b"GET\r\n"]
+# The string and keyspace commands beyond the basics, and the corner cases of EXPIRE's options and
+# time checks, SELECT's range and the arguments echoed in errors (NULs cut them, CR/LF are trimmed
+# off the ends and blanked inside). Only replies that do not depend on hash order: KEYS and SCAN
+# match at most one key here.
+COMPARE += [
+    ["FLUSHALL"], ["SET", "k", "v"], ["EXPIRE", "k", "200", "XX", "LT"], ["EXPIRE", "k", "100"],
+    ["EXPIRE", "k", "50", "XX", "GT"], ["EXPIRE", "k", "150", "GT", "XX"], ["EXPIRE", "k", "120", "LT", "XX"],
+    ["TTL", "k"], ["EXPIRE", "k", "9223370399119966"], ["PEXPIRE", "k", "9223370399119966000"],
+    ["EXPIRE", "k", "x", "NX", "XX"], ["EXPIRE", "k", "x", "FOO"], ["EXPIRE", "k", "-9223372036854775808"],
+    ["EXPIRE", "k", "1", "nx\x00zz", "xx"], ["EXPIRE", "k", "1", "F\x00O"], ["EXPIRE", "k", "1", "F\r\n"],
+    ["SELECT", "2147483648"], ["SELECT", "-2147483649"], ["SELECT", "-1"], ["GET\x00x", "a"],
+    ["FOO\r\n", "a\r\n\x00b", "c"], ["CONFIG", "\r\nx\x00y"], ["SET", "k", "v", "nx\x00zz"],
+    ["SET", "s", "Hello World"], ["GETRANGE", "s", "0", "3"], ["GETRANGE", "s", "-3", "-1"],
+    ["GETRANGE", "s", "0", "-1"], ["GETRANGE", "s", "10", "100"], ["GETRANGE", "s", "5", "3"],
+    ["GETRANGE", "s", "-100", "2"], ["GETRANGE", "s", "-1", "-100"], ["GETRANGE", "nokey", "0", "1"],
+    ["GETRANGE", "s", "x", "1"], ["GETRANGE", "s", "-9223372036854775808", "9223372036854775807"],
+    ["SETRANGE", "s", "6", "Redis"], ["SETRANGE", "s", "-1", "x"], ["SETRANGE", "n2", "5", "ab"], ["GET", "n2"],
+    ["SETRANGE", "n3", "5", ""], ["EXISTS", "n3"], ["SETRANGE", "s", "536870912", "x"],
+    ["SETRANGE", "s", "536870911", ""], ["SETRANGE", "s", "x", "x"], ["STRLEN", "s"], ["STRLEN", "nokey"],
+    ["APPEND", "s", "!!"], ["APPEND", "new", "ab"], ["GETDEL", "new"], ["GETDEL", "new"], ["GETSET", "s", "v2"],
+    ["GETSET", "nokey2", "v"], ["SETNX", "nokey2", "x"], ["SETNX", "nokey3", "x"], ["SETEX", "e", "0", "v"],
+    ["SETEX", "e", "x", "v"], ["SETEX", "e", "10", "v"], ["TTL", "e"], ["PSETEX", "e", "0", "v"],
+    ["PSETEX", "e", "100000", "v"], ["SETEX", "e", "9223370399119966", "v"], ["PSETEX", "e", "9223372036854775807", "v"],
+    ["SETEX", "e"], ["SET", "e", "v", "EXAT", "9223370399119966"], ["SET", "e", "v", "PXAT", "9223372036854775807"],
+    ["SET", "e", "v", "EXAT", "9223372036854776"], ["SET", "e", "v", "EXAT", "1"], ["EXISTS", "e"],
+    ["SET", "e", "v", "PXAT", "0"], ["SET", "e", "v", "EXAT", "4000000000"], ["EXPIRETIME", "e"],
+    ["PEXPIRETIME", "e"], ["EXPIRETIME", "nokey"], ["EXPIRETIME", "s"], ["SET", "e", "v", "EX", "10", "EXAT", "5"],
+    ["SET", "e", "v", "EXAT", "5", "KEEPTTL"], ["SET", "e", "v", "PXAT", "1", "GET"], ["EXISTS", "e"],
+    ["MSETNX", "a", "1", "b", "2"], ["MSETNX", "a", "1", "c", "2"], ["MSETNX", "a", "1", "c"], ["MGET", "a", "b", "c"],
+    ["TYPE", "a"], ["TYPE", "nokey"], ["EXPIREAT", "a", "4000000000"], ["EXPIREAT", "a", "4000000001", "XX", "GT"],
+    ["EXPIREAT", "a", "3000000001", "GT"], ["EXPIREAT", "a", "3000000001", "LT", "XX"], ["PEXPIRETIME", "a"],
+    ["PEXPIREAT", "a", "4000000000000"], ["EXPIRETIME", "a"], ["EXPIREAT", "a", "9223372036854776"],
+    ["EXPIREAT", "a", "-9223372036854775808"], ["EXPIREAT", "b", "-9223372036854775"], ["EXISTS", "b"],
+    ["GETEX", "s"], ["GETEX", "s", "EX", "100"], ["TTL", "s"], ["GETEX", "s", "PERSIST"], ["TTL", "s"],
+    ["GETEX", "s", "PX", "0"], ["GETEX", "s", "EX", "10", "PX", "5"], ["GETEX", "s", "PERSIST", "EX", "5"],
+    ["GETEX", "s", "FOO"], ["GETEX", "nokey", "EX", "x"], ["GETEX", "s", "EX"], ["GETEX", "s", "NX"],
+    ["GETEX", "s", "EXAT", "1"], ["EXISTS", "s"], ["SET", "f", "10.5"], ["INCRBYFLOAT", "f", "0.1"],
+    ["INCRBYFLOAT", "f", "5.0e3"], ["INCRBYFLOAT", "f", "1e308"], ["INCRBYFLOAT", "g", "3"],
+    ["INCRBYFLOAT", "g", "abc"], ["INCRBYFLOAT", "g", "inf"], ["INCRBYFLOAT", "g", " 1"],
+    ["INCRBYFLOAT", "g", "0x10"], ["INCRBYFLOAT", "g", "nan"], ["INCRBYFLOAT", "g", "1\x00x"],
+    ["INCRBYFLOAT", "g", "-19"], ["INCRBYFLOAT", "g", "1.23456789012345678901"], ["INCRBYFLOAT", "g", "-1e400"],
+    ["INCRBYFLOAT", "k", "1"], ["SET", "h", "1.5e1"], ["INCRBYFLOAT", "h", "0"], ["FLUSHALL"],
+    ["MSET", "a", "1", "b", "2"], ["EXPIRE", "b", "100"], ["RENAME", "a", "x"], ["RENAME", "nokey", "y"],
+    ["RENAME", "x", "x"], ["RENAMENX", "x", "b"], ["RENAMENX", "x", "c"], ["RENAMENX", "nokey", "c"],
+    ["RENAMENX", "c", "c"], ["RENAME", "b", "c"], ["TTL", "c"], ["COPY", "c", "d"], ["TTL", "d"], ["COPY", "c", "d"],
+    ["COPY", "c", "d", "REPLACE"], ["COPY", "c", "d", "DB", "0"], ["COPY", "c", "d", "DB", "x"],
+    ["COPY", "c", "d", "DB"], ["COPY", "c", "d", "FOO"], ["COPY", "c", "c"], ["COPY", "nokey", "c"],
+    ["COPY", "c", "d", "DB", "-1"], ["COPY", "c", "d", "DB", "2147483648"], ["RANDOMKEY", "x"],
+    ["KEYS", "[^cd]*"], ["KEYS", "\\d"], ["KEYS", "[a-"], ["KEYS", "[]"], ["KEYS", "[c]"], ["KEYS", "[b-c]"],
+    ["SCAN", "x"], ["SCAN", "0", "COUNT", "0"], ["SCAN", "0", "COUNT", "x"], ["SCAN", "0", "MATCH"],
+    ["SCAN", "0", "FOO", "1"], ["SCAN", "0", "TYPE", "list"], ["SCAN", "0", "MATCH", "d", "COUNT", "1000"],
+    ["SCAN", "0", "TYPE", "STRING", "MATCH", "c", "COUNT", "100"], ["SCAN", "18446744073709551616"],
+    ["HELLO", "1"], ["HELLO", "x"], ["HELLO", "4", "FOO"], ["HELLO", "2", "FOO"], ["HELLO", "2", "AUTH", "bob", "x"],
+    ["HELLO", "2", "SETNAME", "my name"], ["HELLO", "2", "AUTH", "default"], ["HELLO", "2", "SETNAME"],
+    ["INFO", "a", "b"], ["FLUSHALL"], ["RANDOMKEY"], ["SET", "only", "1"], ["RANDOMKEY"], ["KEYS", "*"],
+    ["SCAN", "0"], ["INFO", "keyspace"], ["EXPIRE", "only", "100"], ["INFO", "KEYSPACE"],
+]
+COMPARE_INLINE = [b"PING\r\n", b"set q \"a b\\x41\"\r\n", b"get q\r\n", b"\r\n  PING   x\r\n", b"GET\r\n",
+                  b"ECHO a\x0bb\x0cc\r\n", b"ECHO \x0b\x0c a\r\n", b"ECHO \"a\"\x0b\r\n"]
 COMPARE_FATAL = [b"*1\r\n$-7\r\n", b"*1\r\n$536870913\r\n", b"*x\r\n", b"*2\r\n$3\r\nGET\r\n:1\r\n",
                  b'echo "open\r\n']
+
+
+def parse_reply(data):
+    """A RESP2 reply (bytes) as Python values: arrays as lists, integers as ints, the rest as bytes."""
+    def one(pos):
+        end = data.index(b"\r\n", pos)
+        kind, text = data[pos:pos + 1], data[pos + 1:end]
+        if kind == b"*":
+            items, pos = [], end + 2
+            for _ in range(int(text)):
+                item, pos = one(pos)
+                items.append(item)
+            return items, pos
+        if kind == b":":
+            return int(text), end + 2
+        if kind == b"$":
+            n = int(text)
+            return (None, end + 2) if n < 0 else (data[end + 2:end + 2 + n], end + 4 + n)
+        return data[pos:end], end + 2
+    return one(0)[0]
+
+
+def hello_shape(reply):
+    """HELLO's map with the values that name the server blanked: server, version, id."""
+    items = parse_reply(reply)
+    if not isinstance(items, list):
+        return items
+    fields = dict(zip(items[0::2], items[1::2]))
+    for name in (b"server", b"version"):
+        if isinstance(fields.get(name), bytes):
+            fields[name] = b"?"
+    if isinstance(fields.get(b"id"), int):
+        fields[b"id"] = 0
+    return list(fields.items())
+
+
+# Replies that name the server (HELLO's server, version and client id; INFO's fields): compared by
+# their shape only.
+COMPARE_SHAPE = [["HELLO"], ["HELLO", "2"], ["hello", "2", "auth", "default", "secret", "setname", "tool"]]
+
+
+def info_shape(reply):
+    """INFO server: the section header, and every line a field:value pair."""
+    text = parse_reply(reply).decode()
+    lines = text.split("\r\n")
+    return lines[0], all(re.fullmatch(r"[a-z_0-9]+:.*", line) for line in lines[1:-1]), lines[-1] == ""
 
 
 def transcript(port):
     c = Conn(port)
     out = [c.call(*args) for args in COMPARE]
+    out += [hello_shape(c.call(*args)) for args in COMPARE_SHAPE]
+    out.append(info_shape(c.call("INFO", "server")))
     for raw in COMPARE_INLINE:
         c.send(raw)
         out.append(c.reply())
@@ -443,6 +550,34 @@ def transcript(port):
         out.append(c.reply())
         c.close()
     return out
+
+
+def check_scan(port):
+    """SCAN from 0 back to 0 returns every key exactly once while the keyspace does not change, with
+    COUNT, MATCH and TYPE; KEYS finds the same."""
+    c = Conn(port)
+    expect(c.call("FLUSHALL") == b"+OK\r\n", "FLUSHALL")
+    names = [f"scan:{i}" for i in range(600)]
+    c.send(b"".join(encode("SET", k, "v") for k in names))
+    for _ in names:
+        expect(c.reply() == b"+OK\r\n", "SET for SCAN")
+    for extra, want in (([], set(names)), (["MATCH", "scan:1*", "TYPE", "string"], {k for k in names if k.startswith("scan:1")}),
+                        (["TYPE", "hash"], set())):
+        cursor, seen, calls = b"0", [], 0
+        while True:
+            reply = parse_reply(c.call("SCAN", cursor, "COUNT", "10", *extra))
+            cursor, keys = reply
+            seen += [k.decode() for k in keys]
+            calls += 1
+            if cursor == b"0" or calls > 5000:
+                break
+        expect(cursor == b"0", f"SCAN {extra}: no end after {calls} calls")
+        expect(len(seen) == len(set(seen)) and set(seen) == want,
+               f"SCAN {extra}: {len(seen)} keys, {len(set(seen))} distinct, {len(want)} expected")
+    keys = parse_reply(c.call("KEYS", "scan:1?"))
+    expect(sorted(k.decode() for k in keys) == sorted(f"scan:1{i}" for i in range(10)), f"KEYS scan:1?: {keys}")
+    expect(c.call("FLUSHALL") == b"+OK\r\n", "FLUSHALL")
+    c.close()
 
 
 def check_against_redis(port):
@@ -456,10 +591,10 @@ def check_against_redis(port):
     finally:
         redis.close()
     ours = transcript(port)
-    commands = COMPARE + COMPARE_INLINE + COMPARE_FATAL
+    commands = COMPARE + COMPARE_SHAPE + [["INFO", "server"]] + COMPARE_INLINE + COMPARE_FATAL
     diffs = [(cmd, o, t) for cmd, o, t in zip(commands, ours, theirs) if o != t]
     expect(not diffs, "replies differ from redis-server's:\n" +
-           "\n".join(f"  {str(cmd)[:60]}: ours {o[:120]!r}, redis {t[:120]!r}" for cmd, o, t in diffs))
+           "\n".join(f"  {str(cmd)[:60]}: ours {str(o)[:120]}, redis {str(t)[:120]}" for cmd, o, t in diffs))
     print(f"ok: {len(commands)} replies byte for byte as redis-server's")
 
 
@@ -474,7 +609,7 @@ def main():
     try:
         with Server(argv) as srv:
             for check in (check_redis_cli, check_pipe, check_raw_pipelining, check_expiry, check_concurrent,
-                          check_malformed, check_against_redis):
+                          check_malformed, check_scan, check_against_redis):
                 check(srv.port)
             # An idle connection open: SIGINT still stops the server, within its grace period.
             idle = Conn(srv.port)

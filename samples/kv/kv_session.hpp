@@ -7,13 +7,20 @@
 // as against redis-server):
 //
 //   PING [message]                 ECHO message                 QUIT
-//   SET key value [NX|XX] [GET] [EX seconds|PX milliseconds|KEEPTTL]
-//   GET key                        MGET key [key ...]           MSET key value [key value ...]
-//   DEL key [key ...]              EXISTS key [key ...]
-//   INCR key  DECR key  INCRBY key delta  DECRBY key delta
-//   EXPIRE key seconds [NX|XX|GT|LT]   PEXPIRE key ms [NX|XX|GT|LT]   PERSIST key
-//   TTL key  PTTL key              (-2: no such key, -1: no deadline)
+//   SET key value [NX|XX] [GET] [EX seconds|PX ms|EXAT unix-s|PXAT unix-ms|KEEPTTL]
+//   SETNX key value   SETEX key seconds value   PSETEX key ms value   GETSET key value
+//   GET key   GETDEL key   GETEX key [EX s|PX ms|EXAT unix-s|PXAT unix-ms|PERSIST]
+//   MGET key [key ...]             MSET key value [key value ...]   MSETNX key value [...]
+//   APPEND key value   STRLEN key   GETRANGE key start end   SETRANGE key offset value
+//   DEL key [key ...]              EXISTS key [key ...]          TYPE key
+//   INCR key  DECR key  INCRBY key delta  DECRBY key delta  INCRBYFLOAT key increment
+//   EXPIRE key seconds [NX|XX|GT|LT]  PEXPIRE key ms [...]  EXPIREAT key unix-s [...]
+//   PEXPIREAT key unix-ms [...]    PERSIST key
+//   TTL key  PTTL key  EXPIRETIME key  PEXPIRETIME key   (-2: no such key, -1: no deadline)
+//   KEYS pattern   SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]   RANDOMKEY
+//   RENAME key newkey   RENAMENX key newkey   COPY source destination [DB 0] [REPLACE]
 //   DBSIZE   FLUSHALL [ASYNC|SYNC]   FLUSHDB [ASYNC|SYNC]   SELECT 0
+//   HELLO [2 [AUTH default password] [SETNAME name]]      INFO [section ...]
 //   COMMAND ...                    (an empty array: redis-cli's interactive mode asks for docs)
 //   CONFIG GET parameter ...       (save "" and appendonly "no", which redis-benchmark asks for)
 //
@@ -47,7 +54,9 @@ class KvSession {
   // feed() stops once output() holds this much, so the caller can write it before going on.
   static constexpr std::size_t kOutputBatch = 1024 * 1024;
 
-  explicit KvSession(Store& store, Limits limits = {}) : store_(store), parser_(limits) {}
+  // `limits.max_bulk` is also the longest string APPEND and SETRANGE may make (Redis's
+  // proto-max-bulk-len serves both).
+  explicit KvSession(Store& store, Limits limits = {});
   KvSession(const KvSession&) = delete;
   KvSession& operator=(const KvSession&) = delete;
 
@@ -81,9 +90,20 @@ class KvSession {
   void unknown_command(std::span<const std::string_view> args);
   void wrong_arity(std::string_view name);
 
+  bool expire_time(std::string_view text, char unit, std::string_view command, std::int64_t& at);
+
   void cmd_set(std::span<const std::string_view> args);
+  void cmd_getex(std::span<const std::string_view> args);
   void cmd_incr(std::string_view key, std::int64_t delta);
-  void cmd_expire(std::span<const std::string_view> args, bool milliseconds);
+  void cmd_incrbyfloat(std::string_view key, std::string_view increment);
+  void cmd_getrange(std::span<const std::string_view> args);
+  void cmd_setrange(std::span<const std::string_view> args);
+  void cmd_scan(std::span<const std::string_view> args);
+  void cmd_copy(std::span<const std::string_view> args);
+  void cmd_hello(std::span<const std::string_view> args);
+  void cmd_info(std::span<const std::string_view> args);
+  void cmd_expire(std::span<const std::string_view> args, std::string_view name, bool milliseconds,
+                  bool absolute);
   void cmd_flush(std::span<const std::string_view> args);
   void cmd_config(std::span<const std::string_view> args);
 
@@ -91,6 +111,8 @@ class KvSession {
   RespParser parser_;
   std::string out_;
   std::uint64_t commands_ = 0;
+  std::uint64_t id_;        // HELLO's client id, unique in the process
+  std::size_t max_string_;  // the longest value APPEND and SETRANGE may make
   bool closing_ = false;
 };
 

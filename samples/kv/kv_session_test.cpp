@@ -216,9 +216,203 @@ TEST_CASE_FIXTURE(Fixture, "SELECT, QUIT, COMMAND, CONFIG GET") {
   CHECK(session.output().empty());
 }
 
+TEST_CASE_FIXTURE(Fixture, "EXPIRE's options combine and are read before the number") {
+  CHECK(run({"SET", "k", "v"}) == kOk);
+  CHECK(run({"EXPIRE", "k", "200", "XX", "LT"}) == integer(0));  // XX fails: no deadline yet
+  CHECK(run({"EXPIRE", "k", "100"}) == integer(1));
+  CHECK(run({"EXPIRE", "k", "50", "XX", "GT"}) == integer(0));  // GT fails although XX holds
+  CHECK(run({"EXPIRE", "k", "150", "GT", "XX"}) == integer(1));
+  CHECK(run({"EXPIRE", "k", "200", "XX", "LT"}) == integer(0));
+  CHECK(run({"EXPIRE", "k", "120", "lt", "xx"}) == integer(1));
+  CHECK(run({"TTL", "k"}) == integer(120));
+  // Options are checked first, as an option compared by strcasecmp ends at a NUL.
+  CHECK(run({"EXPIRE", "k", "x", "FOO"}) == "-ERR Unsupported option FOO\r\n");
+  CHECK(run({"EXPIRE", "k", "x", "NX", "LT"}) ==
+        "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n");
+  CHECK(run({"EXPIRE", "k", "1", std::string_view("gt\0junk", 7)}) == integer(0));
+  CHECK(run({"EXPIREAT", "k", "x"}) == kNotInteger);
+}
+
+TEST_CASE_FIXTURE(Fixture, "expiry overflow is measured from Unix time, as Redis measures it") {
+  const std::int64_t saved = g_now;
+  g_now = 1'800'000'000'000;  // 2027, in Unix ms
+  CHECK(run({"SET", "k", "v"}) == kOk);
+  // 9223370399119966 s is 2021-11-24 short of the int64 limit in ms: past it from 2027.
+  CHECK(run({"EXPIRE", "k", "9223370399119966"}) == "-ERR invalid expire time in 'expire' command\r\n");
+  CHECK(run({"PEXPIRE", "k", "9223370399119966000"}) == "-ERR invalid expire time in 'pexpire' command\r\n");
+  CHECK(run({"SET", "k", "v", "EX", "9223370399119966"}) == "-ERR invalid expire time in 'set' command\r\n");
+  CHECK(run({"SETEX", "k", "9223370399119966", "v"}) == "-ERR invalid expire time in 'setex' command\r\n");
+  CHECK(run({"GETEX", "k", "EX", "9223370399119966"}) == "-ERR invalid expire time in 'getex' command\r\n");
+  // The absolute forms are not added to anything, so only the unit conversion can overflow.
+  CHECK(run({"EXPIREAT", "k", "9223370399119966"}) == integer(1));
+  CHECK(run({"EXPIRETIME", "k"}) == integer(9223370399119966));
+  CHECK(run({"PEXPIREAT", "k", "9223372036854775807"}) == integer(1));
+  CHECK(run({"EXPIREAT", "k", "9223372036854776"}) == "-ERR invalid expire time in 'expireat' command\r\n");
+  CHECK(run({"SET", "k", "v", "EXAT", "1900000000"}) == kOk);
+  CHECK(run({"PEXPIRETIME", "k"}) == integer(1'900'000'000'000));
+  CHECK(run({"TTL", "k"}) == integer(100'000'000));
+  CHECK(run({"SET", "k", "v", "PXAT", "0"}) == "-ERR invalid expire time in 'set' command\r\n");
+  CHECK(run({"SET", "k", "v", "EX", "1", "PXAT", "5"}) == kSyntax);
+  CHECK(run({"SET", "k", "v", "EXAT", "5", "KEEPTTL"}) == kSyntax);
+  // A deadline in the past: set, and gone.
+  CHECK(run({"SET", "k", "w", "PXAT", "1", "GET"}) == bulk("v"));
+  CHECK(run({"EXISTS", "k"}) == integer(0));
+  g_now = saved;
+}
+
+TEST_CASE_FIXTURE(Fixture,
+                  "errors print arguments as Redis does: cut at a NUL, CR and LF trimmed or blanked") {
+  CHECK(run({std::string_view("GET\0x", 5), "a"}) ==
+        "-ERR unknown command 'GET', with args beginning with: 'a' \r\n");
+  CHECK(run({"FOO\r\n", std::string_view("a\r\n\0b", 5), "c"}) ==
+        "-ERR unknown command 'FOO  ', with args beginning with: 'a  ' 'c' \r\n");
+  CHECK(run({"EXPIRE", "k", "1", "F\r\n"}) == "-ERR Unsupported option F\r\n");
+  CHECK(run({"EXPIRE", "k", "1", std::string_view("F\0O", 3)}) == "-ERR Unsupported option F\r\n");
+  CHECK(run({"CONFIG", std::string_view("\r\nx\0y", 5)}) ==
+        "-ERR unknown subcommand '  x'. Try CONFIG HELP.\r\n");
+  CHECK(run({"SELECT", "2147483648"}) ==
+        "-ERR value is out of range, value must between -2147483648 and 2147483647\r\n");
+  CHECK(run({"SELECT", "-2147483649"}) ==
+        "-ERR value is out of range, value must between -2147483648 and 2147483647\r\n");
+  CHECK(run({"SELECT", "-1"}) == "-ERR DB index is out of range\r\n");
+}
+
+TEST_CASE_FIXTURE(Fixture, "SETNX, SETEX, PSETEX, GETSET, GETDEL, GETEX, MSETNX, TYPE") {
+  CHECK(run({"SETNX", "k", "1"}) == integer(1));
+  CHECK(run({"SETNX", "k", "2"}) == integer(0));
+  CHECK(run({"SETEX", "k", "10", "v"}) == kOk);
+  CHECK(run({"TTL", "k"}) == integer(10));
+  CHECK(run({"SETEX", "k", "0", "v"}) == "-ERR invalid expire time in 'setex' command\r\n");
+  CHECK(run({"PSETEX", "k", "-5", "v"}) == "-ERR invalid expire time in 'psetex' command\r\n");
+  CHECK(run({"PSETEX", "k", "2500", "v"}) == kOk);
+  CHECK(run({"PTTL", "k"}) == integer(2500));
+  CHECK(run({"GETSET", "k", "w"}) == bulk("v"));
+  CHECK(run({"TTL", "k"}) == integer(-1));  // GETSET drops the deadline
+  CHECK(run({"GETSET", "new", "x"}) == kNil);
+  CHECK(run({"GETDEL", "new"}) == bulk("x"));
+  CHECK(run({"GETDEL", "new"}) == kNil);
+  CHECK(run({"GETEX", "k", "EX", "100"}) == bulk("w"));
+  CHECK(run({"TTL", "k"}) == integer(100));
+  CHECK(run({"GETEX", "k", "PERSIST"}) == bulk("w"));
+  CHECK(run({"TTL", "k"}) == integer(-1));
+  CHECK(run({"GETEX", "k", "PX", "0"}) == "-ERR invalid expire time in 'getex' command\r\n");
+  CHECK(run({"GETEX", "k", "NX"}) == kSyntax);
+  CHECK(run({"GETEX", "k", "PERSIST", "EX", "1"}) == kSyntax);
+  CHECK(run({"GETEX", "nokey", "EX", "x"}) == kNil);  // a missing key before the number
+  CHECK(run({"GETEX", "k", "PXAT", "1"}) == bulk("w"));
+  CHECK(run({"EXISTS", "k"}) == integer(0));
+  CHECK(run({"MSETNX", "a", "1", "b", "2"}) == integer(1));
+  CHECK(run({"MSETNX", "c", "3", "a", "1"}) == integer(0));
+  CHECK(run({"EXISTS", "c"}) == integer(0));
+  CHECK(run({"MSETNX", "a", "1", "c"}) == arity("msetnx"));
+  CHECK(run({"TYPE", "a"}) == "+string\r\n");
+  CHECK(run({"TYPE", "c"}) == "+none\r\n");
+}
+
+TEST_CASE_FIXTURE(Fixture, "APPEND, STRLEN, GETRANGE, SETRANGE, INCRBYFLOAT") {
+  CHECK(run({"APPEND", "s", "Hello"}) == integer(5));
+  CHECK(run({"APPEND", "s", " World"}) == integer(11));
+  CHECK(run({"STRLEN", "s"}) == integer(11));
+  CHECK(run({"STRLEN", "none"}) == integer(0));
+  CHECK(run({"GETRANGE", "s", "0", "3"}) == bulk("Hell"));
+  CHECK(run({"GETRANGE", "s", "-3", "-1"}) == bulk("rld"));
+  CHECK(run({"GETRANGE", "s", "5", "3"}) == bulk(""));
+  CHECK(run({"GETRANGE", "s", "-1", "-100"}) == bulk(""));
+  CHECK(run({"GETRANGE", "s", "-100", "2"}) == bulk("Hel"));
+  CHECK(run({"GETRANGE", "s", "-9223372036854775808", "9223372036854775807"}) == bulk("Hello World"));
+  CHECK(run({"GETRANGE", "none", "0", "1"}) == bulk(""));
+  CHECK(run({"SETRANGE", "s", "6", "Redis"}) == integer(11));
+  CHECK(run({"GET", "s"}) == bulk("Hello Redis"));
+  CHECK(run({"SETRANGE", "z", "3", "ab"}) == integer(5));
+  CHECK(run({"GET", "z"}) == bulk(std::string_view("\0\0\0ab", 5)));
+  CHECK(run({"SETRANGE", "empty", "3", ""}) == integer(0));
+  CHECK(run({"EXISTS", "empty"}) == integer(0));
+  CHECK(run({"SETRANGE", "s", "-1", "x"}) == "-ERR offset is out of range\r\n");
+  CHECK(run({"SETRANGE", "s", "536870912", "x"}) ==
+        "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n");
+  CHECK(run({"SETRANGE", "s", "536870912", ""}) == integer(11));
+  CHECK(run({"SET", "f", "10.5"}) == kOk);
+  CHECK(run({"INCRBYFLOAT", "f", "0.1"}) == bulk("10.6"));
+  CHECK(run({"INCRBYFLOAT", "f", "-0.6"}) == bulk("10"));
+  CHECK(run({"INCRBYFLOAT", "g", "0x10"}) == bulk("16"));
+  CHECK(run({"INCRBYFLOAT", "g", "-16"}) == bulk("0"));
+  CHECK(run({"INCRBYFLOAT", "g", "1e-3"}) == bulk("0.001"));
+  CHECK(run({"INCRBYFLOAT", "g", "abc"}) == "-ERR value is not a valid float\r\n");
+  CHECK(run({"INCRBYFLOAT", "g", " 1"}) == "-ERR value is not a valid float\r\n");
+  CHECK(run({"INCRBYFLOAT", "g", std::string_view("1\0", 2)}) == "-ERR value is not a valid float\r\n");
+  CHECK(run({"INCRBYFLOAT", "g", "nan"}) == "-ERR value is not a valid float\r\n");
+  CHECK(run({"INCRBYFLOAT", "g", "inf"}) == "-ERR increment would produce NaN or Infinity\r\n");
+  CHECK(run({"INCRBYFLOAT", "s", "1"}) == "-ERR value is not a valid float\r\n");
+}
+
+TEST_CASE("APPEND and SETRANGE stop at the bulk limit") {
+  Store store{&fake_clock};
+  skein_samples::kv::Limits limits;
+  limits.max_bulk = 10;
+  KvSession session(store, limits);
+  session.feed(multibulk({"APPEND", "k", "12345678"}) + multibulk({"APPEND", "k", "123"}) +
+               multibulk({"SETRANGE", "k", "9", "1"}) + multibulk({"SETRANGE", "k", "9", "12"}));
+  CHECK(session.output() == integer(8) + "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n" +
+                                integer(10) +
+                                "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n");
+}
+
+TEST_CASE_FIXTURE(Fixture, "RENAME, RENAMENX, COPY, KEYS, SCAN, RANDOMKEY") {
+  CHECK(run({"RANDOMKEY"}) == kNil);
+  CHECK(run({"MSET", "a", "1", "b", "2"}) == kOk);
+  CHECK(run({"EXPIRE", "b", "100"}) == integer(1));
+  CHECK(run({"RENAME", "a", "x"}) == kOk);
+  CHECK(run({"RENAME", "a", "y"}) == "-ERR no such key\r\n");
+  CHECK(run({"RENAME", "x", "x"}) == kOk);
+  CHECK(run({"RENAMENX", "x", "x"}) == integer(0));
+  CHECK(run({"RENAMENX", "x", "b"}) == integer(0));
+  CHECK(run({"RENAME", "b", "c"}) == kOk);
+  CHECK(run({"TTL", "c"}) == integer(100));  // the deadline moves with the value
+  CHECK(run({"COPY", "c", "d"}) == integer(1));
+  CHECK(run({"TTL", "d"}) == integer(100));
+  CHECK(run({"COPY", "x", "d"}) == integer(0));
+  CHECK(run({"COPY", "x", "d", "REPLACE", "DB", "0"}) == integer(1));
+  CHECK(run({"MGET", "d", "c", "a", "b"}) == "*4\r\n" + bulk("1") + bulk("2") + kNil + kNil);
+  CHECK(run({"COPY", "c", "c"}) == "-ERR source and destination objects are the same\r\n");
+  CHECK(run({"COPY", "c", "e", "DB", "1"}) == "-ERR DB index is out of range\r\n");
+  CHECK(run({"COPY", "c", "e", "DB"}) == kSyntax);
+  CHECK(run({"KEYS", "[cd]"}).size() == std::string("*2\r\n$1\r\nc\r\n$1\r\nd\r\n").size());
+  CHECK(run({"KEYS", "[^cd]"}) == "*1\r\n" + bulk("x"));
+  CHECK(run({"SCAN", "x"}) == "-ERR invalid cursor\r\n");
+  CHECK(run({"SCAN", "0", "COUNT", "0"}) == kSyntax);
+  CHECK(run({"SCAN", "0", "MATCH", "x", "COUNT", "1000"}) == "*2\r\n" + bulk("0") + "*1\r\n" + bulk("x"));
+  CHECK(run({"SCAN", "0", "TYPE", "list", "COUNT", "1000"}) == "*2\r\n" + bulk("0") + "*0\r\n");
+  const std::string random = run({"RANDOMKEY"});
+  CHECK((random == bulk("c") || random == bulk("d") || random == bulk("x")));
+}
+
+TEST_CASE_FIXTURE(Fixture, "HELLO answers for protocol 2, INFO for Server and Keyspace") {
+  const std::string hello = run({"HELLO", "2", "AUTH", "default", "pw", "SETNAME", "me"});
+  CHECK(hello.starts_with("*14\r\n$6\r\nserver\r\n"));
+  CHECK(hello.find("$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:") != std::string::npos);
+  CHECK(hello.ends_with(
+      "$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n"));
+  CHECK(run({"HELLO"}) == hello);
+  CHECK(run({"HELLO", "3"}) == "-NOPROTO unsupported protocol version\r\n");
+  CHECK(run({"HELLO", "x"}) == "-ERR Protocol version is not an integer or out of range\r\n");
+  CHECK(run({"HELLO", "2", "AUTH", "bob", "pw"}) ==
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+  CHECK(run({"HELLO", "2", "SETNAME", "a b"}) ==
+        "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+  CHECK(run({"HELLO", "2", "AUTH", "default"}) == "-ERR Syntax error in HELLO option 'AUTH'\r\n");
+  CHECK(run({"SET", "k", "v", "EX", "5"}) == kOk);
+  CHECK(run({"INFO", "keyspace"}) == bulk("# Keyspace\r\ndb0:keys=1,expires=1,avg_ttl=0\r\n"));
+  CHECK(run({"INFO", "nothing"}) == bulk(""));
+  const std::string info = run({"INFO"});
+  CHECK(info.find("# Server\r\nredis_version:") != std::string::npos);
+  CHECK(info.find("\r\n\r\n# Keyspace\r\ndb0:keys=1") != std::string::npos);
+}
+
 TEST_CASE_FIXTURE(Fixture, "inline commands") {
   CHECK(raw("SET greeting \"hello world\"\r\nGET greeting\r\nPING\n\r\n") ==
         kOk + bulk("hello world") + "+PONG\r\n");
+  // \v and \f do not end a word (Redis splits only on space, \t, \r, \n).
+  CHECK(raw("ECHO a\vb\fc\r\n") == bulk("a\vb\fc"));
   CHECK(raw("set 'a' 1\r\nincr a\r\n") == kOk + integer(2));
 }
 

@@ -9,9 +9,15 @@ namespace skein_samples::kv {
 
 namespace {
 
-// The C locale's isspace, which sdssplitargs uses.
+// The C locale's isspace, with which sdssplitargs skips the blanks between words and checks what
+// follows a closing quote.
 bool is_blank(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+// What ends an unquoted word in sdssplitargs: fewer characters than isspace (not \v or \f).
+bool ends_word(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\0';
 }
 
 int hex_value(char c) {
@@ -94,7 +100,10 @@ RespParser::Status RespParser::parse(std::string_view data) {
 
 RespParser::Status RespParser::parse_multibulk(std::string_view data) {
   if (expected_ < 0) {  // the header, "*<count>\r\n"
+    // A line over the limit is refused whether or not its end has arrived yet, so the outcome
+    // does not depend on how the input was split into reads.
     const std::size_t cr = find_cr(data, 1);
+    if (cr != std::string_view::npos && cr > limits_.max_inline) return fail("too big mbulk count string");
     if (cr == std::string_view::npos) {
       if (data.size() > limits_.max_inline) return fail("too big mbulk count string");
       wanted_ = data.size() + 1;
@@ -127,6 +136,8 @@ RespParser::Status RespParser::parse_multibulk(std::string_view data) {
         return fail(message);
       }
       const std::size_t cr = find_cr(data, pos_ + 1);
+      if (cr != std::string_view::npos && cr - pos_ > limits_.max_inline)
+        return fail("too big bulk count string");
       if (cr == std::string_view::npos) {
         if (data.size() - pos_ > limits_.max_inline) return fail("too big bulk count string");
         wanted_ = data.size() + 1;
@@ -159,18 +170,20 @@ RespParser::Status RespParser::parse_multibulk(std::string_view data) {
   return done(pos_);
 }
 
-// One line, split as Redis's sdssplitargs splits it (a NUL byte ends the line, as it ends the C
-// string there).
+// One line, split as Redis's sdssplitargs splits it. Redis finds the line's end with strchr, which
+// stops at a NUL byte: a line with a NUL before its '\n' never ends, and the request waits for
+// more input until it is too big, as it does in Redis.
 RespParser::Status RespParser::parse_inline(std::string_view data) {
-  const void* nl = std::memchr(data.data(), '\n', data.size());
-  if (!nl) {
-    if (data.size() > limits_.max_inline) return fail("too big inline request");
+  std::size_t newline = 0;
+  while (newline < data.size() && data[newline] != '\n' && data[newline] != '\0') ++newline;
+  if (newline == data.size() || data[newline] == '\0' || newline > limits_.max_inline) {
+    // (A line over the limit is refused even when its end is here, as for the multibulk header.)
+    if (data.size() > limits_.max_inline || newline > limits_.max_inline)
+      return fail("too big inline request");
     wanted_ = data.size() + 1;
     return Status::incomplete;
   }
-  const std::size_t newline = static_cast<std::size_t>(static_cast<const char*>(nl) - data.data());
-  std::string_view line = data.substr(0, newline);
-  if (const std::size_t nul = line.find('\0'); nul != std::string_view::npos) line = line.substr(0, nul);
+  const std::string_view line = data.substr(0, newline);
 
   args_.clear();
   inline_scratch_.clear();
@@ -232,7 +245,7 @@ RespParser::Status RespParser::parse_inline(std::string_view data) {
         } else {
           inline_scratch_ += c;
         }
-      } else if (c == '\0' || is_blank(c)) {
+      } else if (ends_word(c)) {
         word_done = true;
       } else if (c == '"') {
         in_double = true;
@@ -255,6 +268,9 @@ void append_simple(std::string& out, std::string_view text) {
 }
 
 void append_error(std::string& out, std::string_view text) {
+  // Redis trims CR and LF off both ends of an error message, then blanks those left inside.
+  while (!text.empty() && (text.front() == '\r' || text.front() == '\n')) text.remove_prefix(1);
+  while (!text.empty() && (text.back() == '\r' || text.back() == '\n')) text.remove_suffix(1);
   const std::size_t start = out.size();
   out += '-';
   out += text;

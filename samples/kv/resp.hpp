@@ -5,8 +5,9 @@
 //
 //   *2\r\n$3\r\nGET\r\n$3\r\nkey\r\n    a multibulk: an array of bulk strings (binary-safe)
 //   GET key\r\n                         an inline command, as typed into telnet: words split on
-//                                       blanks, "double" (with \n \r \t \b \a \\ \" \xHH escapes)
-//                                       and 'single' quotes as Redis's sdssplitargs does
+//                                       space, \t, \r, \n, "double" (with \n \r \t \b \a \\ \" \xHH
+//                                       escapes) and 'single' quotes as Redis's sdssplitargs
+//                                       does; a NUL before the '\n' keeps the line from ending
 //
 // Errors and limits are Redis 7's (src/networking.c), with the same messages, all of them fatal to
 // the connection: a multibulk count that is not a number or is over Limits::max_multibulk
@@ -97,7 +98,8 @@ bool parse_int64(std::string_view text, std::int64_t& value) noexcept;
 
 // Reply writers: each appends one RESP2 value to `out`.
 void append_simple(std::string& out, std::string_view text);  // +text\r\n
-// -text\r\n, with any \r or \n in `text` turned into blanks (as Redis does).
+// -text\r\n, with CR and LF trimmed off the ends of `text` and any left inside turned into blanks
+// (as Redis does).
 void append_error(std::string& out, std::string_view text);
 void append_integer(std::string& out, std::int64_t value);      // :value\r\n
 void append_bulk(std::string& out, std::string_view data);      // $len\r\ndata\r\n

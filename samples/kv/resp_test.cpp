@@ -167,8 +167,19 @@ TEST_CASE("inline commands split as sdssplitargs") {
         std::vector<Command>{{"echo", "\n\r\t\b\a\\\"Aq"}});
   CHECK(parse_all("echo 'it\\'s' \"\"\r\n") == std::vector<Command>{{"echo", "it's", ""}});
   CHECK(parse_all("ab\"cd\" x\r\n") == std::vector<Command>{{"abcd", "x"}});
-  // A NUL ends the line, as it ends the C string in Redis.
-  CHECK(parse_all(std::string("PING\0junk\r\n", 11)) == std::vector<Command>{{"PING"}});
+  // Words end at space, \t, \r and \n, not at \v or \f (which are only skipped between words).
+  CHECK(parse_all("GET a\vb\fc\r\n") == std::vector<Command>{{"GET", "a\vb\fc"}});
+  CHECK(parse_all("GET \v\f b\t\tc\r\n") == std::vector<Command>{{"GET", "b", "c"}});
+  CHECK(parse_all("echo \"a\"\v\r\n") == std::vector<Command>{{"echo", "a"}});
+  // Redis looks for the '\n' with strchr, which stops at a NUL: the line never ends, and the
+  // request waits until it is too big.
+  {
+    RespParser p;
+    CHECK(p.parse(std::string("PING\0junk\r\nPING\r\n", 17)) == Status::incomplete);
+    std::string error;
+    CHECK(parse_all(std::string("PING\0", 5) + std::string(70000, '\n'), &error).empty());
+    CHECK(error == "Protocol error: too big inline request");
+  }
   for (const std::string_view bad : {"echo \"abc\r\n", "echo 'abc\r\n", "echo \"a\"b\r\n", "echo 'a'b\r\n"}) {
     CAPTURE(bad);
     std::string error;
@@ -256,17 +267,39 @@ TEST_CASE("lines without an end are refused past max_inline") {
   CHECK(p.parse(std::string(60000, 'a')) == Status::incomplete);
 }
 
+TEST_CASE("a line over the limit is refused whether or not its end has arrived") {
+  Limits limits;
+  limits.max_inline = 16;
+  std::string error;
+  for (const auto& [data, message] : {
+           std::pair{std::string(17, 'x') + "\r\n", "Protocol error: too big inline request"},
+           std::pair{"*" + std::string(16, '1') + "\r\n", "Protocol error: too big mbulk count string"},
+           std::pair{"*1\r\n$" + std::string(16, '1') + "\r\n", "Protocol error: too big bulk count string"},
+       }) {
+    CAPTURE(data);
+    CHECK(parse_all(data, &error, limits).empty());
+    CHECK(error == message);
+    RespParser p(limits);
+    CHECK(p.parse(data.substr(0, data.size() - 2)) == Status::error);  // the same without its end
+    CHECK(p.error() == message);
+  }
+  // 15 bytes, the CR and the LF: the LF is the 17th byte, within the 16 the limit allows before it.
+  CHECK(parse_all(std::string(15, 'x') + "\r\n", &error, limits) ==
+        std::vector<Command>{{std::string(15, 'x')}});
+}
+
 TEST_CASE("reply writers") {
   using namespace skein_samples::kv;
   std::string out;
   append_simple(out, "OK");
-  append_error(out, "ERR bad\r\nthing\n");
+  append_error(out, "ERR bad\r\nthing \n");
   append_integer(out, -9223372036854775807 - 1);
   append_integer(out, 0);
   append_bulk(out, std::string_view("a\0b", 3));
   append_bulk(out, "");
   append_null(out);
   append_array_header(out, 3);
+  // CR and LF are trimmed off the ends (not the blank before them) and blanked inside.
   CHECK(out ==
         std::string(
             "+OK\r\n-ERR bad  thing \r\n:-9223372036854775808\r\n:0\r\n$3\r\na\0b\r\n$0\r\n\r\n$-1\r\n*3\r\n",

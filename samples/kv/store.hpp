@@ -5,10 +5,11 @@
 // std::mutex. A lock is held only for the map operation itself (and, for reads, for copying the
 // value into the caller's reply buffer): never across a fiber wait, so a fiber never parks holding
 // one, and two workers contend only when they touch the same shard at the same moment. A
-// single-key command takes one lock. A multi-key command (MGET, MSET, DEL, EXISTS) takes the locks
-// of every shard its keys fall in, always in ascending shard order (so two of them cannot
-// deadlock), and is therefore atomic as in Redis: no client sees half of an MSET. FLUSHALL takes
-// all 64 the same way, swaps the maps out and frees the entries after unlocking.
+// single-key command takes one lock. A multi-key command (MGET, MSET, MSETNX, DEL, EXISTS, RENAME,
+// COPY) takes the locks of every shard its keys fall in, always in ascending shard order (so two of
+// them cannot deadlock), and is therefore atomic as in Redis: no client sees half of an MSET.
+// FLUSHALL and KEYS take all 64 the same way (FLUSHALL swaps the maps out and frees the entries
+// after unlocking); SCAN and RANDOMKEY lock one shard at a time.
 //
 // Lookups are heterogeneous (the maps hash std::string_view), so a GET or an overwriting SET
 // builds no std::string for the key.
@@ -20,11 +21,14 @@
 // removes the expired keys it finds, so memory comes back even for keys nobody reads again. Like
 // Redis's, size() (DBSIZE) counts keys that have expired but not been reclaimed yet.
 //
-// Time is milliseconds on a monotonic clock (steady_clock), read only when a deadline has to be
-// set or checked; tests substitute their own clock.
+// Time is Unix milliseconds, as Redis's deadlines are (EXPIREAT and EXPIRETIME speak it), but read
+// from a monotonic clock: steady_clock plus the offset to the system clock taken once, so a change
+// of the wall clock does not move deadlines. It is read only when a deadline has to be set or
+// checked; tests substitute their own clock.
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -37,15 +41,22 @@
 
 namespace skein_samples::kv {
 
+// Whether `text` matches the glob-style `pattern` as Redis's stringmatchlen (KEYS, SCAN MATCH)
+// decides it: * ? [abc] [^a-z] and \ escapes, byte for byte, case-sensitive.
+bool glob_match(std::string_view pattern, std::string_view text) noexcept;
+
 class Store {
+  struct Entry;
+  struct Shard;
+
  public:
   static constexpr std::size_t kShards = 64;
   using Clock = std::int64_t (*)();  // milliseconds, monotonic
 
-  // Milliseconds of std::chrono::steady_clock.
-  static std::int64_t steady_ms() noexcept;
+  // Unix time in milliseconds, advancing with std::chrono::steady_clock (see above).
+  static std::int64_t unix_ms() noexcept;
 
-  explicit Store(Clock clock = &Store::steady_ms) : clock_(clock) {}
+  explicit Store(Clock clock = &Store::unix_ms) : clock_(clock), started_(clock()) {}
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
@@ -90,14 +101,79 @@ class Store {
   // Sets keys[0] = keys[1], keys[2] = keys[3], ... (an even count), clearing their deadlines. Atomic.
   void mset(std::span<const std::string_view> pairs);
 
-  enum class ExpireCondition { always, nx, xx, gt, lt };  // EXPIRE's options
+  // EXPIRE's options, which combine (XX GT: has a deadline and the new one is later).
+  enum ExpireCondition : unsigned { always = 0, nx = 1, xx = 2, gt = 4, lt = 8 };
   // Sets the key's deadline (ms); a deadline not in the future deletes the key. Returns whether
-  // the key existed and the condition held.
-  bool expire_at(std::string_view key, std::int64_t at, ExpireCondition condition = ExpireCondition::always);
+  // the key existed and every condition in `conditions` (ExpireCondition bits) held.
+  bool expire_at(std::string_view key, std::int64_t at, unsigned conditions = always);
   // Removes the key's deadline; true if it had one.
   bool persist(std::string_view key);
   // Milliseconds the key has left: -2 if it does not exist, -1 if it has no deadline.
   std::int64_t ttl_ms(std::string_view key);
+
+  // One key under its shard's lock, handed to update()'s callback for the commands that read and
+  // change a key in one step (GETEX, APPEND, SETRANGE, INCRBYFLOAT, ...). Valid only inside the
+  // callback. An expired key is already gone: exists() is false.
+  class Slot {
+   public:
+    bool exists() const noexcept { return entry_ != nullptr; }
+    // The value; exists() only. value_ref() changes it in place.
+    std::string_view value() const noexcept;
+    std::string& value_ref() noexcept;
+    // The deadline in ms, 0 for none; exists() only.
+    std::int64_t deadline() const noexcept;
+    // Replaces the value, creating the key (without a deadline) if it does not exist; an existing
+    // key keeps its deadline.
+    void set_value(std::string_view value);
+    // Sets the deadline (0: none); exists() only. One not after now() removes the key.
+    void set_deadline(std::int64_t at);
+    // Removes the key.
+    void erase();
+    std::int64_t now() const noexcept { return store_.now(); }
+
+   private:
+    friend class Store;
+    Slot(Store& store, Shard& shard, std::string_view key, Entry* entry)
+        : store_(store), shard_(shard), key_(key), entry_(entry) {}
+    Store& store_;
+    Shard& shard_;
+    std::string_view key_;
+    Entry* entry_;
+  };
+  // Calls `f(slot)` for the key with its shard locked and returns what f returns.
+  template <class F>
+  decltype(auto) update(std::string_view key, F&& f) {
+    Shard& s = shard_of(key);
+    std::lock_guard lock(s.mutex);
+    Slot slot(*this, s, key, find_live(s, key));
+    return f(slot);
+  }
+
+  // Sets every pair as mset() does if none of the keys exists; returns whether it did. Atomic.
+  bool msetnx(std::span<const std::string_view> pairs);
+  enum class RenameResult { ok, no_such_key, target_exists };
+  // Moves `from`'s value and deadline to `to`, replacing it unless `nx`. Renaming a key to itself
+  // changes nothing (target_exists with nx, as Redis's RENAMENX answers 0). Atomic.
+  RenameResult rename(std::string_view from, std::string_view to, bool nx);
+  // Copies `from`'s value and deadline to `to` (another key), replacing it only if `replace`;
+  // returns whether it copied. Atomic.
+  bool copy(std::string_view from, std::string_view to, bool replace);
+  // Calls `f(key)` for every live key matching the glob `pattern`, with every shard locked.
+  void keys(std::string_view pattern, const std::function<void(std::string_view)>& f);
+  // SCAN: calls `f(key)` for the live keys in the hash buckets from `cursor` on, one shard at a
+  // time, until `count` keys were found or 10 * `count` buckets were walked; returns the cursor to
+  // go on from, 0 when the walk is complete. The low 6 bits of a cursor are the shard, the rest
+  // the bucket; while the keyspace does not change, a walk from 0 to 0 finds every key once.
+  std::uint64_t scan(std::uint64_t cursor, std::size_t count, const std::function<void(std::string_view)>& f);
+  // A key picked at random (from a random shard that has keys, then a random bucket), or false
+  // if there are none.
+  bool random_key(std::string& key);
+  // Keys with a deadline, an estimate (INFO's expires=): may count expired keys not swept yet.
+  std::size_t with_deadline() const;
+  // A new client id (HELLO's id): 1, 2, 3, ... per store, so a server's ids are unique.
+  std::uint64_t next_client_id() noexcept { return next_client_id_.fetch_add(1, std::memory_order_relaxed); }
+  // Milliseconds on the store's clock since it was made (INFO's uptime).
+  std::int64_t uptime_ms() const noexcept { return now() - started_; }
 
   // Keys stored, including expired ones not reclaimed yet (like Redis's DBSIZE).
   std::size_t size() const;
@@ -134,8 +210,14 @@ class Store {
   Entry* find_live(Shard& s, std::string_view key);
   // Locks the shards of every key in `keys` (every other one if `stride` is 2), in index order.
   class MultiLock;
+  // mset() with the locks held.
+  void mset_locked(std::span<const std::string_view> pairs);
 
   Clock clock_;
+  std::int64_t started_;
+  std::atomic<std::uint64_t> next_client_id_{1};
+  // random_key()'s sequence, per store so that two stores given the same commands pick alike.
+  std::atomic<std::uint64_t> random_state_{0};
   std::array<Shard, kShards> shards_;
 };
 

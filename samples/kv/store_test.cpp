@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -194,6 +195,87 @@ TEST_CASE("expire_at, its conditions, persist") {
   CHECK(s.expire_at("k", g_now, C::always));
   CHECK(s.ttl_ms("k") == -2);
   CHECK(s.size() == 0);
+}
+
+TEST_CASE("expire_at's conditions combine: XX with GT or LT") {
+  g_now = 1'000'000;
+  Store s(&fake_clock);
+  using C = Store::ExpireCondition;
+  s.set("k", "v");
+  CHECK_FALSE(s.expire_at("k", g_now + 100, C::xx | C::lt));  // XX fails: no deadline
+  CHECK(s.expire_at("k", g_now + 100));
+  CHECK_FALSE(s.expire_at("k", g_now + 50, C::xx | C::gt));  // GT fails
+  CHECK(s.expire_at("k", g_now + 150, C::gt | C::xx));
+  CHECK_FALSE(s.expire_at("k", g_now + 200, C::xx | C::lt));
+  CHECK(s.expire_at("k", g_now + 120, C::lt | C::xx));
+  CHECK(s.ttl_ms("k") == 120);
+}
+
+TEST_CASE("glob_match follows Redis's stringmatchlen") {
+  using skein_samples::kv::glob_match;
+  CHECK_FALSE(glob_match("*", ""));  // as in Redis, where KEYS * and MATCH * skip the match
+  CHECK(glob_match("a*", "abc"));
+  CHECK_FALSE(glob_match("a*", "bac"));
+  CHECK(glob_match("h?llo", "hello"));
+  CHECK_FALSE(glob_match("h?llo", "hllo"));
+  CHECK(glob_match("h[ae]llo", "hallo"));
+  CHECK_FALSE(glob_match("h[ae]llo", "hillo"));
+  CHECK(glob_match("h[^e]llo", "hallo"));
+  CHECK_FALSE(glob_match("h[^e]llo", "hello"));
+  CHECK(glob_match("h[a-b]llo", "hbllo"));
+  CHECK(glob_match("h[b-a]llo", "hallo"));  // a reversed range still matches
+  CHECK(glob_match("\\*", "*"));
+  CHECK_FALSE(glob_match("\\*", "a"));
+  CHECK(glob_match("[\\]]", "]"));
+  CHECK(glob_match("\\d", "d"));
+  CHECK(glob_match("[a-", "a"));  // an unclosed class ends with the pattern
+  CHECK(glob_match("[a-", "-"));
+  CHECK_FALSE(glob_match("[]", "a"));
+  CHECK(glob_match("a*b*c", "aXbYc"));
+  CHECK_FALSE(glob_match("a*a*a*a*a*a*a*a*a*a*b", std::string(5000, 'a')));  // quickly
+  CHECK(glob_match(std::string_view("a\0b", 3), std::string_view("a\0b", 3)));
+}
+
+TEST_CASE("scan walks every key exactly once; rename, copy, msetnx, random_key") {
+  g_now = 1'000'000;
+  Store s(&fake_clock);
+  std::set<std::string> all;
+  for (int i = 0; i < 3000; ++i) {
+    s.set("key" + std::to_string(i), "v");
+    all.insert("key" + std::to_string(i));
+  }
+  for (const std::size_t count : {std::size_t{1}, std::size_t{10}, std::size_t{1000}}) {
+    std::multiset<std::string> seen;
+    std::uint64_t cursor = 0;
+    int calls = 0;
+    do {
+      cursor = s.scan(cursor, count, [&](std::string_view k) { seen.emplace(k); });
+      ++calls;
+    } while (cursor != 0 && calls < 100000);
+    CHECK(cursor == 0);
+    CHECK(seen.size() == all.size());
+    CHECK(std::set<std::string>(seen.begin(), seen.end()) == all);
+  }
+  std::size_t matched = 0;
+  s.keys("key1??", [&](std::string_view) { ++matched; });
+  CHECK(matched == 100);
+
+  CHECK(s.rename("key1", "moved", false) == Store::RenameResult::ok);
+  CHECK(s.rename("key1", "moved", false) == Store::RenameResult::no_such_key);
+  CHECK(s.rename("moved", "key2", true) == Store::RenameResult::target_exists);
+  CHECK(s.expire_at("moved", g_now + 500));
+  CHECK(s.copy("moved", "copied", false));
+  CHECK_FALSE(s.copy("moved", "copied", false));
+  CHECK(s.ttl_ms("copied") == 500);
+  CHECK(s.with_deadline() == 2);
+  CHECK_FALSE(s.msetnx(std::vector<std::string_view>{"fresh", "1", "key2", "2"}));
+  CHECK_FALSE(s.exists(std::vector<std::string_view>{"fresh"}));
+  CHECK(s.msetnx(std::vector<std::string_view>{"fresh", "1", "fresh2", "2"}));
+  std::string key;
+  CHECK(s.random_key(key));
+  CHECK(s.exists(std::vector<std::string_view>{key}) == 1);
+  s.clear();
+  CHECK_FALSE(s.random_key(key));
 }
 
 TEST_CASE("sweep reclaims expired keys nobody reads, with bounded work per call") {
