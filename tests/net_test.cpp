@@ -8,6 +8,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -122,7 +123,7 @@ void stream_battery(const Address& listen_at) {
     {
       skein::Stream c = skein::connect(at, 5s);
       Address peer;
-      skein::Stream s = l.accept(5s, &peer);
+      skein::Stream s = l.accept(&peer, 5s);
       REQUIRE(c.is_open());
       REQUIRE(s.is_open());
       CHECK(c.peer_address() == at);
@@ -637,15 +638,15 @@ TEST_SUITE("net") {
 
         // Empty datagrams are datagrams.
         CHECK(a.send_to("", ba) == 0);
-        CHECK(b.receive_from(std::span<char>(buf, sizeof buf), nullptr, 5s) == 0);
+        CHECK(b.receive_from(std::span<char>(buf, sizeof buf), 5s) == 0);
 
         // Truncation: the rest of that datagram is gone, the next one arrives whole.
         a.send_to("0123456789", ba);
         a.send_to("next", ba);
-        n = b.receive_from(std::span<char>(buf, 4), nullptr, 5s);
+        n = b.receive_from(std::span<char>(buf, 4), 5s);
         CHECK(n == 4);
         CHECK(std::string_view(buf, 4) == "0123");
-        n = b.receive_from(std::span<char>(buf, sizeof buf), nullptr, 5s);
+        n = b.receive_from(std::span<char>(buf, sizeof buf), 5s);
         CHECK(std::string_view(buf, n) == "next");
 
         // Connected: send/receive, and datagrams from anyone else are filtered out.
@@ -706,6 +707,81 @@ TEST_SUITE("net") {
 
   // ---------------------------------------------------------------------------------------------
   // Deadlines
+
+  TEST_CASE("streams and UDP sockets read and write std::byte and unsigned char buffers") {
+    FdCheck fds;
+    skein::run([] {
+      StreamPair p = connected_pair(Address::loopback(0));
+      const std::vector<std::byte> out = {std::byte{0x00}, std::byte{0xff}, std::byte{0x80}, std::byte{'a'}};
+      p.client.write_all(out, 5s);
+      const std::array<unsigned char, 3> more = {0x01, 0xfe, 0x7f};
+      CHECK(p.client.write(more, 5s) == more.size());
+      std::vector<std::byte> in(out.size());
+      p.server.read_exact(in, 5s);
+      CHECK(in == out);
+      std::array<unsigned char, 8> rest{};
+      std::size_t got = 0;
+      while (got < more.size()) got += p.server.read(std::span(rest).subspan(got), 5s);
+      CHECK(got == more.size());
+      CHECK(std::equal(more.begin(), more.end(), rest.begin()));
+
+      // Through a BufferedReader too, and char callers still pick the char calls.
+      p.client.write_all("xy\nz", 5s);
+      skein::BufferedReader r(p.server);
+      CHECK(r.read_line(64, 5s) == "xy\n");
+      std::byte z{};
+      r.read_exact(std::span(&z, 1), 5s);
+      CHECK(z == std::byte{'z'});
+
+      skein::UdpSocket a = skein::UdpSocket::bind(Address::loopback(0));
+      skein::UdpSocket b = skein::UdpSocket::bind(Address::loopback(0));
+      CHECK(a.send_to(std::span(out), b.local_address(), 5s) == out.size());
+      std::array<unsigned char, 16> dgram{};
+      Address from;
+      const std::size_t n = b.receive_from(dgram, &from, 5s);
+      CHECK(n == out.size());
+      CHECK(from == a.local_address());
+      CHECK(std::memcmp(dgram.data(), out.data(), n) == 0);
+    });
+  }
+
+  TEST_CASE("accept and receive_from take the address before the deadline, which can stand alone") {
+    FdCheck fds;
+    // Deadline last, as everywhere: (peer, deadline) and (deadline) both compile.
+    static_assert(requires(skein::Listener & l, Address * a) {
+      l.accept(a, 5s);
+      l.accept(5s);
+      l.accept();
+    });
+    static_assert(requires(skein::UdpSocket & u, std::span<char> b, Address * a) {
+      u.receive_from(b, a, 5s);
+      u.receive_from(b, 5s);
+      u.receive_from(b);
+    });
+    skein::run([] {
+      skein::Listener l = skein::listen(Address::loopback(0));
+      skein::Stream c = skein::connect(l.local_address(), 5s);
+      Address peer;
+      skein::Stream s = l.accept(&peer, 5s);
+      CHECK(peer == c.local_address());
+      skein::Stream c2 = skein::connect(l.local_address(), 5s);
+      skein::Stream s2 = l.accept(nullptr, 5s);
+      CHECK(s2.peer_address() == c2.local_address());
+
+      skein::UdpSocket a = skein::UdpSocket::bind(Address::loopback(0));
+      skein::UdpSocket b = skein::UdpSocket::bind(Address::loopback(0));
+      a.send_to("one", b.local_address(), 5s);
+      a.send_to("two", b.local_address(), 5s);
+      char buf[8];
+      Address from;
+      CHECK(b.receive_from(std::span<char>(buf, sizeof buf), &from, 5s) == 3);
+      CHECK(from == a.local_address());
+      CHECK(b.receive_from(std::span<char>(buf, sizeof buf), 5s) == 3);
+      CHECK(std::string_view(buf, 3) == "two");
+      const std::error_code e = code_of([&] { b.receive_from(std::span<char>(buf, sizeof buf), 20ms); });
+      CHECK_MESSAGE(e == std::errc::timed_out, describe(e));
+    });
+  }
 
   TEST_CASE("a read past its deadline throws timed_out and leaves the stream usable") {
     FdCheck fds;
