@@ -1,4 +1,4 @@
-// echo_server: the seeds' asyncio echo server, one fiber per connection. The Python it answers:
+// echo_server: asyncio's classic echo server, one fiber per connection. The Python it answers:
 //
 //   async def handle_echo(reader, writer):
 //       data = await reader.read(100)
@@ -45,7 +45,7 @@ constexpr const char* kUsage =
     "  --port P      TCP port, 0..65535 (0 picks a free one); default 8888\n"
     "  --threads N   worker threads, each serving its own share of the connections;\n"
     "                default 1\n"
-    "  --verbose     print 'Received ... from PEER' for every read, as the seeds' server does\n"
+    "  --verbose     print 'Received ... from PEER' for every read, as the Python server does\n"
     "  -h, --help    show this help and exit\n";
 
 // Python's %r of bytes, shortened: printable ASCII as is, the rest as \xNN.

@@ -1,4 +1,4 @@
-// fetch: the seeds' concurrent wget, one fiber per URL. The Python it answers:
+// fetch: a concurrent wget, one fiber per URL. The Python it answers:
 //
 //   async def wget(host):
 //       reader, writer = await asyncio.open_connection(host, 80)

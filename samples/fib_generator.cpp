@@ -1,5 +1,5 @@
 // fib_generator: lazy production with skein::Generator, and a producer steered by its consumer
-// with skein::Coroutine. The skein counterpart of the seeds' Python:
+// with skein::Coroutine. The skein counterpart of this Python:
 //
 //   def fibs(n):                 # builds the whole list first
 //       result = []; a, b = 0, 1

@@ -1,5 +1,5 @@
-// hello_sleep: two fibers sleep at the same time on one thread. The skein counterpart of the
-// seeds' asyncio:
+// hello_sleep: two fibers sleep at the same time on one thread. The skein counterpart of this
+// asyncio program:
 //
 //   @asyncio.coroutine
 //   def hello():

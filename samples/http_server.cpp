@@ -1,4 +1,4 @@
-// http_server: the seeds' aiohttp app, one fiber per connection. The Python it answers:
+// http_server: a small aiohttp app, one fiber per connection. The Python it answers:
 //
 //   async def index(request):
 //       return web.Response(body=b'<h1>Index Page</h1>', content_type='text/html')
@@ -40,7 +40,7 @@ using skein_samples::http::HttpSession;
 constexpr const char* kUsage =
     "usage: http_server [--host H] [--port P] [--threads N] [--idle-timeout S] [--delay-ms N]\n"
     "\n"
-    "Serves the seeds' aiohttp app over HTTP/1.1, one fiber per connection:\n"
+    "Serves a small aiohttp app's routes over HTTP/1.1, one fiber per connection:\n"
     "  GET /        -> <h1>Index Page</h1>\n"
     "  GET /{name}  -> <h1>Hello, {name}</h1>\n"
     "Prints 'listening on HOST:PORT' once it accepts connections. Ctrl-C or SIGTERM stops it: it\n"

@@ -1,5 +1,5 @@
 // producer_consumer: two routines taking turns on one thread, no locks, no queue. The skein
-// counterpart of the seeds' Python:
+// counterpart of this Python:
 //
 //   def consumer():
 //       r = ''

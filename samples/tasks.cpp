@@ -1,5 +1,5 @@
 // tasks: many concurrent sleeps on one thread, gathered, cancelled and timed out. The skein
-// counterpart of the seeds' asyncio:
+// counterpart of this asyncio program:
 //
 //   async def do_some_work(x):
 //       print('Waiting', x)

@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include <sys/resource.h>
@@ -88,8 +89,30 @@ TEST_SUITE("scheduler") {
     CHECK(trace == "abcabcabc");
   }
 
-  TEST_CASE("yield outside a fiber does nothing") {
-    skein::yield();
+  TEST_CASE("yield outside a fiber returns at once and runs no fiber") {
+    const auto start = skein::Clock::now();
+    CHECK_NOTHROW(skein::yield());
+    CHECK(seconds_since(start) < 0.1);
+    // A plain thread's yield while a runtime has a ready fiber: the fiber stays the runtime's.
+    skein::run([] {
+      bool ran = false;
+      auto ready = skein::spawn([&ran] { ran = true; });
+      bool ran_during_yield = true;
+      bool threw = true;
+      std::thread plain([&] {
+        try {
+          skein::yield();
+          threw = false;
+        } catch (...) {
+        }
+        ran_during_yield = ran;
+      });
+      plain.join();  // blocks this worker: nothing else runs meanwhile but the thread's yield
+      CHECK_FALSE(threw);
+      CHECK_FALSE(ran_during_yield);
+      ready.join();
+      CHECK(ran);
+    });
   }
 
   TEST_CASE("two fibers sleeping 200 ms each finish in about 200 ms, not 400") {

@@ -1,5 +1,7 @@
 // Stacks: guard pages (both kinds), the stack-overflow report (death tests in a child process),
 // pool reuse, and what a parked fiber costs in memory mappings.
+#include "skip.hpp"
+
 #include <skein/skein.hpp>
 
 #include <doctest/doctest.h>
@@ -221,9 +223,11 @@ TEST_SUITE("stack") {
     CHECK(r.err.find("caught the forced unwind") != std::string::npos);
   }
 
-  TEST_CASE("with MADV_GUARD_INSTALL a parked fiber costs no memory mapping") {
+  // May skip: a Meson test of its own (tests/skip.hpp).
+  TEST_CASE("with MADV_GUARD_INSTALL a parked fiber costs no memory mapping" *
+            doctest::test_suite("stack-madvise")) {
     if (skein::effective_guard_mode() != skein::GuardMode::madvise) {
-      MESSAGE("kernel without MADV_GUARD_INSTALL: skipped");
+      skein_test::skip("kernel without MADV_GUARD_INSTALL");
       return;
     }
     // More fibers than the pool caches, so most stacks are fresh mappings.

@@ -13,3 +13,4 @@
 #include <skein/task_group.hpp>
 #include <skein/time.hpp>
 #include <skein/timeout.hpp>
+#include <skein/version.hpp>

@@ -17,8 +17,8 @@
 namespace skein::hooks {
 
 // The calls this program routes through the hooks right now: linked in (the symbol resolves to
-// the hook, for shared libraries too) and not turned off by SKEIN_HOOKS_DISABLE. In link order of
-// the list, e.g. {"read", "write", ...}.
+// the hook, for shared libraries too) and not turned off by SKEIN_HOOKS_DISABLE. In the order of
+// docs/hooks.md's table, e.g. {"read", "write", ...}.
 std::vector<std::string_view> hooked_calls();
 
 // True if `call` (a libc function name such as "recv") is in hooked_calls().

@@ -12,6 +12,9 @@
 // A timeout or cancel leaves the socket open and consistent: a read consumed nothing, a write
 // may have sent a prefix of its bytes (so a stream whose write_all failed is best closed).
 //
+// Argument order, everywhere: the data or buffer, then the address (in or out), then the Deadline,
+// always last. Buffers are char, std::byte or unsigned char alike.
+//
 // A socket is waited on through the I/O driver of the thread that first waits on it; keep it on
 // that thread.
 #pragma once
@@ -28,7 +31,21 @@ namespace skein {
 
 namespace detail {
 struct SocketAccess;
+
+// Byte buffers as the char buffers the calls take (char may alias any object).
+inline std::span<char> as_chars(std::span<std::byte> b) noexcept {
+  return {reinterpret_cast<char*>(b.data()), b.size()};
 }
+inline std::span<char> as_chars(std::span<unsigned char> b) noexcept {
+  return {reinterpret_cast<char*>(b.data()), b.size()};
+}
+inline std::string_view as_view(std::span<const std::byte> b) noexcept {
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+inline std::string_view as_view(std::span<const unsigned char> b) noexcept {
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+}  // namespace detail
 
 // An owned, non-blocking socket descriptor. Move-only; the destructor closes it.
 class Socket {
@@ -78,6 +95,32 @@ class Stream : public Socket {
   void write_all(std::string_view data, Deadline deadline = {});
   // Writes all of each buffer in turn, gathering them into as few system calls as it can.
   void write_all(std::span<const std::string_view> parts, Deadline deadline = {});
+
+  // The same calls on byte buffers.
+  std::size_t read(std::span<std::byte> buf, Deadline deadline = {}) {
+    return read(detail::as_chars(buf), deadline);
+  }
+  std::size_t read(std::span<unsigned char> buf, Deadline deadline = {}) {
+    return read(detail::as_chars(buf), deadline);
+  }
+  void read_exact(std::span<std::byte> buf, Deadline deadline = {}) {
+    read_exact(detail::as_chars(buf), deadline);
+  }
+  void read_exact(std::span<unsigned char> buf, Deadline deadline = {}) {
+    read_exact(detail::as_chars(buf), deadline);
+  }
+  std::size_t write(std::span<const std::byte> data, Deadline deadline = {}) {
+    return write(detail::as_view(data), deadline);
+  }
+  std::size_t write(std::span<const unsigned char> data, Deadline deadline = {}) {
+    return write(detail::as_view(data), deadline);
+  }
+  void write_all(std::span<const std::byte> data, Deadline deadline = {}) {
+    write_all(detail::as_view(data), deadline);
+  }
+  void write_all(std::span<const unsigned char> data, Deadline deadline = {}) {
+    write_all(detail::as_view(data), deadline);
+  }
   // Ends one or both directions: the peer's reads see end of stream after a write shutdown.
   void shutdown(Shutdown how = Shutdown::write);
 
@@ -108,10 +151,16 @@ class Listener : public Socket {
  public:
   using Socket::Socket;
 
-  // Accepts the next connection, as a non-blocking stream with TCP_NODELAY set (TCP). If `peer`
-  // is given it receives the peer's address. EMFILE/ENFILE are thrown (errc::too_many_files_open,
+  // Accepts the next connection, as a non-blocking stream with TCP_NODELAY set (TCP); `peer`, if
+  // not null, receives the peer's address. EMFILE/ENFILE are thrown (errc::too_many_files_open,
   // errc::too_many_files_open_in_system); the pending connection stays queued.
-  Stream accept(Deadline deadline = {}, Address* peer = nullptr);
+  Stream accept(Address* peer, Deadline deadline = {});
+  // accept(nullptr, deadline).
+  Stream accept(Deadline deadline = {}) { return accept(nullptr, deadline); }
+  // The 0.2 order; the deadline goes last now, as in every other call.
+  [[deprecated("use accept(peer, deadline)")]] Stream accept(Deadline deadline, Address* peer) {
+    return accept(peer, deadline);
+  }
 };
 
 // Binds a listener to `address` (port 0 picks a free one: see local_address()). For a Unix path,
@@ -130,13 +179,49 @@ class UdpSocket : public Socket {
 
   // Sends one datagram to `to`; returns its size. Throws errc::message_size if it is too big.
   std::size_t send_to(std::string_view datagram, const Address& to, Deadline deadline = {});
-  // Receives one datagram into `buf` (truncated to buf.size()); returns its size in `buf`. If
-  // `from` is given it receives the sender's address.
-  std::size_t receive_from(std::span<char> buf, Address* from = nullptr, Deadline deadline = {});
+  // Receives one datagram into `buf` (truncated to buf.size()); returns its size in `buf`.
+  // `from`, if not null, receives the sender's address.
+  std::size_t receive_from(std::span<char> buf, Address* from, Deadline deadline = {});
+  // receive_from(buf, nullptr, deadline).
+  std::size_t receive_from(std::span<char> buf, Deadline deadline = {}) {
+    return receive_from(buf, nullptr, deadline);
+  }
   // Sets the default peer (send/receive), and filters datagrams from others.
   void connect(const Address& peer);
   std::size_t send(std::string_view datagram, Deadline deadline = {});
   std::size_t receive(std::span<char> buf, Deadline deadline = {});
+
+  // The same calls on byte buffers.
+  std::size_t send_to(std::span<const std::byte> datagram, const Address& to, Deadline deadline = {}) {
+    return send_to(detail::as_view(datagram), to, deadline);
+  }
+  std::size_t send_to(std::span<const unsigned char> datagram, const Address& to, Deadline deadline = {}) {
+    return send_to(detail::as_view(datagram), to, deadline);
+  }
+  std::size_t receive_from(std::span<std::byte> buf, Address* from, Deadline deadline = {}) {
+    return receive_from(detail::as_chars(buf), from, deadline);
+  }
+  std::size_t receive_from(std::span<unsigned char> buf, Address* from, Deadline deadline = {}) {
+    return receive_from(detail::as_chars(buf), from, deadline);
+  }
+  std::size_t receive_from(std::span<std::byte> buf, Deadline deadline = {}) {
+    return receive_from(detail::as_chars(buf), nullptr, deadline);
+  }
+  std::size_t receive_from(std::span<unsigned char> buf, Deadline deadline = {}) {
+    return receive_from(detail::as_chars(buf), nullptr, deadline);
+  }
+  std::size_t send(std::span<const std::byte> datagram, Deadline deadline = {}) {
+    return send(detail::as_view(datagram), deadline);
+  }
+  std::size_t send(std::span<const unsigned char> datagram, Deadline deadline = {}) {
+    return send(detail::as_view(datagram), deadline);
+  }
+  std::size_t receive(std::span<std::byte> buf, Deadline deadline = {}) {
+    return receive(detail::as_chars(buf), deadline);
+  }
+  std::size_t receive(std::span<unsigned char> buf, Deadline deadline = {}) {
+    return receive(detail::as_chars(buf), deadline);
+  }
 };
 
 }  // namespace skein

@@ -105,7 +105,7 @@ void back_off(std::chrono::milliseconds& backoff) {
 Stream accept_next(Listener& listener, Address& peer, std::chrono::milliseconds& backoff) {
   for (;;) {
     try {
-      Stream stream = listener.accept({}, &peer);
+      Stream stream = listener.accept(&peer);
       backoff = std::chrono::milliseconds(10);
       return stream;
     } catch (const std::system_error& e) {

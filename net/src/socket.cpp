@@ -359,7 +359,7 @@ Stream connect(std::string_view host, std::uint16_t port, Deadline deadline) {
 
 // ---- Listener -----------------------------------------------------------------------------
 
-Stream Listener::accept(Deadline deadline, Address* peer) {
+Stream Listener::accept(Address* peer, Deadline deadline) {
   require_open(fd_, "skein::Listener::accept");
   Io io(*this);
   for (;;) {

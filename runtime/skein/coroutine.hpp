@@ -89,9 +89,8 @@ class Coroutine {
  public:
   // A coroutine whose body is `R f(CoYield<In, Out>&, In first)`, started by the first resume.
   template <class F>
-  requires std::is_invocable_r_v < R, std::decay_t<F>
-  &, CoYield<In, Out>&,
-      In > explicit Coroutine(F&& f, std::size_t stack_size = default_stack_size)
+  requires(std::is_invocable_r_v<R, std::decay_t<F>&, CoYield<In, Out>&, In>) explicit Coroutine(
+      F&& f, std::size_t stack_size = default_stack_size)
       : core_(detail::make_coroutine<Impl<std::decay_t<F>>>(stack_size, std::forward<F>(f))) {}
 
   Coroutine(Coroutine&& other) noexcept : core_(std::exchange(other.core_, nullptr)) {}

@@ -75,8 +75,8 @@ class Generator {
 
   // A generator whose body is `f(Yield<T>&)`, run lazily on its own stack of `stack_size` bytes.
   template <class F>
-  requires std::is_invocable_v < std::decay_t<F>
-  &, Yield<T>& > explicit Generator(F&& f, std::size_t stack_size = default_stack_size)
+  requires(std::is_invocable_v<std::decay_t<F>&, Yield<T>&>) explicit Generator(
+      F&& f, std::size_t stack_size = default_stack_size)
       : core_(detail::make_coroutine<Impl<std::decay_t<F>>>(stack_size, std::forward<F>(f))) {}
 
   Generator(Generator&& other) noexcept : core_(std::exchange(other.core_, nullptr)) {}

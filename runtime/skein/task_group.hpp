@@ -90,8 +90,8 @@ class TaskGroup {
   bool cancelling_ = false;
 };
 
-// Runs at most `size` tasks at once: spawn() waits for a free slot (gevent.pool.Pool; the seeds'
-// "hand new requests to idle coroutines", with a bound). The pool's destructor waits for every
+// Runs at most `size` tasks at once: spawn() waits for a free slot (gevent.pool.Pool: new
+// requests go to idle coroutines, with a bound). The pool's destructor waits for every
 // task it started.
 class Pool {
  public:

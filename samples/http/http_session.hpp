@@ -3,7 +3,7 @@
 // and should_close() says whether to close the connection once they are written. Parsing is
 // Debian's libhttp-parser (nodejs/http-parser 2.9).
 //
-// The routes are the seeds' aiohttp app:
+// The routes are those of a small aiohttp app:
 //
 //   GET /        -> 200 <h1>Index Page</h1>
 //   GET /{name}  -> 200 <h1>Hello, {name}</h1>   (one non-empty path segment, %-decoded, HTML-escaped)

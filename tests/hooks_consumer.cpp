@@ -1,5 +1,5 @@
-// Built against the installed libskein_hooks through `pkg-config --libs skein_hooks` only: the
-// hooks are linked in, and two fibers' usleep calls overlap.
+// Built against the installed libskein_hooks through `pkg-config --libs skein_hooks` or CMake's
+// skein::hooks only: the hooks are linked in, and two fibers' usleep calls overlap.
 #include <skein/hooks.hpp>
 #include <skein/skein.hpp>
 
