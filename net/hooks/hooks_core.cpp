@@ -331,6 +331,8 @@ int wait_any(EpollDriver& driver, const pollfd* fds, std::size_t n, TimePoint de
     // does (they hung up): a library's own handling of a closed connection runs, where a failed
     // poll may pass for "nothing ready" (libmemcached reports a cache miss).
     if (interrupting(w)) {
+      // What was ready before the fiber was resumed counts: the caller's wait had ended.
+      if ((result = check(arg)) != 0) break;
       bool cut = false;
       for (std::size_t i = 0; i < n; ++i) cut = interrupted(fds[i].fd) || cut;
       if (cut && (result = check(arg)) > 0) break;
