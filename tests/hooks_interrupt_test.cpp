@@ -339,3 +339,32 @@ TEST_SUITE("hooks") {
     CHECK(recv(t.client, buf, sizeof buf, MSG_DONTWAIT) == 5);
   }
 }
+
+TEST_SUITE("hooks") {
+  TEST_CASE(
+      "an interrupted poll leaves alone a connection that took the number of a descriptor closed meanwhile") {
+    Tcp t;
+    const int number = t.client;
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    int r = 0;
+    skein::run([&] {
+      auto poller = skein::spawn([&] {
+        skein::TimeoutScope scope(60ms);
+        pollfd p{number, POLLIN, 0};
+        r = poll(&p, 1, 5000);
+      });
+      skein::sleep_for(10ms);
+      // Another fiber closes the polled socket; a new connection gets its number.
+      REQUIRE(dup2(sv[0], number) == number);
+      poller.join();
+    });
+    CHECK(r == -1);
+    CHECK(send(sv[1], "x", 1, MSG_NOSIGNAL) == 1);
+    char c = 0;
+    CHECK(recv(number, &c, 1, MSG_DONTWAIT) == 1);
+    CHECK(c == 'x');
+    close(sv[0]);
+    close(sv[1]);
+  }
+}
