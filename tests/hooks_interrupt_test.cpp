@@ -284,3 +284,87 @@ TEST_SUITE("hooks") {
     close(sv[1]);
   }
 }
+
+namespace {
+
+// Keeps the worker busy without letting any other fiber run, for `d`.
+void spin_for(std::chrono::milliseconds d) {
+  const auto end = std::chrono::steady_clock::now() + d;
+  while (std::chrono::steady_clock::now() < end) {
+  }
+}
+
+}  // namespace
+
+TEST_SUITE("hooks") {
+  TEST_CASE("a reply that arrived before the scope's deadline is read, not cut off with the connection") {
+    // The reply is in the socket before the deadline, but the fiber waiting for it is resumed only
+    // after the deadline (its worker was busy): the read found its answer in time.
+    Tcp t;
+    ssize_t n = 0;
+    char buf[16];
+    skein::run([&] {
+      auto reader = skein::spawn([&] {
+        skein::TimeoutScope scope(100ms);
+        n = read(t.client, buf, sizeof buf);
+      });
+      skein::sleep_for(10ms);
+      REQUIRE(send(t.server, "reply", 5, MSG_NOSIGNAL) == 5);
+      spin_for(150ms);
+      reader.join();
+    });
+    CHECK(n == 5);
+    CHECK(std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0) == "reply");
+  }
+
+  TEST_CASE("a poll whose descriptor was ready before the scope's deadline reports it, cutting nothing") {
+    Tcp t;
+    int r = 0;
+    short revents = 0;
+    skein::run([&] {
+      auto poller = skein::spawn([&] {
+        skein::TimeoutScope scope(100ms);
+        pollfd p{t.client, POLLIN, 0};
+        r = poll(&p, 1, 5000);
+        revents = p.revents;
+      });
+      skein::sleep_for(10ms);
+      REQUIRE(send(t.server, "reply", 5, MSG_NOSIGNAL) == 5);
+      spin_for(150ms);
+      poller.join();
+    });
+    CHECK(r == 1);
+    CHECK(revents == POLLIN);
+    char buf[16];
+    CHECK(recv(t.client, buf, sizeof buf, MSG_DONTWAIT) == 5);
+  }
+}
+
+TEST_SUITE("hooks") {
+  TEST_CASE(
+      "an interrupted poll leaves alone a connection that took the number of a descriptor closed meanwhile") {
+    Tcp t;
+    const int number = t.client;
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    int r = 0;
+    skein::run([&] {
+      auto poller = skein::spawn([&] {
+        skein::TimeoutScope scope(60ms);
+        pollfd p{number, POLLIN, 0};
+        r = poll(&p, 1, 5000);
+      });
+      skein::sleep_for(10ms);
+      // Another fiber closes the polled socket; a new connection gets its number.
+      REQUIRE(dup2(sv[0], number) == number);
+      poller.join();
+    });
+    CHECK(r == -1);
+    CHECK(send(sv[1], "x", 1, MSG_NOSIGNAL) == 1);
+    char c = 0;
+    CHECK(recv(number, &c, 1, MSG_DONTWAIT) == 1);
+    CHECK(c == 'x');
+    close(sv[0]);
+    close(sv[1]);
+  }
+}

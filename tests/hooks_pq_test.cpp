@@ -61,8 +61,10 @@ Outcome query(PGconn* c, const char* sql) {
 
 enum class Way { cancel, with_timeout, timeout_scope };
 
-// The query that is interrupted: its reply ("slept") comes 300 ms later.
-constexpr const char* slow = "SELECT 'slept' FROM pg_sleep(0.3)";
+// The query that is interrupted: its reply ("slept") comes 500 ms later, far enough past the
+// interruption that a fiber resumed late on a loaded machine does not find it already there (it
+// would then be the call's answer).
+constexpr const char* slow = "SELECT 'slept' FROM pg_sleep(0.5)";
 
 // Runs `slow` on `c`, interrupted `way` after 50 ms.
 Outcome interrupted_query(PGconn* c, Way way) {
@@ -108,7 +110,7 @@ TEST_SUITE("hooks") {
         CAPTURE(interrupted.value);
         CHECK(!interrupted.rows);  // it did not run to its end
         // Wait for the late reply: were the connection kept, the next query would read it.
-        skein::sleep_for(350ms);
+        skein::sleep_for(550ms);
         const Outcome next = query(c.get(), "SELECT 42");
         const Outcome after = query(c.get(), "SELECT 43");
         CAPTURE(next.value);

@@ -89,8 +89,19 @@ ssize_t transfer(Call call, int fd, Direction dir, bool dontwait, bool all, std:
     }
     const int w = wait_fd(driver, fd, dir, deadline);
     if (w != wait_ready) {
-      // Part of a request sent or a reply awaited: the connection cannot go on as if not.
-      if (interrupting(w)) interrupted(fd);
+      if (interrupting(w)) {
+        // What arrived (or the room that opened) before the fiber was resumed counts, as what is
+        // ready at its deadline counts for the kernel's poll: a reply that came in time is the
+        // call's answer, not a late one to cut off with the connection.
+        const ssize_t m = attempt(done);
+        if (m == 0) return static_cast<ssize_t>(done);
+        if (m > 0) {
+          done += static_cast<std::size_t>(m);
+          if (!all || done >= len) return static_cast<ssize_t>(done);
+        }
+        // Part of a request sent or a reply awaited: the connection cannot go on as if not.
+        interrupted(fd);
+      }
       if (done) return static_cast<ssize_t>(done);
       errno = interrupted_errno(w);
       return -1;

@@ -331,8 +331,18 @@ int wait_any(EpollDriver& driver, const pollfd* fds, std::size_t n, TimePoint de
     // does (they hung up): a library's own handling of a closed connection runs, where a failed
     // poll may pass for "nothing ready" (libmemcached reports a cache miss).
     if (interrupting(w)) {
+      // What was ready before the fiber was resumed counts: the caller's wait had ended.
+      if ((result = check(arg)) != 0) break;
       bool cut = false;
-      for (std::size_t i = 0; i < n; ++i) cut = interrupted(fds[i].fd) || cut;
+      for (std::size_t i = 0; i < n; ++i) {
+        // Only a descriptor the set still watches: one another fiber closed meanwhile left the
+        // set, and its number may now be an unrelated connection (EPOLL_CTL_MOD: ENOENT).
+        epoll_event ev{};
+        ev.events = epoll_events(fds[i].events);
+        ev.data.u64 = i;
+        if (fds[i].fd >= 0 && epoll_ctl(ep, EPOLL_CTL_MOD, fds[i].fd, &ev) == 0)
+          cut = interrupted(fds[i].fd) || cut;
+      }
       if (cut && (result = check(arg)) > 0) break;
     }
     errno = w;
