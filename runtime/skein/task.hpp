@@ -12,6 +12,7 @@
 #include <skein/stack.hpp>
 #include <skein/time.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <concepts>
 #include <cstddef>
@@ -97,58 +98,84 @@ using result_t = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
 
 // A handle to a spawned fiber and its result. Move-only. Dropping an unjoined handle detaches the
 // fiber, which runs on (skein::run still waits for it); an exception it ends with is then printed.
+//
+// Several parties (fibers on any worker, plain threads) may wait for and join one handle at once:
+// they all wait for the body, the first join to get there takes the result, and every other join
+// then throws invalid_argument, as a join of an empty handle does. Moving, assigning, detaching or
+// destroying the handle is its owner's business and must not race with those.
 template <class T>
 class Task {
+  static_assert(!std::is_reference_v<T>,
+                "skein::Task<T&>: a task cannot return a reference; return a value, a pointer or a "
+                "std::reference_wrapper");
+  static_assert(std::is_void_v<T> || (std::is_object_v<T> && !std::is_array_v<T>),
+                "skein::Task<T>: T must be void or an object type");
+
  public:
   using value_type = T;
 
   Task() noexcept = default;
-  Task(Task&& other) noexcept : f_(std::exchange(other.f_, nullptr)) {}
+  Task(Task&& other) noexcept : f_(other.f_.exchange(nullptr, std::memory_order_relaxed)) {}
   Task& operator=(Task&& other) noexcept {
     if (this != &other) {
       reset();
-      f_ = std::exchange(other.f_, nullptr);
+      f_.store(other.f_.exchange(nullptr, std::memory_order_relaxed), std::memory_order_relaxed);
     }
     return *this;
   }
   ~Task() { reset(); }
 
   // True while the handle refers to a fiber (not joined, detached or moved from).
-  bool valid() const noexcept { return f_ != nullptr; }
+  bool valid() const noexcept { return f_.load(std::memory_order_acquire) != nullptr; }
   explicit operator bool() const noexcept { return valid(); }
 
-  // True once the body has returned or thrown.
-  bool done() const noexcept { return f_ && f_->finished.load(std::memory_order_acquire); }
+  // True once the body has returned or thrown. From the owner (see above).
+  bool done() const noexcept {
+    const detail::Fiber* f = f_.load(std::memory_order_acquire);
+    return f && f->finished.load(std::memory_order_acquire);
+  }
 
-  std::uint64_t id() const noexcept { return f_ ? f_->id : 0; }
-  std::string_view name() const noexcept { return f_ ? std::string_view(f_->name) : std::string_view(); }
+  std::uint64_t id() const noexcept {
+    const detail::Fiber* f = f_.load(std::memory_order_acquire);
+    return f ? f->id : 0;
+  }
+  std::string_view name() const noexcept {
+    const detail::Fiber* f = f_.load(std::memory_order_acquire);
+    return f ? std::string_view(f->name) : std::string_view();
+  }
 
   // Waits until the body has finished, without taking the result. Throws operation_canceled if
-  // the waiting fiber is cancelled.
-  void wait() const { wait_until(no_deadline); }
+  // the waiting fiber is cancelled, invalid_argument if the handle is empty.
+  void wait() const { wait_until(Deadline()); }
 
   // As wait(), until `deadline`: true if the body finished, false if the deadline passed first.
-  bool wait_until(TimePoint deadline) const { return detail::wait_done(checked(), deadline); }
+  bool wait_until(Deadline deadline) const {
+    detail::Fiber* f = enter();
+    Leave leave{*this, f};
+    return detail::wait_done(f, deadline.at());
+  }
 
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> d) const {
-    return wait_until(deadline_after(d));
+    return wait_until(d);
   }
 
   // Waits for the body, then returns its value or rethrows its exception. Empties the handle.
-  T join() { return join_until(no_deadline); }
+  // Throws invalid_argument if the handle is empty or another join took the result meanwhile.
+  T join() { return join_until(Deadline()); }
 
   // As join(), but throws timed_out if `deadline` passes first (the task keeps running and the
   // handle stays valid).
-  T join_until(TimePoint deadline) {
-    if (!wait_until(deadline))
+  T join_until(Deadline deadline) {
+    detail::Fiber* f = enter();
+    Leave leave{*this, f};
+    if (!detail::wait_done(f, deadline.at()))
       throw std::system_error(std::make_error_code(std::errc::timed_out),
                               "skein::Task::join: deadline passed before the task finished");
-    detail::Fiber* f = std::exchange(f_, nullptr);
-    struct Release {
-      detail::Fiber* f;
-      ~Release() { detail::release(f); }
-    } release{f};
+    leave.took = take(f);
+    if (!leave.took)
+      throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                              "skein::Task::join: another join took the result");
     if (f->error) {
       f->error_observed = true;
       std::rethrow_exception(f->error);
@@ -158,13 +185,14 @@ class Task {
 
   template <class Rep, class Period>
   T join_for(std::chrono::duration<Rep, Period> d) {
-    return join_until(deadline_after(d));
+    return join_until(d);
   }
 
   // Asks the fiber to stop: the wait it is parked in (or its next one) throws operation_canceled.
   // Cooperative: a fiber that never waits runs to completion. No effect once done. Any thread.
   void cancel() noexcept {
-    if (f_) detail::cancel(f_);
+    detail::SpinGuard g(lock_);
+    if (detail::Fiber* f = f_.load(std::memory_order_relaxed)) detail::cancel(f);
   }
 
   // Lets the fiber run on without a handle.
@@ -175,17 +203,52 @@ class Task {
 
   explicit Task(detail::Fiber* f) noexcept : f_(f) {}
 
-  detail::Fiber* checked() const {
-    if (!f_)
+  // A party waiting on the handle: it counts in users_ until it leaves, so the record outlives it
+  // even if another party takes the result meanwhile.
+  detail::Fiber* enter() const {
+    detail::SpinGuard g(lock_);
+    detail::Fiber* f = f_.load(std::memory_order_relaxed);
+    if (!f) {
+      g.unlock();
       throw std::system_error(std::make_error_code(std::errc::invalid_argument), "skein::Task: empty handle");
-    return f_;
+    }
+    ++users_;
+    return f;
   }
+
+  // Empties the handle if nobody took its result yet; true if the caller is the one to have it.
+  bool take(detail::Fiber* f) noexcept {
+    detail::SpinGuard g(lock_);
+    if (f_.load(std::memory_order_relaxed) != f) return false;
+    f_.store(nullptr, std::memory_order_release);
+    return true;
+  }
+
+  // The end of a party's wait; the last one out after a take lets go of the handle's reference.
+  struct Leave {
+    const Task& t;
+    detail::Fiber* f;
+    bool took = false;
+    ~Leave() {
+      detail::Fiber* drop = nullptr;
+      {
+        detail::SpinGuard g(t.lock_);
+        if (took) t.taken_ = f;
+        if (--t.users_ == 0) drop = std::exchange(t.taken_, nullptr);
+      }
+      if (drop) detail::release(drop);
+    }
+  };
 
   void reset() noexcept {
-    if (f_) detail::release_handle(std::exchange(f_, nullptr));
+    if (!f_.load(std::memory_order_relaxed)) return;
+    detail::release_handle(f_.exchange(nullptr, std::memory_order_acq_rel));
   }
 
-  detail::Fiber* f_ = nullptr;
+  std::atomic<detail::Fiber*> f_{nullptr};
+  mutable detail::SpinLock lock_;
+  mutable std::uint32_t users_ SKEIN_GUARDED_BY(lock_) = 0;         // parties inside enter()/Leave
+  mutable detail::Fiber* taken_ SKEIN_GUARDED_BY(lock_) = nullptr;  // result taken, reference not yet dropped
 };
 
 namespace detail {
@@ -196,11 +259,11 @@ struct TaskAccess {
   }
   template <class T>
   static void wait_shielded(const Task<T>& t) noexcept {
-    wait_done_shielded(t.f_);
+    wait_done_shielded(t.f_.load(std::memory_order_relaxed));
   }
   template <class T>
   static Fiber* fiber_of(const Task<T>& t) noexcept {
-    return t.f_;
+    return t.f_.load(std::memory_order_relaxed);
   }
 };
 }  // namespace detail
@@ -212,6 +275,13 @@ using fiber_result_t = std::invoke_result_t<std::decay_t<F>&>;
 // Constructs the record of a fiber that will run `f` at the top of a fresh stack (not started).
 template <class F>
 std::pair<Fiber*, Stack> make_fiber(std::size_t stack_size, F&& f) {
+  static_assert(std::is_invocable_v<std::decay_t<F>&>, "skein::spawn: the callable must take no arguments");
+  using R = fiber_result_t<F>;
+  static_assert(!std::is_reference_v<R>,
+                "skein::spawn: the callable returns a reference, which a task cannot hold; return a value, a "
+                "pointer or a std::reference_wrapper");
+  static_assert(std::is_void_v<R> || std::is_move_constructible_v<R>,
+                "skein::spawn: the callable's result must be move-constructible (join() moves it out)");
   using Fn = std::decay_t<F>;
   using Impl = FiberImpl<Fn, fiber_result_t<F>>;
   static_assert(alignof(Impl) <= 16, "over-aligned closures are not supported");
@@ -304,9 +374,10 @@ auto join_all(R&& tasks) {
 }
 
 // Runs `f` on a child fiber and returns its result, or cancels it and throws timed_out if it has
-// not finished within `d` (asyncio.wait_for). The child has finished unwinding when this returns.
-template <class Rep, class Period, class F>
-auto with_timeout(std::chrono::duration<Rep, Period> d, F&& f) {
+// not finished by `deadline`, a time point or a duration from now (asyncio.wait_for). The child has finished
+// unwinding when this returns.
+template <class F>
+auto with_timeout(Deadline deadline, F&& f) {
   auto task = spawn(FiberOptions{"with_timeout"}, std::forward<F>(f));
   // However this scope is left (the deadline, or the caller itself being cancelled), the child is
   // cancelled and gone before it returns: its body may reference the caller's locals.
@@ -319,7 +390,7 @@ auto with_timeout(std::chrono::duration<Rep, Period> d, F&& f) {
       }
     }
   } reap{task};
-  if (!task.wait_until(deadline_after(d))) {
+  if (!task.wait_until(deadline)) {
     task.cancel();
     detail::TaskAccess::wait_shielded(task);
     throw std::system_error(std::make_error_code(std::errc::timed_out),

@@ -298,6 +298,7 @@ void Scheduler::drain_inbox() noexcept {
 }
 
 void Scheduler::finish(Fiber* f) noexcept {
+  SKEIN_ASSERT_STATE(f, FiberState::done, "finish");
   (f->prev_live ? f->prev_live->next_live : live_) = f->next_live;
   if (f->next_live) f->next_live->prev_live = f->prev_live;
   {
@@ -321,6 +322,7 @@ void Scheduler::wake(Fiber* f, Wake why) noexcept {
 }
 
 void Scheduler::make_ready(Fiber* f, Wake why) noexcept {
+  SKEIN_ASSERT_STATE(f, FiberState::parked, "make_ready");
   if (f->timer_slot != Fiber::no_timer) timers_.erase(f);
   if (why != Wake::notified && f->unlink) f->unlink(f, f->unlink_arg);
   f->wake = why;
