@@ -100,9 +100,10 @@ using result_t = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
 // fiber, which runs on (skein::run still waits for it); an exception it ends with is then printed.
 //
 // Several parties (fibers on any worker, plain threads) may wait for and join one handle at once:
-// they all wait for the body, the first join to get there takes the result, and every other join
-// then throws invalid_argument, as a join of an empty handle does. Moving, assigning, detaching or
-// destroying the handle is its owner's business and must not race with those.
+// they all wait for the body, the first join to be woken (or to find it finished) gets the result,
+// and every other join then throws invalid_argument, as a join of an empty handle does. The handle
+// keeps the finished fiber's record until it is destroyed, assigned or detached, so moving,
+// assigning, detaching or destroying it is its owner's business and must not race with those.
 template <class T>
 class Task {
   static_assert(!std::is_reference_v<T>,
@@ -115,45 +116,34 @@ class Task {
   using value_type = T;
 
   Task() noexcept = default;
-  Task(Task&& other) noexcept : f_(other.f_.exchange(nullptr, std::memory_order_relaxed)) {}
+  Task(Task&& other) noexcept
+      : f_(std::exchange(other.f_, nullptr)), joined_(other.joined_.load(std::memory_order_relaxed)) {}
   Task& operator=(Task&& other) noexcept {
     if (this != &other) {
       reset();
-      f_.store(other.f_.exchange(nullptr, std::memory_order_relaxed), std::memory_order_relaxed);
+      f_ = std::exchange(other.f_, nullptr);
+      joined_.store(other.joined_.load(std::memory_order_relaxed), std::memory_order_relaxed);
     }
     return *this;
   }
   ~Task() { reset(); }
 
   // True while the handle refers to a fiber (not joined, detached or moved from).
-  bool valid() const noexcept { return f_.load(std::memory_order_acquire) != nullptr; }
+  bool valid() const noexcept { return f_ && !joined_.load(std::memory_order_acquire); }
   explicit operator bool() const noexcept { return valid(); }
 
-  // True once the body has returned or thrown. From the owner (see above).
-  bool done() const noexcept {
-    const detail::Fiber* f = f_.load(std::memory_order_acquire);
-    return f && f->finished.load(std::memory_order_acquire);
-  }
+  // True once the body has returned or thrown.
+  bool done() const noexcept { return valid() && f_->finished.load(std::memory_order_acquire); }
 
-  std::uint64_t id() const noexcept {
-    const detail::Fiber* f = f_.load(std::memory_order_acquire);
-    return f ? f->id : 0;
-  }
-  std::string_view name() const noexcept {
-    const detail::Fiber* f = f_.load(std::memory_order_acquire);
-    return f ? std::string_view(f->name) : std::string_view();
-  }
+  std::uint64_t id() const noexcept { return valid() ? f_->id : 0; }
+  std::string_view name() const noexcept { return valid() ? std::string_view(f_->name) : std::string_view(); }
 
   // Waits until the body has finished, without taking the result. Throws operation_canceled if
   // the waiting fiber is cancelled, invalid_argument if the handle is empty.
   void wait() const { wait_until(Deadline()); }
 
   // As wait(), until `deadline`: true if the body finished, false if the deadline passed first.
-  bool wait_until(Deadline deadline) const {
-    detail::Fiber* f = enter();
-    Leave leave{*this, f};
-    return detail::wait_done(f, deadline.at());
-  }
+  bool wait_until(Deadline deadline) const { return detail::wait_done(checked(), deadline.at()); }
 
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> d) const {
@@ -161,21 +151,24 @@ class Task {
   }
 
   // Waits for the body, then returns its value or rethrows its exception. Empties the handle.
-  // Throws invalid_argument if the handle is empty or another join took the result meanwhile.
+  // Throws invalid_argument if the handle is empty or another join got the result.
   T join() { return join_until(Deadline()); }
 
   // As join(), but throws timed_out if `deadline` passes first (the task keeps running and the
   // handle stays valid).
   T join_until(Deadline deadline) {
-    detail::Fiber* f = enter();
-    Leave leave{*this, f};
-    if (!detail::wait_done(f, deadline.at()))
-      throw std::system_error(std::make_error_code(std::errc::timed_out),
-                              "skein::Task::join: deadline passed before the task finished");
-    leave.took = take(f);
-    if (!leave.took)
-      throw std::system_error(std::make_error_code(std::errc::invalid_argument),
-                              "skein::Task::join: another join took the result");
+    detail::Fiber* f = checked();
+    switch (detail::join_done(f, deadline.at())) {
+      case detail::Joined::took:
+        break;
+      case detail::Joined::refused:
+        throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                                "skein::Task::join: another join took the result");
+      case detail::Joined::timed_out:
+        throw std::system_error(std::make_error_code(std::errc::timed_out),
+                                "skein::Task::join: deadline passed before the task finished");
+    }
+    joined_.store(true, std::memory_order_release);
     if (f->error) {
       f->error_observed = true;
       std::rethrow_exception(f->error);
@@ -191,11 +184,10 @@ class Task {
   // Asks the fiber to stop: the wait it is parked in (or its next one) throws operation_canceled.
   // Cooperative: a fiber that never waits runs to completion. No effect once done. Any thread.
   void cancel() noexcept {
-    detail::SpinGuard g(lock_);
-    if (detail::Fiber* f = f_.load(std::memory_order_relaxed)) detail::cancel(f);
+    if (valid()) detail::cancel(f_);
   }
 
-  // Lets the fiber run on without a handle.
+  // Lets the fiber run on without a handle (or, once joined, lets its record go).
   void detach() noexcept { reset(); }
 
  private:
@@ -203,52 +195,19 @@ class Task {
 
   explicit Task(detail::Fiber* f) noexcept : f_(f) {}
 
-  // A party waiting on the handle: it counts in users_ until it leaves, so the record outlives it
-  // even if another party takes the result meanwhile.
-  detail::Fiber* enter() const {
-    detail::SpinGuard g(lock_);
-    detail::Fiber* f = f_.load(std::memory_order_relaxed);
-    if (!f) {
-      g.unlock();
+  detail::Fiber* checked() const {
+    if (!valid())
       throw std::system_error(std::make_error_code(std::errc::invalid_argument), "skein::Task: empty handle");
-    }
-    ++users_;
-    return f;
+    return f_;
   }
-
-  // Empties the handle if nobody took its result yet; true if the caller is the one to have it.
-  bool take(detail::Fiber* f) noexcept {
-    detail::SpinGuard g(lock_);
-    if (f_.load(std::memory_order_relaxed) != f) return false;
-    f_.store(nullptr, std::memory_order_release);
-    return true;
-  }
-
-  // The end of a party's wait; the last one out after a take lets go of the handle's reference.
-  struct Leave {
-    const Task& t;
-    detail::Fiber* f;
-    bool took = false;
-    ~Leave() {
-      detail::Fiber* drop = nullptr;
-      {
-        detail::SpinGuard g(t.lock_);
-        if (took) t.taken_ = f;
-        if (--t.users_ == 0) drop = std::exchange(t.taken_, nullptr);
-      }
-      if (drop) detail::release(drop);
-    }
-  };
 
   void reset() noexcept {
-    if (!f_.load(std::memory_order_relaxed)) return;
-    detail::release_handle(f_.exchange(nullptr, std::memory_order_acq_rel));
+    if (f_) detail::release_handle(std::exchange(f_, nullptr));
+    joined_.store(false, std::memory_order_relaxed);
   }
 
-  std::atomic<detail::Fiber*> f_{nullptr};
-  mutable detail::SpinLock lock_;
-  mutable std::uint32_t users_ SKEIN_GUARDED_BY(lock_) = 0;         // parties inside enter()/Leave
-  mutable detail::Fiber* taken_ SKEIN_GUARDED_BY(lock_) = nullptr;  // result taken, reference not yet dropped
+  detail::Fiber* f_ = nullptr;
+  std::atomic<bool> joined_{false};  // a join got the result (the record stays until reset)
 };
 
 namespace detail {
@@ -259,11 +218,11 @@ struct TaskAccess {
   }
   template <class T>
   static void wait_shielded(const Task<T>& t) noexcept {
-    wait_done_shielded(t.f_.load(std::memory_order_relaxed));
+    wait_done_shielded(t.f_);
   }
   template <class T>
   static Fiber* fiber_of(const Task<T>& t) noexcept {
-    return t.f_.load(std::memory_order_relaxed);
+    return t.f_;
   }
 };
 }  // namespace detail

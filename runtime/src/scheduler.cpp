@@ -304,7 +304,11 @@ void Scheduler::finish(Fiber* f) noexcept {
   {
     std::lock_guard lock(f->joiners.lock);
     f->finished.store(true, std::memory_order_release);
-    while (WaitNode* n = f->joiners.pop_front()) wake_node(n);
+    while (WaitNode* n = f->joiners.pop_front()) {
+      if (!claim(n)) continue;  // leaving on its deadline or a cancel
+      if (n->wants_result && !f->result_taken) f->result_taken = n->took_result = true;
+      deliver(wakeup_of(n));
+    }
   }
   release(f);
   if (--live_count_ == 0) runtime_->release();
@@ -478,17 +482,22 @@ void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string na
   scheduler.start_local(fiber);
 }
 
-bool wait_done(Fiber* fiber, TimePoint deadline) {
-  if (fiber->finished.load(std::memory_order_acquire)) return true;
+namespace {
+// wait_done() and join_done(): `node` is the caller's; true if the fiber finished, false on the
+// deadline. A join's claim on the result is settled under the lock (or by finish()).
+bool wait_finished(Fiber* fiber, TimePoint deadline, WaitNode& node, ThreadWaiter& thread) {
   Fiber* self = current_fiber();
   if (self == fiber)
     throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                             "skein::Task: a fiber cannot wait for itself");
-  ThreadWaiter thread;
-  WaitNode node{self, self ? nullptr : &thread};
+  node.fiber = self;
+  node.thread = self ? nullptr : &thread;
   {
     std::lock_guard lock(fiber->joiners.lock);
-    if (fiber->finished.load(std::memory_order_relaxed)) return true;
+    if (fiber->finished.load(std::memory_order_relaxed)) {
+      if (node.wants_result && !fiber->result_taken) fiber->result_taken = node.took_result = true;
+      return true;
+    }
     fiber->joiners.push_back(&node);
   }
   Wake w;
@@ -502,6 +511,22 @@ bool wait_done(Fiber* fiber, TimePoint deadline) {
   if (w == Wake::timed_out) return false;
   throw_if_interrupted(w);
   return false;
+}
+}  // namespace
+
+bool wait_done(Fiber* fiber, TimePoint deadline) {
+  if (fiber->finished.load(std::memory_order_acquire)) return true;
+  ThreadWaiter thread;
+  WaitNode node;
+  return wait_finished(fiber, deadline, node, thread);
+}
+
+Joined join_done(Fiber* fiber, TimePoint deadline) {
+  ThreadWaiter thread;
+  WaitNode node;
+  node.wants_result = true;
+  if (!wait_finished(fiber, deadline, node, thread)) return Joined::timed_out;
+  return node.took_result ? Joined::took : Joined::refused;
 }
 
 Wake block_thread(ThreadWaiter& thread, TimePoint deadline, Unlink unlink, void* arg) noexcept {

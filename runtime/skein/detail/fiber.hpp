@@ -121,6 +121,8 @@ struct WaitNode {
   ThreadWaiter* thread = nullptr;    // the thread waiter, when `fiber` is null
   struct WaitList* owner = nullptr;  // the list it was pushed on; set once
   bool linked = false;               // still in `owner` (guarded by owner->lock)
+  bool wants_result = false;         // a join: the first one woken gets the task's result
+  bool took_result = false;          // set (before its wake-up) for the join that got it
   WaitNode* prev = nullptr;
   WaitNode* next = nullptr;
 };
@@ -234,6 +236,7 @@ struct Fiber : ExecContext {
   Fiber* next_live = nullptr;
   WaitList joiners;                   // waiting for this one to finish (under joiners.lock)
   std::atomic<bool> finished{false};  // state reached done (set under joiners.lock)
+  bool result_taken = false;          // a join has claimed the result (under joiners.lock)
   std::exception_ptr error;           // what the body threw
   std::string name;
   std::uint64_t id = 0;
@@ -353,6 +356,17 @@ TimePoint set_scope_deadline(TimePoint deadline) noexcept;
 // error if the waiter is cancelled, resource_deadlock_would_occur if a fiber waits for itself.
 // Outside a fiber it blocks the thread.
 bool wait_done(Fiber* fiber, TimePoint deadline);
+
+// How join_done() ended.
+enum class Joined : std::uint8_t {
+  took,       // the fiber finished and the caller is the one join to get its result
+  refused,    // the fiber finished, and another join got the result
+  timed_out,  // `deadline` passed first
+};
+
+// wait_done() for a join: also decides, under the joiners' lock the wait takes anyway, which of
+// several joins gets the result (the first to be woken, or to find the fiber finished).
+Joined join_done(Fiber* fiber, TimePoint deadline);
 
 // Waits for `fiber` to finish even if the waiter is cancelled meanwhile (the cancel takes effect
 // at the waiter's next wait). For cleanup that must not return before a child is gone.
