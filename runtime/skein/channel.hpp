@@ -122,9 +122,11 @@ template <class T>
 class Channel {
   static_assert(!std::is_reference_v<T>,
                 "skein::Channel<T&>: a channel carries values; send a pointer or a std::reference_wrapper");
-  static_assert(std::is_object_v<T> && !std::is_array_v<T> && !std::is_const_v<T> && !std::is_volatile_v<T>,
+  static_assert(std::is_reference_v<T> || (std::is_object_v<T> && !std::is_array_v<T> &&
+                                           !std::is_const_v<T> && !std::is_volatile_v<T>),
                 "skein::Channel<T>: T must be a non-const, non-array object type");
-  static_assert(std::is_move_constructible_v<T>, "skein::Channel<T>: T must be move-constructible");
+  static_assert(std::is_reference_v<T> || std::is_move_constructible_v<T>,
+                "skein::Channel<T>: T must be move-constructible");
 
  public:
   using value_type = T;

@@ -109,7 +109,7 @@ class Task {
   static_assert(!std::is_reference_v<T>,
                 "skein::Task<T&>: a task cannot return a reference; return a value, a pointer or a "
                 "std::reference_wrapper");
-  static_assert(std::is_void_v<T> || (std::is_object_v<T> && !std::is_array_v<T>),
+  static_assert(std::is_reference_v<T> || std::is_void_v<T> || (std::is_object_v<T> && !std::is_array_v<T>),
                 "skein::Task<T>: T must be void or an object type");
 
  public:
