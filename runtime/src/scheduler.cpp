@@ -302,7 +302,7 @@ void Scheduler::finish(Fiber* f) noexcept {
   (f->prev_live ? f->prev_live->next_live : live_) = f->next_live;
   if (f->next_live) f->next_live->prev_live = f->prev_live;
   {
-    std::lock_guard lock(f->joiners.lock);
+    SpinGuard lock(f->joiners.lock);
     f->finished.store(true, std::memory_order_release);
     while (WaitNode* n = f->joiners.pop_front()) {
       if (!claim(n)) continue;  // leaving on its deadline or a cancel
@@ -411,7 +411,7 @@ void cancel(Fiber* fiber) noexcept {
 
 void unlink_wait_node(Fiber*, void* node) noexcept {
   auto* n = static_cast<WaitNode*>(node);
-  std::lock_guard lock(n->owner->lock);
+  SpinGuard lock(n->owner->lock);
   if (n->linked) n->owner->remove(n);
 }
 
@@ -493,7 +493,7 @@ bool wait_finished(Fiber* fiber, TimePoint deadline, WaitNode& node, ThreadWaite
   node.fiber = self;
   node.thread = self ? nullptr : &thread;
   {
-    std::lock_guard lock(fiber->joiners.lock);
+    SpinGuard lock(fiber->joiners.lock);
     if (fiber->finished.load(std::memory_order_relaxed)) {
       if (node.wants_result && !fiber->result_taken) fiber->result_taken = node.took_result = true;
       return true;
@@ -571,7 +571,7 @@ void wait_done_shielded(Fiber* fiber) noexcept {
   WaitNode node{self};
   bool wait = true;
   {
-    std::lock_guard lock(fiber->joiners.lock);
+    SpinGuard lock(fiber->joiners.lock);
     if (fiber->finished.load(std::memory_order_relaxed))
       wait = false;
     else

@@ -236,8 +236,8 @@ struct Fiber : ExecContext {
   Fiber* next_live = nullptr;
   WaitList joiners;                   // waiting for this one to finish (under joiners.lock)
   std::atomic<bool> finished{false};  // state reached done (set under joiners.lock)
-  bool result_taken = false;          // a join has claimed the result (under joiners.lock)
-  std::exception_ptr error;           // what the body threw
+  bool result_taken SKEIN_GUARDED_BY(joiners.lock) = false;  // a join has claimed the result
+  std::exception_ptr error;                                  // what the body threw
   std::string name;
   std::uint64_t id = 0;
   std::atomic<int> refs{2};                // the running fiber + its Task handle (+ one per cancel in flight)
