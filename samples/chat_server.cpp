@@ -172,7 +172,7 @@ class Room {
 
   // The room fiber.
   void run() {
-    for (Message& m : inbox_) {
+    for (Message&& m : inbox_) {
       if (auto* j = std::get_if<Join>(&m)) {
         handle(*j);
       } else if (auto* s = std::get_if<Say>(&m)) {

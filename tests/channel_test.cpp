@@ -77,6 +77,21 @@ struct SetOnExit {
   ~SetOnExit() { flag = true; }
 };
 
+// A payload whose move constructor throws on demand: the countdown-th move from now throws, and
+// leaves its source intact.
+struct Fragile {
+  static inline std::atomic<int> countdown{0};
+  int v = 0;
+  explicit Fragile(int x) : v(x) {}
+  Fragile(Fragile&& o) : v(o.v) {
+    if (countdown.load() > 0 && --countdown == 0) throw std::runtime_error("move failed");
+  }
+  Fragile& operator=(Fragile&& o) noexcept {
+    v = o.v;
+    return *this;
+  }
+};
+
 }  // namespace
 
 TEST_SUITE("channel") {
@@ -509,7 +524,7 @@ TEST_SUITE("channel") {
       CHECK(*c == 3);
       auto receiver = skein::spawn_on(far(), [&] {
         int sum = 0;
-        for (auto& p : unbuffered) sum += *p;
+        for (auto&& p : unbuffered) sum += *p;
         return sum;
       });
       for (int i = 1; i <= 10; ++i) unbuffered.send(std::make_unique<int>(i));
@@ -520,6 +535,145 @@ TEST_SUITE("channel") {
   }
 
   // ---- between workers and plain threads -----------------------------------------------------
+
+  TEST_CASE(
+      "a move that throws handing a value to a waiting receiver: the sender gets it, the receiver waits on") {
+    skein::run(options(), [] {
+      skein::Channel<Fragile> ch;
+      std::optional<Fragile> got;
+      auto r = skein::spawn([&] { got = ch.recv_for(10s); });
+      skein::sleep_for(5ms);  // r is parked in its recv (same worker, nothing else to run)
+      Fragile::countdown = 1;
+      CHECK_THROWS_AS(ch.send(Fragile(1)), std::runtime_error);
+      skein::sleep_for(5ms);
+      CHECK(!r.done());
+      ch.send(Fragile(2));
+      r.join_for(5s);
+      REQUIRE(got);
+      CHECK(got->v == 2);
+      // And the receiver's own deadline still holds after a failed hand-off.
+      auto late = skein::spawn([&] { return ch.recv_for(100ms).has_value(); });
+      skein::sleep_for(5ms);
+      Fragile::countdown = 1;
+      CHECK_THROWS_AS(ch.send(Fragile(3)), std::runtime_error);
+      CHECK(late.join_for(5s) == false);
+    });
+  }
+
+  TEST_CASE("a move that throws taking a waiting sender's value: the receiver gets it, the sender waits on") {
+    skein::run(options(), [] {
+      skein::Channel<Fragile> ch;
+      Fragile v(7);
+      auto s = skein::spawn([&] { return ch.send_until(v, skein::Deadline(10s)); });
+      skein::sleep_for(5ms);
+      Fragile::countdown = 1;
+      CHECK_THROWS_AS(ch.recv(), std::runtime_error);
+      skein::sleep_for(5ms);
+      CHECK(!s.done());
+      auto got = ch.recv_for(5s);
+      REQUIRE(got);
+      CHECK(got->v == 7);
+      CHECK(s.join_for(5s));
+      // A waiting sender's own deadline still holds after a failed hand-off.
+      auto late = skein::spawn([&] { return ch.send_until(v, 100ms); });
+      skein::sleep_for(5ms);
+      Fragile::countdown = 1;
+      CHECK_THROWS_AS(ch.recv(), std::runtime_error);
+      CHECK(late.join_for(5s) == false);
+    });
+  }
+
+  TEST_CASE("a bounded channel whose refill from a waiting sender throws: no queued value is lost") {
+    skein::run(options(), [] {
+      skein::Channel<Fragile> ch(1);
+      ch.send(Fragile(1));
+      auto s = skein::spawn([&] { ch.send(Fragile(2)); });  // waits: the queue is full
+      skein::sleep_for(5ms);
+      Fragile::countdown = 2;  // the queued value moves out, then the sender's fails to move in
+      auto first = ch.recv_for(5s);
+      REQUIRE(first);
+      CHECK(first->v == 1);
+      auto second = ch.recv_for(5s);
+      REQUIRE(second);
+      CHECK(second->v == 2);
+      s.join_for(5s);
+      // A move out of the queue that throws leaves the value queued.
+      ch.send(Fragile(3));
+      Fragile::countdown = 1;
+      CHECK_THROWS_AS(ch.recv(), std::runtime_error);
+      auto third = ch.try_recv();
+      REQUIRE(third);
+      CHECK(third->v == 3);
+    });
+  }
+
+  TEST_CASE(
+      "select: a throwing move in a hand-off with a waiting select leaves the select waiting, to its "
+      "timeout") {
+    skein::run(options(), [] {
+      skein::Channel<Fragile> ch;
+      int got = 0;
+      auto r = skein::spawn([&] {
+        return skein::select(skein::on_recv(ch, [&](std::optional<Fragile> f) { got = f->v; }),
+                             skein::on_timeout(10s));
+      });
+      skein::sleep_for(5ms);
+      Fragile::countdown = 1;
+      CHECK_THROWS_AS(ch.send(Fragile(1)), std::runtime_error);
+      ch.send(Fragile(2));
+      CHECK(r.join_for(5s) == 0);
+      CHECK(got == 2);
+      // The select's send side: a receiver whose move throws gets the error; the select waits on.
+      auto s =
+          skein::spawn([&] { return skein::select(skein::on_send(ch, Fragile(3)), skein::on_timeout(10s)); });
+      skein::sleep_for(5ms);
+      Fragile::countdown = 1;
+      CHECK_THROWS_AS(ch.recv(), std::runtime_error);
+      auto v = ch.recv_for(5s);
+      REQUIRE(v);
+      CHECK(v->v == 3);
+      CHECK(s.join_for(5s) == 0);
+      // The select's own timeout still holds after a failed hand-off.
+      auto late = skein::spawn([&] { return skein::select(skein::on_recv(ch), skein::on_timeout(100ms)); });
+      skein::sleep_for(5ms);
+      Fragile::countdown = 1;
+      CHECK_THROWS_AS(ch.send(Fragile(4)), std::runtime_error);
+      CHECK(late.join_for(5s) == 1);
+    });
+  }
+
+  TEST_CASE("the README's range-for idiom compiles and works for a move-only type, as written") {
+    // README.md, "Coordination": `skein::Channel<Job> jobs(64); jobs.send(j); for (Job j : jobs) ...;
+    // jobs.close();`, with a move-only Job.
+    using Job = std::unique_ptr<int>;
+    skein::run(options(), [] {
+      skein::Channel<Job> jobs(64);
+      Job j = std::make_unique<int>(4);
+      jobs.send(std::move(j));
+      jobs.send(std::make_unique<int>(5));
+      jobs.close();
+      int sum = 0;
+      for (Job j : jobs) sum += *j;
+      CHECK(sum == 9);
+    });
+  }
+
+  TEST_CASE("send_for and send_until take lvalues and rvalues; a value not sent stays with the caller") {
+    skein::run(options(), [] {
+      skein::Channel<std::unique_ptr<int>> ch(1);
+      auto v = std::make_unique<int>(1);
+      CHECK(ch.send_for(v, 1s));  // room: sent
+      CHECK(!v);
+      auto w = std::make_unique<int>(2);
+      CHECK_FALSE(ch.send_for(w, 1ms));  // full: times out, keeps the value
+      REQUIRE(w);
+      CHECK(*w == 2);
+      CHECK_FALSE(ch.send_until(w, Clock::now() + 1ms));
+      CHECK(w);
+      CHECK_FALSE(ch.send_for(std::make_unique<int>(3), 1ms));
+      CHECK(**ch.recv() == 1);
+    });
+  }
 
   TEST_CASE("ping-pong between fibers on different workers over unbuffered channels") {
     skein::run(options(), [] {
@@ -926,6 +1080,55 @@ TEST_SUITE("channel") {
     });
   }
 
+  TEST_CASE(
+      "select: ready channel cases are chosen uniformly, whatever timeout or default cases sit among them") {
+    skein::run(options(), [] {
+      constexpr int trials = 30000;
+      skein::Channel<int> a(skein::unbounded), b(skein::unbounded), c(skein::unbounded), never;
+      for (int i = 0; i < trials; ++i) {
+        a.send(i);
+        b.send(i);
+        c.send(i);
+      }
+      // Each case's count within 5% of its share: about six standard deviations at 30,000 trials.
+      auto check_uniform = [&](const std::vector<int>& counts, const std::vector<std::size_t>& ready) {
+        const double share = static_cast<double>(trials) / static_cast<double>(ready.size());
+        for (std::size_t i = 0; i < counts.size(); ++i) {
+          const bool is_ready = std::find(ready.begin(), ready.end(), i) != ready.end();
+          INFO("case " << i << " chosen " << counts[i] << " times of " << trials);
+          if (is_ready) {
+            CHECK(counts[i] > share * 0.95);
+            CHECK(counts[i] < share * 1.05);
+          } else {
+            CHECK(counts[i] == 0);
+          }
+        }
+      };
+      auto refill = [&] {
+        while (a.size() < trials) a.send(0);
+        while (b.size() < trials) b.send(0);
+        while (c.size() < trials) c.send(0);
+      };
+      std::vector<int> counts(4);
+      for (int i = 0; i < trials; ++i)
+        ++counts[skein::select(skein::on_recv(a), skein::on_recv(b), skein::on_timeout(1h))];
+      check_uniform({counts[0], counts[1], counts[2]}, {0, 1});
+      refill();
+      counts.assign(4, 0);
+      for (int i = 0; i < trials; ++i)
+        ++counts[skein::select(skein::on_recv(a), skein::on_timeout(1h), skein::on_recv(b),
+                               skein::on_recv(c))];
+      check_uniform(counts, {0, 2, 3});
+      refill();
+      counts.assign(4, 0);
+      // A never-ready case between ready ones must not hand its turn to the next one.
+      for (int i = 0; i < trials; ++i)
+        ++counts[skein::select(skein::on_recv(a), skein::on_recv(never), skein::on_recv(c),
+                               skein::on_default())];
+      check_uniform(counts, {0, 2});
+    });
+  }
+
   TEST_CASE("select: two cases on one channel, one value fires exactly one of them") {
     skein::run(options(), [] {
       skein::Channel<int> a;
@@ -1174,10 +1377,10 @@ TEST_SUITE("channel") {
             while (!ch.try_send(id)) pause();
             break;
           default:
-            for (bool sent = false; !sent;)
-              skein::select(skein::on_send(bounded, id, [&] { sent = true; }),
-                            skein::on_send(rendezvous, id, [&] { sent = true; }),
-                            skein::on_timeout(std::chrono::microseconds(50 + rng() % 300)));
+            // Until a send case fires (the timeout case is the last, index 2).
+            while (skein::select(skein::on_send(bounded, id), skein::on_send(rendezvous, id),
+                                 skein::on_timeout(std::chrono::microseconds(50 + rng() % 300))) == 2) {
+            }
         }
       };
       // Receives until both channels are closed and drained.
@@ -1297,6 +1500,31 @@ TEST_SUITE("channel") {
         CHECK(tasks[static_cast<std::size_t>(i)].join() == i * i);
       }
       CHECK(named.join() == 1);
+    });
+  }
+
+  TEST_CASE("TaskGroup and Pool: join_until / join_for return false at the deadline, then a join completes") {
+    skein::run(options(), [] {
+      skein::Event go;
+      skein::TaskGroup group;
+      group.spawn([&] { go.wait(); });
+      group.spawn([&] {
+        go.wait();
+        throw ChildError("late", 3);
+      });
+      const auto start = Clock::now();
+      CHECK_FALSE(group.join_for(20ms));
+      CHECK(since(start) >= 20ms);
+      CHECK_FALSE(group.join_until(Clock::now() + 1ms));
+      go.set();
+      CHECK_THROWS_AS(group.join_until(skein::Deadline(10s)), ChildError);
+      CHECK(group.join_for(1s));
+      skein::Pool pool(2);
+      skein::Event release;
+      pool.spawn([&] { release.wait(); });
+      CHECK_FALSE(pool.join_for(10ms));
+      release.set();
+      CHECK(pool.join_until(Clock::now() + 10s));
     });
   }
 

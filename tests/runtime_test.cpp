@@ -314,6 +314,30 @@ TEST_SUITE("runtime") {
     CHECK(error_of([&] { rt.spawn_on(0, [] {}); }) == std::errc::operation_not_permitted);
   }
 
+  TEST_CASE(
+      "a plain thread and fibers join one task at once: one gets the value, the others invalid_argument") {
+    skein::Runtime rt(options());
+    for (int round = 0; round < 50; ++round) {
+      auto task = rt.spawn_on(0, [round] {
+        if (round % 2) skein::sleep_for(100us);
+        return round;
+      });
+      std::atomic<int> got{0}, refused{0};
+      auto join_it = [&] {
+        const std::errc e = error_of([&] { got += task.join() + 1; });
+        if (e == std::errc::invalid_argument) ++refused;
+      };
+      auto fiber = rt.spawn_on(rt.workers() - 1, join_it);
+      auto other = rt.spawn_on(0, join_it);
+      std::thread thread(join_it);
+      thread.join();
+      fiber.join();
+      other.join();
+      CHECK(got == round + 1);
+      CHECK(refused == 2);
+    }
+  }
+
   TEST_CASE("a single-worker run waiting on another runtime's task is waiting, not deadlocked") {
     skein::Runtime rt(options());
     auto far = rt.spawn_on(0, [] {

@@ -181,6 +181,84 @@ TEST_SUITE("task") {
     });
   }
 
+  TEST_CASE("two fibers joining one task: the first gets the value, the second invalid_argument") {
+    skein::run([] {
+      auto t = skein::spawn([] {
+        skein::sleep_for(10ms);
+        return std::make_unique<int>(7);
+      });
+      int got = 0;
+      std::errc second{};
+      auto a = skein::spawn([&] { got = *t.join(); });
+      auto b = skein::spawn([&] { second = error_of([&] { t.join(); }); });
+      a.join();
+      b.join();
+      CHECK(got == 7);
+      CHECK(second == std::errc::invalid_argument);
+      CHECK(!t.valid());
+    });
+  }
+
+  TEST_CASE("three joiners and a waiter on one task: exactly one join gets the value") {
+    skein::run([] {
+      auto t = skein::spawn([] {
+        skein::sleep_for(10ms);
+        return 5;
+      });
+      int values = 0, refused = 0, waited = 0;
+      std::vector<skein::Task<void>> joiners;
+      for (int i = 0; i < 3; ++i)
+        joiners.push_back(skein::spawn([&] {
+          const std::errc e = error_of([&] { values += t.join(); });
+          refused += e == std::errc::invalid_argument;
+        }));
+      auto waiter = skein::spawn([&] {
+        t.wait();
+        ++waited;
+      });
+      for (auto& j : joiners) j.join();
+      waiter.join();
+      CHECK(values == 5);
+      CHECK(refused == 2);
+      CHECK(waited == 1);
+      // A join after the result is gone is refused the same way, at once.
+      CHECK(error_of([&] { t.join(); }) == std::errc::invalid_argument);
+    });
+  }
+
+  TEST_CASE("a task whose result was taken by another join: a timed join and a wait are refused too") {
+    skein::run([] {
+      auto t = skein::spawn([] { skein::sleep_for(5ms); });
+      std::errc timed{}, waited{};
+      auto a = skein::spawn([&] { timed = error_of([&] { t.join_for(10s); }); });
+      auto b = skein::spawn([&] { waited = error_of([&] { t.wait_for(10s); }); });
+      t.join();
+      a.join();
+      b.join();
+      CHECK(timed == std::errc::invalid_argument);
+      // wait_for only waits: it returned (true) because the body finished, or found the handle empty.
+      CHECK((waited == std::errc{} || waited == std::errc::invalid_argument));
+    });
+  }
+
+  TEST_CASE("Task and with_timeout take a Deadline: a time point or a duration") {
+    skein::run([] {
+      auto t = skein::spawn([] {
+        skein::sleep_for(20ms);
+        return 1;
+      });
+      CHECK_FALSE(t.wait_until(skein::Clock::now() + 1ms));
+      CHECK_FALSE(t.wait_until(1ms));
+      CHECK(t.wait_until(skein::Deadline(10s)));
+      CHECK(t.join_until(skein::Clock::now() + 10s) == 1);
+      CHECK(skein::with_timeout(skein::Clock::now() + 10s, [] { return 2; }) == 2);
+      CHECK(skein::with_timeout(skein::Deadline(10s), [] { return 3; }) == 3);
+      CHECK(skein::with_timeout(10s, [] { return 4; }) == 4);
+      CHECK(error_of([] { skein::with_timeout(skein::Clock::now() + 5ms, [] { skein::sleep_for(10s); }); }) ==
+            std::errc::timed_out);
+    });
+  }
+
   TEST_CASE("misuse is reported: empty handles, joining oneself") {
     skein::run([] {
       skein::Task<int> empty;

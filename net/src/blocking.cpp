@@ -30,7 +30,8 @@ struct Item {
   std::shared_ptr<Mailbox> mailbox;
 };
 
-class Pool {
+// The threads that run blocking jobs. (Not skein::Pool, which bounds how many fibers run at once.)
+class BlockingThreads {
  public:
   // Queues `item`, starting a thread if none is idle and the cap allows. Throws if no thread
   // exists and none can be started (the item is not queued then).
@@ -59,7 +60,7 @@ class Pool {
 
  private:
   void start_thread() {
-    // Pool threads never take a signal meant for the process: they block every one, and inherit
+    // These threads never take a signal meant for the process: they block every one, and inherit
     // that mask from here.
     sigset_t all, old;
     sigfillset(&all);
@@ -107,18 +108,18 @@ class Pool {
 };
 
 // Never destroyed: a detached pool thread may still run a job while the process exits.
-Pool* the_pool = nullptr;
+BlockingThreads* the_threads = nullptr;
 
-Pool& pool() {
+BlockingThreads& blocking_threads() {
   static const bool once = [] {
-    the_pool = new Pool;
+    the_threads = new BlockingThreads;
     // A forked child has none of the parent's threads and perhaps a mutex held by one of them:
     // it starts a pool of its own (the old one is abandoned; jobs queued in it never run).
-    pthread_atfork(nullptr, nullptr, [] { the_pool = new Pool; });
+    pthread_atfork(nullptr, nullptr, [] { the_threads = new BlockingThreads; });
     return true;
   }();
   (void)once;
-  return *the_pool;
+  return *the_threads;
 }
 
 // Parks until the completion is posted, `deadline`, or (unless shielded) a cancel.
@@ -143,7 +144,7 @@ std::shared_ptr<Completion> submit(Fiber* self, EpollDriver& driver, BlockingJob
   if (self->cancel_requested && !self->shielded) throw_if_interrupted(Wake::cancelled);
   auto completion = std::make_shared<Completion>();
   completion->fiber = self;
-  pool().submit(Item{&job, std::move(keep), completion, driver.mailbox()});
+  blocking_threads().submit(Item{&job, std::move(keep), completion, driver.mailbox()});
   return completion;
 }
 

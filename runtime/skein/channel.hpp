@@ -8,6 +8,12 @@
 // ends); senders, waiting or new, get an error. Values are moved, never copied, so move-only
 // payloads work. Waiters are served in arrival order.
 //
+// A value whose move constructor throws: the call that was moving it (a send handing it to a
+// receiver, a receive taking it) throws that exception and has no effect; the value stays with its
+// sender or in the queue, and a waiting counterpart goes on waiting, under its own deadline. A
+// receive that took a queued value never throws for refilling the queue from a waiting sender:
+// that sender tries again itself.
+//
 // Errors (docs/errors.md): a send on a closed channel throws std::system_error(broken_pipe) — a
 // waiting sender's value is then not delivered. Every blocking call is a cancellation point
 // (operation_canceled) and honours TimeoutScope (timed_out). A call's own deadline is not an
@@ -18,6 +24,7 @@
 #include <skein/time.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -61,7 +68,7 @@ struct ChanNode : ChanWait {
 // The Unlink of a queued channel operation: off its list, under the channel's lock.
 inline void unlink_chan(Fiber*, void* node) noexcept {
   auto* n = static_cast<ChanWait*>(node);
-  std::lock_guard g(*n->lock);
+  SpinGuard g(*n->lock);
   if (n->linked) n->owner->remove(n);
 }
 
@@ -77,22 +84,50 @@ struct SelectState {
   bool closed = false;
 };
 
-// A cheap per-thread generator: select polls its cases from a random start, so one always-ready
-// case cannot starve the others (Go does the same).
-inline std::size_t select_start(std::size_t n) noexcept {
+// A cheap per-thread generator (xorshift32): a number in [0, n).
+inline std::size_t select_random(std::size_t n) noexcept {
   constinit thread_local std::uint32_t x = 2463534242u;
   x ^= x << 13;
   x ^= x >> 17;
   x ^= x << 5;
-  return x % n;
+  return static_cast<std::size_t>((std::uint64_t{x} * n) >> 32);
+}
+
+// select polls its channel cases in a random order (a Fisher-Yates shuffle, as Go's pollorder), so
+// each ready case is equally likely to fire, wherever it sits among the others.
+template <std::size_t N>
+void select_shuffle(std::array<std::size_t, N>& order) noexcept {
+  for (std::size_t i = N; i > 1; --i) {
+    const std::size_t j = select_random(i);
+    const std::size_t t = order[i - 1];
+    order[i - 1] = order[j];
+    order[j] = t;
+  }
 }
 
 struct ChannelAccess;
+
+// select's locks: every case's channel lock, in address order. The analysis cannot follow a lock
+// taken through an array, so these two are exempt; the cases' calls made in between are too.
+inline void lock_each(SpinLock* const* locks, std::size_t n) noexcept SKEIN_NO_THREAD_SAFETY_ANALYSIS {
+  for (std::size_t k = 0; k < n; ++k) locks[k]->lock();
+}
+inline void unlock_each(SpinLock* const* locks, std::size_t n) noexcept SKEIN_NO_THREAD_SAFETY_ANALYSIS {
+  for (std::size_t k = n; k > 0; --k) locks[k - 1]->unlock();
+}
 
 }  // namespace detail
 
 template <class T>
 class Channel {
+  static_assert(!std::is_reference_v<T>,
+                "skein::Channel<T&>: a channel carries values; send a pointer or a std::reference_wrapper");
+  static_assert(std::is_reference_v<T> || (std::is_object_v<T> && !std::is_array_v<T> &&
+                                           !std::is_const_v<T> && !std::is_volatile_v<T>),
+                "skein::Channel<T>: T must be a non-const, non-array object type");
+  static_assert(std::is_reference_v<T> || std::is_move_constructible_v<T>,
+                "skein::Channel<T>: T must be move-constructible");
+
  public:
   using value_type = T;
 
@@ -109,6 +144,10 @@ class Channel {
   // As send(), giving up at `deadline`: false, and `value` left as it was, if it was not sent.
   bool send_until(T& value, Deadline deadline) { return send_impl(value, deadline.at()); }
   bool send_until(T&& value, Deadline deadline) { return send_impl(value, deadline.at()); }
+  template <class Rep, class Period>
+  bool send_for(T& value, std::chrono::duration<Rep, Period> d) {
+    return send_impl(value, Deadline(d).at());
+  }
   template <class Rep, class Period>
   bool send_for(T&& value, std::chrono::duration<Rep, Period> d) {
     return send_impl(value, Deadline(d).at());
@@ -137,23 +176,26 @@ class Channel {
   void close() noexcept;
 
   bool closed() const noexcept {
-    std::lock_guard g(lock_);
+    detail::SpinGuard g(lock_);
     return closed_;
   }
   // Values queued right now (a snapshot).
   std::size_t size() const noexcept {
-    std::lock_guard g(lock_);
+    detail::SpinGuard g(lock_);
     return buffer_.size();
   }
   std::size_t capacity() const noexcept { return capacity_; }
 
-  // for (T v : channel) receives until the channel is closed and drained.
+  // for (T v : channel) receives until the channel is closed and drained. Each value is moved out
+  // of the iterator (it yields T&&), so `for (T v : ch)`, `for (auto&& v : ch)` and
+  // `for (const T& v : ch)` all work, move-only T included.
   class iterator {
    public:
     using value_type = T;
+    using reference = T&&;
     using difference_type = std::ptrdiff_t;
     iterator() = default;
-    T& operator*() const noexcept { return *value_; }
+    T&& operator*() const noexcept { return std::move(*value_); }
     iterator& operator++() {
       value_ = ch_->recv();
       if (!value_) ch_ = nullptr;
@@ -175,12 +217,14 @@ class Channel {
   friend struct detail::ChannelAccess;
   using Node = detail::ChanNode<T>;
 
-  // Lock held: hands `value` to the oldest waiting receiver, or queues it if there is room.
-  bool offer(T& value, detail::Wakeup& wake) {
+  // Lock held: hands `value` to the oldest waiting receiver, or queues it if there is room. If
+  // the move throws, `value` stays with the caller and the receiver, in `wake` but not fired, is
+  // to be woken to try again: the caller delivers `wake` however this returns.
+  bool offer(T& value, detail::Wakeup& wake) SKEIN_REQUIRES(lock_) {
     if (Node* r = detail::claim_front<Node>(receivers_)) {
+      wake = detail::wakeup_of(r);
       r->recv_slot->emplace(std::move(value));
       *r->fired = r->index;
-      wake = detail::wakeup_of(r);
       return true;
     }
     if (buffer_.size() >= capacity_) return false;
@@ -189,22 +233,27 @@ class Channel {
   }
 
   // Lock held: takes the oldest value — from the queue (refilled from the oldest waiting sender)
-  // or, unbuffered, straight from that sender.
-  bool take(std::optional<T>& out, detail::Wakeup& wake) {
+  // or, unbuffered, straight from that sender. A move that throws leaves the value where it was;
+  // a sender in `wake` but not fired is to be woken to try again (the caller delivers `wake`).
+  bool take(std::optional<T>& out, detail::Wakeup& wake) SKEIN_REQUIRES(lock_) {
     if (!buffer_.empty()) {
       out.emplace(std::move(buffer_.front()));
       buffer_.pop_front();
       if (Node* s = detail::claim_front<Node>(senders_)) {
-        buffer_.push_back(std::move(*s->send_value));
-        *s->fired = s->index;
         wake = detail::wakeup_of(s);
+        try {
+          buffer_.push_back(std::move(*s->send_value));  // no effect if it throws
+          *s->fired = s->index;
+        } catch (...) {
+          // This receive is complete; the sender, woken without its value taken, sends again.
+        }
       }
       return true;
     }
     if (Node* s = detail::claim_front<Node>(senders_)) {
+      wake = detail::wakeup_of(s);
       out.emplace(std::move(*s->send_value));
       *s->fired = s->index;
-      wake = detail::wakeup_of(s);
       return true;
     }
     return false;
@@ -212,7 +261,7 @@ class Channel {
 
   // Lock held: makes `node` the caller's queued operation on `list`.
   void queue(detail::WaitList& list, Node& node, detail::ThreadWaiter& thread, detail::SelectState& st,
-             std::size_t index) noexcept {
+             std::size_t index) noexcept SKEIN_REQUIRES(lock_) {
     detail::attach(node, thread);
     node.lock = &lock_;
     node.fired = &st.fired;
@@ -225,19 +274,31 @@ class Channel {
   bool try_send_impl(T& value);
 
   mutable detail::SpinLock lock_;  // guards everything below (the lists' own locks are unused)
-  detail::WaitList senders_;       // waiting only while the queue is full and no receiver waits
-  detail::WaitList receivers_;     // waiting only while the queue is empty and no sender waits
-  std::deque<T> buffer_;
+  detail::WaitList senders_ SKEIN_GUARDED_BY(lock_);    // waiting only while full and no receiver waits
+  detail::WaitList receivers_ SKEIN_GUARDED_BY(lock_);  // waiting only while empty and no sender waits
+  std::deque<T> buffer_ SKEIN_GUARDED_BY(lock_);
   const std::size_t capacity_;
-  bool closed_ = false;
+  bool closed_ SKEIN_GUARDED_BY(lock_) = false;
 };
+
+// A hand-off that throws (see offer/take) still wakes the counterpart it claimed, to try again.
+#define SKEIN_CHANNEL_HANDOFF(guard, wake, ...) \
+  try {                                         \
+    __VA_ARGS__;                                \
+  } catch (...) {                               \
+    guard.unlock();                             \
+    detail::deliver(wake);                      \
+    throw;                                      \
+  }
 
 template <class T>
 bool Channel<T>::try_send_impl(T& value) {
-  std::unique_lock g(lock_);
+  detail::SpinGuard g(lock_);
   if (closed_) detail::throw_closed();
   detail::Wakeup wake;
-  if (!offer(value, wake)) return false;
+  bool sent;
+  SKEIN_CHANNEL_HANDOFF(g, wake, sent = offer(value, wake))
+  if (!sent) return false;
   g.unlock();
   detail::deliver(wake);
   return true;
@@ -245,68 +306,83 @@ bool Channel<T>::try_send_impl(T& value) {
 
 template <class T>
 bool Channel<T>::send_impl(T& value, TimePoint deadline) {
-  std::unique_lock g(lock_);
-  if (closed_) detail::throw_closed();
-  detail::Wakeup wake;
-  if (offer(value, wake)) {
+  for (;;) {
+    detail::SpinGuard g(lock_);
+    if (closed_) detail::throw_closed();
+    detail::Wakeup wake;
+    bool sent;
+    SKEIN_CHANNEL_HANDOFF(g, wake, sent = offer(value, wake))
+    if (sent) {
+      g.unlock();
+      detail::deliver(wake);
+      return true;
+    }
+    detail::ThreadWaiter thread;
+    detail::SelectState st;
+    Node node;
+    node.send_value = &value;
+    queue(senders_, node, thread, st, 0);
     g.unlock();
-    detail::deliver(wake);
-    return true;
+    const detail::Wake w = detail::block(node, deadline, &detail::unlink_chan, &node);
+    if (w == detail::Wake::notified) {
+      if (st.closed) detail::throw_closed();
+      if (st.fired != detail::SelectState::none) return true;
+      continue;  // a receiver's move of the value threw: nothing was taken, so send again
+    }
+    if (w == detail::Wake::timed_out) return false;
+    detail::throw_if_interrupted(w);
+    return false;
   }
-  detail::ThreadWaiter thread;
-  detail::SelectState st;
-  Node node;
-  node.send_value = &value;
-  queue(senders_, node, thread, st, 0);
-  g.unlock();
-  const detail::Wake w = detail::block(node, deadline, &detail::unlink_chan, &node);
-  if (w == detail::Wake::notified) {
-    if (st.closed) detail::throw_closed();
-    return true;
-  }
-  if (w == detail::Wake::timed_out) return false;
-  detail::throw_if_interrupted(w);
-  return false;
 }
 
 template <class T>
 std::optional<T> Channel<T>::recv_until(Deadline deadline) {
   std::optional<T> out;
-  std::unique_lock g(lock_);
-  detail::Wakeup wake;
-  if (take(out, wake)) {
+  for (;;) {
+    detail::SpinGuard g(lock_);
+    detail::Wakeup wake;
+    bool took;
+    SKEIN_CHANNEL_HANDOFF(g, wake, took = take(out, wake))
+    if (took) {
+      g.unlock();
+      detail::deliver(wake);
+      return out;
+    }
+    if (closed_) return out;
+    detail::ThreadWaiter thread;
+    detail::SelectState st;
+    Node node;
+    node.recv_slot = &out;
+    queue(receivers_, node, thread, st, 0);
     g.unlock();
-    detail::deliver(wake);
+    const detail::Wake w = detail::block(node, deadline.at(), &detail::unlink_chan, &node);
+    // Woken without a value and not by close(): a sender's move threw; wait again.
+    if (w == detail::Wake::notified && st.fired == detail::SelectState::none) continue;
+    if (w != detail::Wake::notified && w != detail::Wake::timed_out) detail::throw_if_interrupted(w);
     return out;
   }
-  if (closed_) return out;
-  detail::ThreadWaiter thread;
-  detail::SelectState st;
-  Node node;
-  node.recv_slot = &out;
-  queue(receivers_, node, thread, st, 0);
-  g.unlock();
-  const detail::Wake w = detail::block(node, deadline.at(), &detail::unlink_chan, &node);
-  if (w != detail::Wake::notified && w != detail::Wake::timed_out) detail::throw_if_interrupted(w);
-  return out;
 }
 
 template <class T>
 std::optional<T> Channel<T>::try_recv() {
   std::optional<T> out;
-  std::unique_lock g(lock_);
+  detail::SpinGuard g(lock_);
   detail::Wakeup wake;
-  if (!take(out, wake)) return out;
+  bool took;
+  SKEIN_CHANNEL_HANDOFF(g, wake, took = take(out, wake))
+  if (!took) return out;
   g.unlock();
   detail::deliver(wake);
   return out;
 }
 
+#undef SKEIN_CHANNEL_HANDOFF
+
 template <class T>
 void Channel<T>::close() noexcept {
   detail::WaitNode* woken;
   {
-    std::lock_guard g(lock_);
+    detail::SpinGuard g(lock_);
     if (closed_) return;
     closed_ = true;
     // At most one of the lists has waiters; chain both anyway.
@@ -338,17 +414,20 @@ struct Noop {
 //   enqueue(t, st, i)   queue the operation as case `i` of the calling waiter
 //   dequeue()           (no lock held) leave the channel's list if still on it
 //   fire(st)            (no lock held) run the case's callback
+// The analysis cannot follow select's locks (taken through an array, in address order), so these
+// are exempt from it: select holds the channel's lock around each call.
 struct ChannelAccess {
   template <class T>
   static SpinLock& lock_of(Channel<T>& ch) noexcept {
     return ch.lock_;
   }
   template <class T>
-  static bool try_recv(Channel<T>& ch, std::optional<T>& out, Wakeup& wake) {
+  static bool try_recv(Channel<T>& ch, std::optional<T>& out, Wakeup& wake) SKEIN_NO_THREAD_SAFETY_ANALYSIS {
     return ch.take(out, wake) || ch.closed_;  // closed and drained fires with nullopt
   }
   template <class T>
-  static bool try_send(Channel<T>& ch, T& value, SelectState& st, Wakeup& wake) {
+  static bool try_send(Channel<T>& ch, T& value, SelectState& st,
+                       Wakeup& wake) SKEIN_NO_THREAD_SAFETY_ANALYSIS {
     if (ch.closed_) {
       st.closed = true;  // fires, and fire() throws
       return true;
@@ -357,7 +436,7 @@ struct ChannelAccess {
   }
   template <class T>
   static void enqueue(Channel<T>& ch, bool send, ChanNode<T>& node, ThreadWaiter& thread, SelectState& st,
-                      std::size_t index) noexcept {
+                      std::size_t index) noexcept SKEIN_NO_THREAD_SAFETY_ANALYSIS {
     ch.queue(send ? ch.senders_ : ch.receivers_, node, thread, st, index);
   }
 };
@@ -481,86 +560,99 @@ std::size_t select(Cases&&... cases) {
     (std::make_index_sequence<n>{});
   };
   auto each_channel = [&](auto&& g) { each.template operator()<true>(g); };
-  detail::SelectState st;
-  auto finish = [&]() -> std::size_t {
-    each([&](auto& c, auto i) {
-      if (i == st.fired) c.fire(st);
-    });
-    return st.fired;
-  };
+  // The channel cases' positions in the argument list.
+  constexpr auto channel_cases = [] {
+    std::array<std::size_t, channels> at{};
+    std::size_t k = 0, i = 0;
+    ((std::remove_cvref_t<Cases>::is_channel ? void(at[k++] = i++) : void(i++)), ...);
+    return at;
+  }();
 
-  // Every case's channel locked at once, in address order (so two selects cannot deadlock), each
-  // lock once even if several cases share a channel.
-  detail::SpinLock* locks[channels > 0 ? channels : 1];
-  std::size_t held = 0;
-  each_channel([&](auto& c, auto) { locks[held++] = &c.lock(); });
-  std::sort(locks, locks + held, std::less<>{});
-  held = static_cast<std::size_t>(std::unique(locks, locks + held) - locks);
-  for (std::size_t k = 0; k < held; ++k) locks[k]->lock();
-  auto unlock_all = [&] {
-    for (std::size_t k = held; k > 0; --k) locks[k - 1]->unlock();
-  };
+  for (;;) {
+    detail::SelectState st;
+    auto finish = [&]() -> std::size_t {
+      each([&](auto& c, auto i) {
+        if (i == st.fired) c.fire(st);
+      });
+      return st.fired;
+    };
 
-  // A case that can proceed now, tried from a random start so an always-ready one cannot starve
-  // the rest.
-  detail::Wakeup wake;
-  try {
-    if constexpr (channels > 0) {
-      const std::size_t start = detail::select_start(n);
-      for (std::size_t k = 0; k < n && st.fired == detail::SelectState::none; ++k)
-        each_channel([&](auto& c, auto i) {
-          if (i == (start + k) % n && c.try_now(st, wake)) st.fired = i;
-        });
+    // Every case's channel locked at once, in address order (so two selects cannot deadlock), each
+    // lock once even if several cases share a channel.
+    detail::SpinLock* locks[channels > 0 ? channels : 1];
+    std::size_t held = 0;
+    each_channel([&](auto& c, auto) { locks[held++] = &c.lock(); });
+    std::sort(locks, locks + held, std::less<>{});
+    held = static_cast<std::size_t>(std::unique(locks, locks + held) - locks);
+    detail::lock_each(locks, held);
+    auto unlock_all = [&] { detail::unlock_each(locks, held); };
+
+    // A case that can proceed now, the channel cases tried in a random order so each ready one is
+    // equally likely to fire.
+    detail::Wakeup wake;
+    try {
+      if constexpr (channels > 0) {
+        std::array<std::size_t, channels> order = channel_cases;
+        detail::select_shuffle(order);
+        for (std::size_t k = 0; k < channels && st.fired == detail::SelectState::none; ++k)
+          each_channel([&](auto& c, auto i) {
+            if (i == order[k] && c.try_now(st, wake)) st.fired = i;
+          });
+      }
+    } catch (...) {
+      // A move that threw: a counterpart it had claimed is woken to try again.
+      unlock_all();
+      detail::deliver(wake);
+      throw;
     }
-  } catch (...) {
-    unlock_all();
-    throw;
-  }
-  TimePoint deadline = no_deadline;
-  each([&](auto& c, auto i) {
-    using C = std::remove_cvref_t<decltype(c)>;
-    if constexpr (detail::is_default_case<C>)
-      if (st.fired == detail::SelectState::none) st.fired = i;
-    if constexpr (detail::is_timeout_case<C>)
-      if (c.at < deadline) deadline = c.at;
-  });
-  if (st.fired != detail::SelectState::none) {
-    unlock_all();
-    detail::deliver(wake);
-    return finish();
-  }
-
-  // Nothing can proceed: queue on every channel, then wait for a counterpart to complete one case
-  // (it wins the caller's wake-up, so it is the only one), the earliest timeout, or a cancel.
-  detail::ThreadWaiter thread;
-  detail::WaitNode alone;  // stands for the caller when there are only timeouts
-  detail::WaitNode* identity = &alone;
-  detail::attach(alone, thread);
-  each_channel([&](auto& c, auto i) {
-    c.enqueue(thread, st, i);
-    identity = &c.node;
-  });
-  unlock_all();
-  auto dequeue_all = [&]() noexcept { each_channel([](auto& c, auto) { c.dequeue(); }); };
-  using Dequeue = decltype(dequeue_all);
-  // The other cases' nodes must be gone before the wake-up reopens (a fiber's reopens as it
-  // resumes), or a counterpart could complete a second case of a select that has moved on.
-  const detail::Wake w = detail::block(
-      *identity, deadline, [](detail::Fiber*, void* d) noexcept { (*static_cast<Dequeue*>(d))(); },
-      &dequeue_all, true);
-  if (w == detail::Wake::notified) {
-    dequeue_all();  // a thread's wake-up never reopens, so its nodes may go now
-    return finish();
-  }
-  if (w == detail::Wake::timed_out) {
+    TimePoint deadline = no_deadline;
     each([&](auto& c, auto i) {
-      if constexpr (detail::is_timeout_case<std::remove_cvref_t<decltype(c)>>)
-        if (st.fired == detail::SelectState::none && c.at == deadline) st.fired = i;
+      using C = std::remove_cvref_t<decltype(c)>;
+      if constexpr (detail::is_default_case<C>)
+        if (st.fired == detail::SelectState::none) st.fired = i;
+      if constexpr (detail::is_timeout_case<C>)
+        if (c.at < deadline) deadline = c.at;
     });
-    return finish();
+    if (st.fired != detail::SelectState::none) {
+      unlock_all();
+      detail::deliver(wake);
+      return finish();
+    }
+
+    // Nothing can proceed: queue on every channel, then wait for a counterpart to complete one case
+    // (it wins the caller's wake-up, so it is the only one), the earliest timeout, or a cancel.
+    detail::ThreadWaiter thread;
+    detail::WaitNode alone;  // stands for the caller when there are only timeouts
+    detail::WaitNode* identity = &alone;
+    detail::attach(alone, thread);
+    each_channel([&](auto& c, auto i) {
+      c.enqueue(thread, st, i);
+      identity = &c.node;
+    });
+    unlock_all();
+    auto dequeue_all = [&]() noexcept { each_channel([](auto& c, auto) { c.dequeue(); }); };
+    using Dequeue = decltype(dequeue_all);
+    // The other cases' nodes must be gone before the wake-up reopens (a fiber's reopens as it
+    // resumes), or a counterpart could complete a second case of a select that has moved on.
+    const detail::Wake w = detail::block(
+        *identity, deadline, [](detail::Fiber*, void* d) noexcept { (*static_cast<Dequeue*>(d))(); },
+        &dequeue_all, true);
+    if (w == detail::Wake::notified) {
+      dequeue_all();  // a thread's wake-up never reopens, so its nodes may go now
+      // Woken with no case fired: a counterpart's move threw, nothing was handed over; again.
+      if (st.fired == detail::SelectState::none) continue;
+      return finish();
+    }
+    if (w == detail::Wake::timed_out) {
+      each([&](auto& c, auto i) {
+        if constexpr (detail::is_timeout_case<std::remove_cvref_t<decltype(c)>>)
+          if (st.fired == detail::SelectState::none && c.at == deadline) st.fired = i;
+      });
+      return finish();
+    }
+    detail::throw_if_interrupted(w);
+    return detail::SelectState::none;
   }
-  detail::throw_if_interrupted(w);
-  return detail::SelectState::none;
 }
 
 }  // namespace skein

@@ -12,6 +12,7 @@
 #include <skein/stack.hpp>
 #include <skein/time.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <concepts>
 #include <cstddef>
@@ -97,58 +98,77 @@ using result_t = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
 
 // A handle to a spawned fiber and its result. Move-only. Dropping an unjoined handle detaches the
 // fiber, which runs on (skein::run still waits for it); an exception it ends with is then printed.
+//
+// Several parties (fibers on any worker, plain threads) may wait for and join one handle at once:
+// they all wait for the body, the first join to be woken (or to find it finished) gets the result,
+// and every other join then throws invalid_argument, as a join of an empty handle does. The handle
+// keeps the finished fiber's record until it is destroyed, assigned or detached, so moving,
+// assigning, detaching or destroying it is its owner's business and must not race with those.
 template <class T>
 class Task {
+  static_assert(!std::is_reference_v<T>,
+                "skein::Task<T&>: a task cannot return a reference; return a value, a pointer or a "
+                "std::reference_wrapper");
+  static_assert(std::is_reference_v<T> || std::is_void_v<T> || (std::is_object_v<T> && !std::is_array_v<T>),
+                "skein::Task<T>: T must be void or an object type");
+
  public:
   using value_type = T;
 
   Task() noexcept = default;
-  Task(Task&& other) noexcept : f_(std::exchange(other.f_, nullptr)) {}
+  Task(Task&& other) noexcept
+      : f_(std::exchange(other.f_, nullptr)), joined_(other.joined_.load(std::memory_order_relaxed)) {}
   Task& operator=(Task&& other) noexcept {
     if (this != &other) {
       reset();
       f_ = std::exchange(other.f_, nullptr);
+      joined_.store(other.joined_.load(std::memory_order_relaxed), std::memory_order_relaxed);
     }
     return *this;
   }
   ~Task() { reset(); }
 
   // True while the handle refers to a fiber (not joined, detached or moved from).
-  bool valid() const noexcept { return f_ != nullptr; }
+  bool valid() const noexcept { return f_ && !joined_.load(std::memory_order_acquire); }
   explicit operator bool() const noexcept { return valid(); }
 
   // True once the body has returned or thrown.
-  bool done() const noexcept { return f_ && f_->finished.load(std::memory_order_acquire); }
+  bool done() const noexcept { return valid() && f_->finished.load(std::memory_order_acquire); }
 
-  std::uint64_t id() const noexcept { return f_ ? f_->id : 0; }
-  std::string_view name() const noexcept { return f_ ? std::string_view(f_->name) : std::string_view(); }
+  std::uint64_t id() const noexcept { return valid() ? f_->id : 0; }
+  std::string_view name() const noexcept { return valid() ? std::string_view(f_->name) : std::string_view(); }
 
   // Waits until the body has finished, without taking the result. Throws operation_canceled if
-  // the waiting fiber is cancelled.
-  void wait() const { wait_until(no_deadline); }
+  // the waiting fiber is cancelled, invalid_argument if the handle is empty.
+  void wait() const { wait_until(Deadline()); }
 
   // As wait(), until `deadline`: true if the body finished, false if the deadline passed first.
-  bool wait_until(TimePoint deadline) const { return detail::wait_done(checked(), deadline); }
+  bool wait_until(Deadline deadline) const { return detail::wait_done(checked(), deadline.at()); }
 
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> d) const {
-    return wait_until(deadline_after(d));
+    return wait_until(d);
   }
 
   // Waits for the body, then returns its value or rethrows its exception. Empties the handle.
-  T join() { return join_until(no_deadline); }
+  // Throws invalid_argument if the handle is empty or another join got the result.
+  T join() { return join_until(Deadline()); }
 
   // As join(), but throws timed_out if `deadline` passes first (the task keeps running and the
   // handle stays valid).
-  T join_until(TimePoint deadline) {
-    if (!wait_until(deadline))
-      throw std::system_error(std::make_error_code(std::errc::timed_out),
-                              "skein::Task::join: deadline passed before the task finished");
-    detail::Fiber* f = std::exchange(f_, nullptr);
-    struct Release {
-      detail::Fiber* f;
-      ~Release() { detail::release(f); }
-    } release{f};
+  T join_until(Deadline deadline) {
+    detail::Fiber* f = checked();
+    switch (detail::join_done(f, deadline.at())) {
+      case detail::Joined::took:
+        break;
+      case detail::Joined::refused:
+        throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                                "skein::Task::join: another join took the result");
+      case detail::Joined::timed_out:
+        throw std::system_error(std::make_error_code(std::errc::timed_out),
+                                "skein::Task::join: deadline passed before the task finished");
+    }
+    joined_.store(true, std::memory_order_release);
     if (f->error) {
       f->error_observed = true;
       std::rethrow_exception(f->error);
@@ -158,16 +178,16 @@ class Task {
 
   template <class Rep, class Period>
   T join_for(std::chrono::duration<Rep, Period> d) {
-    return join_until(deadline_after(d));
+    return join_until(d);
   }
 
   // Asks the fiber to stop: the wait it is parked in (or its next one) throws operation_canceled.
   // Cooperative: a fiber that never waits runs to completion. No effect once done. Any thread.
   void cancel() noexcept {
-    if (f_) detail::cancel(f_);
+    if (valid()) detail::cancel(f_);
   }
 
-  // Lets the fiber run on without a handle.
+  // Lets the fiber run on without a handle (or, once joined, lets its record go).
   void detach() noexcept { reset(); }
 
  private:
@@ -176,16 +196,18 @@ class Task {
   explicit Task(detail::Fiber* f) noexcept : f_(f) {}
 
   detail::Fiber* checked() const {
-    if (!f_)
+    if (!valid())
       throw std::system_error(std::make_error_code(std::errc::invalid_argument), "skein::Task: empty handle");
     return f_;
   }
 
   void reset() noexcept {
     if (f_) detail::release_handle(std::exchange(f_, nullptr));
+    joined_.store(false, std::memory_order_relaxed);
   }
 
   detail::Fiber* f_ = nullptr;
+  std::atomic<bool> joined_{false};  // a join got the result (the record stays until reset)
 };
 
 namespace detail {
@@ -212,6 +234,13 @@ using fiber_result_t = std::invoke_result_t<std::decay_t<F>&>;
 // Constructs the record of a fiber that will run `f` at the top of a fresh stack (not started).
 template <class F>
 std::pair<Fiber*, Stack> make_fiber(std::size_t stack_size, F&& f) {
+  static_assert(std::is_invocable_v<std::decay_t<F>&>, "skein::spawn: the callable must take no arguments");
+  using R = fiber_result_t<F>;
+  static_assert(!std::is_reference_v<R>,
+                "skein::spawn: the callable returns a reference, which a task cannot hold; return a value, a "
+                "pointer or a std::reference_wrapper");
+  static_assert(std::is_void_v<R> || std::is_move_constructible_v<R>,
+                "skein::spawn: the callable's result must be move-constructible (join() moves it out)");
   using Fn = std::decay_t<F>;
   using Impl = FiberImpl<Fn, fiber_result_t<F>>;
   static_assert(alignof(Impl) <= 16, "over-aligned closures are not supported");
@@ -304,9 +333,10 @@ auto join_all(R&& tasks) {
 }
 
 // Runs `f` on a child fiber and returns its result, or cancels it and throws timed_out if it has
-// not finished within `d` (asyncio.wait_for). The child has finished unwinding when this returns.
-template <class Rep, class Period, class F>
-auto with_timeout(std::chrono::duration<Rep, Period> d, F&& f) {
+// not finished by `deadline`, a time point or a duration from now (asyncio.wait_for). The child has finished
+// unwinding when this returns.
+template <class F>
+auto with_timeout(Deadline deadline, F&& f) {
   auto task = spawn(FiberOptions{"with_timeout"}, std::forward<F>(f));
   // However this scope is left (the deadline, or the caller itself being cancelled), the child is
   // cancelled and gone before it returns: its body may reference the caller's locals.
@@ -319,7 +349,7 @@ auto with_timeout(std::chrono::duration<Rep, Period> d, F&& f) {
       }
     }
   } reap{task};
-  if (!task.wait_until(deadline_after(d))) {
+  if (!task.wait_until(deadline)) {
     task.cancel();
     detail::TaskAccess::wait_shielded(task);
     throw std::system_error(std::make_error_code(std::errc::timed_out),

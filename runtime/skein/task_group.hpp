@@ -3,7 +3,8 @@
 //
 // Errors (docs/errors.md): TaskGroup::join rethrows the first exception a child ended with
 // (cancellations are not failures), unchanged; Pool::spawn and the joins are cancellation points
-// (operation_canceled) and honour TimeoutScope (timed_out). Pool(0) throws invalid_argument.
+// (operation_canceled) and honour TimeoutScope (timed_out). A join's own deadline is not an
+// error: join_until returns false. Pool(0) throws invalid_argument.
 #pragma once
 
 #include <skein/detail/wait_queue.hpp>
@@ -11,6 +12,7 @@
 #include <skein/sync.hpp>
 #include <skein/task.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <exception>
 #include <mutex>
@@ -51,7 +53,15 @@ class TaskGroup {
   // Waits until every child (including those spawned meanwhile) has finished, then rethrows the
   // first failure, if any, and forgets it: the group can be used again. If the waiting fiber is
   // cancelled or its TimeoutScope expires, the children are cancelled and waited for first.
-  void join();
+  void join() { join_until(Deadline()); }
+
+  // As join(), giving up at `deadline`: false, with the children left running and any failure
+  // kept for a later join, if some child was still running then.
+  bool join_until(Deadline deadline);
+  template <class Rep, class Period>
+  bool join_for(std::chrono::duration<Rep, Period> d) {
+    return join_until(d);
+  }
 
   // Cancels every child, now and later spawned, until the next join() returns.
   void cancel() noexcept;
@@ -78,16 +88,17 @@ class TaskGroup {
   }
   void track(detail::Fiber* child);
   void fail(std::exception_ptr e) noexcept;
-  // Waits for every child, shielded or not; returns with the list emptied and references dropped.
-  // Throws (unshielded) if the wait is interrupted, leaving the list as it was.
-  void wait_children(bool shielded);
+  // Waits for every child, shielded or not; returns true with the list emptied and references
+  // dropped, or false, leaving the list, if `deadline` passes first. Throws (unshielded) if the
+  // wait is interrupted, leaving the list as it was.
+  bool wait_children(bool shielded, TimePoint deadline = no_deadline);
 
   mutable detail::SpinLock lock_;
-  std::vector<detail::Fiber*> children_;  // each holds a reference of the group's
-  std::size_t prune_at_ = 16;             // drop finished children when the list grows this long
-  std::size_t joining_ = 0;               // wait_children() calls in progress (no pruning then)
-  std::exception_ptr first_error_;
-  bool cancelling_ = false;
+  std::vector<detail::Fiber*> children_ SKEIN_GUARDED_BY(lock_);  // each holds a reference of the group's
+  std::size_t prune_at_ SKEIN_GUARDED_BY(lock_) = 16;  // drop finished children when the list grows this long
+  std::size_t joining_ SKEIN_GUARDED_BY(lock_) = 0;    // wait_children() calls in progress (no pruning then)
+  std::exception_ptr first_error_ SKEIN_GUARDED_BY(lock_);
+  bool cancelling_ SKEIN_GUARDED_BY(lock_) = false;
 };
 
 // Runs at most `size` tasks at once: spawn() waits for a free slot (gevent.pool.Pool: new
@@ -127,6 +138,12 @@ class Pool {
 
   // Waits until every task started so far has finished.
   void join() { running_.wait(); }
+  // As join(), giving up at `deadline`: false if some task was still running then.
+  bool join_until(Deadline deadline) { return running_.wait_until(deadline); }
+  template <class Rep, class Period>
+  bool join_for(std::chrono::duration<Rep, Period> d) {
+    return join_until(d);
+  }
   std::size_t size() const noexcept { return size_; }
   // Slots free right now (a snapshot).
   std::size_t free_slots() const noexcept { return slots_.available(); }

@@ -298,12 +298,17 @@ void Scheduler::drain_inbox() noexcept {
 }
 
 void Scheduler::finish(Fiber* f) noexcept {
+  SKEIN_ASSERT_STATE(f, FiberState::done, "finish");
   (f->prev_live ? f->prev_live->next_live : live_) = f->next_live;
   if (f->next_live) f->next_live->prev_live = f->prev_live;
   {
-    std::lock_guard lock(f->joiners.lock);
+    SpinGuard lock(f->joiners.lock);
     f->finished.store(true, std::memory_order_release);
-    while (WaitNode* n = f->joiners.pop_front()) wake_node(n);
+    while (WaitNode* n = f->joiners.pop_front()) {
+      if (!claim(n)) continue;  // leaving on its deadline or a cancel
+      if (n->wants_result && !f->result_taken) f->result_taken = n->took_result = true;
+      deliver(wakeup_of(n));
+    }
   }
   release(f);
   if (--live_count_ == 0) runtime_->release();
@@ -321,6 +326,7 @@ void Scheduler::wake(Fiber* f, Wake why) noexcept {
 }
 
 void Scheduler::make_ready(Fiber* f, Wake why) noexcept {
+  SKEIN_ASSERT_STATE(f, FiberState::parked, "make_ready");
   if (f->timer_slot != Fiber::no_timer) timers_.erase(f);
   if (why != Wake::notified && f->unlink) f->unlink(f, f->unlink_arg);
   f->wake = why;
@@ -405,7 +411,7 @@ void cancel(Fiber* fiber) noexcept {
 
 void unlink_wait_node(Fiber*, void* node) noexcept {
   auto* n = static_cast<WaitNode*>(node);
-  std::lock_guard lock(n->owner->lock);
+  SpinGuard lock(n->owner->lock);
   if (n->linked) n->owner->remove(n);
 }
 
@@ -476,17 +482,22 @@ void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string na
   scheduler.start_local(fiber);
 }
 
-bool wait_done(Fiber* fiber, TimePoint deadline) {
-  if (fiber->finished.load(std::memory_order_acquire)) return true;
+namespace {
+// wait_done() and join_done(): `node` is the caller's; true if the fiber finished, false on the
+// deadline. A join's claim on the result is settled under the lock (or by finish()).
+bool wait_finished(Fiber* fiber, TimePoint deadline, WaitNode& node, ThreadWaiter& thread) {
   Fiber* self = current_fiber();
   if (self == fiber)
     throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                             "skein::Task: a fiber cannot wait for itself");
-  ThreadWaiter thread;
-  WaitNode node{self, self ? nullptr : &thread};
+  node.fiber = self;
+  node.thread = self ? nullptr : &thread;
   {
-    std::lock_guard lock(fiber->joiners.lock);
-    if (fiber->finished.load(std::memory_order_relaxed)) return true;
+    SpinGuard lock(fiber->joiners.lock);
+    if (fiber->finished.load(std::memory_order_relaxed)) {
+      if (node.wants_result && !fiber->result_taken) fiber->result_taken = node.took_result = true;
+      return true;
+    }
     fiber->joiners.push_back(&node);
   }
   Wake w;
@@ -500,6 +511,22 @@ bool wait_done(Fiber* fiber, TimePoint deadline) {
   if (w == Wake::timed_out) return false;
   throw_if_interrupted(w);
   return false;
+}
+}  // namespace
+
+bool wait_done(Fiber* fiber, TimePoint deadline) {
+  if (fiber->finished.load(std::memory_order_acquire)) return true;
+  ThreadWaiter thread;
+  WaitNode node;
+  return wait_finished(fiber, deadline, node, thread);
+}
+
+Joined join_done(Fiber* fiber, TimePoint deadline) {
+  ThreadWaiter thread;
+  WaitNode node;
+  node.wants_result = true;
+  if (!wait_finished(fiber, deadline, node, thread)) return Joined::timed_out;
+  return node.took_result ? Joined::took : Joined::refused;
 }
 
 Wake block_thread(ThreadWaiter& thread, TimePoint deadline, Unlink unlink, void* arg) noexcept {
@@ -544,7 +571,7 @@ void wait_done_shielded(Fiber* fiber) noexcept {
   WaitNode node{self};
   bool wait = true;
   {
-    std::lock_guard lock(fiber->joiners.lock);
+    SpinGuard lock(fiber->joiners.lock);
     if (fiber->finished.load(std::memory_order_relaxed))
       wait = false;
     else

@@ -154,6 +154,7 @@ class Scheduler {
   // Puts the running fiber at the back of the ready queue and switches to the loop.
   [[gnu::always_inline]] void yield_running() noexcept {
     Fiber* f = running_;
+    SKEIN_ASSERT_STATE(f, FiberState::running, "yield");
     f->state = FiberState::ready;
     ready_.push(f);
     ExecContext& here = running_context();
@@ -165,6 +166,7 @@ class Scheduler {
   [[gnu::always_inline]] Wake park_running(TimePoint deadline, Unlink unlink, void* arg,
                                            bool unlink_on_wake = false) noexcept {
     Fiber* f = running_;
+    SKEIN_ASSERT_STATE(f, FiberState::running, "park");
     if (f->cancel_requested.load(std::memory_order_relaxed) && !f->shielded &&
         !f->claimed.exchange(true, std::memory_order_acquire)) {
       // Cancelled already: the wait ends before it starts, and leaves whatever list the waiter
@@ -229,6 +231,7 @@ class Scheduler {
 
  private:
   [[gnu::always_inline]] void resume(Fiber* f) noexcept {
+    SKEIN_ASSERT_STATE(f, FiberState::ready, "resume");
     running_ = f;
     f->state = FiberState::running;
     switch_context(*home_, *f->resume_at);

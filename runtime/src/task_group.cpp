@@ -2,7 +2,6 @@
 #include <skein/task_group.hpp>
 
 #include <algorithm>
-#include <mutex>
 #include <system_error>
 
 namespace skein {
@@ -17,7 +16,7 @@ void TaskGroup::track(detail::Fiber* child) {
   std::vector<detail::Fiber*> finished;
   bool cancel_it;
   {
-    std::lock_guard g(lock_);
+    detail::SpinGuard g(lock_);
     if (joining_ == 0 && children_.size() >= prune_at_) {
       // A long-lived group (a server's connections) must not keep every child it ever had.
       auto done = std::partition(children_.begin(), children_.end(), [](detail::Fiber* f) {
@@ -40,7 +39,7 @@ void TaskGroup::track(detail::Fiber* child) {
 void TaskGroup::fail(std::exception_ptr e) noexcept {
   if (detail::is_cancellation(e)) return;
   {
-    std::lock_guard g(lock_);
+    detail::SpinGuard g(lock_);
     if (!first_error_) first_error_ = std::move(e);
   }
   cancel();
@@ -49,22 +48,22 @@ void TaskGroup::fail(std::exception_ptr e) noexcept {
 void TaskGroup::cancel() noexcept {
   // Under the lock: a joiner may release finished children the moment it is let go. Nothing takes
   // this lock while holding a wait list's, so cancelling (which may unlink a waiter) here is safe.
-  std::lock_guard g(lock_);
+  detail::SpinGuard g(lock_);
   cancelling_ = true;
   for (detail::Fiber* f : children_) detail::cancel(f);
 }
 
-void TaskGroup::wait_children(bool shielded) {
+bool TaskGroup::wait_children(bool shielded, TimePoint deadline) {
   // The children stay listed while they are waited for, so a failing one can still cancel the
   // rest; pruning is off meanwhile so the cursor stays valid.
   struct Joining {
     TaskGroup& g;
     explicit Joining(TaskGroup& group) : g(group) {
-      std::lock_guard lock(g.lock_);
+      detail::SpinGuard lock(g.lock_);
       ++g.joining_;
     }
     ~Joining() {
-      std::lock_guard lock(g.lock_);
+      detail::SpinGuard lock(g.lock_);
       --g.joining_;
     }
   } joining(*this);
@@ -72,7 +71,7 @@ void TaskGroup::wait_children(bool shielded) {
     detail::Fiber* f = nullptr;
     std::vector<detail::Fiber*> done;
     {
-      std::lock_guard g(lock_);
+      detail::SpinGuard g(lock_);
       while (next < children_.size() && children_[next]->finished.load(std::memory_order_acquire)) ++next;
       if (next < children_.size())
         f = children_[next];
@@ -85,38 +84,39 @@ void TaskGroup::wait_children(bool shielded) {
         d->error_observed = true;
         detail::release(d);
       }
-      return;
+      return true;
     }
     if (shielded)
       detail::wait_done_shielded(f);
-    else
-      detail::wait_done(f, no_deadline);
+    else if (!detail::wait_done(f, deadline))
+      return false;
   }
 }
 
-void TaskGroup::join() {
+bool TaskGroup::join_until(Deadline deadline) {
   try {
-    wait_children(false);
+    if (!wait_children(false, deadline.at())) return false;
   } catch (...) {
     // The joiner was cancelled or its TimeoutScope expired: the children go first.
     cancel();
     wait_children(true);
-    std::lock_guard g(lock_);
+    detail::SpinGuard g(lock_);
     cancelling_ = false;
     first_error_ = nullptr;
     throw;
   }
   std::exception_ptr e;
   {
-    std::lock_guard g(lock_);
+    detail::SpinGuard g(lock_);
     cancelling_ = false;
     e = std::exchange(first_error_, nullptr);
   }
   if (e) std::rethrow_exception(e);
+  return true;
 }
 
 std::size_t TaskGroup::active() const noexcept {
-  std::lock_guard g(lock_);
+  detail::SpinGuard g(lock_);
   return static_cast<std::size_t>(std::count_if(children_.begin(), children_.end(), [](detail::Fiber* f) {
     return !f->finished.load(std::memory_order_acquire);
   }));

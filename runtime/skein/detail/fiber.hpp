@@ -8,9 +8,27 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <semaphore>
 #include <string>
+
+// Clang's thread-safety analysis (-Wthread-safety, on in clang builds): which lock guards which
+// field, checked at compile time. Nothing under other compilers.
+#if defined(__clang__)
+#define SKEIN_TSA(x) __attribute__((x))
+#else
+#define SKEIN_TSA(x)
+#endif
+#define SKEIN_CAPABILITY(name) SKEIN_TSA(capability(name))
+#define SKEIN_SCOPED_CAPABILITY SKEIN_TSA(scoped_lockable)
+#define SKEIN_GUARDED_BY(lock) SKEIN_TSA(guarded_by(lock))
+#define SKEIN_REQUIRES(...) SKEIN_TSA(requires_capability(__VA_ARGS__))
+#define SKEIN_ACQUIRE(...) SKEIN_TSA(acquire_capability(__VA_ARGS__))
+#define SKEIN_RELEASE(...) SKEIN_TSA(release_capability(__VA_ARGS__))
+#define SKEIN_TRY_ACQUIRE(...) SKEIN_TSA(try_acquire_capability(__VA_ARGS__))
+#define SKEIN_NO_THREAD_SAFETY_ANALYSIS SKEIN_TSA(no_thread_safety_analysis)
 
 namespace skein::detail {
 
@@ -39,9 +57,9 @@ using Unlink = void (*)(struct Fiber* fiber, void* arg) noexcept;
 
 // A lock for the few words a cross-thread wait list guards: held for a handful of instructions,
 // never across a switch, so spinning beats a futex.
-class SpinLock {
+class SKEIN_CAPABILITY("spin lock") SpinLock {
  public:
-  void lock() noexcept {
+  void lock() noexcept SKEIN_ACQUIRE() {
     while (locked_.exchange(true, std::memory_order_acquire)) {
       for (unsigned spins = 0; locked_.load(std::memory_order_relaxed); ++spins) {
         // More workers than cores: the holder may be preempted, so stop burning its CPU.
@@ -52,8 +70,10 @@ class SpinLock {
       }
     }
   }
-  bool try_lock() noexcept { return !locked_.exchange(true, std::memory_order_acquire); }
-  void unlock() noexcept { locked_.store(false, std::memory_order_release); }
+  bool try_lock() noexcept SKEIN_TRY_ACQUIRE(true) {
+    return !locked_.exchange(true, std::memory_order_acquire);
+  }
+  void unlock() noexcept SKEIN_RELEASE() { locked_.store(false, std::memory_order_release); }
 
  private:
   static void pause() noexcept {
@@ -65,6 +85,26 @@ class SpinLock {
   }
   static void yield_thread() noexcept;
   std::atomic<bool> locked_{false};
+};
+
+// std::lock_guard / std::unique_lock for a SpinLock, visible to the thread-safety analysis: holds
+// the lock from construction until unlock() or the end of the scope.
+class SKEIN_SCOPED_CAPABILITY SpinGuard {
+ public:
+  explicit SpinGuard(SpinLock& lock) noexcept SKEIN_ACQUIRE(lock) : lock_(&lock) { lock.lock(); }
+  ~SpinGuard() SKEIN_RELEASE() {
+    if (lock_) lock_->unlock();
+  }
+  // Releases the lock before the end of the scope.
+  void unlock() noexcept SKEIN_RELEASE() {
+    lock_->unlock();
+    lock_ = nullptr;
+  }
+  SpinGuard(const SpinGuard&) = delete;
+  SpinGuard& operator=(const SpinGuard&) = delete;
+
+ private:
+  SpinLock* lock_;
 };
 
 // A plain thread (no fiber) blocked in a wait. `claimed` plays the part of Fiber::claimed: exactly
@@ -81,6 +121,8 @@ struct WaitNode {
   ThreadWaiter* thread = nullptr;    // the thread waiter, when `fiber` is null
   struct WaitList* owner = nullptr;  // the list it was pushed on; set once
   bool linked = false;               // still in `owner` (guarded by owner->lock)
+  bool wants_result = false;         // a join: the first one woken gets the task's result
+  bool took_result = false;          // set (before its wake-up) for the join that got it
   WaitNode* prev = nullptr;
   WaitNode* next = nullptr;
 };
@@ -185,15 +227,17 @@ struct Fiber : ExecContext {
   std::size_t timer_slot = no_timer;  // index in the scheduler's timer heap, or no_timer
   Unlink unlink = nullptr;            // of the current wait (may be null)
   void* unlink_arg = nullptr;
-  TimePoint deadline = no_deadline;        // of the current wait
-  TimePoint scope_deadline = no_deadline;  // of the innermost TimeoutScope (applies to every wait)
+  TimePoint scope_deadline = no_deadline;  // of the innermost TimeoutScope (read by every park)
+  // The end of this hot line: the fields below are touched by timed waits, spawns and joins only.
+  TimePoint deadline = no_deadline;  // of the current wait, when it has one (the timer heap's key)
   static constexpr std::size_t no_timer = ~std::size_t{0};
 
   Fiber* prev_live = nullptr;  // the scheduler's list of live fibers
   Fiber* next_live = nullptr;
   WaitList joiners;                   // waiting for this one to finish (under joiners.lock)
   std::atomic<bool> finished{false};  // state reached done (set under joiners.lock)
-  std::exception_ptr error;           // what the body threw
+  bool result_taken SKEIN_GUARDED_BY(joiners.lock) = false;  // a join has claimed the result
+  std::exception_ptr error;                                  // what the body threw
   std::string name;
   std::uint64_t id = 0;
   std::atomic<int> refs{2};                // the running fiber + its Task handle (+ one per cancel in flight)
@@ -202,6 +246,49 @@ struct Fiber : ExecContext {
   RemoteNode post_node{nullptr, this, RemoteNode::Kind::start};
   RemoteNode cancel_node{nullptr, this, RemoteNode::Kind::cancel};
 };
+
+#if defined(__x86_64__) || defined(__aarch64__)
+// Pins the promise above: with the record 64-byte aligned, every field a park, wake or resume
+// touches lies on its second cache line (the first is the vtable pointer and the ExecContext).
+// offsetof on a polymorphic class is conditionally supported; GCC and Clang both compute it.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Winvalid-offsetof"
+#define SKEIN_HOT(field)                                                                                 \
+  static_assert(                                                                                         \
+      offsetof(Fiber, field) / 64 == 1 && (offsetof(Fiber, field) + sizeof(Fiber::field) - 1) / 64 == 1, \
+      "skein: Fiber::" #field " must lie on the record's hot cache line (bytes 64-127)")
+SKEIN_HOT(state);
+SKEIN_HOT(wake);
+SKEIN_HOT(cancel_requested);
+SKEIN_HOT(shielded);
+SKEIN_HOT(claimed);
+SKEIN_HOT(scheduler);
+SKEIN_HOT(resume_at);
+SKEIN_HOT(next_ready);
+SKEIN_HOT(timer_slot);
+SKEIN_HOT(unlink);
+SKEIN_HOT(unlink_arg);
+SKEIN_HOT(scope_deadline);
+#undef SKEIN_HOT
+#pragma GCC diagnostic pop
+#endif
+
+// Debug builds check every fiber state transition against the state machine above (as marl and
+// Go's runtime do): a fiber resumed twice, or woken while running, aborts with its id at once
+// instead of corrupting a queue.
+#ifndef NDEBUG
+[[noreturn]] inline void bad_fiber_state(const Fiber* f, FiberState expected, const char* where) noexcept {
+  static constexpr const char* names[] = {"ready", "running", "parked", "done"};
+  std::fprintf(stderr, "skein: fiber #%llu \"%s\" is %s in %s, expected %s\n",
+               static_cast<unsigned long long>(f->id), f->name.c_str(), names[static_cast<int>(f->state)],
+               where, names[static_cast<int>(expected)]);
+  std::abort();
+}
+#define SKEIN_ASSERT_STATE(f, expected, where) \
+  ((f)->state == (expected) ? void() : ::skein::detail::bad_fiber_state((f), (expected), (where)))
+#else
+#define SKEIN_ASSERT_STATE(f, expected, where) void()
+#endif
 
 // The fiber running on this thread, or nullptr on the thread's own stack.
 Fiber* current_fiber() noexcept;
@@ -269,6 +356,17 @@ TimePoint set_scope_deadline(TimePoint deadline) noexcept;
 // error if the waiter is cancelled, resource_deadlock_would_occur if a fiber waits for itself.
 // Outside a fiber it blocks the thread.
 bool wait_done(Fiber* fiber, TimePoint deadline);
+
+// How join_done() ended.
+enum class Joined : std::uint8_t {
+  took,       // the fiber finished and the caller is the one join to get its result
+  refused,    // the fiber finished, and another join got the result
+  timed_out,  // `deadline` passed first
+};
+
+// wait_done() for a join: also decides, under the joiners' lock the wait takes anyway, which of
+// several joins gets the result (the first to be woken, or to find the fiber finished).
+Joined join_done(Fiber* fiber, TimePoint deadline);
 
 // Waits for `fiber` to finish even if the waiter is cancelled meanwhile (the cancel takes effect
 // at the waiter's next wait). For cleanup that must not return before a child is gone.
