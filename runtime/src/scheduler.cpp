@@ -228,8 +228,14 @@ void Scheduler::loop() {
   for (;;) {
     if (spin_.count() > 0 && !ready_.empty()) busy_until_ = Clock::now() + spin_;
     // One round: the fibers ready now. Those they make ready run next round, after timers,
-    // messages and I/O have had their turn, so a busy fiber cannot starve a sleeping one.
+    // messages and I/O have had their turn, so a busy fiber cannot starve a sleeping one. A timer
+    // that falls due mid-round does not wait for the round's end: every timer_check_interval
+    // resumptions its fiber is moved to the front and joins this round.
     for (std::size_t n = ready_.size(); n > 0; --n) {
+      if (--until_timer_check_ == 0) {
+        until_timer_check_ = timer_check_interval;
+        if (!timers_.empty()) n += serve_due_timers();
+      }
       Fiber* f = ready_.pop();
       // With thousands of fibers their records and saved frames are cold (each lives on its own
       // stack). Start loading the next two while this one runs: the next one's saved frame (its
@@ -335,6 +341,16 @@ void Scheduler::cancel(Fiber* f) noexcept {
 
 void Scheduler::fire_timers(TimePoint now) noexcept {
   while (!timers_.empty() && timers_.top()->deadline <= now) wake(timers_.top(), Wake::timed_out);
+}
+
+std::size_t Scheduler::serve_due_timers() noexcept {
+  const TimePoint now = Clock::now();
+  if (timers_.top()->deadline > now) return 0;
+  Fiber* mark = ready_.back();
+  const std::size_t before = ready_.size();
+  fire_timers(now);
+  ready_.move_to_front_after(mark);
+  return ready_.size() - before;
 }
 
 void Scheduler::recover_deadlock() noexcept {

@@ -4,6 +4,8 @@
 
 #include <skein/detail/wait_queue.hpp>
 
+#include <cstdio>
+#include <cstdlib>
 #include <future>
 #include <mutex>
 #include <system_error>
@@ -35,6 +37,13 @@ void wake_all(detail::WaitList& list, std::unique_lock<detail::SpinLock>& lock) 
   detail::deliver_all(woken);
 }
 
+// The identity of the caller, for Mutex's recursion check: its fiber, or a token per plain thread.
+const void* self_id() noexcept {
+  static constinit thread_local char thread_token = 0;
+  if (const detail::Fiber* f = detail::current_fiber()) return f;
+  return &thread_token;
+}
+
 [[noreturn]] void invalid(const char* what) {
   throw std::system_error(std::make_error_code(std::errc::invalid_argument), what);
 }
@@ -51,23 +60,36 @@ bool Mutex::try_lock() noexcept {
   std::lock_guard g(waiters_.lock);
   if (locked_) return false;
   locked_ = true;
+  owner_.store(self_id(), std::memory_order_relaxed);
   return true;
 }
 
 bool Mutex::try_lock_until(Deadline deadline) {
+  const void* self = self_id();
   std::unique_lock g(waiters_.lock);
   if (!locked_) {
     locked_ = true;
+    owner_.store(self, std::memory_order_relaxed);
     return true;
   }
+  if (owner_.load(std::memory_order_relaxed) == self)
+    throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
+                            "skein::Mutex::lock: the caller already holds this mutex");
   // Woken means handed the lock: unlock() leaves locked_ set for the waiter it picks.
-  return wait_in(waiters_, g, deadline.at());
+  if (!wait_in(waiters_, g, deadline.at())) return false;
+  owner_.store(self, std::memory_order_relaxed);
+  return true;
 }
 
 void Mutex::unlock() noexcept {
   detail::Wakeup next;
   {
     std::lock_guard g(waiters_.lock);
+    if (!locked_) {
+      std::fputs("skein::Mutex::unlock: the mutex is not locked; aborting\n", stderr);
+      std::abort();
+    }
+    owner_.store(nullptr, std::memory_order_relaxed);
     next = detail::claim_one(waiters_);
     if (!next) locked_ = false;
   }
