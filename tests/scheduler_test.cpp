@@ -401,3 +401,14 @@ TEST_SUITE("scheduler") {
     });
   }
 }
+
+TEST_SUITE("scheduler") {
+  TEST_CASE("run's main fiber gets the stack size RuntimeOptions asks for") {
+    skein::RuntimeOptions options{1};
+    options.main_stack_size = 4 << 20;
+    const std::size_t size = skein::run(options, [] { return skein::detail::current_fiber()->stack.size; });
+    CHECK(size >= std::size_t{4} << 20);
+    const std::size_t plain = skein::run([] { return skein::detail::current_fiber()->stack.size; });
+    CHECK(plain < std::size_t{4} << 20);
+  }
+}

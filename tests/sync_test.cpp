@@ -1928,4 +1928,39 @@ TEST_SUITE("sync") {
     CHECK(WIFSIGNALED(status));
     CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT));
   }
+
+  TEST_CASE("ConditionVariable::wait_for and Barrier::arrive_and_wait_for time out like every other wait") {
+    skein::run(options(), [] {
+      skein::Mutex m;
+      skein::ConditionVariable cv;
+      std::unique_lock lock(m);
+      auto start = skein::Clock::now();
+      CHECK_FALSE(cv.wait_for(lock, 50ms));
+      CHECK(lock.owns_lock());
+      CHECK(skein::Clock::now() - start >= 50ms);
+      lock.unlock();
+      skein::Barrier b(2);
+      start = skein::Clock::now();
+      CHECK(b.arrive_and_wait_for(50ms) == std::nullopt);  // the arrival is withdrawn
+      CHECK(skein::Clock::now() - start >= 50ms);
+      auto other = skein::spawn_on(far(1), [&b] { return b.arrive_and_wait_for(5s); });
+      const std::optional<bool> mine = b.arrive_and_wait_for(5s);
+      const std::optional<bool> theirs = other.join();
+      REQUIRE(mine.has_value());
+      REQUIRE(theirs.has_value());
+      CHECK(*mine != *theirs);  // exactly one is the last to arrive
+      // Notified within the time: true.
+      std::atomic<bool> ready{false};
+      auto notifier = skein::spawn_on(far(1), [&] {
+        skein::sleep_for(10ms);
+        std::lock_guard g(m);
+        ready = true;
+        cv.notify_all();
+      });
+      lock.lock();
+      CHECK(cv.wait_for(lock, 5s, [&] { return ready.load(); }));
+      lock.unlock();
+      notifier.join();
+    });
+  }
 }

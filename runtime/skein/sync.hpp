@@ -97,6 +97,11 @@ class ConditionVariable {
       if (!wait_until(lock, deadline)) return pred();
     return true;
   }
+  // As wait(), for at most `d`: false if it passed without a notification.
+  template <class Rep, class Period>
+  bool wait_for(std::unique_lock<Mutex>& lock, std::chrono::duration<Rep, Period> d) {
+    return wait_until(lock, d);
+  }
   template <class Rep, class Period, class Pred>
   bool wait_for(std::unique_lock<Mutex>& lock, std::chrono::duration<Rep, Period> d, Pred pred) {
     return wait_until(lock, Deadline(d), std::move(pred));
@@ -211,6 +216,10 @@ class Barrier {
   // needs a party. (If the phase completed just as the wait ended otherwise, it counts as
   // released and returns false; a cancel then takes effect at the next wait.)
   std::optional<bool> arrive_and_wait_until(Deadline deadline);
+  template <class Rep, class Period>
+  std::optional<bool> arrive_and_wait_for(std::chrono::duration<Rep, Period> d) {
+    return arrive_and_wait_until(d);
+  }
   std::size_t parties() const noexcept { return parties_; }
 
  private:

@@ -191,12 +191,11 @@ void Scheduler::unbind() noexcept {
 void Scheduler::prepare(Fiber* f, Stack stack, std::string name) noexcept {
   f->stack = stack;
   f->scheduler = this;
-  // Ids are unique in the runtime without a shared counter: worker k of n hands out k + 1,
-  // k + 1 + n, ... for the fibers its own fibers spawn; threads outside the runtime use the
-  // runtime's counter, in the upper half.
+  // Ids are small and unique in the runtime without a shared counter (RuntimeCore::id_stride):
+  // worker k hands out k + 1, k + 1 + stride, ... for the fibers its own fibers spawn.
   Scheduler* spawner = tl_scheduler;
   if (spawner && spawner->runtime_ == runtime_)
-    f->id = spawner->spawned_++ * runtime_->size() + spawner->index_ + 1;
+    f->id = spawner->spawned_++ * runtime_->id_stride() + spawner->index_ + 1;
   else
     f->id = runtime_->next_outside_id();
   f->name = std::move(name);
@@ -287,7 +286,7 @@ void Scheduler::drain_inbox() noexcept {
         start_local(f);
         runtime_->release();  // the count the message held
         break;
-      case RemoteNode::Kind::wake:
+      case RemoteNode::Kind::deliver:
         make_ready(f, Wake::notified);
         break;
       case RemoteNode::Kind::cancel:
@@ -309,13 +308,13 @@ void Scheduler::finish(Fiber* f) noexcept {
   {
     std::lock_guard lock(f->joiners.lock);
     f->finished.store(true, std::memory_order_release);
-    while (WaitNode* n = f->joiners.pop_front()) wake_node(n);
+    while (WaitNode* n = f->joiners.pop_front()) notify_node(n);
   }
   release(f);
   if (--live_count_ == 0) runtime_->release();
 }
 
-void Scheduler::wake(Fiber* f, Wake why) noexcept {
+void Scheduler::interrupt(Fiber* f, Wake why) noexcept {
   if (f->state != FiberState::parked) return;
   if (f->claimed.exchange(true, std::memory_order_acquire)) {
     // A waker on another thread won this wake-up; its message will make the fiber ready. The
@@ -336,11 +335,11 @@ void Scheduler::make_ready(Fiber* f, Wake why) noexcept {
 
 void Scheduler::cancel(Fiber* f) noexcept {
   f->cancel_requested.store(true, std::memory_order_relaxed);
-  if (!f->shielded) wake(f, Wake::cancelled);
+  if (!f->shielded) interrupt(f, Wake::cancelled);
 }
 
 void Scheduler::fire_timers(TimePoint now) noexcept {
-  while (!timers_.empty() && timers_.top()->deadline <= now) wake(timers_.top(), Wake::timed_out);
+  while (!timers_.empty() && timers_.top()->deadline <= now) interrupt(timers_.top(), Wake::timed_out);
 }
 
 std::size_t Scheduler::serve_due_timers() noexcept {
@@ -437,15 +436,15 @@ void deliver(Wakeup w) noexcept {
       s->make_ready(f, Wake::notified);
     } else {
       // The fiber is parked, so its worker has a live fiber and its runtime a count.
-      f->post_node.kind = RemoteNode::Kind::wake;
+      f->post_node.kind = RemoteNode::Kind::deliver;
       post_to(*s, &f->post_node);
     }
   } else if (w.thread) {
-    w.thread->wake.release();
+    w.thread->delivered.release();
   }
 }
 
-bool wake_node(WaitNode* node) noexcept {
+bool notify_node(WaitNode* node) noexcept {
   if (!claim(node)) return false;
   deliver(wakeup_of(node));
   return true;
@@ -522,13 +521,13 @@ Wake block_thread(ThreadWaiter& thread, TimePoint deadline, Unlink unlink, void*
   const TimePoint scope = tl_thread_scope;
   const TimePoint until = scope < deadline ? scope : deadline;
   if (until == no_deadline) {
-    thread.wake.acquire();
+    thread.delivered.acquire();
     return Wake::notified;
   }
-  if (thread.wake.try_acquire_until(until)) return Wake::notified;
+  if (thread.delivered.try_acquire_until(until)) return Wake::notified;
   if (thread.claimed.exchange(true, std::memory_order_acq_rel)) {
     // A waker won the wake-up just as the deadline passed; its release is on its way.
-    thread.wake.acquire();
+    thread.delivered.acquire();
     return Wake::notified;
   }
   if (unlink) unlink(nullptr, arg);

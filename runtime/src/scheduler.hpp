@@ -206,9 +206,9 @@ class Scheduler {
     if (f->wake == Wake::timed_out && until < deadline) return Wake::expired;
     return f->wake;
   }
-  // This thread: ends `f`'s wait with `why` (a deadline or a cancel) if nobody else won its
-  // wake-up first.
-  void wake(Fiber* f, Wake why) noexcept;
+  // This thread: interrupts `f`'s wait, ending it with `why` (a deadline or a cancel), if nobody
+  // else claimed its wake-up first.
+  void interrupt(Fiber* f, Wake why) noexcept;
   // This thread: makes `f`, parked and its wake-up won by the caller, ready with `why`.
   void make_ready(Fiber* f, Wake why) noexcept;
   // This thread.

@@ -31,7 +31,7 @@ bool wait_in(detail::WaitList& list, std::unique_lock<detail::SpinLock>& lock, T
 }
 
 // Wakes every waiter on `list`; `lock` holds its lock and is released here.
-void wake_all(detail::WaitList& list, std::unique_lock<detail::SpinLock>& lock) noexcept {
+void notify_all_in(detail::WaitList& list, std::unique_lock<detail::SpinLock>& lock) noexcept {
   detail::WaitNode* woken = detail::claim_all(list);
   lock.unlock();
   detail::deliver_all(woken);
@@ -139,7 +139,7 @@ void ConditionVariable::notify_one() noexcept {
 
 void ConditionVariable::notify_all() noexcept {
   std::unique_lock g(waiters_.lock);
-  wake_all(waiters_, g);
+  notify_all_in(waiters_, g);
 }
 
 // ---- Event ----------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ void ConditionVariable::notify_all() noexcept {
 void Event::set() noexcept {
   std::unique_lock g(waiters_.lock);
   set_.store(true, std::memory_order_release);
-  wake_all(waiters_, g);
+  notify_all_in(waiters_, g);
 }
 
 void Event::clear() noexcept {
@@ -223,7 +223,7 @@ void WaitGroup::add(std::ptrdiff_t n) {
       n < 0 ? std::size_t{0} - static_cast<std::size_t>(n) : static_cast<std::size_t>(n);
   if (n < 0 && magnitude > count_) invalid("skein::WaitGroup: count would go below zero");
   count_ = n < 0 ? count_ - magnitude : count_ + magnitude;
-  if (count_ == 0) wake_all(waiters_, g);
+  if (count_ == 0) notify_all_in(waiters_, g);
 }
 
 void WaitGroup::wait() {
@@ -271,7 +271,7 @@ std::optional<bool> Barrier::arrive_and_wait_until(Deadline deadline) {
   std::unique_lock g(waiters_.lock);
   if (++arrived_ == parties_) {
     arrived_ = 0;
-    wake_all(waiters_, g);
+    notify_all_in(waiters_, g);
     return true;
   }
   detail::ThreadWaiter thread;
