@@ -375,6 +375,7 @@ TEST_SUITE("scheduler") {
       CHECK(error_of([&] { (void)e.wait_for(nan); }) == invalid);
       skein::Channel<int> ch(1);
       CHECK(error_of([&] { (void)ch.recv_for(nan); }) == invalid);
+      CHECK(error_of([&] { (void)skein::select(skein::on_recv(ch), skein::on_timeout(nan)); }) == invalid);
       t.join();
     });
   }

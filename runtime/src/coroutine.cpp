@@ -1,3 +1,4 @@
+#include "scheduler.hpp"
 #include "switch.hpp"
 
 #include <skein/detail/coroutine.hpp>
@@ -23,11 +24,12 @@ namespace {
 // deadline in force is the earlier of the resumer's and the body's own; the resumer gets its own
 // back whether the body yielded, finished or unwound.
 void enter_body(ExecContext& here, CoroutineCore& co) noexcept {
-  const TimePoint resumer = scope_deadline();
+  TimePoint& slot = scope_slot();
+  const TimePoint resumer = slot;
   co.scope_resumer = resumer;
-  if (co.scope_own < resumer) set_scope_deadline(co.scope_own);
+  if (co.scope_own < resumer) slot = co.scope_own;
   switch_context(here, co);
-  set_scope_deadline(resumer);
+  slot = resumer;
 }
 
 }  // namespace
@@ -39,7 +41,7 @@ ScopeEntry enter_scope(TimePoint deadline) noexcept {
     const TimePoint outer = co.scope_own;
     co.scope_own = deadline < outer ? deadline : outer;
     const TimePoint in_force = co.scope_own < co.scope_resumer ? co.scope_own : co.scope_resumer;
-    set_scope_deadline(in_force);
+    scope_slot() = in_force;
     return {outer, in_force};
   }
   const TimePoint outer = scope_deadline();
@@ -53,7 +55,7 @@ void leave_scope(TimePoint outer) noexcept {
   if (here.kind == ContextKind::coroutine) {
     auto& co = static_cast<CoroutineCore&>(here);
     co.scope_own = outer;
-    set_scope_deadline(outer < co.scope_resumer ? outer : co.scope_resumer);
+    scope_slot() = outer < co.scope_resumer ? outer : co.scope_resumer;
     return;
   }
   set_scope_deadline(outer);

@@ -371,11 +371,6 @@ void Scheduler::recover_deadlock() noexcept {
 
 // ---- the detail API -----------------------------------------------------------------------
 
-namespace {
-// The TimeoutScope deadline of a thread outside any fiber (a fiber's is in its record).
-constinit thread_local TimePoint tl_thread_scope = no_deadline;
-}  // namespace
-
 Fiber* current_fiber() noexcept {
   return tl_scheduler ? tl_scheduler->running() : nullptr;
 }
@@ -542,13 +537,11 @@ Wake block(WaitNode& node, TimePoint deadline, Unlink unlink, void* arg, bool un
 }
 
 TimePoint scope_deadline() noexcept {
-  const Fiber* f = current_fiber();
-  return f ? f->scope_deadline : tl_thread_scope;
+  return scope_slot();
 }
 
 TimePoint set_scope_deadline(TimePoint deadline) noexcept {
-  Fiber* f = current_fiber();
-  return std::exchange(f ? f->scope_deadline : tl_thread_scope, deadline);
+  return std::exchange(scope_slot(), deadline);
 }
 
 void wait_done_shielded(Fiber* fiber) noexcept {

@@ -127,6 +127,9 @@ class RuntimeCore;
 // The scheduler bound to this thread, or nullptr.
 inline constinit thread_local Scheduler* tl_scheduler = nullptr;
 
+// The TimeoutScope deadline of a thread outside any fiber (a fiber's is in its record).
+inline constinit thread_local TimePoint tl_thread_scope = no_deadline;
+
 // The hot paths (resume, yield, park) are inline and flat on purpose: every function return made
 // right after a stack switch mispredicts (the return-stack buffer holds the other context's
 // calls), so each frame between the switch and the code that continues costs a misprediction.
@@ -278,5 +281,13 @@ class Scheduler {
   Inbox inbox_;                       // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
 };
+
+// Where the TimeoutScope deadline in force for the caller lives: its fiber's record, or
+// tl_thread_scope outside fibers. Valid for as long as the caller runs. Inline: every coroutine
+// resume goes through it.
+inline TimePoint& scope_slot() noexcept {
+  Fiber* f = tl_scheduler ? tl_scheduler->running() : nullptr;
+  return f ? f->scope_deadline : tl_thread_scope;
+}
 
 }  // namespace skein::detail
