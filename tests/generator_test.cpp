@@ -174,6 +174,90 @@ TEST_SUITE("generator") {
     });
     CHECK(unwound == 1);
   }
+
+  TEST_CASE("a timeout scope opened in a generator body does not bound the consumer's waits") {
+    skein::run([] {
+      skein::Generator<int> g([](skein::Yield<int>& yield) {
+        skein::TimeoutScope scope(20ms);
+        yield(1);  // suspended inside the scope
+        yield(2);
+      });
+      CHECK(g.next() == 1);
+      const auto start = skein::Clock::now();
+      CHECK_NOTHROW(skein::sleep_for(50ms));  // the consumer's own wait: no scope of its
+      CHECK(skein::Clock::now() - start >= 50ms);
+      CHECK(skein::detail::scope_deadline() == skein::no_deadline);
+    });
+  }
+
+  TEST_CASE("a generator body's scope keeps bounding the body across its suspensions") {
+    skein::run([] {
+      skein::Generator<int> g([](skein::Yield<int>& yield) {
+        skein::TimeoutScope scope(20ms);
+        yield(1);
+        skein::sleep_for(10s);  // 20 ms after the scope opened, not 10 s
+        yield(2);
+      });
+      CHECK(g.next() == 1);
+      const auto start = skein::Clock::now();
+      try {
+        g.next();
+        FAIL("no timeout");
+      } catch (const std::system_error& e) {
+        CHECK(e.code() == std::errc::timed_out);
+      }
+      CHECK(skein::Clock::now() - start < 5s);
+    });
+  }
+
+  TEST_CASE("a generator ending its scope does not restore a scope the consumer has left") {
+    skein::run([] {
+      skein::Generator<int> g([](skein::Yield<int>& yield) {
+        {
+          skein::TimeoutScope scope(10s);
+          yield(1);
+        }
+        yield(2);
+      });
+      {
+        skein::TimeoutScope consumer(30ms);
+        CHECK(g.next() == 1);
+      }
+      CHECK(g.next() == 2);  // the body leaves its scope here
+      CHECK(skein::detail::scope_deadline() == skein::no_deadline);
+      CHECK_NOTHROW(skein::sleep_for(60ms));  // the consumer's old 30 ms scope is gone for good
+    });
+  }
+
+  TEST_CASE("the consumer's timeout scope bounds the waits of the body it resumes") {
+    skein::run([] {
+      skein::Generator<int> g([](skein::Yield<int>& yield) {
+        skein::sleep_for(10s);
+        yield(1);
+      });
+      skein::TimeoutScope consumer(20ms);
+      const auto start = skein::Clock::now();
+      try {
+        g.next();
+        FAIL("no timeout");
+      } catch (const std::system_error& e) {
+        CHECK(e.code() == std::errc::timed_out);
+      }
+      CHECK(skein::Clock::now() - start < 5s);
+    });
+  }
+
+  TEST_CASE("a generator's scope stays its own on a plain thread too") {
+    skein::Generator<int> g([](skein::Yield<int>& yield) {
+      skein::TimeoutScope scope(10ms);
+      yield(1);
+      yield(2);
+    });
+    CHECK(g.next() == 1);
+    CHECK(skein::detail::scope_deadline() == skein::no_deadline);
+    CHECK_NOTHROW(skein::sleep_for(30ms));
+    CHECK(g.next() == 2);
+  }
 }
 
 TEST_SUITE("coroutine") {
@@ -269,5 +353,24 @@ TEST_SUITE("coroutine") {
       co.resume(1);
     }
     CHECK(unwound == 1);
+  }
+
+  TEST_CASE("a timeout scope opened in a coroutine body does not bound the resumer's waits") {
+    skein::run([] {
+      skein::Coroutine<int, int> co([](skein::CoYield<int, int>& yield, int n) {
+        skein::TimeoutScope scope(20ms);
+        for (;;) n = yield(n);
+      });
+      CHECK(co.resume(1) == 1);
+      CHECK(skein::detail::scope_deadline() == skein::no_deadline);
+      CHECK_NOTHROW(skein::sleep_for(50ms));
+      {
+        skein::TimeoutScope resumer(30ms);
+        CHECK(co.resume(2) == 2);
+      }
+      co.close();  // unwinds the body, which leaves its scope
+      CHECK(skein::detail::scope_deadline() == skein::no_deadline);
+      CHECK_NOTHROW(skein::sleep_for(50ms));
+    });
   }
 }

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <random>
 #include <stdexcept>
@@ -47,7 +48,28 @@ TEST_SUITE("runtime") {
     CHECK(count == workers());
     CHECK(thread == caller);
     CHECK(skein::worker_count() == 1);  // outside a runtime
-    CHECK(skein::this_worker() == 0);
+  }
+
+  TEST_CASE("this_worker() outside a runtime is no_worker, never mistaken for worker 0") {
+    CHECK(skein::this_worker() == skein::no_worker);
+    CHECK(skein::run(options(), [] { return skein::this_worker(); }) == 0);
+    skein::Runtime rt(options());
+    CHECK(rt.spawn_on(0, [] { return skein::this_worker(); }).join() == 0);
+    CHECK(skein::this_worker() == skein::no_worker);  // this thread is outside rt
+  }
+
+  TEST_CASE("fiber ids stay small numbers, for fibers spawned from threads outside a Runtime too") {
+    skein::Runtime rt(options());
+    std::vector<std::uint64_t> ids;
+    for (int i = 0; i < 20; ++i)
+      ids.push_back(rt.spawn_on(static_cast<std::size_t>(i) % rt.worker_count(), [] {
+                        return skein::spawn([] { return skein::this_fiber::id(); }).join();
+                      }).join());
+    for (int i = 0; i < 20; ++i) ids.push_back(rt.spawn_on(0, [] { return skein::this_fiber::id(); }).join());
+    std::sort(ids.begin(), ids.end());
+    CHECK(std::adjacent_find(ids.begin(), ids.end()) == ids.end());  // unique
+    CHECK(ids.front() >= 1);
+    CHECK(ids.back() <= 100 * (rt.worker_count() + 1));
   }
 
   TEST_CASE("spawn_on runs a fiber on that worker's thread, and it stays there across waits") {
@@ -190,7 +212,7 @@ TEST_SUITE("runtime") {
 
   TEST_CASE("unpark races timeouts: each wake-up is delivered exactly once, to a fiber still waiting") {
     // Waiters park on a shared WaitList with short deadlines; wakers on other workers pop them and
-    // unpark. A wake_node that returns true must be received as Wake::notified, and only then.
+    // unpark. A notify_node that returns true must be received as Wake::notified, and only then.
     std::atomic<long> claimed{0}, notified{0}, timed_out{0};
     skein::run(options(), [&] {
       skein::detail::WaitList list;
@@ -219,7 +241,7 @@ TEST_SUITE("runtime") {
             {
               std::lock_guard lock(list.lock);
               if (skein::detail::WaitNode* n = list.pop_front())
-                if (skein::detail::wake_node(n)) ++claimed;
+                if (skein::detail::notify_node(n)) ++claimed;
             }
             skein::yield();
           }
@@ -283,13 +305,13 @@ TEST_SUITE("runtime") {
 
   TEST_CASE("Runtime: plain threads spawn fibers, join them (blocking), and time out waiting") {
     skein::Runtime rt(options());
-    CHECK(rt.workers() == workers());
+    CHECK(rt.worker_count() == workers());
     std::vector<std::thread> threads;
     std::atomic<int> sum{0};
     for (int t = 0; t < 4; ++t)
       threads.emplace_back([&rt, &sum, t] {
         for (int i = 0; i < 50; ++i) {
-          auto task = rt.spawn_on(static_cast<std::size_t>(t + i) % rt.workers(), [i] {
+          auto task = rt.spawn_on(static_cast<std::size_t>(t + i) % rt.worker_count(), [i] {
             skein::sleep_for(50us);
             return i;
           });
@@ -306,7 +328,7 @@ TEST_SUITE("runtime") {
     CHECK_FALSE(slow.wait_for(1ms));
     CHECK(slow.join() == 3);
 
-    auto sleeper = rt.spawn_on(rt.workers() - 1, [] { skein::sleep_for(60s); });
+    auto sleeper = rt.spawn_on(rt.worker_count() - 1, [] { skein::sleep_for(60s); });
     sleeper.cancel();  // from a plain thread
     CHECK(error_of([&] { sleeper.join(); }) == std::errc::operation_canceled);
 
@@ -419,7 +441,7 @@ TEST_SUITE("runtime") {
     std::atomic<int> done{0};
     {
       skein::Runtime rt(options());
-      for (std::size_t w = 0; w < rt.workers(); ++w)
+      for (std::size_t w = 0; w < rt.worker_count(); ++w)
         rt.spawn_on(w, [&done] {
             skein::sleep_for(20ms);
             ++done;

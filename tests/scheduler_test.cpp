@@ -3,11 +3,15 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -33,6 +37,17 @@ double cpu_seconds() {
 
 bool is(const std::system_error& e, std::errc c) {
   return e.code() == c;
+}
+
+// The std::errc of the std::system_error `f` throws, or errc{} if it returns.
+template <class F>
+std::errc error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::system_error& e) {
+    return static_cast<std::errc>(e.code().value());
+  }
+  return std::errc{};
 }
 
 }  // namespace
@@ -327,3 +342,113 @@ TEST_SUITE("scheduler") {
   }
 }
 #pragma GCC diagnostic pop
+
+// TSan makes each spawn cost about 20 ms (its shadow of a fresh stack), and adds nothing to a
+// test on one thread: the timer-lateness case skips it.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool under_tsan = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool under_tsan = true;
+#else
+constexpr bool under_tsan = false;
+#endif
+#else
+constexpr bool under_tsan = false;
+#endif
+
+TEST_SUITE("scheduler") {
+  TEST_CASE("a due timer is served within a few resumptions, not after a long round of the ready queue" *
+            doctest::skip(under_tsan)) {
+    // 400 fibers that compute for 400 us between yields make one round of the ready queue last
+    // about 160 ms; a sleeper whose deadline passes mid-round must not wait for the round's end
+    // (the bound: 16 resumptions, 6.4 ms here).
+    constexpr int kBusy = 400;
+    std::chrono::nanoseconds worst{0};
+    bool stop = false;  // outlives the main fiber, which ends before the busy ones
+    skein::run([&] {
+      for (int i = 0; i < kBusy; ++i)
+        skein::spawn([&stop] {
+          while (!stop) {
+            const auto until = skein::Clock::now() + 400us;
+            while (skein::Clock::now() < until) {
+            }
+            skein::yield();
+          }
+        }).detach();
+      for (int i = 0; i < 10; ++i) {
+        const auto due = skein::Clock::now() + 5ms;
+        skein::sleep_until(due);
+        worst = std::max<std::chrono::nanoseconds>(worst, skein::Clock::now() - due);
+      }
+      stop = true;
+    });
+    MESSAGE("worst lateness of a 5 ms sleep behind "
+            << kBusy << " busy fibers: " << std::chrono::duration<double, std::milli>(worst).count()
+            << " ms");
+    CHECK(worst < 60ms);
+  }
+
+  TEST_CASE("a NaN duration is rejected with invalid_argument by every call that converts one") {
+    const auto nan = std::chrono::duration<double>(std::numeric_limits<double>::quiet_NaN());
+    const auto nanf = std::chrono::duration<float, std::milli>(std::numeric_limits<float>::quiet_NaN());
+    constexpr auto invalid = std::errc::invalid_argument;
+    CHECK(error_of([&] { (void)skein::deadline_after(nan); }) == invalid);
+    CHECK(error_of([&] { (void)skein::Deadline(nan); }) == invalid);
+    CHECK(error_of([&] { (void)skein::Deadline(nanf); }) == invalid);
+    CHECK(error_of([&] { skein::sleep_for(nan); }) == invalid);  // on a plain thread
+    CHECK(error_of([&] { skein::TimeoutScope scope(nan); }) == invalid);
+    skein::run([&] {
+      CHECK(error_of([&] { skein::sleep_for(nan); }) == invalid);
+      CHECK(error_of([&] { skein::TimeoutScope scope(nanf); }) == invalid);
+      auto t = skein::spawn([] { skein::sleep_for(10ms); });
+      CHECK(error_of([&] { (void)t.wait_for(nan); }) == invalid);
+      CHECK(error_of([&] { t.join_for(nan); }) == invalid);
+      CHECK(error_of([&] { skein::with_timeout(nan, [] {}); }) == invalid);
+      skein::Mutex m;
+      std::unique_lock lock(m);
+      skein::ConditionVariable cv;
+      CHECK(error_of([&] { (void)cv.wait_for(lock, nan, [] { return false; }); }) == invalid);
+      CHECK(lock.owns_lock());
+      skein::Event e;
+      CHECK(error_of([&] { (void)e.wait_for(nan); }) == invalid);
+      skein::Channel<int> ch(1);
+      CHECK(error_of([&] { (void)ch.recv_for(nan); }) == invalid);
+      CHECK(error_of([&] { (void)skein::select(skein::on_recv(ch), skein::on_timeout(nan)); }) == invalid);
+      t.join();
+    });
+  }
+
+  TEST_CASE("an infinite or huge floating duration means no deadline, minus infinity means now") {
+    const double inf = std::numeric_limits<double>::infinity();
+    CHECK(skein::Deadline(std::chrono::duration<double>(inf)).never());
+    CHECK(skein::Deadline(std::chrono::duration<double>(1e300)).never());
+    CHECK(skein::Deadline(std::chrono::duration<float, std::ratio<3600>>(3e38f)).never());
+    CHECK(skein::Deadline(std::chrono::duration<long double>(1e4000L)).never());
+    const auto before = skein::Clock::now();
+    const auto past = skein::Deadline(std::chrono::duration<double>(-inf)).at();
+    CHECK(past >= before);
+    CHECK(past <= skein::Clock::now());
+    const auto near = skein::Deadline(std::chrono::duration<double>(0.05)).at();
+    CHECK(near >= before + 49ms);
+    CHECK(near < before + 10s);
+    skein::run([&] {
+      const auto start = skein::Clock::now();
+      skein::sleep_for(std::chrono::duration<double>(-inf));  // returns at once
+      CHECK(skein::Clock::now() - start < 5s);
+      auto t = skein::spawn([] { skein::sleep_for(5ms); });
+      CHECK(t.wait_for(std::chrono::duration<double>(inf)));
+    });
+  }
+}
+
+TEST_SUITE("scheduler") {
+  TEST_CASE("run's main fiber gets the stack size RuntimeOptions asks for") {
+    skein::RuntimeOptions options{1};
+    options.main_stack_size = 4 << 20;
+    const std::size_t size = skein::run(options, [] { return skein::detail::current_fiber()->stack.size; });
+    CHECK(size >= std::size_t{4} << 20);
+    const std::size_t plain = skein::run([] { return skein::detail::current_fiber()->stack.size; });
+    CHECK(plain < std::size_t{4} << 20);
+  }
+}

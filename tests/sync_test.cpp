@@ -21,6 +21,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <exception>
@@ -121,7 +122,7 @@ TEST_SUITE("sync") {
       skein::Mutex m;
       CHECK(m.try_lock());
       CHECK_FALSE(m.try_lock());
-      CHECK_FALSE(m.try_lock_for(1ms));
+      CHECK(error_of([&] { (void)m.try_lock_for(1ms); }) == std::errc::resource_deadlock_would_occur);
       m.unlock();
       {
         std::unique_lock lock(m, 10ms);  // TimedLockable: try_lock_for
@@ -1873,5 +1874,93 @@ TEST_SUITE("sync") {
     CHECK(error_of([&] { wg.add(std::numeric_limits<std::ptrdiff_t>::min()); }) ==
           std::errc::invalid_argument);
     CHECK(wg.count() == 3);
+  }
+
+  TEST_CASE(
+      "locking a Mutex again from the fiber or thread that holds it throws resource_deadlock_would_occur") {
+    constexpr auto deadlock = std::errc::resource_deadlock_would_occur;
+    skein::run(options(), [&] {
+      skein::Mutex m;
+      std::lock_guard held(m);
+      skein::TimeoutScope bound(2s);  // a hang would end here, as timed_out
+      CHECK(error_of([&] { m.lock(); }) == deadlock);
+      CHECK(error_of([&] { (void)m.try_lock_for(100ms); }) == deadlock);
+      CHECK_FALSE(m.try_lock());
+    });
+    skein::Mutex m;
+    std::lock_guard held(m);
+    skein::TimeoutScope bound(2s);
+    CHECK(error_of([&] { m.lock(); }) == deadlock);
+  }
+
+  TEST_CASE("a Mutex handed to a waiter is not taken for recursion when its old owner locks it again") {
+    skein::run(options(), [&] {
+      skein::Mutex m;
+      std::atomic<int> queued{0};
+      m.lock();
+      auto waiter = skein::spawn_on(far(1), [&] {
+        ++queued;
+        REQUIRE(m.try_lock_for(5s));  // handed the lock by the unlock below
+        skein::sleep_for(20ms);
+        m.unlock();
+      });
+      while (queued.load() == 0) skein::sleep_for(1ms);
+      skein::sleep_for(20ms);
+      m.unlock();
+      CHECK(m.try_lock_for(5s));  // waits for the waiter, never "recursive"
+      m.unlock();
+      waiter.join();
+    });
+  }
+
+  TEST_CASE("unlocking a Mutex that is not locked aborts with a message") {
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      std::signal(SIGABRT, SIG_DFL);
+      std::freopen("/dev/null", "w", stderr);
+      skein::Mutex m;
+      m.unlock();
+      _exit(0);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFSIGNALED(status));
+    CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT));
+  }
+
+  TEST_CASE("ConditionVariable::wait_for and Barrier::arrive_and_wait_for time out like every other wait") {
+    skein::run(options(), [] {
+      skein::Mutex m;
+      skein::ConditionVariable cv;
+      std::unique_lock lock(m);
+      auto start = skein::Clock::now();
+      CHECK_FALSE(cv.wait_for(lock, 50ms));
+      CHECK(lock.owns_lock());
+      CHECK(skein::Clock::now() - start >= 50ms);
+      lock.unlock();
+      skein::Barrier b(2);
+      start = skein::Clock::now();
+      CHECK(b.arrive_and_wait_for(50ms) == std::nullopt);  // the arrival is withdrawn
+      CHECK(skein::Clock::now() - start >= 50ms);
+      auto other = skein::spawn_on(far(1), [&b] { return b.arrive_and_wait_for(5s); });
+      const std::optional<bool> mine = b.arrive_and_wait_for(5s);
+      const std::optional<bool> theirs = other.join();
+      REQUIRE(mine.has_value());
+      REQUIRE(theirs.has_value());
+      CHECK(*mine != *theirs);  // exactly one is the last to arrive
+      // Notified within the time: true.
+      std::atomic<bool> ready{false};
+      auto notifier = skein::spawn_on(far(1), [&] {
+        skein::sleep_for(10ms);
+        std::lock_guard g(m);
+        ready = true;
+        cv.notify_all();
+      });
+      lock.lock();
+      CHECK(cv.wait_for(lock, 5s, [&] { return ready.load(); }));
+      lock.unlock();
+      notifier.join();
+    });
   }
 }

@@ -58,7 +58,7 @@ Wake park_in(WaitSlot& slot, TimePoint deadline) noexcept {
 }
 
 // Any thread.
-void wake(WaitSlot& slot) noexcept {
+void notify(WaitSlot& slot) noexcept {
   std::lock_guard guard(slot.lock);
   if (Fiber* f = std::exchange(slot.waiter, nullptr)) detail::unpark(f);
 }
@@ -159,7 +159,7 @@ struct Server::Source {
       std::lock_guard guard(lock);
       handed.emplace_back(std::move(stream), peer);
     }
-    wake(waiter);
+    notify(waiter);
   }
 };
 
@@ -191,9 +191,9 @@ struct Server::State {
       if (!state) return;
       --state->active;
       state->connections.erase(key);  // drops the handle: the fiber is then detached
-      wake(state->acceptor_waiter);
-      if (state->upstream) wake(*state->upstream);
-      if (state->stop_requested && state->active == 0) wake(state->server_waiter);
+      notify(state->acceptor_waiter);
+      if (state->upstream) notify(*state->upstream);
+      if (state->stop_requested && state->active == 0) notify(state->server_waiter);
     }
   };
 
@@ -268,7 +268,7 @@ std::uint64_t Server::accepted() const noexcept {
 
 void Server::stop() noexcept {
   state_->stop_requested = true;
-  wake(state_->server_waiter);
+  notify(state_->server_waiter);
 }
 
 namespace {
@@ -390,7 +390,7 @@ void Server::serve_from(Source& source, Handler handler, const Address* announce
       State& st;
       ~Done() {
         st.stop_requested = true;
-        wake(st.server_waiter);
+        notify(st.server_waiter);
       }
     } done{st};
     st.accept_loop(source);

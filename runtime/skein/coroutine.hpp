@@ -57,6 +57,16 @@ class CoYield {
 
 template <class In, class Out, class R = void>
 class Coroutine {
+  static_assert(!std::is_void_v<In>,
+                "skein::Coroutine<void, Out>: with nothing to send in, use skein::Generator<Out>, or "
+                "send a placeholder such as std::monostate");
+  static_assert(!std::is_void_v<Out>,
+                "skein::Coroutine<In, void>: the body must yield values; send a placeholder such as "
+                "std::monostate");
+  static_assert(!std::is_reference_v<In> && !std::is_reference_v<Out> && !std::is_reference_v<R>,
+                "skein::Coroutine: In, Out and R are values; for references use pointers or "
+                "std::reference_wrapper");
+
   using Channel = detail::CoroutineChannel<In, Out>;
 
   struct Result : Channel {

@@ -52,6 +52,12 @@ class Yield {
 
 template <class T>
 class Generator {
+  static_assert(!std::is_reference_v<T>,
+                "skein::Generator<T&>: a generator yields values; for references yield pointers or "
+                "std::reference_wrapper<T>");
+  static_assert(!std::is_void_v<T>, "skein::Generator<void>: a generator must yield values");
+  static_assert(std::is_move_constructible_v<T>, "skein::Generator<T>: T must be move-constructible");
+
   template <class F>
   struct Impl final : detail::GeneratorCore<T> {
     explicit Impl(F&& f) : fn(std::move(f)) {}

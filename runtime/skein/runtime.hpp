@@ -25,6 +25,9 @@ struct RuntimeOptions {
   // anybody being woken: the sender saves a cross-CPU wake-up, the worker spends CPU while idle.
   // 0 (the default) sleeps at once. See docs/threading.md.
   std::chrono::microseconds spin_before_sleep{0};
+  // The stack of the fiber skein::run starts for its function ("main"), like FiberOptions's
+  // (reserved bytes, committed as touched). Runtime, which has no main fiber, ignores it.
+  std::size_t main_stack_size = default_stack_size;
 };
 
 namespace detail {
@@ -66,12 +69,15 @@ auto spawn_into(RuntimeCore& core, std::size_t worker, FiberOptions options, F&&
 template <class F>
 auto run(RuntimeOptions options, F&& f) -> std::invoke_result_t<std::decay_t<F>&> {
   detail::RunScope scope(options.workers, options.spin_before_sleep);
-  auto main = spawn(FiberOptions{"main"}, std::forward<F>(f));
+  auto main = spawn(FiberOptions{"main", options.main_stack_size}, std::forward<F>(f));
   scope.loop();
   return main.join();
 }
 
-// The calling fiber's worker index, 0 .. worker_count() - 1; 0 outside a runtime.
+// this_worker()'s answer on a thread that is no runtime's worker: no worker has this index.
+inline constexpr std::size_t no_worker = static_cast<std::size_t>(-1);
+
+// The calling fiber's worker index, 0 .. worker_count() - 1; no_worker outside a runtime.
 std::size_t this_worker() noexcept;
 
 // How many workers the calling fiber's runtime has; 1 outside a runtime.
@@ -101,7 +107,8 @@ class Runtime {
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
-  std::size_t workers() const noexcept;
+  // How many workers it has (RuntimeOptions::workers, 0 resolved to the number of cores).
+  std::size_t worker_count() const noexcept;
 
   // Starts `f` on worker `worker`. Any thread, fiber or not.
   template <class F>

@@ -32,14 +32,17 @@ namespace skein {
 
 // A mutual-exclusion lock that parks fibers (std::mutex blocks the whole worker). Meets the
 // standard Lockable and TimedLockable requirements: std::lock_guard, std::unique_lock and
-// std::scoped_lock work with it. Not recursive; unlock only what you locked.
+// std::scoped_lock work with it. Not recursive, and it checks: lock() or try_lock_until() from the
+// fiber (or plain thread) that holds it throws resource_deadlock_would_occur instead of waiting
+// forever, and unlock() of a mutex nobody holds aborts with a message (a broken invariant: unlock
+// runs in destructors, and carrying on would let two owners in). Unlock only what you locked.
 class Mutex {
  public:
   Mutex() = default;
   Mutex(const Mutex&) = delete;
   Mutex& operator=(const Mutex&) = delete;
 
-  // Waits until the lock is the caller's.
+  // Waits until the lock is the caller's. Throws resource_deadlock_would_occur if it is already.
   void lock();
   // Takes the lock if it is free and nobody is queued for it; never waits.
   bool try_lock() noexcept;
@@ -49,7 +52,8 @@ class Mutex {
   bool try_lock_for(std::chrono::duration<Rep, Period> d) {
     return try_lock_until(d);
   }
-  // Releases the lock, handing it to the oldest waiter if there is one. Any thread or fiber.
+  // Releases the lock, handing it to the oldest waiter if there is one. Any thread or fiber (a
+  // std::unique_lock may move); aborts if the mutex is not locked.
   void unlock() noexcept;
 
  private:
@@ -60,6 +64,10 @@ class Mutex {
 
   detail::WaitList waiters_;  // its lock guards locked_
   bool locked_ = false;
+  // Who holds it (a Fiber, or a plain thread's token), for the recursion check; null while a
+  // hand-off is on its way to a waiter, which then records itself. Atomic because the new owner
+  // writes it outside the lock; only its own owner can ever find itself there.
+  std::atomic<const void*> owner_{nullptr};
 };
 
 // Waits for a condition guarded by a Mutex, like std::condition_variable. Notifications reach
@@ -88,6 +96,11 @@ class ConditionVariable {
     while (!pred())
       if (!wait_until(lock, deadline)) return pred();
     return true;
+  }
+  // As wait(), for at most `d`: false if it passed without a notification.
+  template <class Rep, class Period>
+  bool wait_for(std::unique_lock<Mutex>& lock, std::chrono::duration<Rep, Period> d) {
+    return wait_until(lock, d);
   }
   template <class Rep, class Period, class Pred>
   bool wait_for(std::unique_lock<Mutex>& lock, std::chrono::duration<Rep, Period> d, Pred pred) {
@@ -203,6 +216,10 @@ class Barrier {
   // needs a party. (If the phase completed just as the wait ended otherwise, it counts as
   // released and returns false; a cancel then takes effect at the next wait.)
   std::optional<bool> arrive_and_wait_until(Deadline deadline);
+  template <class Rep, class Period>
+  std::optional<bool> arrive_and_wait_for(std::chrono::duration<Rep, Period> d) {
+    return arrive_and_wait_until(d);
+  }
   std::size_t parties() const noexcept { return parties_; }
 
  private:

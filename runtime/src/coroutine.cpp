@@ -1,6 +1,9 @@
+#include "scheduler.hpp"
 #include "switch.hpp"
 
 #include <skein/detail/coroutine.hpp>
+#include <skein/detail/fiber.hpp>
+#include <skein/timeout.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -17,7 +20,46 @@ namespace {
   exit_context(co, *co.caller);
 }
 
+// Switches into `co` with the TimeoutScopes right for it, and back: while the body runs, the
+// deadline in force is the earlier of the resumer's and the body's own; the resumer gets its own
+// back whether the body yielded, finished or unwound.
+void enter_body(ExecContext& here, CoroutineCore& co) noexcept {
+  TimePoint& slot = scope_slot();
+  const TimePoint resumer = slot;
+  co.scope_resumer = resumer;
+  if (co.scope_own < resumer) slot = co.scope_own;
+  switch_context(here, co);
+  slot = resumer;
+}
+
 }  // namespace
+
+ScopeEntry enter_scope(TimePoint deadline) noexcept {
+  ExecContext& here = running_context();
+  if (here.kind == ContextKind::coroutine) {
+    auto& co = static_cast<CoroutineCore&>(here);
+    const TimePoint outer = co.scope_own;
+    co.scope_own = deadline < outer ? deadline : outer;
+    const TimePoint in_force = co.scope_own < co.scope_resumer ? co.scope_own : co.scope_resumer;
+    scope_slot() = in_force;
+    return {outer, in_force};
+  }
+  const TimePoint outer = scope_deadline();
+  const TimePoint in_force = deadline < outer ? deadline : outer;
+  set_scope_deadline(in_force);
+  return {outer, in_force};
+}
+
+void leave_scope(TimePoint outer) noexcept {
+  ExecContext& here = running_context();
+  if (here.kind == ContextKind::coroutine) {
+    auto& co = static_cast<CoroutineCore&>(here);
+    co.scope_own = outer;
+    scope_slot() = outer < co.scope_resumer ? outer : co.scope_resumer;
+    return;
+  }
+  set_scope_deadline(outer);
+}
 
 void coroutine_prepare(CoroutineCore& co, Stack stack) noexcept {
   co.stack = stack;
@@ -34,7 +76,7 @@ void coroutine_resume(CoroutineCore& co) {
   ExecContext& here = running_context();
   co.caller = &here;
   co.state = CoState::running;
-  switch_context(here, co);
+  enter_body(here, co);
 }
 
 void coroutine_suspend(CoroutineCore& co) {
@@ -62,7 +104,7 @@ void coroutine_destroy(CoroutineCore* co) noexcept {
     ExecContext& here = running_context();
     co->caller = &here;
     co->state = CoState::running;
-    switch_context(here, *co);
+    enter_body(here, *co);
   }
   const Stack stack = co->stack;
   discard_context(*co);

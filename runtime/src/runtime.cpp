@@ -212,7 +212,7 @@ Runtime::~Runtime() {
   }
 }
 
-std::size_t Runtime::workers() const noexcept {
+std::size_t Runtime::worker_count() const noexcept {
   return core_->size();
 }
 
@@ -227,7 +227,7 @@ void Runtime::shutdown() {
 
 std::size_t this_worker() noexcept {
   const detail::Scheduler* s = detail::Scheduler::current();
-  return s ? s->index() : 0;
+  return s ? s->index() : no_worker;
 }
 
 std::size_t worker_count() noexcept {

@@ -51,9 +51,13 @@ class RuntimeCore {
   // has not ended (it holds a count, or wakes a fiber parked in it).
   void post_from_outside(Scheduler& s, RemoteNode* n) noexcept;
 
-  // Fiber ids for spawns from threads outside the runtime (workers number their own).
+  // Fiber ids stay small and unique without a shared counter on the spawn path: the sources of
+  // spawns (each worker, and for a Runtime the threads outside it, together) take turns through
+  // the numbers, source k of id_stride() handing out k + 1, k + 1 + id_stride(), ...
+  std::uint64_t id_stride() const noexcept { return workers_.size() + (caller_is_worker_ ? 0 : 1); }
+  // An id for a spawn from a thread outside the runtime: the last source's turn.
   std::uint64_t next_outside_id() noexcept {
-    return (std::uint64_t{1} << 63) | next_outside_id_.fetch_add(1, std::memory_order_relaxed);
+    return next_outside_id_.fetch_add(1, std::memory_order_relaxed) * id_stride() + workers_.size() + 1;
   }
 
   // RuntimeOptions::spin_before_sleep.
@@ -73,7 +77,7 @@ class RuntimeCore {
   std::vector<std::thread> threads_;
   std::unique_ptr<Scheduler> caller_worker_;          // worker 0 when caller_is_worker
   alignas(64) std::atomic<std::int64_t> pending_{1};  // see retain(); starts with the token
-  alignas(64) std::atomic<std::uint64_t> next_outside_id_{1};
+  alignas(64) std::atomic<std::uint64_t> next_outside_id_{0};
   std::atomic<std::size_t> outside_posters_{0};  // threads inside post_from_outside
   bool caller_is_worker_;
   const std::chrono::nanoseconds spin_;

@@ -191,12 +191,11 @@ void Scheduler::unbind() noexcept {
 void Scheduler::prepare(Fiber* f, Stack stack, std::string name) noexcept {
   f->stack = stack;
   f->scheduler = this;
-  // Ids are unique in the runtime without a shared counter: worker k of n hands out k + 1,
-  // k + 1 + n, ... for the fibers its own fibers spawn; threads outside the runtime use the
-  // runtime's counter, in the upper half.
+  // Ids are small and unique in the runtime without a shared counter (RuntimeCore::id_stride):
+  // worker k hands out k + 1, k + 1 + stride, ... for the fibers its own fibers spawn.
   Scheduler* spawner = tl_scheduler;
   if (spawner && spawner->runtime_ == runtime_)
-    f->id = spawner->spawned_++ * runtime_->size() + spawner->index_ + 1;
+    f->id = spawner->spawned_++ * runtime_->id_stride() + spawner->index_ + 1;
   else
     f->id = runtime_->next_outside_id();
   f->name = std::move(name);
@@ -228,8 +227,14 @@ void Scheduler::loop() {
   for (;;) {
     if (spin_.count() > 0 && !ready_.empty()) busy_until_ = Clock::now() + spin_;
     // One round: the fibers ready now. Those they make ready run next round, after timers,
-    // messages and I/O have had their turn, so a busy fiber cannot starve a sleeping one.
+    // messages and I/O have had their turn, so a busy fiber cannot starve a sleeping one. A timer
+    // that falls due mid-round does not wait for the round's end: every timer_check_interval
+    // resumptions its fiber is moved to the front and joins this round.
     for (std::size_t n = ready_.size(); n > 0; --n) {
+      if (--until_timer_check_ == 0) {
+        until_timer_check_ = timer_check_interval;
+        if (!timers_.empty()) n += serve_due_timers();
+      }
       Fiber* f = ready_.pop();
       // With thousands of fibers their records and saved frames are cold (each lives on its own
       // stack). Start loading the next two while this one runs: the next one's saved frame (its
@@ -281,7 +286,7 @@ void Scheduler::drain_inbox() noexcept {
         start_local(f);
         runtime_->release();  // the count the message held
         break;
-      case RemoteNode::Kind::wake:
+      case RemoteNode::Kind::deliver:
         make_ready(f, Wake::notified);
         break;
       case RemoteNode::Kind::cancel:
@@ -314,7 +319,7 @@ void Scheduler::finish(Fiber* f) noexcept {
   if (--live_count_ == 0) runtime_->release();
 }
 
-void Scheduler::wake(Fiber* f, Wake why) noexcept {
+void Scheduler::interrupt(Fiber* f, Wake why) noexcept {
   if (f->state != FiberState::parked) return;
   if (f->claimed.exchange(true, std::memory_order_acquire)) {
     // A waker on another thread won this wake-up; its message will make the fiber ready. The
@@ -336,11 +341,21 @@ void Scheduler::make_ready(Fiber* f, Wake why) noexcept {
 
 void Scheduler::cancel(Fiber* f) noexcept {
   f->cancel_requested.store(true, std::memory_order_relaxed);
-  if (!f->shielded) wake(f, Wake::cancelled);
+  if (!f->shielded) interrupt(f, Wake::cancelled);
 }
 
 void Scheduler::fire_timers(TimePoint now) noexcept {
-  while (!timers_.empty() && timers_.top()->deadline <= now) wake(timers_.top(), Wake::timed_out);
+  while (!timers_.empty() && timers_.top()->deadline <= now) interrupt(timers_.top(), Wake::timed_out);
+}
+
+std::size_t Scheduler::serve_due_timers() noexcept {
+  const TimePoint now = Clock::now();
+  if (timers_.top()->deadline > now) return 0;
+  Fiber* mark = ready_.back();
+  const std::size_t before = ready_.size();
+  fire_timers(now);
+  ready_.move_to_front_after(mark);
+  return ready_.size() - before;
 }
 
 void Scheduler::recover_deadlock() noexcept {
@@ -361,11 +376,6 @@ void Scheduler::recover_deadlock() noexcept {
 }
 
 // ---- the detail API -----------------------------------------------------------------------
-
-namespace {
-// The TimeoutScope deadline of a thread outside any fiber (a fiber's is in its record).
-constinit thread_local TimePoint tl_thread_scope = no_deadline;
-}  // namespace
 
 Fiber* current_fiber() noexcept {
   return tl_scheduler ? tl_scheduler->running() : nullptr;
@@ -427,15 +437,15 @@ void deliver(Wakeup w) noexcept {
       s->make_ready(f, Wake::notified);
     } else {
       // The fiber is parked, so its worker has a live fiber and its runtime a count.
-      f->post_node.kind = RemoteNode::Kind::wake;
+      f->post_node.kind = RemoteNode::Kind::deliver;
       post_to(*s, &f->post_node);
     }
   } else if (w.thread) {
-    w.thread->wake.release();
+    w.thread->delivered.release();
   }
 }
 
-bool wake_node(WaitNode* node) noexcept {
+bool notify_node(WaitNode* node) noexcept {
   if (!claim(node)) return false;
   deliver(wakeup_of(node));
   return true;
@@ -533,13 +543,13 @@ Wake block_thread(ThreadWaiter& thread, TimePoint deadline, Unlink unlink, void*
   const TimePoint scope = tl_thread_scope;
   const TimePoint until = scope < deadline ? scope : deadline;
   if (until == no_deadline) {
-    thread.wake.acquire();
+    thread.delivered.acquire();
     return Wake::notified;
   }
-  if (thread.wake.try_acquire_until(until)) return Wake::notified;
+  if (thread.delivered.try_acquire_until(until)) return Wake::notified;
   if (thread.claimed.exchange(true, std::memory_order_acq_rel)) {
     // A waker won the wake-up just as the deadline passed; its release is on its way.
-    thread.wake.acquire();
+    thread.delivered.acquire();
     return Wake::notified;
   }
   if (unlink) unlink(nullptr, arg);
@@ -554,13 +564,11 @@ Wake block(WaitNode& node, TimePoint deadline, Unlink unlink, void* arg, bool un
 }
 
 TimePoint scope_deadline() noexcept {
-  const Fiber* f = current_fiber();
-  return f ? f->scope_deadline : tl_thread_scope;
+  return scope_slot();
 }
 
 TimePoint set_scope_deadline(TimePoint deadline) noexcept {
-  Fiber* f = current_fiber();
-  return std::exchange(f ? f->scope_deadline : tl_thread_scope, deadline);
+  return std::exchange(scope_slot(), deadline);
 }
 
 void wait_done_shielded(Fiber* fiber) noexcept {

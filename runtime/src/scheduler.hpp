@@ -33,6 +33,17 @@ class ReadyQueue {
     ++size_;
   }
   Fiber* front() const noexcept { return head_; }
+  Fiber* back() const noexcept { return tail_; }
+  // Moves the fibers queued after `mark` (the back before they were pushed; null if the queue was
+  // empty then) ahead of the others, keeping their order.
+  void move_to_front_after(Fiber* mark) noexcept {
+    if (!mark || mark == tail_) return;
+    Fiber* first = mark->next_ready;
+    mark->next_ready = nullptr;
+    tail_->next_ready = head_;
+    head_ = first;
+    tail_ = mark;
+  }
   Fiber* pop() noexcept {
     Fiber* f = head_;
     head_ = f->next_ready;
@@ -116,6 +127,9 @@ class RuntimeCore;
 // The scheduler bound to this thread, or nullptr.
 inline constinit thread_local Scheduler* tl_scheduler = nullptr;
 
+// The TimeoutScope deadline of a thread outside any fiber (a fiber's is in its record).
+inline constinit thread_local TimePoint tl_thread_scope = no_deadline;
+
 // The hot paths (resume, yield, park) are inline and flat on purpose: every function return made
 // right after a stack switch mispredicts (the return-stack buffer holds the other context's
 // calls), so each frame between the switch and the code that continues costs a misprediction.
@@ -197,9 +211,9 @@ class Scheduler {
     if (f->wake == Wake::timed_out && until < deadline) return Wake::expired;
     return f->wake;
   }
-  // This thread: ends `f`'s wait with `why` (a deadline or a cancel) if nobody else won its
-  // wake-up first.
-  void wake(Fiber* f, Wake why) noexcept;
+  // This thread: interrupts `f`'s wait, ending it with `why` (a deadline or a cancel), if nobody
+  // else claimed its wake-up first.
+  void interrupt(Fiber* f, Wake why) noexcept;
   // This thread: makes `f`, parked and its wake-up won by the caller, ready with `why`.
   void make_ready(Fiber* f, Wake why) noexcept;
   // This thread.
@@ -240,6 +254,9 @@ class Scheduler {
   }
   void finish(Fiber* f) noexcept;
   void fire_timers(TimePoint now) noexcept;
+  // Mid-round: fires the timers that are due and moves their fibers to the front of the ready
+  // queue; returns how many it made ready.
+  std::size_t serve_due_timers() noexcept;
   void drain_inbox() noexcept;
   void idle();
   void recover_deadlock() noexcept;
@@ -252,6 +269,12 @@ class Scheduler {
   Fiber* running_ = nullptr;
   ReadyQueue ready_;
   TimerHeap timers_;
+  // A round of the ready queue looks at the clock every this many resumptions while timers are
+  // pending, so a due timer waits for at most that many other fibers, not for the whole round
+  // (docs/architecture.md, "Timer lateness"). A clock read costs about two switches: every 16th
+  // resumption keeps it under 1 ns of a switch's cost.
+  static constexpr unsigned timer_check_interval = 16;
+  unsigned until_timer_check_ = timer_check_interval;
   Fiber* live_ = nullptr;  // every started, unfinished fiber (through prev_live/next_live)
   std::size_t live_count_ = 0;
   std::uint64_t spawned_ = 0;         // fibers spawned from this worker (for their ids)
@@ -261,5 +284,13 @@ class Scheduler {
   Inbox inbox_;                       // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
 };
+
+// Where the TimeoutScope deadline in force for the caller lives: its fiber's record, or
+// tl_thread_scope outside fibers. Valid for as long as the caller runs. Inline: every coroutine
+// resume goes through it.
+inline TimePoint& scope_slot() noexcept {
+  Fiber* f = tl_scheduler ? tl_scheduler->running() : nullptr;
+  return f ? f->scope_deadline : tl_thread_scope;
+}
 
 }  // namespace skein::detail

@@ -4,6 +4,8 @@
 
 #include <skein/detail/wait_queue.hpp>
 
+#include <cstdio>
+#include <cstdlib>
 #include <future>
 #include <mutex>
 #include <system_error>
@@ -29,10 +31,17 @@ bool wait_in(detail::WaitList& list, std::unique_lock<detail::SpinLock>& lock, T
 }
 
 // Wakes every waiter on `list`; `lock` holds its lock and is released here.
-void wake_all(detail::WaitList& list, std::unique_lock<detail::SpinLock>& lock) noexcept {
+void notify_all_in(detail::WaitList& list, std::unique_lock<detail::SpinLock>& lock) noexcept {
   detail::WaitNode* woken = detail::claim_all(list);
   lock.unlock();
   detail::deliver_all(woken);
+}
+
+// The identity of the caller, for Mutex's recursion check: its fiber, or a token per plain thread.
+const void* self_id() noexcept {
+  static constinit thread_local char thread_token = 0;
+  if (const detail::Fiber* f = detail::current_fiber()) return f;
+  return &thread_token;
 }
 
 [[noreturn]] void invalid(const char* what) {
@@ -51,23 +60,36 @@ bool Mutex::try_lock() noexcept {
   std::lock_guard g(waiters_.lock);
   if (locked_) return false;
   locked_ = true;
+  owner_.store(self_id(), std::memory_order_relaxed);
   return true;
 }
 
 bool Mutex::try_lock_until(Deadline deadline) {
+  const void* self = self_id();
   std::unique_lock g(waiters_.lock);
   if (!locked_) {
     locked_ = true;
+    owner_.store(self, std::memory_order_relaxed);
     return true;
   }
+  if (owner_.load(std::memory_order_relaxed) == self)
+    throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
+                            "skein::Mutex::lock: the caller already holds this mutex");
   // Woken means handed the lock: unlock() leaves locked_ set for the waiter it picks.
-  return wait_in(waiters_, g, deadline.at());
+  if (!wait_in(waiters_, g, deadline.at())) return false;
+  owner_.store(self, std::memory_order_relaxed);
+  return true;
 }
 
 void Mutex::unlock() noexcept {
   detail::Wakeup next;
   {
     std::lock_guard g(waiters_.lock);
+    if (!locked_) {
+      std::fputs("skein::Mutex::unlock: the mutex is not locked; aborting\n", stderr);
+      std::abort();
+    }
+    owner_.store(nullptr, std::memory_order_relaxed);
     next = detail::claim_one(waiters_);
     if (!next) locked_ = false;
   }
@@ -117,7 +139,7 @@ void ConditionVariable::notify_one() noexcept {
 
 void ConditionVariable::notify_all() noexcept {
   std::unique_lock g(waiters_.lock);
-  wake_all(waiters_, g);
+  notify_all_in(waiters_, g);
 }
 
 // ---- Event ----------------------------------------------------------------------------------
@@ -125,7 +147,7 @@ void ConditionVariable::notify_all() noexcept {
 void Event::set() noexcept {
   std::unique_lock g(waiters_.lock);
   set_.store(true, std::memory_order_release);
-  wake_all(waiters_, g);
+  notify_all_in(waiters_, g);
 }
 
 void Event::clear() noexcept {
@@ -201,7 +223,7 @@ void WaitGroup::add(std::ptrdiff_t n) {
       n < 0 ? std::size_t{0} - static_cast<std::size_t>(n) : static_cast<std::size_t>(n);
   if (n < 0 && magnitude > count_) invalid("skein::WaitGroup: count would go below zero");
   count_ = n < 0 ? count_ - magnitude : count_ + magnitude;
-  if (count_ == 0) wake_all(waiters_, g);
+  if (count_ == 0) notify_all_in(waiters_, g);
 }
 
 void WaitGroup::wait() {
@@ -249,7 +271,7 @@ std::optional<bool> Barrier::arrive_and_wait_until(Deadline deadline) {
   std::unique_lock g(waiters_.lock);
   if (++arrived_ == parties_) {
     arrived_ = 0;
-    wake_all(waiters_, g);
+    notify_all_in(waiters_, g);
     return true;
   }
   detail::ThreadWaiter thread;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <skein/detail/exec_context.hpp>
+#include <skein/time.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -39,6 +40,11 @@ struct CoroutineCore : ExecContext {
   std::exception_ptr error;
   CoState state = CoState::created;
   bool unwinding = false;
+  // TimeoutScopes belong to the context that opened them. `scope_own`: the innermost scope opened
+  // in the body, kept across suspensions; `scope_resumer`: while the body runs, the deadline in
+  // force for its resumer, which bounds the body's waits too (the resumer waits with it).
+  TimePoint scope_own = no_deadline;
+  TimePoint scope_resumer = no_deadline;
 };
 
 // Places the context of a constructed core at the top of `stack`, below the core itself.

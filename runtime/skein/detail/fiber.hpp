@@ -110,7 +110,7 @@ class SKEIN_SCOPED_CAPABILITY SpinGuard {
 // A plain thread (no fiber) blocked in a wait. `claimed` plays the part of Fiber::claimed: exactly
 // one of a waker and the thread's own timeout wins the wake-up.
 struct ThreadWaiter {
-  std::binary_semaphore wake{0};
+  std::binary_semaphore delivered{0};
   std::atomic<bool> claimed{false};
 };
 
@@ -180,17 +180,17 @@ inline Wakeup wakeup_of(const WaitNode* node) noexcept {
 // another thread's), a thread's semaphore released. Does nothing for an empty Wakeup.
 void deliver(Wakeup w) noexcept;
 
-// claim() then deliver(): the plain wake-up of a node just popped from its list.
-bool wake_node(WaitNode* node) noexcept;
+// claim() then deliver(): notifies the waiter of a node just popped from its list.
+bool notify_node(WaitNode* node) noexcept;
 
 // A message to a scheduler from another thread, linked into its inbox. Each fiber carries its own
 // two, so posting never allocates: at most one start-or-wake and one cancel is in flight per fiber.
 struct RemoteNode {
   enum class Kind : std::uint8_t {
-    start,   // a fiber spawned from another thread: link it and make it ready
-    wake,    // a wake-up claimed on another thread: make the parked fiber ready
-    cancel,  // Task::cancel from another thread: cancel here, then drop the reference it held
-    stop,    // the runtime has ended: leave the loop
+    start,    // a fiber spawned from another thread: link it and make it ready
+    deliver,  // a wake-up claimed on another thread: make the parked fiber ready
+    cancel,   // Task::cancel from another thread: cancel here, then drop the reference it held
+    stop,     // the runtime has ended: leave the loop
   };
   RemoteNode* next = nullptr;
   struct Fiber* fiber = nullptr;
