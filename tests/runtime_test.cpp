@@ -349,7 +349,7 @@ TEST_SUITE("runtime") {
         const std::errc e = error_of([&] { got += task.join() + 1; });
         if (e == std::errc::invalid_argument) ++refused;
       };
-      auto fiber = rt.spawn_on(rt.workers() - 1, join_it);
+      auto fiber = rt.spawn_on(rt.worker_count() - 1, join_it);
       auto other = rt.spawn_on(0, join_it);
       std::thread thread(join_it);
       thread.join();
