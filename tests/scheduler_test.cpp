@@ -318,12 +318,12 @@ TEST_SUITE("scheduler") {
     using skein::detail::Fiber;
     constexpr std::size_t line = 64;
     const std::size_t hot[] = {
-        offsetof(Fiber, state),      offsetof(Fiber, wake),       offsetof(Fiber, cancel_requested),
-        offsetof(Fiber, shielded),   offsetof(Fiber, scheduler),  offsetof(Fiber, resume_at),
-        offsetof(Fiber, next_ready), offsetof(Fiber, timer_slot), offsetof(Fiber, unlink),
-        offsetof(Fiber, unlink_arg), offsetof(Fiber, deadline)};
+        offsetof(Fiber, state),      offsetof(Fiber, wake),          offsetof(Fiber, cancel_requested),
+        offsetof(Fiber, shielded),   offsetof(Fiber, scheduler),     offsetof(Fiber, resume_at),
+        offsetof(Fiber, next_ready), offsetof(Fiber, timer_slot),    offsetof(Fiber, unlink),
+        offsetof(Fiber, unlink_arg), offsetof(Fiber, scope_deadline)};
     for (const std::size_t at : hot) CHECK(at / line == offsetof(Fiber, scheduler) / line);
-    CHECK((offsetof(Fiber, deadline) + sizeof(skein::TimePoint) - 1) / line ==
+    CHECK((offsetof(Fiber, scope_deadline) + sizeof(skein::TimePoint) - 1) / line ==
           offsetof(Fiber, scheduler) / line);
     // Closures of three sizes put the record at different distances from the stack's top.
     skein::run([] {

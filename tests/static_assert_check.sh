@@ -32,4 +32,10 @@ check channel_ref "skein::Channel<T&>: a channel carries values" \
   $'#include <skein/channel.hpp>\nvoid f() { skein::Channel<int&> ch; }'
 check channel_const "skein::Channel<T>: T must be a non-const, non-array object type" \
   $'#include <skein/channel.hpp>\nvoid f() { skein::Channel<const int> ch; }'
+check generator_ref "skein::Generator<T&>: a generator yields values" \
+  $'#include <skein/generator.hpp>\nint x;\nvoid f() { skein::Generator<int&> g([](skein::Yield<int&>& y) { y(x); }); }'
+check coroutine_void_in "skein::Coroutine<void, Out>: with nothing to send in" \
+  $'#include <skein/coroutine.hpp>\nvoid f() { skein::Coroutine<void, int> c([](skein::CoYield<void, int>&) {}); }'
+check coroutine_void_out "skein::Coroutine<In, void>: the body must yield values" \
+  $'#include <skein/coroutine.hpp>\nvoid f() { skein::Coroutine<int, void> c([](skein::CoYield<int, void>&, int) {}); }'
 exit $status
