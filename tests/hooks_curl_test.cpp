@@ -84,6 +84,33 @@ TEST_SUITE("hooks") {
     CHECK(seconds_since(start) >= delay_ms / 1000.0 * 0.95);
   }
 
+  TEST_CASE("libcurl: a fetch cancelled while it waits for the reply fails, then the fiber sees the cancel") {
+    skein::run([] {
+      std::string err;
+      bool next_wait_cancelled = false;
+      auto task = skein::spawn([&] {
+        std::string body;
+        long status = 0;
+        err = fetch(base_url + "/cancelled", body, status);
+        try {
+          skein::sleep_for(std::chrono::milliseconds(1));
+        } catch (const std::system_error& e) {
+          next_wait_cancelled = e.code() == std::errc::operation_canceled;
+          throw;
+        }
+      });
+      skein::sleep_for(std::chrono::milliseconds(delay_ms / 3));  // the request is out, no reply yet
+      const auto cancelled_at = skein::Clock::now();
+      task.cancel();
+      CHECK_THROWS(task.join());
+      CHECK(seconds_since(cancelled_at) < delay_ms / 1000.0 / 2);  // not held until the reply
+      // No reply had begun: the hooks shut the connection down and curl reads its end.
+      CHECK(err == curl_easy_strerror(CURLE_GOT_NOTHING));
+      MESSAGE("cancelled fetch: " << err);
+      CHECK(next_wait_cancelled);
+    });
+  }
+
   TEST_CASE("libcurl: a refused connection is reported, in a fiber") {
     skein::run([] {
       std::string body;
