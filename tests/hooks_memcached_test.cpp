@@ -74,36 +74,11 @@ struct Frozen {
 
 }  // namespace
 
-// How a get is interrupted: its fiber cancelled, with_timeout's deadline, a TimeoutScope's.
-enum class Way { cancel, with_timeout, timeout_scope };
-
 // `get(key)` on `m` while the server is frozen, interrupted `way` after 50 ms.
-Got interrupted_get(memcached_st* m, const std::string& key, Way way) {
+Got interrupted_get(memcached_st* m, const std::string& key, hooks_test::Way way) {
   Frozen frozen;
   Got g;
-  switch (way) {
-    case Way::cancel: {
-      auto t = skein::spawn([&] { g = get(m, key); });
-      skein::sleep_for(50ms);
-      t.cancel();
-      try {
-        t.join();
-      } catch (const std::system_error&) {
-      }
-      break;
-    }
-    case Way::with_timeout:
-      try {
-        skein::with_timeout(50ms, [&] { g = get(m, key); });
-      } catch (const std::system_error&) {
-      }
-      break;
-    case Way::timeout_scope: {
-      skein::TimeoutScope scope(50ms);
-      g = get(m, key);
-      break;
-    }
-  }
+  hooks_test::interrupt_after_50ms(way, [&] { g = get(m, key); });
   return g;
 }
 
@@ -114,7 +89,8 @@ TEST_SUITE("hooks") {
       Client m = client();
       set(m.get(), "a", "A");
       set(m.get(), "b", "B");
-      for (const Way way : {Way::cancel, Way::with_timeout, Way::timeout_scope}) {
+      for (const hooks_test::Way way :
+           {hooks_test::Way::cancel, hooks_test::Way::with_timeout, hooks_test::Way::timeout_scope}) {
         CAPTURE(static_cast<int>(way));
         const Got interrupted = interrupted_get(m.get(), "a", way);
         MESSAGE("interrupted get: " << std::string(memcached_strerror(m.get(), interrupted.rc)));
@@ -142,7 +118,7 @@ TEST_SUITE("hooks") {
       const int fd = hooks_test::connection_to(memcached_port);
       REQUIRE(fd >= 0);
       skein::hooks::keep_after_interrupt(fd);
-      const Got interrupted = interrupted_get(m.get(), "a", Way::cancel);
+      const Got interrupted = interrupted_get(m.get(), "a", hooks_test::Way::cancel);
       CHECK(interrupted.rc == MEMCACHED_NOTFOUND);
     });
   }

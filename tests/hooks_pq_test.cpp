@@ -59,39 +59,15 @@ Outcome query(PGconn* c, const char* sql) {
   return o;
 }
 
-enum class Way { cancel, with_timeout, timeout_scope };
-
 // The query that is interrupted: its reply ("slept") comes 500 ms later, far enough past the
 // interruption that a fiber resumed late on a loaded machine does not find it already there (it
 // would then be the call's answer).
 constexpr const char* slow = "SELECT 'slept' FROM pg_sleep(0.5)";
 
 // Runs `slow` on `c`, interrupted `way` after 50 ms.
-Outcome interrupted_query(PGconn* c, Way way) {
+Outcome interrupted_query(PGconn* c, hooks_test::Way way) {
   Outcome o;
-  switch (way) {
-    case Way::cancel: {
-      auto t = skein::spawn([&] { o = query(c, slow); });
-      skein::sleep_for(50ms);
-      t.cancel();
-      try {
-        t.join();
-      } catch (const std::system_error&) {
-      }
-      break;
-    }
-    case Way::with_timeout:
-      try {
-        skein::with_timeout(50ms, [&] { o = query(c, slow); });
-      } catch (const std::system_error&) {
-      }
-      break;
-    case Way::timeout_scope: {
-      skein::TimeoutScope scope(50ms);
-      o = query(c, slow);
-      break;
-    }
-  }
+  hooks_test::interrupt_after_50ms(way, [&] { o = query(c, slow); });
   return o;
 }
 
@@ -102,7 +78,8 @@ TEST_SUITE("hooks") {
       "libpq: a query a cancel, with_timeout or TimeoutScope interrupts breaks the connection; no later "
       "query gets its rows") {
     skein::run([] {
-      for (const Way way : {Way::cancel, Way::with_timeout, Way::timeout_scope}) {
+      for (const hooks_test::Way way :
+           {hooks_test::Way::cancel, hooks_test::Way::with_timeout, hooks_test::Way::timeout_scope}) {
         CAPTURE(static_cast<int>(way));
         Conn c = connect_pg();
         REQUIRE(PQstatus(c.get()) == CONNECTION_OK);
@@ -135,7 +112,7 @@ TEST_SUITE("hooks") {
       Conn c = connect_pg();
       REQUIRE(PQstatus(c.get()) == CONNECTION_OK);
       skein::hooks::keep_after_interrupt(PQsocket(c.get()));
-      CHECK(!interrupted_query(c.get(), Way::cancel).rows);
+      CHECK(!interrupted_query(c.get(), hooks_test::Way::cancel).rows);
       CHECK(PQstatus(c.get()) == CONNECTION_OK);
       // What the rule prevents (the program is on its own with this connection): the late reply
       // is taken for the next query's. What the one after gets depends on timing.

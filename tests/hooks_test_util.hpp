@@ -13,6 +13,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <skein/skein.hpp>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +22,7 @@
 #include <optional>
 #include <regex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -185,5 +188,38 @@ class Child {
   int out_ = -1;
   int status_ = -1;
 };
+
+// How a test interrupts a hooked call: its fiber cancelled, with_timeout's deadline, a
+// TimeoutScope's.
+enum class Way { cancel, with_timeout, timeout_scope };
+
+// Runs `call` in a fiber, interrupted `way` after 50 ms; what it stored in `out` stays there.
+template <class F>
+void interrupt_after_50ms(Way way, F&& call) {
+  using namespace std::chrono_literals;
+  switch (way) {
+    case Way::cancel: {
+      auto t = skein::spawn([&] { call(); });
+      skein::sleep_for(50ms);
+      t.cancel();
+      try {
+        t.join();
+      } catch (const std::system_error&) {
+      }
+      break;
+    }
+    case Way::with_timeout:
+      try {
+        skein::with_timeout(50ms, [&] { call(); });
+      } catch (const std::system_error&) {
+      }
+      break;
+    case Way::timeout_scope: {
+      skein::TimeoutScope scope(50ms);
+      call();
+      break;
+    }
+  }
+}
 
 }  // namespace hooks_test
