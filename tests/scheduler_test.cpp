@@ -3,6 +3,8 @@
 
 #include <doctest/doctest.h>
 
+#include "worker_options.hpp"
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -39,16 +41,7 @@ bool is(const std::system_error& e, std::errc c) {
   return e.code() == c;
 }
 
-// The std::errc of the std::system_error `f` throws, or errc{} if it returns.
-template <class F>
-std::errc error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::system_error& e) {
-    return static_cast<std::errc>(e.code().value());
-  }
-  return std::errc{};
-}
+using skein_test::error_of;
 
 }  // namespace
 

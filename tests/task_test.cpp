@@ -3,6 +3,8 @@
 
 #include <doctest/doctest.h>
 
+#include "worker_options.hpp"
+
 #include <chrono>
 #include <memory>
 #include <stdexcept>
@@ -27,15 +29,7 @@ struct Witness {
   ~Witness() { ++*count; }
 };
 
-template <class F>
-std::errc error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::system_error& e) {
-    return static_cast<std::errc>(e.code().value());
-  }
-  return std::errc{};
-}
+using skein_test::error_of;
 
 }  // namespace
 
