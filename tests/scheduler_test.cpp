@@ -382,6 +382,35 @@ TEST_SUITE("scheduler") {
     CHECK(worst < 60ms);
   }
 
+  TEST_CASE("sleepers that keep falling due mid-round do not starve a fiber that yielded") {
+    // 300 fibers that compute 20 us and sleep 1 ms: a round (6 ms) always finds sleepers due again.
+    // Served mid-round without a limit they would extend the round for ever, and a fiber that
+    // yielded (queued for the next round) would never run.
+    constexpr int kSleepers = 300;
+    bool stop = false;
+    std::chrono::nanoseconds waited{0};
+    skein::run([&] {
+      const auto give_up = skein::Clock::now() + 3s;  // ends the test even if the bug is back
+      for (int i = 0; i < kSleepers; ++i)
+        skein::spawn([&stop, give_up] {
+          while (!stop && skein::Clock::now() < give_up) {
+            const auto until = skein::Clock::now() + 20us;
+            while (skein::Clock::now() < until) {
+            }
+            skein::sleep_for(1ms);
+          }
+        }).detach();
+      skein::sleep_for(20ms);  // the sleepers are cycling
+      const auto before = skein::Clock::now();
+      skein::yield();
+      waited = skein::Clock::now() - before;
+      stop = true;
+    });
+    MESSAGE("a yield behind " << kSleepers << " busy sleepers took "
+                              << std::chrono::duration<double, std::milli>(waited).count() << " ms");
+    CHECK(waited < 1s);
+  }
+
   TEST_CASE("a NaN duration is rejected with invalid_argument by every call that converts one") {
     const auto nan = std::chrono::duration<double>(std::numeric_limits<double>::quiet_NaN());
     const auto nanf = std::chrono::duration<float, std::milli>(std::numeric_limits<float>::quiet_NaN());

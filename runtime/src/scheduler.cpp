@@ -229,11 +229,18 @@ void Scheduler::loop() {
     // One round: the fibers ready now. Those they make ready run next round, after timers,
     // messages and I/O have had their turn, so a busy fiber cannot starve a sleeping one. A timer
     // that falls due mid-round does not wait for the round's end: every timer_check_interval
-    // resumptions its fiber is moved to the front and joins this round.
+    // resumptions its fiber is moved to the front and joins this round. At most one round's worth
+    // join it: sleepers that keep falling due would otherwise extend the round for ever and starve
+    // what waits for the next one (a fiber that yielded, timers, messages, I/O).
+    std::size_t may_join = ready_.size();
     for (std::size_t n = ready_.size(); n > 0; --n) {
       if (--until_timer_check_ == 0) {
         until_timer_check_ = timer_check_interval;
-        if (!timers_.empty()) n += serve_due_timers();
+        if (may_join > 0 && !timers_.empty()) {
+          const std::size_t joined = serve_due_timers();
+          n += joined;
+          may_join -= joined < may_join ? joined : may_join;
+        }
       }
       Fiber* f = ready_.pop();
       // With thousands of fibers their records and saved frames are cold (each lives on its own
