@@ -45,18 +45,59 @@ struct CoroutineCore : ExecContext {
   // force for its resumer, which bounds the body's waits too (the resumer waits with it).
   TimePoint scope_own = no_deadline;
   TimePoint scope_resumer = no_deadline;
+  TimePoint* resumer_slot = nullptr;  // where scope_resumer goes back when the body yields
 };
 
 // Places the context of a constructed core at the top of `stack`, below the core itself.
 void coroutine_prepare(CoroutineCore& co, Stack stack) noexcept;
 
+// What crosses a switch: the context that was left and one pointer (asm/context.hpp's Transfer).
+struct SwitchTransfer {
+  void* ctx;
+  void* data;
+};
+
+// The two halves of a switch between a coroutine and its resumer. The switch itself is called
+// from the inline functions below, not from inside a library function, for the sake of the
+// return-stack predictor: every `ret` executed right after a switch whose `call` was made on the
+// other side of it mispredicts, and a resume through out-of-line helpers made four of those per
+// round trip. The halves are ordinary calls that return before (or start after) the switch.
+struct SwitchStep {
+  void* to;           // the suspended context to resume
+  ExecContext* from;  // the context being left, handed across the switch
+};
+// Checks and readies `co` to run (see coroutine_resume); the switch to make.
+SwitchStep coroutine_resume_begin(CoroutineCore& co);
+// Back in the resumer after the body yielded, finished or unwound.
+void coroutine_resume_end(SwitchTransfer t, CoroutineCore& co) noexcept;
+// From the body: readies the switch back to the resumer.
+SwitchStep coroutine_suspend_begin(CoroutineCore& co) noexcept;
+// Back in the body after a resume; throws ForcedUnwind if that resume is the destroyer's.
+void coroutine_suspend_end(SwitchTransfer t, CoroutineCore& co);
+
+}  // namespace skein::detail
+
+extern "C" {
+// The context switch the library was built with (skein's assembly or Boost.Context's), under one
+// name: suspends the running context, resumes `to` with `data`; returns when switched back to.
+skein::detail::SwitchTransfer skein_switch_jump(void* to, void* data) noexcept;
+}
+
+namespace skein::detail {
+
 // Runs `co` until it yields or finishes. Throws std::system_error: resource_deadlock_would_occur if
 // it is already running (resumed from inside itself), invalid_argument if it has finished.
-void coroutine_resume(CoroutineCore& co);
+inline void coroutine_resume(CoroutineCore& co) {
+  const SwitchStep step = coroutine_resume_begin(co);
+  coroutine_resume_end(skein_switch_jump(step.to, step.from), co);
+}
 
 // From the body: back to the resumer until the next resume. Throws ForcedUnwind when the
 // coroutine is being destroyed.
-void coroutine_suspend(CoroutineCore& co);
+inline void coroutine_suspend(CoroutineCore& co) {
+  const SwitchStep step = coroutine_suspend_begin(co);
+  coroutine_suspend_end(skein_switch_jump(step.to, step.from), co);
+}
 
 // Destroys a core made by make_coroutine: unwinds a suspended body first (every destructor on its
 // stack runs), then returns the stack.
