@@ -104,7 +104,12 @@ void coroutine_prepare(CoroutineCore& co, Stack stack) noexcept {
   prepare_context(co, &co, &coroutine_entry);
 }
 
-SwitchStep coroutine_resume_begin(CoroutineCore& co) {
+// The halves of a resume and of a suspension, used by the exported functions below. Always inline:
+// a sanitizer's switch annotation made inside a function that returns before the switch would
+// be undone, in TSan's per-fiber shadow call stack, on the wrong fiber.
+namespace {
+
+[[gnu::always_inline]] inline SwitchStep resume_prepare(CoroutineCore& co) {
   if (co.state == CoState::running)
     throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                             "skein: a coroutine cannot resume itself");
@@ -115,7 +120,7 @@ SwitchStep coroutine_resume_begin(CoroutineCore& co) {
   co.caller = &here;
   co.state = CoState::running;
   // The TimeoutScopes while the body runs: the earlier of the resumer's deadline and the body's
-  // own; coroutine_resume_end gives the resumer its own back.
+  // own; resume_finish gives the resumer its own back.
   TimePoint& slot = scope_slot();
   const TimePoint resumer = slot;
   co.scope_resumer = resumer;
@@ -125,12 +130,12 @@ SwitchStep coroutine_resume_begin(CoroutineCore& co) {
   return {co.sp, &here};
 }
 
-void coroutine_resume_end(SwitchTransfer t, CoroutineCore& co) noexcept {
+[[gnu::always_inline]] inline void resume_finish(SwitchTransfer t, CoroutineCore& co) noexcept {
   finish_switch({t.ctx, t.data}, *co.caller);
   *co.resumer_slot = co.scope_resumer;
 }
 
-SwitchStep coroutine_suspend_begin(CoroutineCore& co) noexcept {
+[[gnu::always_inline]] inline SwitchStep suspend_prepare(CoroutineCore& co) noexcept {
   if (co.unwinding) {
     // The body caught ForcedUnwind and tried to go on; it can never be resumed again.
     std::fputs("skein: a coroutine being destroyed caught the forced unwind and yielded again; aborting\n",
@@ -142,9 +147,37 @@ SwitchStep coroutine_suspend_begin(CoroutineCore& co) noexcept {
   return {co.caller->sp, static_cast<ExecContext*>(&co)};
 }
 
-void coroutine_suspend_end(SwitchTransfer t, CoroutineCore& co) {
+[[gnu::always_inline]] inline void suspend_finish(SwitchTransfer t, CoroutineCore& co) {
   finish_switch({t.ctx, t.data}, co);
   if (co.unwinding) throw ForcedUnwind{};
+}
+
+}  // namespace
+
+SwitchStep coroutine_resume_begin(CoroutineCore& co) {
+  return resume_prepare(co);
+}
+
+void coroutine_resume_end(SwitchTransfer t, CoroutineCore& co) noexcept {
+  resume_finish(t, co);
+}
+
+SwitchStep coroutine_suspend_begin(CoroutineCore& co) noexcept {
+  return suspend_prepare(co);
+}
+
+void coroutine_suspend_end(SwitchTransfer t, CoroutineCore& co) {
+  suspend_finish(t, co);
+}
+
+void coroutine_resume_whole(CoroutineCore& co) {
+  const SwitchStep step = resume_prepare(co);
+  resume_finish(skein_switch_jump(step.to, step.from), co);
+}
+
+void coroutine_suspend_whole(CoroutineCore& co) {
+  const SwitchStep step = suspend_prepare(co);
+  suspend_finish(skein_switch_jump(step.to, step.from), co);
 }
 
 void coroutine_destroy(CoroutineCore* co) noexcept {

@@ -12,6 +12,18 @@
 #include <system_error>
 #include <utility>
 
+// Built with AddressSanitizer or ThreadSanitizer (GCC defines the first two, Clang answers the rest).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SKEIN_DETAIL_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SKEIN_DETAIL_SANITIZED 1
+#endif
+#endif
+#ifndef SKEIN_DETAIL_SANITIZED
+#define SKEIN_DETAIL_SANITIZED 0
+#endif
+
 namespace skein::detail {
 
 // Thrown at a suspended coroutine's yield to unwind its stack when it is closed or destroyed
@@ -74,6 +86,10 @@ void coroutine_resume_end(SwitchTransfer t, CoroutineCore& co) noexcept;
 SwitchStep coroutine_suspend_begin(CoroutineCore& co) noexcept;
 // Back in the body after a resume; throws ForcedUnwind if that resume is the destroyer's.
 void coroutine_suspend_end(SwitchTransfer t, CoroutineCore& co);
+// The same, the switch made inside the library: for code built with a sanitizer, whose switch
+// annotations must not be separated from the switch by a function return.
+void coroutine_resume_whole(CoroutineCore& co);
+void coroutine_suspend_whole(CoroutineCore& co);
 
 }  // namespace skein::detail
 
@@ -88,15 +104,23 @@ namespace skein::detail {
 // Runs `co` until it yields or finishes. Throws std::system_error: resource_deadlock_would_occur if
 // it is already running (resumed from inside itself), invalid_argument if it has finished.
 inline void coroutine_resume(CoroutineCore& co) {
+#if SKEIN_DETAIL_SANITIZED
+  coroutine_resume_whole(co);
+#else
   const SwitchStep step = coroutine_resume_begin(co);
   coroutine_resume_end(skein_switch_jump(step.to, step.from), co);
+#endif
 }
 
 // From the body: back to the resumer until the next resume. Throws ForcedUnwind when the
 // coroutine is being destroyed.
 inline void coroutine_suspend(CoroutineCore& co) {
+#if SKEIN_DETAIL_SANITIZED
+  coroutine_suspend_whole(co);
+#else
   const SwitchStep step = coroutine_suspend_begin(co);
   coroutine_suspend_end(skein_switch_jump(step.to, step.from), co);
+#endif
 }
 
 // Destroys a core made by make_coroutine: unwinds a suspended body first (every destructor on its
