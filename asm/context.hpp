@@ -19,7 +19,24 @@ using ContextEntry = void (*)(Transfer);
 
 }  // namespace skein::detail
 
+namespace skein::detail {
+
+// How the x86-64 assembly switch restores the FP control words (asm/fp_mode_x86_64.cpp picks one
+// from the CPU vendor at start-up). Either is correct on every CPU; they differ only in speed.
+inline constexpr unsigned char switch_fp_compare = 0;  // restore them only when they differ (Intel)
+inline constexpr unsigned char switch_fp_load = 1;     // always load MXCSR, compare the x87 word (AMD)
+
+struct alignas(64) SwitchFpMode {
+  unsigned char mode;
+};
+
+}  // namespace skein::detail
+
 extern "C" {
+#if defined(__x86_64__)
+// The mode the switch uses; tests and benchmarks may set it while no other thread switches.
+[[gnu::visibility("hidden")]] extern skein::detail::SwitchFpMode skein_switch_fp_mode;
+#endif
 // Suspends the running context and resumes `to`, handing it `data`. Returns when some context
 // jumps back here, with that context and the pointer it passed.
 skein::detail::Transfer skein_jump_fcontext(void* to, void* data) noexcept;

@@ -15,9 +15,15 @@
  *   +------+------+-----+-----+-----+-----+-----+-----+-----+
  *
  * Two choices make the switch cheap:
- * - ldmxcsr and fldcw are slow (they serialise the FP pipeline), and almost every switch goes
- *   between contexts with the same FP control state. The control words are always saved, but
- *   restored only when the incoming context's differ from the ones just saved.
+ * - The FP control words are always saved; how they are restored depends on the CPU vendor,
+ *   chosen once at start-up (skein_switch_fp_mode, asm/fp_mode_x86_64.cpp):
+ *   - compare (Intel, and the default): ldmxcsr and fldcw are slow there, and almost every switch
+ *     goes between contexts with the same FP control state, so the words are restored only when
+ *     the incoming context's differ from the ones just saved;
+ *   - load (AMD, Hygon): there ldmxcsr costs about a cycle but a load of the word stmxcsr just
+ *     stored is not forwarded from the store, so the compare stalls every switch (figures in
+ *     docs/architecture.md). MXCSR is loaded unconditionally; the x87 control word (whose fnstcw
+ *     store forwards normally) is still compared.
  * - The switch leaves through `jmp` to the popped return address, not `ret`: `ret` after a stack
  *   change always misses the return-stack predictor; an indirect jump is predicted per site.
  *   (This is also why the objects carry no CET shadow-stack property.)
@@ -25,7 +31,28 @@
 #include "frame_x86_64_sysv.h"
 
         .file   "switch_x86_64_sysv_elf.S"
+        .hidden skein_switch_fp_mode              /* asm/fp_mode_x86_64.cpp: 0 compare, 1 load */
         .text
+
+/* The end of a switch: restore the incoming context's registers and resume it. Remembers the CFI
+ * state at its start; the code after it must begin with .cfi_restore_state. */
+        .macro  LEAVE_TO_INCOMING
+        movq    SKEIN_FRAME_R12(%rsp), %r12       /* restore R12 */
+        movq    SKEIN_FRAME_R13(%rsp), %r13       /* restore R13 */
+        movq    SKEIN_FRAME_R14(%rsp), %r14       /* restore R14 */
+        movq    SKEIN_FRAME_R15(%rsp), %r15       /* restore R15 */
+        movq    SKEIN_FRAME_RBX(%rsp), %rbx       /* restore RBX */
+        movq    SKEIN_FRAME_RBP(%rsp), %rbp       /* restore RBP */
+        movq    SKEIN_FRAME_RIP(%rsp), %r8        /* where the incoming context resumes */
+        .cfi_remember_state
+        leaq    SKEIN_FRAME_SIZE(%rsp), %rsp      /* pop the frame and the return address */
+        .cfi_def_cfa_offset 0                     /* for unwinders sampling the last three */
+        .cfi_register rip, r8                     /* instructions: the return address is in R8 */
+
+        movq    %rsi, %rdx                        /* return {from, data} in RAX:RDX ... */
+        movq    %rax, %rdi                        /* ... and as the argument of a fresh entry */
+        jmp     *%r8                              /* resume */
+        .endm
 
 /* skein_jump_fcontext(void *to: rdi, void *data: rsi) -> {rax: from, rdx: data} */
         .globl  skein_jump_fcontext
@@ -49,6 +76,9 @@ skein_jump_fcontext:
         movq    %rsp, %rax                        /* RAX: the context we leave */
         movq    %rdi, %rsp                        /* switch stacks */
 
+        cmpb    $0, skein_switch_fp_mode(%rip)    /* constant after start-up: always predicted */
+        jne     .Lload_mxcsr
+
         /* Compare with loads of the same width as the stores just made: one 8-byte load over
          * the 4-byte and 2-byte stores cannot be store-forwarded and stalls every switch. */
         movl    SKEIN_FRAME_MXCSR(%rsp), %ecx     /* incoming MXCSR */
@@ -59,27 +89,27 @@ skein_jump_fcontext:
         orl     %r9d, %ecx
         jnz     .Lrestore_fp                      /* control state differs: load it */
 .Lfp_restored:
-        movq    SKEIN_FRAME_R12(%rsp), %r12       /* restore R12 */
-        movq    SKEIN_FRAME_R13(%rsp), %r13       /* restore R13 */
-        movq    SKEIN_FRAME_R14(%rsp), %r14       /* restore R14 */
-        movq    SKEIN_FRAME_R15(%rsp), %r15       /* restore R15 */
-        movq    SKEIN_FRAME_RBX(%rsp), %rbx       /* restore RBX */
-        movq    SKEIN_FRAME_RBP(%rsp), %rbp       /* restore RBP */
-        movq    SKEIN_FRAME_RIP(%rsp), %r8        /* where the incoming context resumes */
-        .cfi_remember_state
-        leaq    SKEIN_FRAME_SIZE(%rsp), %rsp      /* pop the frame and the return address */
-        .cfi_def_cfa_offset 0                     /* for unwinders sampling the last three */
-        .cfi_register rip, r8                     /* instructions: the return address is in R8 */
-
-        movq    %rsi, %rdx                        /* return {from, data} in RAX:RDX ... */
-        movq    %rax, %rdi                        /* ... and as the argument of a fresh entry */
-        jmp     *%r8                              /* resume */
+        LEAVE_TO_INCOMING
 
         .cfi_restore_state
 .Lrestore_fp:
         ldmxcsr SKEIN_FRAME_MXCSR(%rsp)           /* restore MXCSR */
         fldcw   SKEIN_FRAME_X87CW(%rsp)           /* restore x87 control word */
         jmp     .Lfp_restored
+
+        /* The load mode: its own copy of the exit, so that it costs no extra taken branch. */
+.Lload_mxcsr:
+        ldmxcsr SKEIN_FRAME_MXCSR(%rsp)           /* restore MXCSR */
+        movzwl  SKEIN_FRAME_X87CW(%rsp), %ecx     /* incoming x87 control word */
+        cmpw    SKEIN_FRAME_X87CW(%rax), %cx      /* the same as the one we just saved? */
+        jne     .Lrestore_x87
+.Lx87_restored:
+        LEAVE_TO_INCOMING
+
+        .cfi_restore_state
+.Lrestore_x87:
+        fldcw   SKEIN_FRAME_X87CW(%rsp)           /* restore x87 control word */
+        jmp     .Lx87_restored
         .cfi_endproc
         .size   skein_jump_fcontext, .-skein_jump_fcontext
 

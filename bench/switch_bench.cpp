@@ -19,6 +19,7 @@
 
 #include "context.hpp"
 #include "ratio_report.hpp"
+#include "stackless_generator.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -88,6 +89,26 @@ void BM_switch_skein_asm(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_switch_skein_asm)->UseRealTime();
+
+#if defined(__x86_64__)
+// The two ways the x86-64 switch restores the FP control words, whichever the CPU vendor picked at
+// start-up for BM_switch_skein_asm: compare them and load only on a difference (chosen on Intel),
+// or load MXCSR always and compare only the x87 word (chosen on AMD).
+void switch_skein_asm_fp_mode(benchmark::State& state, unsigned char mode) {
+  const unsigned char picked = skein_switch_fp_mode.mode;
+  skein_switch_fp_mode.mode = mode;
+  BM_switch_skein_asm(state);
+  skein_switch_fp_mode.mode = picked;
+}
+void BM_switch_skein_asm_fp_compare(benchmark::State& state) {
+  switch_skein_asm_fp_mode(state, skein::detail::switch_fp_compare);
+}
+BENCHMARK(BM_switch_skein_asm_fp_compare)->UseRealTime();
+void BM_switch_skein_asm_fp_load(benchmark::State& state) {
+  switch_skein_asm_fp_mode(state, skein::detail::switch_fp_load);
+}
+BENCHMARK(BM_switch_skein_asm_fp_load)->UseRealTime();
+#endif
 #endif
 
 [[noreturn]] void boost_echo(bctx::transfer_t t) noexcept {
@@ -141,6 +162,18 @@ void BM_generator_next(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(gen.next());
 }
 BENCHMARK(BM_generator_next)->UseRealTime();
+
+// The same generator as a C++20 stackless coroutine: the compiler's frame instead of a stack, a
+// resume through the frame's resume pointer instead of a switch.
+skein_bench::StacklessGenerator<int> count_up() {
+  for (int i = 0;; ++i) co_yield i;
+}
+
+void BM_generator_next_cpp20(benchmark::State& state) {
+  auto gen = count_up();
+  for (auto _ : state) benchmark::DoNotOptimize(gen.next());
+}
+BENCHMARK(BM_generator_next_cpp20)->UseRealTime();
 
 // ---- OS-thread handoff ---------------------------------------------------------------------
 
@@ -358,7 +391,16 @@ const Ratio kRatios[] = {
      {"BM_thread_handoff_two_cores"},
      {"BM_switch_skein_asm"}},
     {"ucontext swapcontext / asm switch", {"BM_switch_ucontext"}, {"BM_switch_skein_asm"}},
+    {"asm switch, FP words compared (Intel's path) / boost switch",
+     {"BM_switch_skein_asm_fp_compare"},
+     {"BM_switch_boost_fcontext"}},
+    {"asm switch, MXCSR always loaded (AMD's path) / boost switch",
+     {"BM_switch_skein_asm_fp_load"},
+     {"BM_switch_boost_fcontext"}},
     {"skein Generator::next / asm switch", {"BM_generator_next"}, {"BM_switch_skein_asm"}},
+    {"skein Generator::next / C++20 stackless generator next",
+     {"BM_generator_next"},
+     {"BM_generator_next_cpp20"}},
     {"std::thread spawn+join / skein spawn+join",
      {"BM_spawn_join_std_thread"},
      {"BM_spawn_join_skein"},
@@ -381,7 +423,10 @@ const Absolute kAbsolutes[] = {
     {"switch round trip, skein asm", {"BM_switch_skein_asm"}},
     {"switch round trip, Boost.Context fcontext", {"BM_switch_boost_fcontext"}},
     {"switch round trip, ucontext swapcontext", {"BM_switch_ucontext"}},
+    {"switch round trip, skein asm, FP words compared", {"BM_switch_skein_asm_fp_compare"}},
+    {"switch round trip, skein asm, MXCSR always loaded", {"BM_switch_skein_asm_fp_load"}},
     {"skein Generator::next (switch there and back)", {"BM_generator_next"}},
+    {"C++20 stackless generator next (resume there and back)", {"BM_generator_next_cpp20"}},
     {"thread handoff round trip, same core (futex)", {"BM_thread_handoff_same_core"}},
     {"thread handoff round trip, same core (condvar)", {"BM_thread_handoff_condvar_same_core"}},
     {"thread handoff round trip, two cores (futex)", {"BM_thread_handoff_two_cores"}},
@@ -407,7 +452,8 @@ void print_usage(const char* argv0) {
   std::printf(
       "usage: %s [--quick] [Google Benchmark flags...]\n"
       "\n"
-      "Measures skein's context switch, spawn+join and yield against Boost.Context, ucontext,\n"
+      "Measures skein's context switch (both of its x86-64 FP-control paths), generators, spawn+join\n"
+      "and yield against Boost.Context, ucontext, a C++20 stackless generator,\n"
       "OS threads (futex handoff, pinned to CPU 0 / CPUs 0 and 1) and Boost.Fiber in one run,\n"
       "then prints a ratio table against the targets in DESIGN.md (informational; exit code 0).\n"
       "\n"
@@ -425,6 +471,11 @@ void print_usage(const char* argv0) {
 
 int main(int argc, char** argv) {
   benchmark::AddCustomContext("skein_runtime_context_backend", skein::detail::context_backend);
+#if SKEIN_BENCH_HAS_ASM && defined(__x86_64__)
+  benchmark::AddCustomContext(
+      "skein_switch_fp_mode",
+      skein_switch_fp_mode.mode == skein::detail::switch_fp_load ? "load (AMD)" : "compare (Intel)");
+#endif
   benchmark::AddCustomContext("skein_guard_mode", skein::effective_guard_mode() == skein::GuardMode::madvise
                                                       ? "madvise"
                                                       : "mprotect");

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <exception>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -105,6 +106,36 @@ TEST_SUITE("generator") {
     CHECK(g.next() == 1);
     CHECK_THROWS_AS(g.next(), std::runtime_error);
     CHECK(g.done());
+  }
+
+  TEST_CASE("a body suspended inside a catch block and its consumer each keep their own caught exception") {
+    skein::Generator<std::string> g([](skein::Yield<std::string>& yield) {
+      try {
+        throw std::runtime_error("body");
+      } catch (const std::runtime_error&) {
+        yield("in catch");  // the consumer throws and catches meanwhile
+        try {
+          throw;
+        } catch (const std::runtime_error& again) {
+          yield(again.what());
+        }
+      }
+      yield(std::current_exception() ? "still caught" : "none caught");
+    });
+    try {
+      throw std::logic_error("consumer");
+    } catch (const std::logic_error&) {
+      CHECK(g.next() == "in catch");
+      try {
+        throw;
+      } catch (const std::logic_error& mine) {
+        CHECK(std::string(mine.what()) == "consumer");
+      }
+      CHECK(g.next() == "body");
+    }
+    CHECK(!std::current_exception());
+    CHECK(g.next() == "none caught");
+    CHECK(std::uncaught_exceptions() == 0);
   }
 
   TEST_CASE("generators move, and a moved-from generator is done") {

@@ -19,6 +19,7 @@
 #include <boost/context/detail/fcontext.hpp>
 #endif
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <xmmintrin.h>
 #endif
 
@@ -79,6 +80,28 @@ TEST_SUITE("switch") {
       }
     }
   }
+
+#if defined(__x86_64__)
+  TEST_CASE("both ways the x86-64 switch restores FP control state preserve it, and the vendor picks one") {
+    // The one the CPU vendor picked at start-up: AMD and Hygon load MXCSR, others compare.
+    unsigned max_leaf = 0, ebx = 0, ecx = 0, edx = 0;
+    REQUIRE(__get_cpuid(0, &max_leaf, &ebx, &ecx, &edx) != 0);
+    const bool amd = ebx == 0x68747541u /* "Auth" */ || ebx == 0x6f677948u /* "Hygo" */;
+    const unsigned char picked = skein_switch_fp_mode.mode;
+    CHECK(picked == (amd ? skein::detail::switch_fp_load : skein::detail::switch_fp_compare));
+    for (unsigned char mode : {skein::detail::switch_fp_compare, skein::detail::switch_fp_load}) {
+      CAPTURE(static_cast<int>(mode));
+      skein_switch_fp_mode.mode = mode;
+      ScopedStack stack;
+      void* ctx = skein_make_fcontext(stack.s.hi(), stack.s.size, &skein_probe_clobber_entry);
+      for (int round = 0; round < 3; ++round) {
+        CAPTURE(round);
+        CHECK(skein_probe_callee_saved(&ctx, &skein_jump_fcontext) == 0u);
+      }
+    }
+    skein_switch_fp_mode.mode = picked;
+  }
+#endif
 
   TEST_CASE("a fresh context starts with a 16-byte aligned stack") {
     for (const Backend& b : backends()) {

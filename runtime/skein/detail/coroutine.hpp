@@ -12,6 +12,18 @@
 #include <system_error>
 #include <utility>
 
+// Built with AddressSanitizer or ThreadSanitizer (GCC defines the first two, Clang answers the rest).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SKEIN_DETAIL_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SKEIN_DETAIL_SANITIZED 1
+#endif
+#endif
+#ifndef SKEIN_DETAIL_SANITIZED
+#define SKEIN_DETAIL_SANITIZED 0
+#endif
+
 namespace skein::detail {
 
 // Thrown at a suspended coroutine's yield to unwind its stack when it is closed or destroyed
@@ -45,18 +57,71 @@ struct CoroutineCore : ExecContext {
   // force for its resumer, which bounds the body's waits too (the resumer waits with it).
   TimePoint scope_own = no_deadline;
   TimePoint scope_resumer = no_deadline;
+  TimePoint* resumer_slot = nullptr;  // where scope_resumer goes back when the body yields
 };
 
 // Places the context of a constructed core at the top of `stack`, below the core itself.
 void coroutine_prepare(CoroutineCore& co, Stack stack) noexcept;
 
+// What crosses a switch: the context that was left and one pointer (asm/context.hpp's Transfer).
+struct SwitchTransfer {
+  void* ctx;
+  void* data;
+};
+
+// The two halves of a switch between a coroutine and its resumer. The switch itself is called
+// from the inline functions below, not from inside a library function, for the sake of the
+// return-stack predictor: every `ret` executed right after a switch whose `call` was made on the
+// other side of it mispredicts, and a resume through out-of-line helpers made four of those per
+// round trip. The halves are ordinary calls that return before (or start after) the switch.
+struct SwitchStep {
+  void* to;           // the suspended context to resume
+  ExecContext* from;  // the context being left, handed across the switch
+};
+// Checks and readies `co` to run (see coroutine_resume); the switch to make.
+SwitchStep coroutine_resume_begin(CoroutineCore& co);
+// Back in the resumer after the body yielded, finished or unwound.
+void coroutine_resume_end(SwitchTransfer t, CoroutineCore& co) noexcept;
+// From the body: readies the switch back to the resumer.
+SwitchStep coroutine_suspend_begin(CoroutineCore& co) noexcept;
+// Back in the body after a resume; throws ForcedUnwind if that resume is the destroyer's.
+void coroutine_suspend_end(SwitchTransfer t, CoroutineCore& co);
+// The same, the switch made inside the library: for code built with a sanitizer, whose switch
+// annotations must not be separated from the switch by a function return.
+void coroutine_resume_whole(CoroutineCore& co);
+void coroutine_suspend_whole(CoroutineCore& co);
+
+}  // namespace skein::detail
+
+extern "C" {
+// The context switch the library was built with (skein's assembly or Boost.Context's), under one
+// name: suspends the running context, resumes `to` with `data`; returns when switched back to.
+skein::detail::SwitchTransfer skein_switch_jump(void* to, void* data) noexcept;
+}
+
+namespace skein::detail {
+
 // Runs `co` until it yields or finishes. Throws std::system_error: resource_deadlock_would_occur if
 // it is already running (resumed from inside itself), invalid_argument if it has finished.
-void coroutine_resume(CoroutineCore& co);
+inline void coroutine_resume(CoroutineCore& co) {
+#if SKEIN_DETAIL_SANITIZED
+  coroutine_resume_whole(co);
+#else
+  const SwitchStep step = coroutine_resume_begin(co);
+  coroutine_resume_end(skein_switch_jump(step.to, step.from), co);
+#endif
+}
 
 // From the body: back to the resumer until the next resume. Throws ForcedUnwind when the
 // coroutine is being destroyed.
-void coroutine_suspend(CoroutineCore& co);
+inline void coroutine_suspend(CoroutineCore& co) {
+#if SKEIN_DETAIL_SANITIZED
+  coroutine_suspend_whole(co);
+#else
+  const SwitchStep step = coroutine_suspend_begin(co);
+  coroutine_suspend_end(skein_switch_jump(step.to, step.from), co);
+#endif
+}
 
 // Destroys a core made by make_coroutine: unwinds a suspended body first (every destructor on its
 // stack runs), then returns the stack.
