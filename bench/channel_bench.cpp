@@ -127,6 +127,15 @@ void BM_skein_cross_worker_bounded1(benchmark::State& state) {
 }
 BENCHMARK(BM_skein_cross_worker_bounded1)->UseRealTime();
 
+// The same across workers that never spin before sleeping (RuntimeOptions::idle_spin = 0): every
+// message to a sleeping worker is a futex wake-up.
+void BM_skein_cross_worker_unbuffered_nospin(benchmark::State& state) {
+  skein::RuntimeOptions options{2};
+  options.idle_spin = std::chrono::microseconds(0);
+  skein_ping_pong(state, options, 1, 0);
+}
+BENCHMARK(BM_skein_cross_worker_unbuffered_nospin)->UseRealTime();
+
 // The same across workers that poll for 50 us before sleeping in the kernel
 // (RuntimeOptions::spin_before_sleep): with a free core for each worker the wake-up becomes a
 // cache-line transfer, not a syscall; on a machine with fewer free cores the polling worker takes

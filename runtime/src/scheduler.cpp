@@ -5,10 +5,14 @@
 
 #include <skein/run.hpp>
 
+#include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -23,8 +27,9 @@ namespace skein::detail {
 
 namespace {
 
-// Idle step when no I/O layer is installed: sleep in the kernel until the next timer or a message
-// from another thread (the inbox's eventfd).
+// The driver when no I/O layer is installed: no fiber can wait on I/O, so the scheduler sleeps on
+// its inbox's futex and never asks this one to sleep; if asked, it sleeps on the inbox's eventfd,
+// as the driver contract (driver.hpp) requires.
 class PollDriver final : public Driver {
  public:
   explicit PollDriver(Inbox& inbox) noexcept : inbox_(inbox) {}
@@ -43,6 +48,15 @@ class PollDriver final : public Driver {
  private:
   Inbox& inbox_;
 };
+
+// A spin-wait hint: lets the sibling hyperthread run and saves power while a line is watched.
+inline void cpu_pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 // An exception that ended a detached fiber would otherwise vanish (gevent prints these too).
 void report_unobserved(const Fiber& f) noexcept {
@@ -134,10 +148,14 @@ void Inbox::post(RemoteNode* n) noexcept {
   do {
     n->next = head;
   } while (!head_.compare_exchange_weak(head, n, std::memory_order_seq_cst, std::memory_order_relaxed));
-  // Pairs with prepare_sleep(): either the consumer sees the node before it sleeps, or this sees
-  // it sleeping (sequentially consistent store/load on both sides). The exchange lets only one
-  // producer write.
-  if (sleeping_.load(std::memory_order_seq_cst) && sleeping_.exchange(false, std::memory_order_seq_cst)) {
+  // Pairs with prepare_sleep() (the protocol is in scheduler.hpp): either the consumer sees the
+  // node before it sleeps, or this sees it sleeping. The plain load keeps a busy consumer's
+  // producers off the line's exclusive state; the exchange lets only one producer wake it.
+  if (state_.load(std::memory_order_seq_cst) == awake) return;
+  const std::uint32_t was = state_.exchange(awake, std::memory_order_seq_cst);
+  if (was == on_futex) {
+    syscall(SYS_futex, &state_, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+  } else if (was == in_driver) {
     const std::uint64_t one = 1;
     // Cannot fail short of a bug: the counter is far from overflowing and the fd is open.
     [[maybe_unused]] const ssize_t r = ::write(eventfd_, &one, sizeof one);
@@ -156,11 +174,29 @@ RemoteNode* Inbox::take() noexcept {
   return fifo;
 }
 
-bool Inbox::prepare_sleep() noexcept {
-  sleeping_.store(true, std::memory_order_seq_cst);
+bool Inbox::prepare_sleep(State how) noexcept {
+  state_.store(how, std::memory_order_seq_cst);
   if (head_.load(std::memory_order_seq_cst) == nullptr) return true;
-  sleeping_.store(false, std::memory_order_relaxed);
+  state_.store(awake, std::memory_order_relaxed);
   return false;
+}
+
+void Inbox::sleep_until(TimePoint deadline) noexcept {
+  if (!prepare_sleep(on_futex)) return;
+  // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time, which is steady_clock's epoch: no
+  // clock read to turn the deadline into a relative timeout. The kernel compares the word with
+  // on_futex under its lock: a post that exchanged it first makes this return at once.
+  timespec ts{};
+  const timespec* timeout = nullptr;
+  if (deadline != no_deadline) {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count();
+    ts = {static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+    if (ns < 0) ts = {};
+    timeout = &ts;
+  }
+  syscall(SYS_futex, &state_, FUTEX_WAIT_BITSET_PRIVATE, std::uint32_t{on_futex}, timeout, nullptr,
+          FUTEX_BITSET_MATCH_ANY);
+  end_sleep();
 }
 
 void Inbox::clear_fd() noexcept {
@@ -176,6 +212,7 @@ Scheduler::Scheduler(RuntimeCore& runtime, std::size_t index) : runtime_(&runtim
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "skein::run: this thread already runs a scheduler");
   prepare_fiber_thread();
+  idle_spin_max_ = runtime.idle_spin();
   driver_ = std::make_unique<PollDriver>(inbox_);
   tl_scheduler = this;
 }
@@ -267,7 +304,9 @@ void Scheduler::loop() {
   }
 }
 
-// Nothing is ready: sleep in the driver until the next timer, I/O or a message.
+// Nothing is ready: spin a little if messages have been arriving, then sleep until the next
+// timer, I/O or a message: on the inbox's futex while no fiber waits on I/O, in the driver while
+// one does.
 void Scheduler::idle() {
   if (timers_.empty() && driver_->waiters() == 0 && foreign_waits_ == 0 && live_count_ > 0 &&
       runtime_->detects_deadlock() && !inbox_.pending()) {
@@ -279,9 +318,49 @@ void Scheduler::idle() {
     driver_->poll();
     return;
   }
-  if (!inbox_.prepare_sleep()) return;
-  driver_->wait_until(timers_.empty() ? no_deadline : timers_.top()->deadline);
-  inbox_.end_sleep();
+  const TimePoint next_timer = timers_.empty() ? no_deadline : timers_.top()->deadline;
+  if (idle_spin_.count() > 0 && spin_for_message(next_timer)) return;
+  const TimePoint slept = idle_spin_max_.count() > 0 ? Clock::now() : TimePoint{};
+  if (driver_->waiters() > 0) {
+    if (!inbox_.prepare_sleep(Inbox::in_driver)) return;
+    driver_->wait_until(next_timer);
+    inbox_.end_sleep();
+  } else {
+    inbox_.sleep_until(next_timer);
+  }
+  // Woken by a message that came within the longest spin allowed (this counts the wake-up too):
+  // another worker talks to this one, and a spin would have caught the message without either
+  // side entering the kernel. Spin next time, for the longest allowed; spins that find nothing
+  // halve it. A message that came later (a slow partner, or one that did not get a CPU on a busy
+  // machine) says nothing in favour of spinning.
+  if (idle_spin_max_.count() > 0 && inbox_.pending() && Clock::now() - slept < idle_spin_max_)
+    idle_spin_ = idle_spin_max_;
+}
+
+bool Scheduler::spin_for_message(TimePoint next_timer) noexcept {
+  const TimePoint start = Clock::now();
+  const TimePoint until = next_timer < start + idle_spin_ ? next_timer : start + idle_spin_;
+  // A clock read costs about as much as a few pauses: look at the clock every 16th of them. After
+  // the first microsecond, give the CPU away between looks (sched_yield, no sleep): on a machine
+  // with more runnable threads than CPUs, the thread that will post may be waiting for this one.
+  for (;;) {
+    for (int i = 0; i < 16; ++i) {
+      if (inbox_.pending()) {
+        // Paid off: a sleep and a wake-up saved. Spin as long next time, and longer.
+        idle_spin_ = std::min(idle_spin_max_, idle_spin_ * 2);
+        return true;
+      }
+      cpu_pause();
+    }
+    const TimePoint now = Clock::now();
+    if (now >= next_timer) return true;  // the timer is due: not the spin's fault
+    if (now >= until) break;
+    if (now - start > std::chrono::microseconds(1)) sched_yield();
+  }
+  // Found nothing: halve the next spin, and stop spinning once it is too short to matter.
+  idle_spin_ /= 2;
+  if (idle_spin_ < idle_spin_max_ / 16) idle_spin_ = idle_spin_.zero();
+  return false;
 }
 
 void Scheduler::drain_inbox() noexcept {
