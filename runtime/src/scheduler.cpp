@@ -7,7 +7,6 @@
 
 #include <linux/futex.h>
 #include <poll.h>
-#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -48,6 +47,10 @@ class PollDriver final : public Driver {
  private:
   Inbox& inbox_;
 };
+
+// Longer than sixteen pauses and a clock read ever take on a CPU of one's own (well under 1 us on
+// current x86 and Arm cores), shorter than a time slice: a spin that sees such a gap was preempted.
+constexpr std::chrono::microseconds preempted_gap{50};
 
 // A spin-wait hint: lets the sibling hyperthread run and saves power while a line is watched.
 inline void cpu_pause() noexcept {
@@ -328,39 +331,62 @@ void Scheduler::idle() {
   } else {
     inbox_.sleep_until(next_timer);
   }
-  // Woken by a message that came within the longest spin allowed (this counts the wake-up too):
-  // another worker talks to this one, and a spin would have caught the message without either
-  // side entering the kernel. Spin next time, for the longest allowed; spins that find nothing
-  // halve it. A message that came later (a slow partner, or one that did not get a CPU on a busy
-  // machine) says nothing in favour of spinning.
-  if (idle_spin_max_.count() > 0 && inbox_.pending() && Clock::now() - slept < idle_spin_max_)
-    idle_spin_ = idle_spin_max_;
+  // Woken by a message that came soon after this worker fell asleep (within the longest spin
+  // allowed; the time counts the wake-up too): another worker talks to this one, and a spin a
+  // little longer than that sleep might have caught it without either side entering the kernel.
+  // Try one, unless such tries have been failing lately (see spin_for_message).
+  if (idle_spin_max_.count() > 0 && idle_spin_.count() == 0 && inbox_.pending()) {
+    const auto slept_for = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - slept);
+    if (slept_for < idle_spin_max_) {
+      if (spin_tries_skipped_ > 0) {
+        --spin_tries_skipped_;
+      } else {
+        idle_spin_ = std::min(idle_spin_max_, slept_for + slept_for / 2);
+      }
+    }
+  }
 }
 
 bool Scheduler::spin_for_message(TimePoint next_timer) noexcept {
-  const TimePoint start = Clock::now();
-  const TimePoint until = next_timer < start + idle_spin_ ? next_timer : start + idle_spin_;
-  // A clock read costs about as much as a few pauses: look at the clock every 16th of them. After
-  // the first microsecond, give the CPU away between looks (sched_yield, no sleep): on a machine
-  // with more runnable threads than CPUs, the thread that will post may be waiting for this one.
+  TimePoint now = Clock::now();
+  const TimePoint until = next_timer < now + idle_spin_ ? next_timer : now + idle_spin_;
+  // A clock read costs about as much as a few pauses: look at the clock every 16th of them.
   for (;;) {
     for (int i = 0; i < 16; ++i) {
       if (inbox_.pending()) {
         // Paid off: a sleep and a wake-up saved. Spin as long next time, and longer.
         idle_spin_ = std::min(idle_spin_max_, idle_spin_ * 2);
+        spin_backoff_ = 0;
         return true;
       }
       cpu_pause();
     }
-    const TimePoint now = Clock::now();
+    const TimePoint before = now;
+    now = Clock::now();
     if (now >= next_timer) return true;  // the timer is due: not the spin's fault
+    if (now - before > preempted_gap) {
+      // Sixteen pauses took far longer than they do: the kernel gave this CPU to another thread
+      // meanwhile. More threads want the CPUs than there are, and the one that would post may be
+      // among them: spinning takes its CPU, while a sleep and a wake-up let the kernel run it
+      // now. (Yielding instead parks this thread behind the others' whole time slices.)
+      stop_spinning();
+      return false;
+    }
     if (now >= until) break;
-    if (now - start > std::chrono::microseconds(1)) sched_yield();
   }
-  // Found nothing: halve the next spin, and stop spinning once it is too short to matter.
-  idle_spin_ /= 2;
-  if (idle_spin_ < idle_spin_max_ / 16) idle_spin_ = idle_spin_.zero();
+  // Found nothing: the partner is slower than a spin, or shares this CPU. Stop until a message
+  // again comes soon after a sleep.
+  stop_spinning();
   return false;
+}
+
+void Scheduler::stop_spinning() noexcept {
+  // Spinning stopped paying: the next tries (after a message came soon after a sleep) wait for
+  // 0, 1, 3, 7, ... up to 63 such messages, so a pair of workers that share one CPU (each one's spin
+  // keeps the other off it) wastes a spin on at most one message in 64.
+  idle_spin_ = idle_spin_.zero();
+  spin_tries_skipped_ = (1u << spin_backoff_) - 1;
+  if (spin_backoff_ < 6) ++spin_backoff_;
 }
 
 void Scheduler::drain_inbox() noexcept {

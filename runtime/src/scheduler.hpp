@@ -283,6 +283,7 @@ class Scheduler {
   // Spins (no system call) for up to idle_spin_, or until the next timer, watching the inbox;
   // true if a message came or the timer fell due. Adapts idle_spin_ to what it found.
   bool spin_for_message(TimePoint next_timer) noexcept;
+  void stop_spinning() noexcept;
   void recover_deadlock() noexcept;
   [[noreturn]] static void fiber_entry(Transfer t) noexcept;
 
@@ -308,8 +309,10 @@ class Scheduler {
   // (RuntimeOptions::idle_spin; zero on a single CPU, where the poster cannot run meanwhile).
   std::chrono::nanoseconds idle_spin_{0};
   std::chrono::nanoseconds idle_spin_max_{0};
-  TimePoint busy_until_{};  // poll rather than sleep until then
-  Inbox inbox_;             // before driver_: the driver watches its fd
+  unsigned spin_tries_skipped_ = 0;  // messages soon after a sleep to let pass before trying again
+  unsigned spin_backoff_ = 0;        // log2 of the next such wait, after spins that failed
+  TimePoint busy_until_{};           // poll rather than sleep until then
+  Inbox inbox_;                      // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
 };
 
