@@ -26,10 +26,10 @@ struct RuntimeOptions {
   // 0 (the default): no such window; only the idle_spin below. See docs/threading.md.
   std::chrono::microseconds spin_before_sleep{0};
   // The longest a worker that runs out of work spins (no system call, I/O unwatched) waiting for a
-  // message from another thread before it sleeps. Adaptive below this cap: a worker starts
-  // spinning once a message woke it, spins as long again while spins pay off and half as long
-  // after each that does not, so an idle process uses no CPU. 0 never spins; a process confined
-  // to one CPU never does either. See docs/threading.md.
+  // message from another thread before it sleeps. Adaptive: it spins only after a message came
+  // soon after one of its sleeps, keeps spinning while spins catch messages, and stops (backing
+  // off) when one finds nothing or loses its CPU, so an idle process uses no CPU. 0 never spins;
+  // neither does a process confined to one CPU. See docs/threading.md.
   std::chrono::microseconds idle_spin{20};
   // The stack of the fiber skein::run starts for its function ("main"), like FiberOptions's
   // (reserved bytes, committed as touched). Runtime, which has no main fiber, ignores it.
