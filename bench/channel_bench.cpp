@@ -1,13 +1,15 @@
 // Channel ping-pong (issue 5): one round trip of an int, A sends on one channel, B replies on a
 // second, between
 //   - two skein fibers on one worker, unbuffered and bounded(1) Channel<int>;
-//   - two skein fibers on two workers (RuntimeOptions{2}, spawn_on(1, ...)), same two kinds;
+//   - two skein fibers on two workers (RuntimeOptions{2}, spawn_on(1, ...)), same two kinds, and
+//     unbuffered without the idle spin (idle_spin = 0: every message to a sleeping worker is a
+//     futex wake-up) and with a 50 us polling window (spin_before_sleep);
 //   - two std::threads through a std::mutex + std::condition_variable queue, one per direction;
 //   - two Boost.Fiber fibers on one thread, buffered_channel<int>(2) (one slot, like bounded(1))
 //     and unbuffered_channel<int>;
 // all in the same run (machines are noisy: only ratios within one run mean anything). After
 // Google Benchmark's own output come an absolute table and a ratio table checked against the
-// issue's targets; the targets inform, they never fail the run.
+// targets; the targets inform, they never fail the run.
 //
 //   channel_bench [--quick] [Google Benchmark flags...]     (--help for details)
 //
@@ -127,7 +129,16 @@ void BM_skein_cross_worker_bounded1(benchmark::State& state) {
 }
 BENCHMARK(BM_skein_cross_worker_bounded1)->UseRealTime();
 
-// The same across workers that poll for 50 us before sleeping in the kernel
+// The same across workers that never spin before sleeping (RuntimeOptions::idle_spin = 0): every
+// message to a sleeping worker is a futex wake-up.
+void BM_skein_cross_worker_unbuffered_nospin(benchmark::State& state) {
+  skein::RuntimeOptions options{2};
+  options.idle_spin = std::chrono::microseconds(0);
+  skein_ping_pong(state, options, 1, 0);
+}
+BENCHMARK(BM_skein_cross_worker_unbuffered_nospin)->UseRealTime();
+
+// The same across workers that poll their driver for 50 us after each round before sleeping
 // (RuntimeOptions::spin_before_sleep): with a free core for each worker the wake-up becomes a
 // cache-line transfer, not a syscall; on a machine with fewer free cores the polling worker takes
 // CPU time from the one it waits for.
@@ -298,13 +309,20 @@ const Ratio kRatios[] = {
      Goal::at_least,
      1,
      true},
-    {"cross-worker skein unbuffered vs std::thread queue",
+    {"cross-worker skein unbuffered vs std::thread queue (x faster)",
      {"BM_std_thread_queue"},
-     {"BM_skein_cross_worker_unbuffered"}},
-    {"cross-worker skein bounded(1) vs std::thread queue",
+     {"BM_skein_cross_worker_unbuffered"},
+     Goal::at_least,
+     5},
+    {"cross-worker skein bounded(1) vs std::thread queue (x faster)",
      {"BM_std_thread_queue"},
-     {"BM_skein_cross_worker_bounded1"}},
-    {"cross-worker skein (spinning workers) vs std::thread queue",
+     {"BM_skein_cross_worker_bounded1"},
+     Goal::at_least,
+     5},
+    {"cross-worker skein (no idle spin: futex only) vs std::thread queue",
+     {"BM_std_thread_queue"},
+     {"BM_skein_cross_worker_unbuffered_nospin"}},
+    {"cross-worker skein (workers polling 50 us) vs std::thread queue",
      {"BM_std_thread_queue"},
      {"BM_skein_cross_worker_unbuffered_spin"}},
     {"same-thread vs cross-worker skein, unbuffered",
@@ -317,7 +335,8 @@ const Absolute kAbsolutes[] = {
     {"skein, one worker, bounded(1)", {"BM_skein_same_thread_bounded1"}},
     {"skein, two workers, unbuffered", {"BM_skein_cross_worker_unbuffered"}},
     {"skein, two workers, bounded(1)", {"BM_skein_cross_worker_bounded1"}},
-    {"skein, two workers spinning 50 us, unbuffered", {"BM_skein_cross_worker_unbuffered_spin"}},
+    {"skein, two workers, no idle spin, unbuffered", {"BM_skein_cross_worker_unbuffered_nospin"}},
+    {"skein, two workers polling 50 us, unbuffered", {"BM_skein_cross_worker_unbuffered_spin"}},
     {"std::thread, mutex + condvar queue", {"BM_std_thread_queue"}},
     {"std::thread, mutex + condvar queue, one core", {"BM_std_thread_queue_same_core"}},
     {"Boost.Fiber, one thread, buffered_channel(2)", {"BM_boost_fiber_buffered"}},
@@ -339,9 +358,10 @@ void print_usage(const char* argv0) {
       "usage: %s [--quick] [Google Benchmark flags...]\n"
       "\n"
       "Measures a channel ping-pong round trip of an int: skein fibers on one worker and on two\n"
-      "(unbuffered and bounded(1) Channel<int>), two std::threads through a mutex + condition\n"
+      "(unbuffered and bounded(1) Channel<int>; across workers also without the idle spin and with\n"
+      "a 50 us polling window), two std::threads through a mutex + condition\n"
       "variable queue, and two Boost.Fiber fibers (buffered_channel, unbuffered_channel), in one\n"
-      "run; then prints a ratio table against issue 5's targets (informational; exit code 0).\n"
+      "run; then prints a ratio table against the targets (informational; exit code 0).\n"
       "\n"
       "  --quick     short runs (--benchmark_min_time=%s): a smoke test, not a measurement\n"
       "  --help      this text, then Google Benchmark's flags\n"

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -23,6 +24,7 @@
 
 #include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -435,6 +437,83 @@ TEST_SUITE("runtime") {
                      << std::chrono::duration<double, std::milli>(idle_cpu).count() << " ms CPU in 300 ms");
     CHECK(busy_cpu >= 20ms);   // it did poll (generous: the machine may be busy)
     CHECK(idle_cpu <= 150ms);  // and then slept: at most about one window per worker
+  }
+
+  TEST_CASE(
+      "workers that just exchanged a thousand messages spin briefly, then sleep: idle, they use no CPU") {
+    auto cpu_now = [] {
+      timespec ts{};
+      clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+      return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+    };
+    const auto idle_cpu = skein::run(options(), [&] {
+      // A ping-pong across workers: what makes them spin before sleeping.
+      skein::Channel<int> there, back;
+      auto echo = skein::spawn_on(workers() - 1, [&] {
+        while (const std::optional<int> v = there.recv()) back.send(*v + 1);
+      });
+      for (int i = 0; i < 1000; ++i) {
+        there.send(i);
+        CHECK(back.recv() == i + 1);
+      }
+      there.close();
+      echo.join();
+      // Now every worker idles for 200 ms: each may spin once, for at most idle_spin (20 us).
+      const auto start = cpu_now();
+      skein::sleep_for(200ms);
+      return cpu_now() - start;
+    });
+    MESSAGE(std::chrono::duration<double, std::milli>(idle_cpu).count()
+            << " ms CPU in 200 ms idle, " << workers() << " workers");
+    CHECK(idle_cpu <= 40ms);  // generous (sanitizers, a busy machine); a spinning worker would take 200 ms
+  }
+
+  TEST_CASE(
+      "a message wakes a worker asleep on its futex, and one asleep in epoll because a fiber waits on I/O") {
+    skein::run(options(), [] {
+      const std::size_t far = workers() - 1;
+      for (const bool with_io : {false, true}) {
+        skein::Channel<skein::TimePoint> ch;
+        int fds[2];
+        REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+        skein::Stream quiet(fds[0]), peer(fds[1]);
+        // A reader parked on a socket nobody writes to keeps the far worker's driver busy: it then
+        // sleeps in epoll_wait, not on its futex.
+        auto reader = skein::spawn_on(far, [&] {
+          if (!with_io) return;
+          char c[1];
+          CHECK(quiet.read(c) == 0);  // the peer's shutdown below
+        });
+        auto receiver = skein::spawn_on(far, [&] {
+          const std::optional<skein::TimePoint> sent = ch.recv();
+          REQUIRE(sent);
+          return skein::Clock::now() - *sent;
+        });
+        skein::sleep_for(30ms);  // long enough for the far worker to have fallen asleep
+        ch.send(skein::Clock::now());
+        const auto latency = receiver.join();
+        CHECK(latency < 1s);  // woken, not found by a later timeout (the receiver has none)
+        peer.shutdown();
+        reader.join();
+      }
+    });
+  }
+
+  TEST_CASE("a worker asleep on its futex wakes for its own timers") {
+    skein::run(options(), [] {
+      auto late = skein::spawn_on(workers() - 1, [] {
+        std::chrono::nanoseconds worst{0};
+        for (int i = 0; i < 5; ++i) {
+          const auto start = skein::Clock::now();
+          skein::sleep_for(10ms);
+          const auto took = skein::Clock::now() - start;
+          CHECK(took >= 10ms);
+          worst = std::max(worst, took - std::chrono::nanoseconds(10ms));
+        }
+        return worst;
+      });
+      CHECK(late.join() < 500ms);  // generous: a busy machine may be slow to schedule the thread
+    });
   }
 
   TEST_CASE("Runtime: the destructor waits for detached fibers") {

@@ -23,8 +23,14 @@ struct RuntimeOptions {
   // How long a worker that runs out of work keeps polling for I/O and messages (epoll_wait with a
   // zero timeout) before it sleeps in the kernel. A request arriving meanwhile is served without
   // anybody being woken: the sender saves a cross-CPU wake-up, the worker spends CPU while idle.
-  // 0 (the default) sleeps at once. See docs/threading.md.
+  // 0 (the default): no such window; only the idle_spin below. See docs/threading.md.
   std::chrono::microseconds spin_before_sleep{0};
+  // The longest a worker that runs out of work spins (no system call, I/O unwatched) waiting for a
+  // message from another thread before it sleeps. Adaptive: it spins only after a message came
+  // soon after one of its sleeps, keeps spinning while spins catch messages, and stops (backing
+  // off) when one finds nothing or loses its CPU, so an idle process uses no CPU. 0 never spins;
+  // neither does a process confined to one CPU. See docs/threading.md.
+  std::chrono::microseconds idle_spin{20};
   // The stack of the fiber skein::run starts for its function ("main"), like FiberOptions's
   // (reserved bytes, committed as touched). Runtime, which has no main fiber, ignores it.
   std::size_t main_stack_size = default_stack_size;
@@ -44,7 +50,7 @@ std::size_t worker_count(const RuntimeCore& core) noexcept;
 // own) and which ends when its last fiber has finished. ~RunScope joins the worker threads.
 class RunScope {
  public:
-  explicit RunScope(std::size_t workers = 1, std::chrono::microseconds spin_before_sleep = {});
+  explicit RunScope(const RuntimeOptions& options);
   ~RunScope();
   RunScope(const RunScope&) = delete;
   RunScope& operator=(const RunScope&) = delete;
@@ -68,7 +74,7 @@ auto spawn_into(RuntimeCore& core, std::size_t worker, FiberOptions options, F&&
 // worker has finished, and the worker threads have been joined.
 template <class F>
 auto run(RuntimeOptions options, F&& f) -> std::invoke_result_t<std::decay_t<F>&> {
-  detail::RunScope scope(options.workers, options.spin_before_sleep);
+  detail::RunScope scope(options);
   auto main = spawn(FiberOptions{"main", options.main_stack_size}, std::forward<F>(f));
   scope.loop();
   return main.join();

@@ -1,6 +1,7 @@
 // What the scheduler needs from an I/O driver: a way to sleep in the kernel until the next timer
 // or until I/O wakes a fiber. runtime/ knows drivers only through this interface (net/ implements
-// the epoll one); without a driver the scheduler sleeps with clock_nanosleep.
+// the epoll one). The scheduler sleeps in the driver only while waiters() > 0; otherwise it sleeps
+// on its inbox's futex, which a message from another thread ends with one FUTEX_WAKE.
 #pragma once
 
 #include <skein/time.hpp>
@@ -13,7 +14,10 @@ class Driver {
  public:
   virtual ~Driver() = default;
   // Sleeps until `deadline` (no_deadline: until I/O) or until I/O readiness, unparking the fibers
-  // whose I/O is ready. May return early (a signal, a wake-up); the scheduler re-checks.
+  // whose I/O is ready. It must also return once the scheduler's inbox eventfd (Inbox::fd()) is
+  // readable, and clear it: the scheduler has announced this sleep to its inbox (in_driver), so
+  // messages from other threads wake it through that fd. May return early (a signal, a wake-up);
+  // the scheduler re-checks.
   virtual void wait_until(TimePoint deadline) noexcept = 0;
   // Unparks the fibers whose I/O is ready, without sleeping.
   virtual void poll() noexcept = 0;

@@ -2,6 +2,7 @@
 
 #include <skein/runtime.hpp>
 
+#include <sched.h>
 #include <signal.h>
 
 #include <cstdio>
@@ -22,6 +23,15 @@ std::size_t resolve_workers(std::size_t requested) {
   return cores > 0 ? cores : 1;
 }
 
+// The CPUs this thread may run on (its affinity mask, which a container or taskset narrows). On
+// one CPU a spinning worker only delays the thread it waits for.
+std::size_t usable_cpus() noexcept {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return std::thread::hardware_concurrency();
+  return static_cast<std::size_t>(CPU_COUNT(&set));
+}
+
 // Worker threads leave the process's asynchronous signals to the thread that started the runtime
 // (or to threads of the program's own), as the blocking pool does: a signal-driven shutdown then
 // has one place to look. Faults stay deliverable: the guard-page handler needs SIGSEGV.
@@ -35,10 +45,11 @@ void block_async_signals() noexcept {
 }  // namespace
 
 RuntimeCore::RuntimeCore(std::size_t workers, bool caller_is_worker,
-                         std::chrono::nanoseconds spin_before_sleep)
+                         std::chrono::nanoseconds spin_before_sleep, std::chrono::nanoseconds idle_spin)
     : workers_(resolve_workers(workers), nullptr),
       caller_is_worker_(caller_is_worker),
-      spin_(spin_before_sleep) {
+      spin_(spin_before_sleep),
+      idle_spin_(usable_cpus() > 1 ? idle_spin : std::chrono::nanoseconds(0)) {
   stop_nodes_.resize(workers_.size());
   for (auto& n : stop_nodes_) n.kind = RemoteNode::Kind::stop;
   std::size_t first_thread = 0;
@@ -182,11 +193,11 @@ void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack s
     target.post(&fiber->post_node);
 }
 
-RunScope::RunScope(std::size_t workers, std::chrono::microseconds spin_before_sleep) {
+RunScope::RunScope(const RuntimeOptions& options) {
   if (Scheduler::current())
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "skein::run: this thread already runs a scheduler");
-  core_ = std::make_unique<RuntimeCore>(workers, true, spin_before_sleep);
+  core_ = std::make_unique<RuntimeCore>(options.workers, true, options.spin_before_sleep, options.idle_spin);
 }
 
 RunScope::~RunScope() = default;
@@ -201,7 +212,8 @@ void RunScope::loop() {
 namespace skein {
 
 Runtime::Runtime(RuntimeOptions options)
-    : core_(std::make_unique<detail::RuntimeCore>(options.workers, false, options.spin_before_sleep)) {}
+    : core_(std::make_unique<detail::RuntimeCore>(options.workers, false, options.spin_before_sleep,
+                                                  options.idle_spin)) {}
 
 Runtime::~Runtime() {
   try {

@@ -21,7 +21,9 @@ class RuntimeCore {
   // scheduler is bound here, its loop runs in run_worker0()); otherwise every worker gets a thread
   // and the runtime can be reached from threads outside it. Returns once every worker's scheduler
   // exists. The runtime holds one token until release_token(): it cannot end before that.
-  RuntimeCore(std::size_t workers, bool caller_is_worker, std::chrono::nanoseconds spin_before_sleep);
+  // The two durations are RuntimeOptions::spin_before_sleep and idle_spin.
+  RuntimeCore(std::size_t workers, bool caller_is_worker, std::chrono::nanoseconds spin_before_sleep,
+              std::chrono::nanoseconds idle_spin);
   // Releases the token if still held, waits for the runtime to end and joins the threads.
   ~RuntimeCore();
   RuntimeCore(const RuntimeCore&) = delete;
@@ -62,6 +64,8 @@ class RuntimeCore {
 
   // RuntimeOptions::spin_before_sleep.
   std::chrono::nanoseconds spin_before_sleep() const noexcept { return spin_; }
+  // RuntimeOptions::idle_spin, or zero if this process may use only one CPU.
+  std::chrono::nanoseconds idle_spin() const noexcept { return idle_spin_; }
 
   // A single-worker runtime that only its own fibers can reach can tell a deadlock from a wait.
   bool detects_deadlock() const noexcept { return workers_.size() == 1 && caller_is_worker_; }
@@ -81,6 +85,7 @@ class RuntimeCore {
   std::atomic<std::size_t> outside_posters_{0};  // threads inside post_from_outside
   bool caller_is_worker_;
   const std::chrono::nanoseconds spin_;
+  const std::chrono::nanoseconds idle_spin_;
   std::atomic<bool> token_held_{true};
   std::mutex join_mutex_;
   std::vector<RemoteNode> stop_nodes_;

@@ -5,10 +5,13 @@
 
 #include <skein/run.hpp>
 
+#include <linux/futex.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -23,8 +26,9 @@ namespace skein::detail {
 
 namespace {
 
-// Idle step when no I/O layer is installed: sleep in the kernel until the next timer or a message
-// from another thread (the inbox's eventfd).
+// The driver when no I/O layer is installed: no fiber can wait on I/O, so the scheduler sleeps on
+// its inbox's futex and never asks this one to sleep; if asked, it sleeps on the inbox's eventfd,
+// as the driver contract (driver.hpp) requires.
 class PollDriver final : public Driver {
  public:
   explicit PollDriver(Inbox& inbox) noexcept : inbox_(inbox) {}
@@ -43,6 +47,19 @@ class PollDriver final : public Driver {
  private:
   Inbox& inbox_;
 };
+
+// Longer than sixteen pauses and a clock read ever take on a CPU of one's own (well under 1 us on
+// current x86 and Arm cores), shorter than a time slice: a spin that sees such a gap was preempted.
+constexpr std::chrono::microseconds preempted_gap{50};
+
+// A spin-wait hint: lets the sibling hyperthread run and saves power while a line is watched.
+inline void cpu_pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 // An exception that ended a detached fiber would otherwise vanish (gevent prints these too).
 void report_unobserved(const Fiber& f) noexcept {
@@ -134,10 +151,14 @@ void Inbox::post(RemoteNode* n) noexcept {
   do {
     n->next = head;
   } while (!head_.compare_exchange_weak(head, n, std::memory_order_seq_cst, std::memory_order_relaxed));
-  // Pairs with prepare_sleep(): either the consumer sees the node before it sleeps, or this sees
-  // it sleeping (sequentially consistent store/load on both sides). The exchange lets only one
-  // producer write.
-  if (sleeping_.load(std::memory_order_seq_cst) && sleeping_.exchange(false, std::memory_order_seq_cst)) {
+  // Pairs with prepare_sleep() (the protocol is in scheduler.hpp): either the consumer sees the
+  // node before it sleeps, or this sees it sleeping. The plain load keeps a busy consumer's
+  // producers off the line's exclusive state; the exchange lets only one producer wake it.
+  if (state_.load(std::memory_order_seq_cst) == awake) return;
+  const std::uint32_t was = state_.exchange(awake, std::memory_order_seq_cst);
+  if (was == on_futex) {
+    syscall(SYS_futex, &state_, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+  } else if (was == in_driver) {
     const std::uint64_t one = 1;
     // Cannot fail short of a bug: the counter is far from overflowing and the fd is open.
     [[maybe_unused]] const ssize_t r = ::write(eventfd_, &one, sizeof one);
@@ -156,11 +177,29 @@ RemoteNode* Inbox::take() noexcept {
   return fifo;
 }
 
-bool Inbox::prepare_sleep() noexcept {
-  sleeping_.store(true, std::memory_order_seq_cst);
+bool Inbox::prepare_sleep(State how) noexcept {
+  state_.store(how, std::memory_order_seq_cst);
   if (head_.load(std::memory_order_seq_cst) == nullptr) return true;
-  sleeping_.store(false, std::memory_order_relaxed);
+  state_.store(awake, std::memory_order_relaxed);
   return false;
+}
+
+void Inbox::sleep_until(TimePoint deadline) noexcept {
+  if (!prepare_sleep(on_futex)) return;
+  // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time, which is steady_clock's epoch: no
+  // clock read to turn the deadline into a relative timeout. The kernel compares the word with
+  // on_futex under its lock: a post that exchanged it first makes this return at once.
+  timespec ts{};
+  const timespec* timeout = nullptr;
+  if (deadline != no_deadline) {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count();
+    ts = {static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+    if (ns < 0) ts = {};
+    timeout = &ts;
+  }
+  syscall(SYS_futex, &state_, FUTEX_WAIT_BITSET_PRIVATE, std::uint32_t{on_futex}, timeout, nullptr,
+          FUTEX_BITSET_MATCH_ANY);
+  end_sleep();
 }
 
 void Inbox::clear_fd() noexcept {
@@ -176,6 +215,7 @@ Scheduler::Scheduler(RuntimeCore& runtime, std::size_t index) : runtime_(&runtim
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "skein::run: this thread already runs a scheduler");
   prepare_fiber_thread();
+  idle_spin_max_ = runtime.idle_spin();
   driver_ = std::make_unique<PollDriver>(inbox_);
   tl_scheduler = this;
 }
@@ -267,7 +307,9 @@ void Scheduler::loop() {
   }
 }
 
-// Nothing is ready: sleep in the driver until the next timer, I/O or a message.
+// Nothing is ready: spin a little if messages have been arriving, then sleep until the next
+// timer, I/O or a message: on the inbox's futex while no fiber waits on I/O, in the driver while
+// one does.
 void Scheduler::idle() {
   if (timers_.empty() && driver_->waiters() == 0 && foreign_waits_ == 0 && live_count_ > 0 &&
       runtime_->detects_deadlock() && !inbox_.pending()) {
@@ -279,9 +321,72 @@ void Scheduler::idle() {
     driver_->poll();
     return;
   }
-  if (!inbox_.prepare_sleep()) return;
-  driver_->wait_until(timers_.empty() ? no_deadline : timers_.top()->deadline);
-  inbox_.end_sleep();
+  const TimePoint next_timer = timers_.empty() ? no_deadline : timers_.top()->deadline;
+  if (idle_spin_.count() > 0 && spin_for_message(next_timer)) return;
+  const TimePoint slept = idle_spin_max_.count() > 0 ? Clock::now() : TimePoint{};
+  if (driver_->waiters() > 0) {
+    if (!inbox_.prepare_sleep(Inbox::in_driver)) return;
+    driver_->wait_until(next_timer);
+    inbox_.end_sleep();
+  } else {
+    inbox_.sleep_until(next_timer);
+  }
+  // Woken by a message that came soon after this worker fell asleep (within the longest spin
+  // allowed; the time counts the wake-up too): another worker talks to this one, and a spin a
+  // little longer than that sleep might have caught it without either side entering the kernel.
+  // Try one, unless such tries have been failing lately (see spin_for_message).
+  if (idle_spin_max_.count() > 0 && idle_spin_.count() == 0 && inbox_.pending()) {
+    const auto slept_for = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - slept);
+    if (slept_for < idle_spin_max_) {
+      if (spin_tries_skipped_ > 0) {
+        --spin_tries_skipped_;
+      } else {
+        idle_spin_ = std::min(idle_spin_max_, slept_for + slept_for / 2);
+      }
+    }
+  }
+}
+
+bool Scheduler::spin_for_message(TimePoint next_timer) noexcept {
+  TimePoint now = Clock::now();
+  const TimePoint until = next_timer < now + idle_spin_ ? next_timer : now + idle_spin_;
+  // A clock read costs about as much as a few pauses: look at the clock every 16th of them.
+  for (;;) {
+    for (int i = 0; i < 16; ++i) {
+      if (inbox_.pending()) {
+        // Paid off: a sleep and a wake-up saved. Spin as long next time, and longer.
+        idle_spin_ = std::min(idle_spin_max_, idle_spin_ * 2);
+        spin_backoff_ = 0;
+        return true;
+      }
+      cpu_pause();
+    }
+    const TimePoint before = now;
+    now = Clock::now();
+    if (now >= next_timer) return true;  // the timer is due: not the spin's fault
+    if (now - before > preempted_gap) {
+      // Sixteen pauses took far longer than they do: the kernel gave this CPU to another thread
+      // meanwhile. More threads want the CPUs than there are, and the one that would post may be
+      // among them: spinning takes its CPU, while a sleep and a wake-up let the kernel run it
+      // now. (Yielding instead parks this thread behind the others' whole time slices.)
+      stop_spinning();
+      return false;
+    }
+    if (now >= until) break;
+  }
+  // Found nothing: the partner is slower than a spin, or shares this CPU. Stop until a message
+  // again comes soon after a sleep.
+  stop_spinning();
+  return false;
+}
+
+void Scheduler::stop_spinning() noexcept {
+  // Spinning stopped paying: the next tries (after a message came soon after a sleep) wait for
+  // 0, 1, 3, 7, ... up to 63 such messages, so a pair of workers that share one CPU (each one's spin
+  // keeps the other off it) wastes a spin on at most one message in 64.
+  idle_spin_ = idle_spin_.zero();
+  spin_tries_skipped_ = (1u << spin_backoff_) - 1;
+  if (spin_backoff_ < 6) ++spin_backoff_;
 }
 
 void Scheduler::drain_inbox() noexcept {

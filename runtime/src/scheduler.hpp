@@ -91,11 +91,29 @@ class TimerHeap {
 
 // Messages from other threads: a lock-free multi-producer, single-consumer stack of RemoteNodes
 // (push is a CAS, the consumer takes everything with one exchange and reverses it into arrival
-// order), plus an eventfd to wake the consumer when it sleeps. Wake-ups are deduplicated: a
-// producer writes the eventfd only if the consumer announced it was going to sleep, and only the
-// first producer to see that writes, so a busy worker gets no syscalls at all.
+// order), plus the consumer's sleep state, which tells a producer how to wake it.
+//
+// The sleep protocol, value by value (state_, one 32-bit word that is also the futex):
+//   awake      the consumer runs fibers or spins: producers only push (no system call).
+//   on_futex   the consumer sleeps, or is about to, in FUTEX_WAIT on state_ itself (no fiber
+//              waits on I/O, so nothing else can need it).
+//   in_driver  the consumer sleeps, or is about to, in its driver (epoll, ppoll), which watches
+//              the eventfd: fibers wait on I/O too.
+// The consumer moves awake -> on_futex/in_driver (prepare_sleep, a sequentially consistent
+// store followed by a sequentially consistent load of the stack's head: if a node is there it
+// goes back to awake and does not sleep) and back to awake when it wakes (end_sleep; relaxed:
+// nothing is published through it). A producer pushes (a sequentially consistent CAS), then
+// loads state_ (sequentially consistent): in the single order of those four operations either
+// the consumer's load sees the node, or the producer's load sees the sleep. A producer that
+// sees a sleep exchanges state_ to awake; only the one that gets the sleeping value back wakes
+// the consumer, with one FUTEX_WAKE (on_futex) or one eventfd write (in_driver). A FUTEX_WAIT
+// that starts after that exchange returns at once (the word is no longer on_futex), so no
+// wake-up is lost between the check and the sleep. A wake-up that arrives late (the consumer
+// woke on its timer meanwhile) costs at most one spurious return from a later sleep.
 class Inbox {
  public:
+  enum State : std::uint32_t { awake = 0, on_futex = 1, in_driver = 2 };
+
   Inbox();
   ~Inbox();
   Inbox(const Inbox&) = delete;
@@ -107,17 +125,20 @@ class Inbox {
   bool pending() const noexcept { return head_.load(std::memory_order_relaxed) != nullptr; }
   // Consumer: takes every queued node, oldest first.
   RemoteNode* take() noexcept;
-  // Consumer, before sleeping in the driver: returns false (and stays awake) if something is
-  // queued; otherwise posts from now on write the eventfd.
-  bool prepare_sleep() noexcept;
-  void end_sleep() noexcept { sleeping_.store(false, std::memory_order_relaxed); }
+  // Consumer, before sleeping in the driver (`how` is in_driver) or on the futex: returns false
+  // (and stays awake) if something is queued; otherwise posts from now on wake it that way.
+  bool prepare_sleep(State how) noexcept;
+  void end_sleep() noexcept { state_.store(awake, std::memory_order_relaxed); }
+  // Consumer: sleeps on the futex until a post or `deadline` (no_deadline: until a post); returns
+  // at once if something is queued. May return early (a signal, a late wake-up).
+  void sleep_until(TimePoint deadline) noexcept;
   // Readable while a wake-up is pending; the driver watches it and calls clear_fd() when it is.
   int fd() const noexcept { return eventfd_; }
   void clear_fd() noexcept;
 
  private:
   alignas(64) std::atomic<RemoteNode*> head_{nullptr};
-  std::atomic<bool> sleeping_{false};
+  std::atomic<std::uint32_t> state_{awake};  // see the protocol above; the futex word
   int eventfd_ = -1;
 };
 
@@ -259,6 +280,10 @@ class Scheduler {
   std::size_t serve_due_timers() noexcept;
   void drain_inbox() noexcept;
   void idle();
+  // Spins (no system call) for up to idle_spin_, or until the next timer, watching the inbox;
+  // true if a message came or the timer fell due. Adapts idle_spin_ to what it found.
+  bool spin_for_message(TimePoint next_timer) noexcept;
+  void stop_spinning() noexcept;
   void recover_deadlock() noexcept;
   [[noreturn]] static void fiber_entry(Transfer t) noexcept;
 
@@ -280,8 +305,14 @@ class Scheduler {
   std::uint64_t spawned_ = 0;         // fibers spawned from this worker (for their ids)
   std::size_t foreign_waits_ = 0;     // see ForeignWait
   std::chrono::nanoseconds spin_{0};  // RuntimeOptions::spin_before_sleep
-  TimePoint busy_until_{};            // poll rather than sleep until then
-  Inbox inbox_;                       // before driver_: the driver watches its fd
+  // The adaptive spin of an idle worker (see idle()): how long the next one may last, and its cap
+  // (RuntimeOptions::idle_spin; zero on a single CPU, where the poster cannot run meanwhile).
+  std::chrono::nanoseconds idle_spin_{0};
+  std::chrono::nanoseconds idle_spin_max_{0};
+  unsigned spin_tries_skipped_ = 0;  // messages soon after a sleep to let pass before trying again
+  unsigned spin_backoff_ = 0;        // log2 of the next such wait, after spins that failed
+  TimePoint busy_until_{};           // poll rather than sleep until then
+  Inbox inbox_;                      // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
 };
 
