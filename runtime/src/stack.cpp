@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <cstdlib>
@@ -228,7 +229,8 @@ constexpr std::size_t kSlabMaxSlots = 16384;  // ~1.1 GiB of address space per s
 constexpr std::size_t kCarveBatch = 64;       // slots carved (guards installed) per lock
 constexpr std::size_t kLocalMax = 256;        // free slots a thread keeps before sharing half
 constexpr std::size_t kRefillBatch = 64;      // slots a thread takes from the shared list at once
-constexpr std::size_t kTrimFloor = 1024;      // free slots (64 MiB) that are never trimmed
+constexpr std::size_t kTrimFloor = 1024;      // free slots (64 MiB) kept resident: the high-water mark
+constexpr std::chrono::milliseconds kTrimEpoch{100};  // how long a free slot stays idle before a trim
 
 std::atomic<StackTrim> g_trim{StackTrim::dontneed};
 
@@ -255,11 +257,12 @@ class Arena {
         --want;
       }
     }
+    idle_ = std::min(idle_, dirty_.size());
     if (out.empty()) carve(out, std::max<std::size_t>(want, 1));
   }
 
-  // Takes back free slots from a thread; past the high-water mark, returns the memory of the
-  // coldest ones to the kernel.
+  // Takes back free slots from a thread; past the high-water mark, returns the memory of those
+  // idle for a whole epoch to the kernel.
   void give(const detail::Stack* stacks, std::size_t n) noexcept {
     std::vector<detail::Stack> trim;
     {
@@ -271,22 +274,26 @@ class Arena {
           forget(stacks[i]);
         }
       }
-      // In use (or cached by threads): every carved slot that is not free here.
-      const std::size_t busy = carved_ - dirty_.size() - clean_.size() - trimming_;
-      const std::size_t high = std::max(kTrimFloor, busy);
-      if (dirty_.size() > high) {
-        // Down to half the mark in one batch, so trims are rare and large. The list's front holds
-        // the stacks released longest ago.
-        const std::size_t keep = high / 2;
-        const std::size_t k = dirty_.size() - keep;
-        try {
-          trim.assign(dirty_.begin(), dirty_.begin() + static_cast<std::ptrdiff_t>(k));
-          dirty_.erase(dirty_.begin(), dirty_.begin() + static_cast<std::ptrdiff_t>(k));
-          trimming_ += k;
-          ++trims_;
-        } catch (...) {
-          trim.clear();
+      // The slots at the front of dirty_ (released longest ago) that no take reached during a whole
+      // epoch have been idle at least that long: past the high-water mark, they go back to the
+      // kernel in one batch. A valley between two rounds of a churning program is refilled within
+      // the epoch, so it costs nothing.
+      const auto now = std::chrono::steady_clock::now();
+      if (now - epoch_start_ >= kTrimEpoch) {
+        const std::size_t excess = dirty_.size() > kTrimFloor ? dirty_.size() - kTrimFloor : 0;
+        const std::size_t k = std::min(idle_, excess);
+        if (k > 0) {
+          try {
+            trim.assign(dirty_.begin(), dirty_.begin() + static_cast<std::ptrdiff_t>(k));
+            dirty_.erase(dirty_.begin(), dirty_.begin() + static_cast<std::ptrdiff_t>(k));
+            trimming_ += k;
+            ++trims_;
+          } catch (...) {
+            trim.clear();
+          }
         }
+        epoch_start_ = now;
+        idle_ = dirty_.size();
       }
     }
     if (!trim.empty()) trim_out(trim);
@@ -397,7 +404,9 @@ class Arena {
   std::vector<detail::Stack> dirty_;  // free, pages possibly resident; released longest ago first
   std::vector<detail::Stack> clean_;  // free, pages returned to the kernel
   std::size_t trimming_ = 0;          // taken out of dirty_, on their way to clean_
-  char* slab_ = nullptr;              // the slab being carved
+  std::size_t idle_ = 0;              // the front of dirty_ no take has reached this epoch
+  std::chrono::steady_clock::time_point epoch_start_ = std::chrono::steady_clock::now();
+  char* slab_ = nullptr;  // the slab being carved
   std::size_t slab_slots_ = 0;
   std::size_t slab_used_ = 0;
   std::size_t next_slots_ = kSlabFirstSlots;
