@@ -313,7 +313,7 @@ TEST_SUITE("stack") {
       GuardModeScope scope(mode);
       // More than the 1024 free stacks kept resident; each has its top two pages touched.
       std::vector<skein::detail::Stack> idle, triggers;
-      for (int i = 0; i < 600; ++i)
+      for (int i = 0; i < 800; ++i)
         triggers.push_back(skein::detail::acquire_stack(skein::default_stack_size));
       for (int i = 0; i < 2000; ++i) {
         idle.push_back(skein::detail::acquire_stack(skein::default_stack_size));
@@ -322,15 +322,19 @@ TEST_SUITE("stack") {
       }
       const std::size_t trims = skein::stack_stats().trims;
       for (const auto& s : idle) skein::detail::release_stack(s);
-      // A trim takes the stacks no one took for a whole epoch (100 ms): two epochs, each ended by
-      // a release that reaches the shared list.
-      for (int round = 0; round < 2; ++round) {
-        std::this_thread::sleep_for(120ms);
-        for (int i = 0; i < 300; ++i) {
+      // A trim takes the stacks no one took for a whole epoch (shortened here to 20 ms), once the
+      // demand of the last four epochs has passed: six epochs, each ended by a release that
+      // reaches the shared list.
+      skein::detail::set_stack_trim_epoch(20);
+      for (int round = 0; round < 6; ++round) {
+        std::this_thread::sleep_for(25ms);
+        for (int i = 0; i < 128; ++i) {  // a thread's cache shares 128 at a time
           skein::detail::release_stack(triggers.back());
           triggers.pop_back();
         }
       }
+      skein::detail::set_stack_trim_epoch(250);
+      for (const auto& s : triggers) skein::detail::release_stack(s);
       const skein::StackStats st = skein::stack_stats();
       CHECK(st.trims > trims);
       CHECK(st.slots_trimmed > 0);

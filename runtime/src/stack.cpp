@@ -230,7 +230,13 @@ constexpr std::size_t kCarveBatch = 64;       // slots carved (guards installed)
 constexpr std::size_t kLocalMax = 256;        // free slots a thread keeps before sharing half
 constexpr std::size_t kRefillBatch = 64;      // slots a thread takes from the shared list at once
 constexpr std::size_t kTrimFloor = 1024;      // free slots (64 MiB) kept resident: the high-water mark
-constexpr std::chrono::milliseconds kTrimEpoch{100};  // how long a free slot stays idle before a trim
+constexpr std::size_t kPeakEpochs = 4;        // how many epochs the demand for slots is remembered
+
+// How long a free slot stays idle before a trim may take it (a test shortens it).
+std::atomic<unsigned> g_trim_epoch_ms{250};
+std::chrono::milliseconds trim_epoch() noexcept {
+  return std::chrono::milliseconds(g_trim_epoch_ms.load(std::memory_order_relaxed));
+}
 
 std::atomic<StackTrim> g_trim{StackTrim::dontneed};
 
@@ -259,6 +265,7 @@ class Arena {
     }
     idle_ = std::min(idle_, dirty_.size());
     if (out.empty()) carve(out, std::max<std::size_t>(want, 1));
+    peaks_[0] = std::max(peaks_[0], busy());
   }
 
   // Takes back free slots from a thread; past the high-water mark, returns the memory of those
@@ -274,13 +281,19 @@ class Arena {
           forget(stacks[i]);
         }
       }
-      // The slots at the front of dirty_ (released longest ago) that no take reached during a whole
-      // epoch have been idle at least that long: past the high-water mark, they go back to the
-      // kernel in one batch. A valley between two rounds of a churning program is refilled within
-      // the epoch, so it costs nothing.
+      // The high-water mark: enough free slots to cover the most slots in use over the last
+      // kPeakEpochs epochs (at least kTrimFloor). Free slots beyond it that no take reached during a
+      // whole epoch (the front of dirty_, released longest ago) go back to the kernel in one batch.
+      // A program that churns through the same number of fibers round after round keeps its
+      // stacks resident, however long a round takes; one whose fibers are gone for a second
+      // returns their memory.
       const auto now = std::chrono::steady_clock::now();
-      if (now - epoch_start_ >= kTrimEpoch) {
-        const std::size_t excess = dirty_.size() > kTrimFloor ? dirty_.size() - kTrimFloor : 0;
+      if (now - epoch_start_ >= trim_epoch()) {
+        const std::size_t in_use = busy();
+        std::size_t demand = in_use;
+        for (std::size_t p : peaks_) demand = std::max(demand, p);
+        const std::size_t keep = std::max(kTrimFloor, demand - in_use);
+        const std::size_t excess = dirty_.size() > keep ? dirty_.size() - keep : 0;
         const std::size_t k = std::min(idle_, excess);
         if (k > 0) {
           try {
@@ -294,6 +307,8 @@ class Arena {
         }
         epoch_start_ = now;
         idle_ = dirty_.size();
+        for (std::size_t i = kPeakEpochs - 1; i > 0; --i) peaks_[i] = peaks_[i - 1];
+        peaks_[0] = in_use;
       }
     }
     if (!trim.empty()) trim_out(trim);
@@ -310,6 +325,9 @@ class Arena {
   }
 
  private:
+  // Carved slots not free in the shared lists: in use, or in a thread's cache.
+  std::size_t busy() const noexcept { return carved_ - dirty_.size() - clean_.size() - trimming_; }
+
   std::size_t slot_bytes() const noexcept { return slot_usable() + page_size(); }
 
   void carve(std::vector<detail::Stack>& out, std::size_t want) {
@@ -405,6 +423,7 @@ class Arena {
   std::vector<detail::Stack> clean_;  // free, pages returned to the kernel
   std::size_t trimming_ = 0;          // taken out of dirty_, on their way to clean_
   std::size_t idle_ = 0;              // the front of dirty_ no take has reached this epoch
+  std::size_t peaks_[kPeakEpochs]{};  // the most slots in use in this epoch [0] and the previous ones
   std::chrono::steady_clock::time_point epoch_start_ = std::chrono::steady_clock::now();
   char* slab_ = nullptr;  // the slab being carved
   std::size_t slab_slots_ = 0;
@@ -633,6 +652,10 @@ Stack acquire_stack(std::size_t size) {
   if (size > (std::size_t{1} << 40))
     throw std::system_error(std::make_error_code(std::errc::invalid_argument), "skein: stack size too large");
   return tl_pool.acquire((size + page - 1) & ~(page - 1));
+}
+
+void set_stack_trim_epoch(unsigned milliseconds) noexcept {
+  g_trim_epoch_ms.store(milliseconds, std::memory_order_relaxed);
 }
 
 void prepare_fiber_thread() {

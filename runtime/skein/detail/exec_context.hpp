@@ -56,4 +56,8 @@ void prepare_fiber_thread();
 // kernel (a stack of another size, when the thread already keeps 64 MiB of those).
 void release_stack(Stack stack) noexcept;
 
+// How long (default 250 ms) a free stack must stay idle before its memory may go back to the
+// kernel; the demand for stacks is remembered for four such epochs. For tests.
+void set_stack_trim_epoch(unsigned milliseconds) noexcept;
+
 }  // namespace skein::detail
