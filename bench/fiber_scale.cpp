@@ -268,7 +268,9 @@ struct ChurnResult {
   double wall_s = 0;
   long rss_before = 0;
   long rss_at_peak = 0;  // the first time `max_alive` fibers were alive
-  long rss_end = 0;      // every fiber finished, skein::run returned
+  double fill_s = 0;     // until then: every stack is fresh (first-touch faults)
+  long fill_fibers = 0;
+  long rss_end = 0;  // every fiber finished, skein::run returned
   long rss_high_water = 0;
   long mappings_end = 0;
   long slabs = 0;
@@ -292,7 +294,11 @@ ChurnResult run_churn(long total, long max_alive) {
       long alive = 0;
       for (long i = 0; i < total;) {
         if (alive >= max_alive) {
-          if (r.rss_at_peak == 0) r.rss_at_peak = status_bytes("VmRSS");
+          if (r.rss_at_peak == 0) {
+            r.rss_at_peak = status_bytes("VmRSS");
+            r.fill_s = now_s() - t0;
+            r.fill_fibers = i;
+          }
           skein::yield();
           continue;
         }
@@ -496,12 +502,13 @@ bool write_json(const std::string& path, const PhaseResult* phases, int count, l
         f,
         ",\n  \"churn\": {\"ok\": %s, \"error\": \"%s\", \"fibers\": %ld, \"max_alive\": %ld,"
         " \"peak_alive_seen\": %ld,\n    \"wall_s\": %.6f, \"ns_per_fiber\": %.1f,"
-        " \"rss_bytes_before\": %ld, \"rss_bytes_at_peak\": %ld, \"rss_bytes_end\": %ld,"
+        " \"fill_s\": %.6f, \"fill_fibers\": %ld, \"rss_bytes_before\": %ld, \"rss_bytes_at_peak\": %ld, "
+        "\"rss_bytes_end\": %ld,"
         " \"rss_high_water_bytes\": %ld,\n    \"end_over_peak\": %.4f, \"mappings_end\": %ld,"
         " \"stack_slabs\": %ld, \"slots_carved\": %ld, \"trims\": %ld}",
         churn->ok ? "true" : "false", churn->error, churn->fibers, churn->max_alive, churn->peak_alive_seen,
-        churn->wall_s, churn->wall_s * 1e9 / static_cast<double>(churn->fibers), churn->rss_before,
-        churn->rss_at_peak, churn->rss_end, churn->rss_high_water,
+        churn->wall_s, churn->wall_s * 1e9 / static_cast<double>(churn->fibers), churn->fill_s,
+        churn->fill_fibers, churn->rss_before, churn->rss_at_peak, churn->rss_end, churn->rss_high_water,
         churn->rss_at_peak > 0 ? static_cast<double>(churn->rss_end) / static_cast<double>(churn->rss_at_peak)
                                : 0,
         churn->mappings_end, churn->slabs, churn->slots_carved, churn->trims);
@@ -521,6 +528,12 @@ void print_churn(const ChurnResult& c) {
               c.max_alive);
   std::printf("  %-34s %20.3f us\n", "spawn + run + finish / fiber",
               c.wall_s * 1e6 / static_cast<double>(c.fibers));
+  std::printf("  %-34s %20.3f us\n", "  the first A (fresh stacks)",
+              c.fill_fibers > 0 ? c.fill_s * 1e6 / static_cast<double>(c.fill_fibers) : 0.0);
+  std::printf("  %-34s %20.3f us\n", "  the rest (reused stacks)",
+              c.fibers > c.fill_fibers
+                  ? (c.wall_s - c.fill_s) * 1e6 / static_cast<double>(c.fibers - c.fill_fibers)
+                  : 0.0);
   std::printf("  %-34s %20ld\n", "most fibers alive at once", c.peak_alive_seen);
   std::printf("  %-34s %17.1f MiB\n", "RSS before", static_cast<double>(c.rss_before) / mib);
   std::printf("  %-34s %17.1f MiB\n", "RSS with the most alive", static_cast<double>(c.rss_at_peak) / mib);

@@ -188,7 +188,10 @@ bool advise_ranges(iovec* ranges, std::size_t n, int advice) noexcept {
   std::size_t done = 0;
 #if defined(SYS_process_madvise)
   static std::atomic<bool> batched_works{true};
-  if (n > 1 && batched_works.load(std::memory_order_relaxed)) {
+  // Only where MADV_GUARD_INSTALL is honoured (6.13+, which also lets a process advise itself
+  // through process_madvise): an emulator that accepts advice without acting on it might not
+  // translate the ranges either.
+  if (n > 1 && batched_works.load(std::memory_order_relaxed) && madvise_works()) {
     if (const int fd = self_pidfd(); fd >= 0) {
       while (done < n) {
         const std::size_t k = std::min<std::size_t>(n - done, 1024);  // UIO_MAXIOV
