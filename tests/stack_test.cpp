@@ -384,6 +384,10 @@ TEST_SUITE("stack") {
         if (line.rfind("VmSize:", 0) == 0) vm_kib = std::stol(line.substr(7));
       const rlimit lim{static_cast<rlim_t>(vm_kib + 32 * 1024) * 1024, RLIM_INFINITY};
       if (setrlimit(RLIMIT_AS, &lim) != 0) _exit(3);
+      // qemu-user accepts the limit without applying it (it would bind the emulator itself).
+      void* big =
+          mmap(nullptr, std::size_t{64} << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (big != MAP_FAILED) _exit(77);
       try {
         for (;;) held.push_back(skein::detail::acquire_stack(skein::default_stack_size));
       } catch (const std::system_error& e) {
@@ -392,7 +396,11 @@ TEST_SUITE("stack") {
       }
     });
     CAPTURE(r.err);
-    CHECK(WIFEXITED(r.status));
+    REQUIRE(WIFEXITED(r.status));
+    if (WEXITSTATUS(r.status) == 77) {
+      MESSAGE("RLIMIT_AS is not enforced here (an emulator): exhaustion not tested");
+      return;
+    }
     CHECK(WEXITSTATUS(r.status) == 0);
     CHECK(r.err.find("skein: reserving address space for fiber stacks") != std::string::npos);
   }
