@@ -141,6 +141,7 @@ struct PhaseResult {
   double finish_s = 0;        // from the deadline until all finished and skein::run returned
   double total_s = 0;
   Memory before, after;
+  long rss_end = 0;  // every fiber finished and skein::run returned
   bool ok = false;
 };
 
@@ -209,6 +210,7 @@ PhaseResult run_phase(const char* label, skein::GuardMode mode, long n) {
     set_error(r, e.what());
   }
   const auto t_end = std::chrono::steady_clock::now();
+  r.rss_end = status_bytes("VmRSS");
   const auto woke = std::max(t_started, deadline == skein::no_deadline ? t_started : deadline);
   r.spawn_s = Seconds(t_spawned - t0).count();
   r.first_run_s = Seconds(t_started - t_spawned).count();
@@ -427,6 +429,9 @@ void print_table(const PhaseResult* phases, int count, long page_size, long map_
   row("RSS total (delta)", [](const PhaseResult& r, char* b, std::size_t n) {
     std::snprintf(b, n, "%.1f MiB", static_cast<double>(r.after.rss - r.before.rss) / (1 << 20));
   });
+  row("RSS after all finished (delta)", [](const PhaseResult& r, char* b, std::size_t n) {
+    std::snprintf(b, n, "%.1f MiB", static_cast<double>(r.rss_end - r.before.rss) / (1 << 20));
+  });
   row("mappings total (delta)", [](const PhaseResult& r, char* b, std::size_t n) {
     std::snprintf(b, n, "%ld", r.after.mappings - r.before.mappings);
   });
@@ -469,13 +474,13 @@ void json_phase(std::FILE* f, const PhaseResult& r) {
                "     \"page_table_bytes_before\": %ld, \"page_table_bytes_after\": %ld,"
                " \"page_table_bytes_per_fiber\": %.1f,\n"
                "     \"mappings_before\": %ld, \"mappings_after\": %ld, \"mappings_per_fiber\": %.4f,"
-               " \"stack_slabs\": %ld}",
+               " \"stack_slabs\": %ld, \"rss_bytes_end\": %ld}",
                r.label, r.guard, r.ok ? "true" : "false", r.error, r.requested, r.spawned, r.alive_at_measure,
                r.spawn_s, r.first_run_s, r.idle_s, r.finish_s, r.total_s, r.spawn_s * 1e9 / spawned,
                r.first_run_s * 1e9 / spawned, r.finish_s * 1e9 / spawned, r.before.rss, r.after.rss,
                d(r.after.rss, r.before.rss), r.before.page_tables, r.after.page_tables,
                d(r.after.page_tables, r.before.page_tables), r.before.mappings, r.after.mappings,
-               d(r.after.mappings, r.before.mappings), r.after.slabs);
+               d(r.after.mappings, r.before.mappings), r.after.slabs, r.rss_end);
 }
 
 bool write_json(const std::string& path, const PhaseResult* phases, int count, long page_size, long map_limit,
