@@ -187,7 +187,12 @@ int self_pidfd() noexcept {
 bool advise_ranges(iovec* ranges, std::size_t n, int advice) noexcept {
   std::size_t done = 0;
 #if defined(SYS_process_madvise)
+#if defined(SKEIN_VALGRIND) && SKEIN_VALGRIND
+  // Valgrind knows neither pidfd_open nor process_madvise (and warns about each).
+  static std::atomic<bool> batched_works{!RUNNING_ON_VALGRIND};
+#else
   static std::atomic<bool> batched_works{true};
+#endif
   // Only where MADV_GUARD_INSTALL is honoured (6.13+, which also lets a process advise itself
   // through process_madvise): an emulator that accepts advice without acting on it might not
   // translate the ranges either.
@@ -546,17 +551,67 @@ class StackPool {
 
   detail::Stack acquire(std::size_t usable) {
     prepare();
-    if (usable == slot_usable()) {
-      const bool mprotect_mode = effective_guard_mode() == GuardMode::mprotect;
-      std::vector<detail::Stack>& cache = slots_[mprotect_mode];
-      if (cache.empty()) {
-        if (cache.capacity() < kLocalMax + 1) cache.reserve(kLocalMax + 1);
-        arena(kSlabOrigin[mprotect_mode]).take(cache, kRefillBatch);
+    if (usable == slot_usable()) [[likely]] {
+      const int m = effective_guard_mode() == GuardMode::mprotect;
+      std::vector<detail::Stack>& cache = slots_[m];
+      if (!cache.empty()) [[likely]] {
+        const detail::Stack s = cache.back();
+        cache.pop_back();
+        return reused(s);
       }
-      const detail::Stack s = cache.back();
-      cache.pop_back();
-      return reused(s);
+      return refill(m);
     }
+    return acquire_other(usable);
+  }
+
+  void release(detail::Stack s) noexcept {
+    if (s.origin != kSingleMapping) [[likely]] {
+      std::vector<detail::Stack>& cache = slots_[s.origin - 1];
+      if (cache.size() < kLocalMax && cache.size() < cache.capacity()) [[likely]] {
+        cache.push_back(s);  // never allocates: the capacity is there
+        return;
+      }
+      release_overflow(s);
+      return;
+    }
+    release_other(s);
+  }
+
+  ~StackPool();
+
+ private:
+  // The spawn and finish paths above stay small; what follows runs once per 64 or 128 stacks, or
+  // for stacks of other sizes.
+  [[gnu::noinline]] detail::Stack refill(int m) {
+    std::vector<detail::Stack>& cache = slots_[m];
+    if (cache.capacity() < kLocalMax + 1) cache.reserve(kLocalMax + 1);
+    arena(kSlabOrigin[m]).take(cache, kRefillBatch);
+    const detail::Stack s = cache.back();
+    cache.pop_back();
+    return reused(s);
+  }
+
+  [[gnu::noinline]] void release_overflow(detail::Stack s) noexcept {
+    std::vector<detail::Stack>& cache = slots_[s.origin - 1];
+    if (cache.capacity() < kLocalMax + 1) {
+      try {
+        cache.reserve(kLocalMax + 1);
+      } catch (...) {
+      }
+    }
+    if (cache.size() < cache.capacity())
+      cache.push_back(s);
+    else
+      arena(s.origin).give(&s, 1);
+    if (cache.size() > kLocalMax) {
+      // The older half goes to the shared list, where any thread may take it.
+      const std::size_t half = cache.size() / 2;
+      arena(s.origin).give(cache.data(), half);
+      cache.erase(cache.begin(), cache.begin() + static_cast<std::ptrdiff_t>(half));
+    }
+  }
+
+  [[gnu::noinline]] detail::Stack acquire_other(std::size_t usable) {
     for (std::size_t i = odd_.size(); i-- > 0;) {
       if (odd_[i].size != usable) continue;
       detail::Stack s = odd_[i];
@@ -568,27 +623,7 @@ class StackPool {
     return map_stack(usable);
   }
 
-  void release(detail::Stack s) noexcept {
-    if (s.origin != kSingleMapping) {
-      std::vector<detail::Stack>& cache = slots_[s.origin == kSlabOrigin[1]];
-      if (cache.capacity() < kLocalMax + 1) {
-        try {
-          cache.reserve(kLocalMax + 1);
-        } catch (...) {
-        }
-      }
-      if (cache.size() < cache.capacity())
-        cache.push_back(s);  // never allocates: the capacity is reserved
-      else
-        arena(s.origin).give(&s, 1);
-      if (cache.size() > kLocalMax) {
-        // The older half goes to the shared list, where any thread may take it.
-        const std::size_t half = cache.size() / 2;
-        arena(s.origin).give(cache.data(), half);
-        cache.erase(cache.begin(), cache.begin() + static_cast<std::ptrdiff_t>(half));
-      }
-      return;
-    }
+  [[gnu::noinline]] void release_other(detail::Stack s) noexcept {
     if (odd_bytes_ + s.size > kMaxCachedBytes) {
       unmap_stack(s);
       return;
@@ -601,9 +636,6 @@ class StackPool {
     }
   }
 
-  ~StackPool();
-
- private:
   std::vector<detail::Stack> slots_[2];  // free slab slots (madvise, mprotect), warmest last
   std::vector<detail::Stack> odd_;       // free stacks of other sizes, most recently released last
   std::size_t odd_bytes_ = 0;
