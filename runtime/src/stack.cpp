@@ -381,6 +381,9 @@ class Arena {
       void* p = mmap(nullptr, slots * slot_bytes(), PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
       if (p != MAP_FAILED) {
+        // A transparent huge page would make one fiber's first touch commit 2 MiB, its
+        // neighbours' stacks included (MAP_STACK implies this only since Linux 6.7).
+        madvise(p, slots * slot_bytes(), MADV_NOHUGEPAGE);
         slab_ = static_cast<char*>(p);
         slab_slots_ = slots;
         slab_used_ = 0;
