@@ -13,6 +13,7 @@ struct Stack {
   char* lo = nullptr;
   std::size_t size = 0;
   unsigned valgrind_id = 0;  // VALGRIND_STACK_REGISTER handle, 0 when not registered
+  std::uint8_t origin = 0;   // 0: a mapping of its own; else the slab pool it returns to
 
   char* hi() const noexcept { return lo + size; }
   explicit operator bool() const noexcept { return lo != nullptr; }
@@ -41,8 +42,9 @@ struct ExecContext {
   ContextKind kind = ContextKind::thread;
 };
 
-// Maps a stack of at least `size` bytes (rounded up to pages, at least min_stack_size), from this
-// thread's pool when one of that size is free. Throws std::system_error if the kernel refuses.
+// A stack of at least `size` bytes (rounded up to pages, at least min_stack_size): a slab slot
+// for the default size (this thread's cache, the shared free list, or a new slot), a mapping of
+// its own otherwise. Throws std::system_error if the kernel refuses address space or the guard.
 Stack acquire_stack(std::size_t size);
 
 // Readies this thread to run fibers whose stacks it did not map (a worker running fibers spawned
@@ -50,7 +52,12 @@ Stack acquire_stack(std::size_t size);
 // acquire_stack does it too.
 void prepare_fiber_thread();
 
-// Returns a stack to this thread's pool (or to the kernel when the pool is full).
+// Returns a stack to this thread's cache (which shares its overflow with other threads), or to the
+// kernel (a stack of another size, when the thread already keeps 64 MiB of those).
 void release_stack(Stack stack) noexcept;
+
+// How long (default 250 ms) a free stack must stay idle before its memory may go back to the
+// kernel; the demand for stacks is remembered for four such epochs. For tests.
+void set_stack_trim_epoch(unsigned milliseconds) noexcept;
 
 }  // namespace skein::detail
