@@ -253,15 +253,12 @@ void Scheduler::loop() {
         }
       }
       Fiber* f;
-      if (due > 0) {
-        --due;
-        --n;
-        f = ready_.pop();
-      } else if (!next_.empty() && next_budget > 0) {
+      if (due == 0 && !next_.empty() && next_budget > 0) {
         --next_budget;
         f = next_.pop();
       } else if (n > 0) {
         --n;
+        due -= due > 0;  // due fibers are the first n
         f = ready_.pop();
       } else {
         break;
