@@ -280,7 +280,7 @@ void Scheduler::loop() {
     if (inbox_.pending()) drain_inbox();
     if (stop_) break;
     // Timers due now run first in the next round (they are late already).
-    if (!timers_.empty()) due = serve_due_timers();
+    due = timers_.empty() ? 0 : serve_due_timers();
     if (!ready_.empty() || !next_.empty()) {
       if (driver_->waiters() > 0) driver_->poll();
       continue;
