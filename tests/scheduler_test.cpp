@@ -14,6 +14,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -472,5 +473,156 @@ TEST_SUITE("scheduler") {
     CHECK(size >= std::size_t{4} << 20);
     const std::size_t plain = skein::run([] { return skein::detail::current_fiber()->stack.size; });
     CHECK(plain < std::size_t{4} << 20);
+  }
+}
+
+namespace {
+
+// Spawns and joins in a loop, each child spawning a detached grandchild: every fiber it makes
+// runs next, and the loop itself is handed back next, until `stop` (true) or `give_up` (false).
+bool spawn_in_a_loop(const bool& stop, skein::TimePoint give_up) {
+  while (!stop) {
+    if (skein::Clock::now() >= give_up) return false;
+    skein::spawn([] { skein::spawn([] {}).detach(); }).join();
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_SUITE("scheduler") {
+  TEST_CASE("a spawned fiber runs as soon as its parent waits, ahead of fibers that were ready before") {
+    std::string trace;
+    skein::run([&trace] {
+      auto earlier = skein::spawn([&trace] { trace += 'e'; });
+      skein::yield();  // `earlier` has run; now make one ready in the queue
+      auto queued = skein::spawn([&trace] {
+        trace += 'q';
+        skein::yield();
+        trace += 'Q';
+      });
+      skein::yield();  // `queued` ran and yielded: it is in the ready queue
+      auto a = skein::spawn([&trace] { trace += 'a'; });
+      auto b = skein::spawn([&trace] { trace += 'b'; });
+      trace += '.';  // nothing runs until the parent waits
+      a.join();      // the children run first, in spawn order, then the queue
+      b.join();
+      queued.join();
+      earlier.join();
+    });
+    CHECK(trace == "eq.abQ");
+  }
+
+  // Each of these runs a few thousand spawns, which TSan makes cost milliseconds each; they test
+  // one thread's scheduling, where TSan has nothing to find.
+  TEST_CASE("a fork-join tree runs depth-first: few of its fibers are live at once" *
+            doctest::skip(under_tsan)) {
+    // 1,111 fibers, 10 children each. Breadth-first, every one of them would be spawned (and hold
+    // a stack) before the first leaf returned.
+    int live = 0;
+    int most = 0;
+    struct Tree {
+      int& live;
+      int& most;
+      long long sum(long long first, long long leaves) {
+        ++live;
+        most = std::max(most, live);
+        long long total = first;
+        if (leaves > 1) {
+          std::vector<skein::Task<long long>> kids;
+          total = 0;
+          for (long long i = 0; i < 10; ++i)
+            kids.push_back(
+                skein::spawn([this, n = first + i * leaves / 10, sub = leaves / 10] { return sum(n, sub); }));
+          for (auto& k : kids) total += k.join();
+        }
+        --live;
+        return total;
+      }
+    };
+    Tree tree{live, most};
+    const long long total = skein::run([&tree] { return tree.sum(0, 1'000); });
+    CHECK(total == 1'000LL * 999 / 2);
+    MESSAGE("at most " << most << " of 1,111 fibers were running or parked at once");
+    CHECK(most <= 10);  // one path from the root: 3 levels of parents and a leaf
+  }
+
+  TEST_CASE("a fiber that spawns in a loop does not starve a fiber that yields" * doctest::skip(under_tsan)) {
+    bool stop = false;
+    bool stopped = false;
+    skein::run([&] {
+      auto yielder = skein::spawn([&stop] {
+        for (int i = 0; i < 100; ++i) skein::yield();
+        stop = true;
+      });
+      stopped = spawn_in_a_loop(stop, skein::Clock::now() + 5s);
+      yielder.join();
+    });
+    CHECK(stopped);
+  }
+
+  TEST_CASE("a fiber that spawns in a loop does not starve a due timer" * doctest::skip(under_tsan)) {
+    bool stop = false;
+    bool stopped = false;
+    std::chrono::nanoseconds late{0};
+    skein::run([&] {
+      auto sleeper = skein::spawn([&] {
+        for (int i = 0; i < 5; ++i) {
+          const auto due = skein::Clock::now() + 2ms;
+          skein::sleep_until(due);
+          late = std::max<std::chrono::nanoseconds>(late, skein::Clock::now() - due);
+        }
+        stop = true;
+      });
+      stopped = spawn_in_a_loop(stop, skein::Clock::now() + 5s);
+      sleeper.join();
+    });
+    MESSAGE("worst lateness of a 2 ms sleep beside a spawning loop: "
+            << std::chrono::duration<double, std::milli>(late).count() << " ms");
+    CHECK(stopped);
+    CHECK(late < 500ms);
+  }
+
+  TEST_CASE("a fiber that spawns in a loop does not starve a wake-up from another thread" *
+            doctest::skip(under_tsan)) {
+    bool stop = false;
+    bool stopped = false;
+    skein::run([&] {
+      skein::Event event;
+      auto waiter = skein::spawn([&] {
+        event.wait();
+        stop = true;
+      });
+      std::thread setter([&event] {
+        std::this_thread::sleep_for(10ms);
+        event.set();
+      });
+      stopped = spawn_in_a_loop(stop, skein::Clock::now() + 5s);
+      waiter.join();
+      setter.join();
+    });
+    CHECK(stopped);
+  }
+
+  TEST_CASE("a fiber that spawns in a loop does not starve I/O" * doctest::skip(under_tsan)) {
+    bool stop = false;
+    bool stopped = false;
+    skein::run([&] {
+      auto socket = skein::UdpSocket::bind(skein::Address::loopback(0));
+      const skein::Address to = socket.local_address();
+      auto reader = skein::spawn([&] {
+        char buf[16];
+        CHECK(socket.receive_from(std::span<char>(buf)) == 4);
+        stop = true;
+      });
+      std::thread sender([to] {
+        std::this_thread::sleep_for(10ms);
+        skein::UdpSocket::bind(skein::Address::loopback(0)).send_to("ping", to);
+      });
+      stopped = spawn_in_a_loop(stop, skein::Clock::now() + 5s);
+      reader.join();
+      sender.join();
+    });
+    CHECK(stopped);
   }
 }

@@ -261,8 +261,9 @@ std::pair<Fiber*, Stack> make_fiber(std::size_t stack_size, F&& f) {
 }
 }  // namespace detail
 
-// Starts `f` on a new fiber of the calling fiber's worker; it first runs when the caller next waits
-// or yields. Returns the handle to its result. Must be called inside skein::run.
+// Starts `f` on a new fiber of the calling fiber's worker; it first runs when the caller next waits,
+// yields or ends, then at once, ahead of the fibers already ready (docs/architecture.md). Returns
+// the handle to its result. Must be called inside skein::run.
 template <class F>
 auto spawn(FiberOptions options, F&& f) {
   detail::Scheduler& sched = detail::scheduler_for("skein::spawn");

@@ -248,7 +248,10 @@ void Scheduler::start_local(Fiber* f) noexcept {
   live_ = f;
   // The runtime counts workers with live fibers, not fibers: a spawn costs no shared write.
   if (live_count_++ == 0) runtime_->retain();
-  ready_.push(f);
+  if (running_)
+    next_.insert(f);
+  else
+    ready_.push(f);
 }
 
 void Scheduler::fiber_entry(Transfer t) noexcept {
@@ -264,29 +267,46 @@ void Scheduler::fiber_entry(Transfer t) noexcept {
 void Scheduler::loop() {
   home_ = &running_context();
   spin_ = runtime_->spin_before_sleep();
+  std::size_t due = 0;  // timer fibers at the front of ready_: they run before next_
   for (;;) {
-    if (spin_.count() > 0 && !ready_.empty()) busy_until_ = Clock::now() + spin_;
+    if (spin_.count() > 0 && !(ready_.empty() && next_.empty())) busy_until_ = Clock::now() + spin_;
     // One round: the fibers ready now. Those they make ready run next round, after timers,
-    // messages and I/O have had their turn, so a busy fiber cannot starve a sleeping one. A timer
-    // that falls due mid-round does not wait for the round's end: every timer_check_interval
-    // resumptions its fiber is moved to the front and joins this round. At most one round's worth
-    // join it: sleepers that keep falling due would otherwise extend the round for ever and starve
-    // what waits for the next one (a fiber that yielded, timers, messages, I/O).
-    std::size_t may_join = ready_.size();
-    for (std::size_t n = ready_.size(); n > 0; --n) {
+    // messages and I/O have had their turn, so a busy fiber cannot starve a sleeping one. The
+    // exceptions, each capped at one round's worth so the round ends:
+    // - a fiber the running one spawns (or a joiner its end wakes) runs next, from next_, ahead of
+    //   the ready queue: fork-join trees run depth-first, with few stacks live at once;
+    // - a timer that falls due mid-round does not wait for the round's end: every
+    //   timer_check_interval resumptions its fiber is moved to the front and runs before anything
+    //   else. Sleepers that keep falling due would otherwise extend the round for ever and starve
+    //   what waits for the next one (a fiber that yielded, timers, messages, I/O).
+    std::size_t n = ready_.size();
+    std::size_t next_budget = n > next_per_round ? n : next_per_round;
+    std::size_t may_join = n + next_budget;
+    for (;;) {
       if (--until_timer_check_ == 0) {
         until_timer_check_ = timer_check_interval;
         if (may_join > 0 && !timers_.empty()) {
           const std::size_t joined = serve_due_timers();
           n += joined;
+          due += joined;
           may_join -= joined < may_join ? joined : may_join;
         }
       }
-      Fiber* f = ready_.pop();
+      Fiber* f;
+      if (due == 0 && !next_.empty() && next_budget > 0) {
+        --next_budget;
+        f = next_.pop();
+      } else if (n > 0) {
+        --n;
+        due -= due > 0;  // due fibers are the first n
+        f = ready_.pop();
+      } else {
+        break;
+      }
       // With thousands of fibers their records and saved frames are cold (each lives on its own
       // stack). Start loading the next two while this one runs: the next one's saved frame (its
       // record was prefetched a turn ago) and the record of the one after it.
-      if (Fiber* next = ready_.front()) {
+      if (Fiber* next = next_.empty() ? ready_.front() : next_.front()) {
         __builtin_prefetch(next->resume_at->sp);
         __builtin_prefetch(static_cast<char*>(next->resume_at->sp) + 64);
         if (Fiber* after = next->next_ready) {
@@ -294,12 +314,14 @@ void Scheduler::loop() {
           __builtin_prefetch(reinterpret_cast<char*>(after) + 64);
         }
       }
+      next_.new_batch();
       resume(f);
     }
     if (inbox_.pending()) drain_inbox();
     if (stop_) break;
-    if (!timers_.empty()) fire_timers(Clock::now());
-    if (!ready_.empty()) {
+    // Timers due now run first in the next round (they are late already).
+    due = timers_.empty() ? 0 : serve_due_timers();
+    if (!ready_.empty() || !next_.empty()) {
       if (driver_->waiters() > 0) driver_->poll();
       continue;
     }
@@ -424,7 +446,11 @@ void Scheduler::finish(Fiber* f) noexcept {
     while (WaitNode* n = f->joiners.pop_front()) {
       if (!claim(n)) continue;  // leaving on its deadline or a cancel
       if (n->wants_result && !f->result_taken) f->result_taken = n->took_result = true;
-      deliver(wakeup_of(n));
+      // A joiner on this worker continues next, as if the child had returned to it.
+      if (n->fiber && n->fiber->scheduler == this)
+        make_ready(n->fiber, Wake::notified, true);
+      else
+        deliver(wakeup_of(n));
     }
   }
   release(f);
@@ -442,13 +468,16 @@ void Scheduler::interrupt(Fiber* f, Wake why) noexcept {
   make_ready(f, why);
 }
 
-void Scheduler::make_ready(Fiber* f, Wake why) noexcept {
+void Scheduler::make_ready(Fiber* f, Wake why, bool next) noexcept {
   SKEIN_ASSERT_STATE(f, FiberState::parked, "make_ready");
   if (f->timer_slot != Fiber::no_timer) timers_.erase(f);
   if (why != Wake::notified && f->unlink) f->unlink(f, f->unlink_arg);
   f->wake = why;
   f->state = FiberState::ready;
-  ready_.push(f);
+  if (next)
+    next_.insert(f);
+  else
+    ready_.push(f);
 }
 
 void Scheduler::cancel(Fiber* f) noexcept {

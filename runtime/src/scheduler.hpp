@@ -58,6 +58,36 @@ class ReadyQueue {
   std::size_t size_ = 0;
 };
 
+// The fibers that run ahead of the ready queue (Go's `runnext`, grown into a list): those the
+// running fiber spawns on its own worker, in spawn order, and the joiners a finishing fiber wakes.
+// Each resumption's additions go in front of what older ones left (insertion after a cursor that
+// resume resets), so a fork-join tree runs depth-first with siblings in spawn order. Linked
+// through Fiber::next_ready: a fiber is in this list or the ready queue, never both.
+class NextQueue {
+ public:
+  bool empty() const noexcept { return head_ == nullptr; }
+  Fiber* front() const noexcept { return head_; }
+  // Starts a new batch: the next insert goes to the front.
+  void new_batch() noexcept { cursor_ = nullptr; }
+  // Adds `f` after the current batch's last fiber (at the front for a new batch).
+  void insert(Fiber* f) noexcept {
+    Fiber*& link = cursor_ ? cursor_->next_ready : head_;
+    f->next_ready = link;
+    link = f;
+    cursor_ = f;
+  }
+  Fiber* pop() noexcept {
+    Fiber* f = head_;
+    head_ = f->next_ready;
+    if (cursor_ == f) cursor_ = nullptr;
+    return f;
+  }
+
+ private:
+  Fiber* head_ = nullptr;
+  Fiber* cursor_ = nullptr;
+};
+
 // Binary min-heap of parked fibers by (deadline, arrival), each fiber knowing its slot so a wait
 // that ends early leaves the heap in O(log n). Equal deadlines fire in the order they were set.
 class TimerHeap {
@@ -181,7 +211,8 @@ class Scheduler {
 
   // Fills in what a fiber needs before it can be started here (from any thread: the spawner's).
   void prepare(Fiber* f, Stack stack, std::string name) noexcept;
-  // Makes a prepared fiber ready: on this scheduler's thread directly, from others by message.
+  // This thread: makes a prepared fiber ready. Spawned by the running fiber, it runs next (as soon
+  // as the spawner parks, yields or ends; see NextQueue); otherwise it joins the ready queue.
   void start_local(Fiber* f) noexcept;
   void post(RemoteNode* n) noexcept { inbox_.post(n); }
   const Inbox& inbox() const noexcept { return inbox_; }
@@ -235,8 +266,9 @@ class Scheduler {
   // This thread: interrupts `f`'s wait, ending it with `why` (a deadline or a cancel), if nobody
   // else claimed its wake-up first.
   void interrupt(Fiber* f, Wake why) noexcept;
-  // This thread: makes `f`, parked and its wake-up won by the caller, ready with `why`.
-  void make_ready(Fiber* f, Wake why) noexcept;
+  // This thread: makes `f`, parked and its wake-up won by the caller, ready with `why`; with
+  // `next`, ahead of the ready queue (a joiner its child's end wakes).
+  void make_ready(Fiber* f, Wake why, bool next = false) noexcept;
   // This thread.
   void cancel(Fiber* f) noexcept;
 
@@ -275,8 +307,8 @@ class Scheduler {
   }
   void finish(Fiber* f) noexcept;
   void fire_timers(TimePoint now) noexcept;
-  // Mid-round: fires the timers that are due and moves their fibers to the front of the ready
-  // queue; returns how many it made ready.
+  // Fires the timers that are due and moves their fibers to the front of the ready queue (they
+  // are late already); returns how many it made ready.
   std::size_t serve_due_timers() noexcept;
   void drain_inbox() noexcept;
   void idle();
@@ -293,6 +325,11 @@ class Scheduler {
   ExecContext* home_ = nullptr;  // the context running loop(): fibers switch back to it
   Fiber* running_ = nullptr;
   ReadyQueue ready_;
+  NextQueue next_;
+  // A round runs at most max(its ready fibers, this) fibers from next_, so a fiber that spawns or
+  // joins in a loop (each child run next, each joiner handed back next) cannot keep the ready
+  // queue, timers, messages and I/O waiting: see docs/architecture.md, "Children run next".
+  static constexpr std::size_t next_per_round = 64;
   TimerHeap timers_;
   // A round of the ready queue looks at the clock every this many resumptions while timers are
   // pending, so a due timer waits for at most that many other fibers, not for the whole round
