@@ -413,7 +413,7 @@ TEST_SUITE("channel") {
       auto cancelled = skein::spawn_on(far(), [&] { return error_of([&] { ch.recv(); }); });
       skein::sleep_for(10ms);
       cancelled.cancel();
-      CHECK(cancelled.join() == std::errc::operation_canceled);
+      CHECK(skein_test::cancelled_outcome(cancelled) == std::errc::operation_canceled);
       CHECK_FALSE(ch.try_send(1));  // its node is gone
       auto live = skein::spawn_on(far(), [&] { return ch.recv(); });
       CHECK(send_to_waiting(ch, 2));
@@ -427,7 +427,7 @@ TEST_SUITE("channel") {
       auto cancelled = skein::spawn_on(far(), [&] { return error_of([&] { ch.send(1); }); });
       skein::sleep_for(10ms);
       cancelled.cancel();
-      CHECK(cancelled.join() == std::errc::operation_canceled);
+      CHECK(skein_test::cancelled_outcome(cancelled) == std::errc::operation_canceled);
       CHECK(ch.try_recv() == std::nullopt);
 
       // The same on a full bounded channel: the queued value stays, the cancelled one never lands.
@@ -436,7 +436,7 @@ TEST_SUITE("channel") {
       auto blocked = skein::spawn_on(far(), [&] { return error_of([&] { full.send(11); }); });
       skein::sleep_for(10ms);
       blocked.cancel();
-      CHECK(blocked.join() == std::errc::operation_canceled);
+      CHECK(skein_test::cancelled_outcome(blocked) == std::errc::operation_canceled);
       CHECK(full.try_recv() == 10);
       CHECK(full.try_recv() == std::nullopt);
       full.send(12);
@@ -1156,7 +1156,7 @@ TEST_SUITE("channel") {
       });
       skein::sleep_for(10ms);
       selecting.cancel();
-      CHECK(selecting.join() == std::errc::operation_canceled);
+      CHECK(skein_test::cancelled_outcome(selecting) == std::errc::operation_canceled);
       CHECK_FALSE(fired);
       CHECK_FALSE(a.try_send(1));           // no stale receiver on a
       CHECK(b.try_recv() == std::nullopt);  // no stale sender on b

@@ -34,4 +34,14 @@ std::errc error_of(F&& f) {
   return std::errc{};
 }
 
+// How a task that returns error_of(its wait) ended once cancelled: the error its body returned (the
+// cancel reached it in the wait) or the join's own (it reached it before the task started: under
+// load another worker may not have run it yet). Either way the task did not complete its wait.
+template <class Task>
+std::errc cancelled_outcome(Task& task) {
+  std::errc from_body{};
+  const std::errc from_join = error_of([&] { from_body = task.join(); });
+  return from_join != std::errc{} ? from_join : from_body;
+}
+
 }  // namespace skein_test
