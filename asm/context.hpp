@@ -22,7 +22,9 @@ using ContextEntry = void (*)(Transfer);
 namespace skein::detail {
 
 // How the x86-64 assembly switch restores the FP control words (asm/fp_mode_x86_64.cpp picks one
-// from the CPU vendor at start-up). Either is correct on every CPU; they differ only in speed.
+// from the CPU vendor at start-up). Either is correct on every CPU (the ABI makes MXCSR's control
+// bits callee-saved and leaves its sticky exception flags unspecified across calls); they differ in
+// speed, and in those flags: loading gives each context back its own, comparing lets them carry.
 inline constexpr unsigned char switch_fp_compare = 0;  // restore them only when they differ (Intel)
 inline constexpr unsigned char switch_fp_load = 1;     // always load MXCSR, compare the x87 word (AMD)
 

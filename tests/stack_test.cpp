@@ -6,6 +6,7 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
@@ -238,6 +239,31 @@ TEST_SUITE("stack") {
     CAPTURE(r.err);
     CHECK(WIFEXITED(r.status));
     CHECK(WEXITSTATUS(r.status) == 0);
+  }
+
+  TEST_CASE("generators made after their thread's stack pool is destroyed get stacks of their own") {
+    static std::atomic<int> outcome{0};  // 1: two distinct stacks that both ran; 2: not
+    struct Late {
+      ~Late() {
+        auto body = [](skein::Yield<std::uintptr_t>& yield) {
+          volatile char here = 0;
+          yield(reinterpret_cast<std::uintptr_t>(&here));
+          yield(7);
+        };
+        skein::Generator<std::uintptr_t> a(body), b(body);
+        const std::uintptr_t pa = a.next().value_or(0), pb = b.next().value_or(0);
+        const std::uintptr_t gap = pa > pb ? pa - pb : pb - pa;
+        outcome = gap >= skein::min_stack_size && a.next() == 7u && b.next() == 7u ? 1 : 2;
+      }
+    };
+    std::thread t([] {
+      thread_local Late late;  // constructed before the thread's stack pool, so destroyed after it
+      (void)&late;
+      skein::Generator<int> first([](skein::Yield<int>& yield) { yield(1); });
+      CHECK(first.next() == 1);
+    });
+    t.join();
+    CHECK(outcome == 1);
   }
 
   TEST_CASE("a coroutine that swallows its forced unwind and yields again aborts loudly") {

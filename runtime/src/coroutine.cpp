@@ -11,7 +11,10 @@
 
 // skein_switch_jump (see <skein/detail/coroutine.hpp>) is jump_context under a name the public
 // headers can call whichever backend this library was built with: a tail jump to the switch, so
-// that the caller's own return address is the one the switch saves and jumps back to.
+// that the caller's own return address is the one the switch saves and jumps back to. Hidden (the
+// library is static: callers bind to it directly, never through a PLT or another copy of skein),
+// and it opens with a landing pad (endbr64, bti c) like every other entry of the switch, for
+// binaries built with branch protection.
 #if defined(SKEIN_CONTEXT_BOOST) && SKEIN_CONTEXT_BOOST
 #define SKEIN_SWITCH_TARGET "jump_fcontext"
 #else
@@ -21,9 +24,11 @@
 asm(R"(
         .pushsection .text
         .globl  skein_switch_jump
+        .hidden skein_switch_jump
         .type   skein_switch_jump, @function
         .p2align 4
 skein_switch_jump:
+        endbr64
         jmp     )" SKEIN_SWITCH_TARGET R"(@PLT
         .size   skein_switch_jump, .-skein_switch_jump
         .popsection
@@ -32,9 +37,11 @@ skein_switch_jump:
 asm(R"(
         .pushsection .text
         .globl  skein_switch_jump
+        .hidden skein_switch_jump
         .type   skein_switch_jump, %function
         .p2align 4
 skein_switch_jump:
+        hint    #34
         b       )" SKEIN_SWITCH_TARGET R"(
         .size   skein_switch_jump, .-skein_switch_jump
         .popsection

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include <sys/mman.h>
@@ -167,6 +168,9 @@ void install_overflow_handler() noexcept {
 std::atomic<int> g_self_pidfd{-1};
 
 int self_pidfd() noexcept {
+  // A forked child inherits the parent's pidfd, which names the parent: it must not be used.
+  static const pid_t opener = getpid();
+  if (getpid() != opener) return -2;
   int fd = g_self_pidfd.load(std::memory_order_acquire);
   if (fd != -1) return fd;
 #if defined(SYS_pidfd_open) && defined(SYS_process_madvise)
@@ -264,13 +268,15 @@ class Arena {
   // free. Throws std::system_error if the address space or the guard cannot be had.
   void take(std::vector<detail::Stack>& out, std::size_t want) {
     std::lock_guard lock(mutex_);
-    for (std::vector<detail::Stack>* list : {&dirty_, &clean_}) {
-      // In order: the warmest stays last, where the thread's cache takes from.
-      const std::size_t k = std::min(want, list->size());
+    // The warmest go last, where the thread's cache takes from: trimmed (cold) slots first, then
+    // the warm ones in their order.
+    const std::size_t warm = std::min(want, dirty_.size());
+    const std::size_t cold = std::min(want - warm, clean_.size());
+    for (auto [list, k] : {std::pair{&clean_, cold}, std::pair{&dirty_, warm}}) {
       out.insert(out.end(), list->end() - static_cast<std::ptrdiff_t>(k), list->end());
       list->resize(list->size() - k);
-      want -= k;
     }
+    want -= warm + cold;
     idle_ = std::min(idle_, dirty_.size());
     if (out.empty()) carve(out, std::max<std::size_t>(want, 1));
     peaks_[0] = std::max(peaks_[0], busy());
@@ -655,8 +661,12 @@ StackPool::~StackPool() {
   tl_pool_gone = true;
   // A thread's free slots are not stranded when it ends: other threads take them.
   for (int m = 0; m < 2; ++m)
-    if (!slots_[m].empty()) arena(kSlabOrigin[m]).give(slots_[m].data(), slots_[m].size());
+    if (!slots_[m].empty()) {
+      arena(kSlabOrigin[m]).give(slots_[m].data(), slots_[m].size());
+      slots_[m].clear();
+    }
   for (const detail::Stack& s : odd_) unmap_stack(s);
+  odd_.clear();
 }
 
 }  // namespace
@@ -689,7 +699,17 @@ Stack acquire_stack(std::size_t size) {
   if (size < min_stack_size) size = min_stack_size;
   if (size > (std::size_t{1} << 40))
     throw std::system_error(std::make_error_code(std::errc::invalid_argument), "skein: stack size too large");
-  return tl_pool.acquire((size + page - 1) & ~(page - 1));
+  const std::size_t usable = (size + page - 1) & ~(page - 1);
+  if (!tl_pool_gone) [[likely]]
+    return tl_pool.acquire(usable);
+  // The thread's pool is destroyed (a fiber or generator made by a static destructor, or by a
+  // thread_local destroyed after the pool): straight from the shared lists, or the kernel.
+  if (usable == slot_usable()) {
+    std::vector<detail::Stack> one;
+    arena(kSlabOrigin[effective_guard_mode() == GuardMode::mprotect]).take(one, 1);
+    return reused(one.back());
+  }
+  return map_stack(usable);
 }
 
 void set_stack_trim_epoch(unsigned milliseconds) noexcept {
@@ -697,7 +717,7 @@ void set_stack_trim_epoch(unsigned milliseconds) noexcept {
 }
 
 void prepare_fiber_thread() {
-  tl_pool.prepare();
+  if (!tl_pool_gone) tl_pool.prepare();
 }
 
 void release_stack(Stack stack) noexcept {

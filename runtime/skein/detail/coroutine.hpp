@@ -96,7 +96,7 @@ void coroutine_suspend_whole(CoroutineCore& co);
 extern "C" {
 // The context switch the library was built with (skein's assembly or Boost.Context's), under one
 // name: suspends the running context, resumes `to` with `data`; returns when switched back to.
-skein::detail::SwitchTransfer skein_switch_jump(void* to, void* data) noexcept;
+[[gnu::visibility("hidden")]] skein::detail::SwitchTransfer skein_switch_jump(void* to, void* data) noexcept;
 }
 
 namespace skein::detail {
