@@ -18,6 +18,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -135,6 +136,20 @@ inline bool parse_count(const char* s, long long& out) {
   if (errno || end == s || *end || v < 0) return false;
   out = v;
   return true;
+}
+
+// Appends `name` to `chosen` if it is one of `known`; otherwise says so on stderr and returns false.
+inline bool add_variant(const char* program, std::span<const std::string_view> known, std::string_view name,
+                        std::vector<std::string_view>& chosen) {
+  for (const std::string_view k : known) {
+    if (k == name) {
+      chosen.push_back(k);
+      return true;
+    }
+  }
+  std::fprintf(stderr, "%s: unknown variant '%.*s' (see --help)\n", program, static_cast<int>(name.size()),
+               name.data());
+  return false;
 }
 
 }  // namespace fiber_bench

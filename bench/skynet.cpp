@@ -190,14 +190,7 @@ int main(int argc, char** argv) {
                power_of_ten(leaves)) {
       ++i;
     } else if (a == "--variant" && has_value) {
-      const std::string_view v = argv[++i];
-      bool known = false;
-      for (const std::string_view k : kVariants) known = known || k == v;
-      if (!known) {
-        std::fprintf(stderr, "skynet: unknown variant '%s' (see --help)\n", argv[i]);
-        return 2;
-      }
-      variants.push_back(v);
+      if (!fiber_bench::add_variant("skynet", kVariants, argv[++i], variants)) return 2;
     } else if (a == "--json-line") {
       json_line = true;
     } else {
