@@ -137,7 +137,38 @@ def main():
                     # The anchor's CPU per message over skein's: "as efficient as", above 1 is better.
                     "cpu_efficiency": ratio(anchor.get("cost_us"), m["cost_us"])}
 
+    # The same ratios taken within each repetition (a server against the anchor run minutes apart
+    # at most) and their median: drift in what else runs on a shared machine cancels in the pair,
+    # so these are the figures the targets use; the ratios of medians above stay beside them.
+    by_rep = {}
+    for r in good:
+        by_rep.setdefault((r["kind"], str(r["connections"]), r["rep"]), {})[r["server"]] = r
+    paired = {}
+    for (kind, group, rep), servers in by_rep.items():
+        anchor = servers.get(ANCHOR[kind])
+        if not anchor:
+            continue
+        for server, r in servers.items():
+            if server == ANCHOR[kind]:
+                continue
+            p = paired.setdefault(kind, {}).setdefault(group, {}).setdefault(
+                server, {"throughput": [], "cpu_per_" + UNIT[kind]: [], "cpu_efficiency": []})
+            if r["rate"] and anchor["rate"]:
+                p["throughput"].append(r["rate"] / anchor["rate"])
+            if r["cost_us"] and anchor["cost_us"]:
+                p["cpu_per_" + UNIT[kind]].append(r["cost_us"] / anchor["cost_us"])
+                p["cpu_efficiency"].append(anchor["cost_us"] / r["cost_us"])
+    for kind in paired.values():
+        for group in kind.values():
+            for server, p in group.items():
+                group[server] = {k: {"median": round(statistics.median(v), 3), "per_rep": [round(x, 3) for x in v]}
+                                 if v else {"median": None, "per_rep": []} for k, v in p.items()}
+
     def rq(kind, group, server, field):
+        v = paired.get(kind, {}).get(str(group), {}).get(server, {}).get(field, {}).get("median")
+        return v if v is not None else rq_medians(kind, group, server, field)
+
+    def rq_medians(kind, group, server, field):
         return ratios.get(kind, {}).get(str(group), {}).get(server, {}).get(field)
 
     # The targets, each with the backend it binds; the other backend's figure is shown beside it.
@@ -197,6 +228,7 @@ def main():
         "backends": setup.get("backends", "").split(),
         "medians": medians,
         "ratios": ratios,
+        "paired_ratios": paired,
         "targets": targets,
         "failed_runs": len(failures),
         "runs": runs,
@@ -212,15 +244,21 @@ def main():
     for kind in ("echo", "http", "kv"):
         if kind not in medians:
             continue
-        print(f"\n{titles[kind]}: medians; 'vs anchor' = skein/{ANCHOR[kind]} (throughput; CPU per {UNIT[kind]})")
-        print(f"  {'group':>6}  {'server':<26} {'per s':>11}  {'us/' + UNIT[kind][:3]:>7}  {'thr. vs':>8}  {'CPU vs':>7}  {'seen':<8}")
+        print(f"\n{titles[kind]}: medians; 'vs' = skein/{ANCHOR[kind]}, throughput and CPU per {UNIT[kind]},"
+              " as ratios of medians and as the median of each repetition's ratio (paired)")
+        print(f"  {'group':>6}  {'server':<26} {'per s':>11}  {'us/' + UNIT[kind][:3]:>7}  {'thr. vs':>8}  {'CPU vs':>7}"
+              f"  {'paired':>7} {'paired':>7}  {'seen':<8}")
         for group in sorted(medians[kind], key=int):
             servers = medians[kind][group]
             for server in sorted(servers, key=lambda s: (s != ANCHOR[kind], s)):
                 m = servers[server]
                 q = ratios.get(kind, {}).get(group, {}).get(server, {})
+                pq = paired.get(kind, {}).get(group, {}).get(server, {})
+                pt = pq.get("throughput", {}).get("median")
+                pc = pq.get("cpu_per_" + UNIT[kind], {}).get("median")
                 print(f"  {int(group):>6}  {server:<26} {fn(m['rate']):>11}  {fc(m['cost_us']):>7}"
-                      f"  {fr(q.get('throughput')):>8}  {fr(q.get('cpu_per_' + UNIT[kind])):>7}  {','.join(m['backend_seen']):<8}")
+                      f"  {fr(q.get('throughput')):>8}  {fr(q.get('cpu_per_' + UNIT[kind])):>7}"
+                      f"  {fr(pt):>7} {fr(pc):>7}  {','.join(m['backend_seen']):<8}")
     for r in runs:
         if r["server_exit"] not in (0, None) and r["status"] == "ok":
             print(f"  ! {r['kind']} {r['server']} {r['connections']} rep {r['rep']}: server exited {r['server_exit']} on its stop signal (expected 0)")
@@ -241,7 +279,7 @@ def main():
         print("    " + ", ".join(f"{r['server']}/{r['connections']}/rep {r['rep']} ({r['server_cpu']:.2f})" for r in starved))
         print("    compare the CPU-per-message figures, which such sharing distorts far less")
 
-    print("\nTargets (the backend each binds; the other backend's figure as info):")
+    print("\nTargets (paired figures; the backend each binds, the other backend's figure as info):")
     print(f"  {'backend':<9} {'what':<74} {'figure':>7}  {'target':>7}  verdict")
     for t in targets:
         if t["value"] is None and not t["binding"]:
