@@ -3,9 +3,10 @@
 
   net_chart.py NET_BENCH_JSON OUT_SVG
 
-Left: echo messages/s, grouped by connection count, one bar per server (skein, raw epoll,
-thread per connection). Right: HTTP requests/s, nginx against skein's http_server. Bars are the
-medians; the runs behind each median are drawn as small ticks so the spread shows.
+Top row: throughput; bottom row: the server's CPU time per message or request. Left: echo,
+grouped by connection count; right: HTTP (http_server against nginx) and key-value (kv_server
+against redis-server). One bar per skein server and I/O backend and one for the anchor. Bars are
+the medians; the runs behind each median are drawn as small ticks so the spread shows.
 """
 
 import json
@@ -13,11 +14,28 @@ import math
 import sys
 from xml.sax.saxutils import escape
 
-COLORS = {"skein": "#2b6cb0", "epoll": "#dd6b20", "threads": "#718096",
-          "http_server": "#2b6cb0", "nginx": "#38a169"}
-LABELS = {"skein": "skein echo_server", "epoll": "raw epoll (echo_epoll)",
-          "threads": "thread per connection (echo_threads)",
-          "http_server": "skein http_server", "nginx": "nginx (1 worker)"}
+# Bars by role: skein's servers per backend, and each comparison's anchor.
+COLORS = {"epoll": "#2b6cb0", "io_uring": "#805ad5", "nopoll-epoll": "#90cdf4", "nopoll-io_uring": "#d6bcfa",
+          "b-epoll": "#2c7a7b", "b-io_uring": "#81e6d9", "anchor": "#dd6b20", "threads": "#718096"}
+LABELS = {"epoll": "skein, SKEIN_IO=epoll", "io_uring": "skein, SKEIN_IO=io_uring",
+          "nopoll-epoll": "kv_server --poll-us 0, epoll", "nopoll-io_uring": "kv_server --poll-us 0, io_uring",
+          "b-epoll": "skein (B), epoll", "b-io_uring": "skein (B), io_uring",
+          "anchor": "anchor: echo_epoll / nginx / redis-server", "threads": "thread per connection (echo_threads)"}
+ANCHORS = ("echo_epoll", "nginx", "redis-server")
+
+
+def role(server):
+    """The bar role of a server id of scripts/bench-net."""
+    if server in ANCHORS:
+        return "anchor"
+    if server == "echo_threads":
+        return "threads"
+    base, _, backend = server.rpartition("-")
+    if base.endswith("-nopoll"):
+        return "nopoll-" + backend
+    if base == "skein_b":
+        return "b-" + backend
+    return backend
 
 
 def nice_max(v):
@@ -67,8 +85,9 @@ class Svg:
                 f'<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(self.parts) + "\n</svg>\n")
 
 
-def panel(svg, x0, y0, w, h, title, ylabel, groups, servers, medians, runs):
-    """Grouped bars: groups is a list of (label, key); medians[key][server] and runs[key][server]."""
+def panel(svg, x0, y0, w, h, title, ylabel, groups, roles, medians, runs, fmt=None):
+    """Grouped bars: groups is a list of (label, key); medians[key][role] and runs[key][role]."""
+    fmt = fmt or human
     values = [v for k in medians for v in medians[k].values() if v] + \
              [v for k in runs for vs in runs[k].values() for v in vs]
     top, step = nice_max(max(values) if values else 1)
@@ -80,21 +99,22 @@ def panel(svg, x0, y0, w, h, title, ylabel, groups, servers, medians, runs):
     while tick <= top + 1e-9:
         y = bottom - plot_h * tick / top
         svg.line(left, y, left + plot_w, y, stroke="#edf2f7")
-        svg.text(left - 6, y + 4, human(tick), size=11, anchor="end")
+        svg.text(left - 6, y + 4, fmt(tick), size=11, anchor="end")
         tick += step
     svg.line(left, bottom, left + plot_w, bottom, stroke="#4a5568")
     svg.line(left, bottom, left, bottom - plot_h, stroke="#4a5568")
     gw = plot_w / max(1, len(groups))
-    bw = gw * 0.8 / len(servers)
     for gi, (label, key) in enumerate(groups):
+        present = [r for r in roles if r in medians.get(key, {})]
+        bw = gw * 0.8 / max(1, len(present))
         gx = left + gi * gw + gw * 0.1
-        for si, s in enumerate(servers):
-            v = medians.get(key, {}).get(s)
+        for si, s in enumerate(present):
+            v = medians[key][s]
             x = gx + si * bw
             if v:
                 bh = plot_h * v / top
-                svg.rect(x + 1, bottom - bh, bw - 2, bh, COLORS[s], f"{LABELS[s]}, {label}: {v:,.0f} (median)")
-                svg.text(x + bw / 2, bottom - bh - 4, human(v), size=10, anchor="middle")
+                svg.rect(x + 1, bottom - bh, bw - 2, bh, COLORS[s], f"{LABELS[s]}, {label}: {fmt(v)} (median)")
+                svg.text(x + bw / 2, bottom - bh - 4, fmt(v), size=9, anchor="middle")
             else:
                 svg.text(x + bw / 2, bottom - 4, "n/a", size=10, anchor="middle", fill="#c53030")
             for r in runs.get(key, {}).get(s, []):
@@ -103,39 +123,55 @@ def panel(svg, x0, y0, w, h, title, ylabel, groups, servers, medians, runs):
         svg.text(left + gi * gw + gw / 2, bottom + 18, label, size=12, anchor="middle")
 
 
+def collect(data, kind, field):
+    """{group: {role: median}} and {group: {role: [runs]}} of one kind's field ("rate" or "cost_us")."""
+    med, runs = {}, {}
+    for group, servers in data["medians"].get(kind, {}).items():
+        for server, m in servers.items():
+            med.setdefault(group, {})[role(server)] = m[field]
+            runs.setdefault(group, {})[role(server)] = m[field + "s" if field == "rate" else "costs"]
+    return med, runs
+
+
 def main():
     if len(sys.argv) != 3 or sys.argv[1] in ("-h", "--help"):
         print(__doc__.strip())
         sys.exit(0 if len(sys.argv) == 2 else 2)
     data = json.load(open(sys.argv[1]))
-    echo = data["echo_messages_per_s"]
-    counts = sorted(echo, key=int)
-    echo_runs = {n: {s: [] for s in ("skein", "epoll", "threads")} for n in counts}
-    http_runs = {"all": {"nginx": [], "http_server": []}}
-    for r in data["runs"]:
-        if r.get("rate") is None:
-            continue
-        if r["kind"] == "echo" and str(r["connections"]) in echo_runs:
-            echo_runs[str(r["connections"])][r["server"]].append(r["rate"])
-        elif r["kind"] == "http":
-            http_runs["all"][r["server"]].append(r["rate"])
-
-    svg = Svg(1000, 470)
+    roles = list(COLORS)
+    svg = Svg(1100, 860)
     m = data["machine"]
-    svg.text(500, 24, "skein server benchmarks (scripts/bench-net)", size=16, anchor="middle", weight="bold")
-    svg.text(500, 42, f"{m['date']}, {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}; servers on core 0, "
+    svg.text(550, 24, "skein server benchmarks (scripts/bench-net), both I/O backends", size=16, anchor="middle",
+             weight="bold")
+    svg.text(550, 42, f"{m['date']}, {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}; servers on core 0, "
              f"load on core 1; bars: medians, ticks: runs", size=11, anchor="middle", fill="#4a5568")
-    panel(svg, 0, 50, 640, 360, "echo, 64-byte ping-pong", "messages/s",
-          [(f"{int(n):,} connections", n) for n in counts], ["skein", "epoll", "threads"], echo, echo_runs)
-    panel(svg, 650, 50, 340, 360, "HTTP GET /, wrk -t1 -c256", "requests/s",
-          [("keep-alive", "all")], ["nginx", "http_server"], {"all": data["http_requests_per_s"]}, http_runs)
-    # Legend, under both panels.
-    x = 70
-    for s in ("skein", "epoll", "threads", "nginx"):
-        label = LABELS[s] if s != "skein" else "skein (echo_server, http_server)"
-        svg.rect(x, 440, 12, 12, COLORS[s])
-        svg.text(x + 18, 450, label, size=11)
-        x += 18 + 6 * len(label) + 24  # about 6 px per character at 11 px
+    us = lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}"
+    echo_groups = [(f"{int(n):,} connections", n) for n in sorted(data["medians"].get("echo", {}), key=int)]
+    other_groups = [(label, (kind, g)) for kind, label in (("http", "HTTP, wrk -c256"), ("kv", "kv, redis-benchmark -c 50"))
+                    for g in data["medians"].get(kind, {})]
+    for row, (field, ylabel, fmt) in enumerate((("rate", "per second", human), ("cost_us", "server CPU, us", us))):
+        y = 50 + row * 390
+        med, runs = collect(data, "echo", field)
+        what = "messages/s" if field == "rate" else "server CPU per message (lower is better)"
+        panel(svg, 0, y, 580, 370, f"echo, 64-byte ping-pong: {what}", ylabel, echo_groups, roles, med, runs, fmt)
+        med, runs = {}, {}
+        for kind in ("http", "kv"):
+            km, kr = collect(data, kind, field)
+            for g in km:
+                med[(kind, g)], runs[(kind, g)] = km[g], kr[g]
+        what = "requests/s" if field == "rate" else "server CPU per request (lower is better)"
+        panel(svg, 590, y, 500, 370, f"HTTP and key-value: {what}", ylabel, other_groups, roles, med, runs, fmt)
+    # Legend, under the panels: only the roles that appear.
+    seen = {role(s) for kind in data["medians"].values() for g in kind.values() for s in g}
+    x, y = 40, 830
+    for r in roles:
+        if r not in seen:
+            continue
+        if x + 18 + 6 * len(LABELS[r]) > 1090:
+            x, y = 40, y + 16
+        svg.rect(x, y - 10, 12, 12, COLORS[r])
+        svg.text(x + 18, y, LABELS[r], size=11)
+        x += 18 + 6 * len(LABELS[r]) + 20  # about 6 px per character at 11 px
     with open(sys.argv[2], "w") as f:
         f.write(svg.render())
 
