@@ -93,6 +93,13 @@ std::exception_ptr wait_for_stop(Event& stop) noexcept {
   }
 }
 
+// After a shutdown: throws the error that interrupted serve(), or the cancel that arrived while
+// it waited shielded.
+void rethrow_interruption(const std::exception_ptr& interrupted) {
+  if (interrupted) std::rethrow_exception(interrupted);
+  if (this_fiber::cancelled()) detail::throw_if_interrupted(detail::Wake::cancelled);
+}
+
 }  // namespace
 
 // Where a worker's serve() gets its connections: its own listener, or (Distribution::acceptor)
@@ -357,7 +364,7 @@ void Server::serve_from(Source& source, Handler handler, const Address* announce
   {
     const detail::ShieldGuard shield;
     acceptor.cancel();
-    detail::TaskAccess::wait_shielded(acceptor);
+    acceptor.wait();
   }
   try {
     if (interrupted || !st.connections.join_until(deadline_after(st.options.grace_period)))
@@ -371,8 +378,7 @@ void Server::serve_from(Source& source, Handler handler, const Address* announce
   }
   signals.reset();
 
-  if (interrupted) std::rethrow_exception(interrupted);
-  if (this_fiber::cancelled()) detail::throw_if_interrupted(detail::Wake::cancelled);
+  rethrow_interruption(interrupted);
   // The acceptor ends only by cancellation or an error; rethrow the error.
   try {
     acceptor.join();
@@ -496,7 +502,7 @@ void Server::serve(const Address& address, Handler handler) {
   if (acceptor.valid()) {
     const detail::ShieldGuard shield;
     acceptor.cancel();
-    detail::TaskAccess::wait_shielded(acceptor);
+    acceptor.wait();
   }
   for (auto& shard : shards) shard->stop();
   try {
@@ -507,8 +513,7 @@ void Server::serve(const Address& address, Handler handler) {
   }
   signals.reset();
 
-  if (interrupted) std::rethrow_exception(interrupted);
-  if (this_fiber::cancelled()) detail::throw_if_interrupted(detail::Wake::cancelled);
+  rethrow_interruption(interrupted);
   for (const std::exception_ptr& e : errors)
     if (e && !detail::is_cancellation(e)) std::rethrow_exception(e);
   if (acceptor.valid()) {

@@ -217,7 +217,7 @@ struct Fiber : ExecContext {
   FiberState state = FiberState::ready;
   Wake wake = Wake::notified;
   std::atomic<bool> cancel_requested{false};  // set from any thread, read by the fiber
-  bool shielded = false;                      // in a wait a cancel must not end (see wait_done_shielded)
+  bool shielded = false;                      // in a wait a cancel must not end (set by ShieldGuard)
   // The wake-up of the current wait has been claimed: exactly one of unpark (any thread), the
   // deadline and a cancel wins it, and only the winner touches the fiber. Cleared as the fiber
   // resumes from park(), so it is open from the start of each wait until it is won.
