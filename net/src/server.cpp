@@ -1,5 +1,5 @@
-// serve(): an acceptor fiber, a TaskGroup of connection fibers, and the serving fiber itself,
-// which waits for the stop and then runs the shutdown (stop accepting, grace period, cancel, wait).
+// serve(): an acceptor fiber, a fiber per connection, and the serving fiber itself, which sleeps
+// until it is told to stop and then runs the shutdown (stop accepting, grace period, cancel, wait).
 #include "epoll_driver.hpp"
 
 #include <skein/channel.hpp>
