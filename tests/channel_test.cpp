@@ -1545,6 +1545,24 @@ TEST_SUITE("channel") {
     });
   }
 
+  TEST_CASE("TaskGroup: spawn_on with FiberOptions gives the child its name and stack on that worker") {
+    skein::run(options(), [] {
+      skein::TaskGroup g;
+      const std::size_t last = skein::worker_count() - 1;
+      auto child = g.spawn_on(last, skein::FiberOptions{"named child", 256 * 1024}, [] {
+        volatile char big[128 * 1024];  // twice the default stack: fits only in the one asked for
+        big[0] = 1;
+        skein::sleep_for(1ms);
+        if (big[0] != 1) throw std::logic_error("the child's stack changed under it");
+        return std::pair{std::string(skein::this_fiber::name()), skein::this_worker()};
+      });
+      g.join();
+      const auto [name, worker] = child.join();
+      CHECK(name == "named child");
+      CHECK(worker == last);
+    });
+  }
+
   TEST_CASE("TaskGroup: join also waits for children that children spawn while it waits") {
     skein::run(options(), [] {
       skein::TaskGroup g;

@@ -560,6 +560,37 @@ TEST_SUITE("server") {
     });
   }
 
+  TEST_CASE("a TimeoutScope expiring around serve() stops it like a cancel, then it throws timed_out") {
+    FdCheck fds;
+    skein::run([] {
+      skein::Listener l = skein::listen(Address::loopback(0));
+      skein::ServeOptions opts;
+      opts.grace_period = 10s;  // the expiry cuts it to zero
+      opts.on_error = [](const Address&, std::exception_ptr) {};
+      skein::Server server(opts);
+      std::error_code seen;
+      auto srv = skein::spawn([&] {
+        skein::TimeoutScope scope(300ms);
+        server.serve(l, [&](skein::Stream) {
+          try {
+            skein::sleep_for(30s);
+          } catch (const std::system_error& e) {
+            seen = e.code();
+            throw;
+          }
+        });
+      });
+      CancelOnExit guard{srv};
+      skein::Stream c = skein::connect(l.local_address(), 5s);
+      REQUIRE(eventually([&] { return server.active() == 1; }));
+      const std::error_code e = code_of([&] { srv.join(); });
+      CHECK_MESSAGE(e == std::errc::timed_out, describe(e));
+      CHECK(server.stopping());
+      CHECK_MESSAGE(seen == std::errc::operation_canceled, describe(seen));
+      CHECK(server.active() == 0);
+    });
+  }
+
   TEST_CASE("a handler's exception goes to on_error with the peer; the server goes on") {
     FdCheck fds;
     skein::run([] {

@@ -36,6 +36,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -1709,6 +1710,84 @@ TEST_SUITE("sync") {
       m.unlock();
       CHECK(cv_mutex.try_lock());
       cv_mutex.unlock();
+    });
+  }
+
+  // ---- ShieldGuard ---------------------------------------------------------------------------
+
+  TEST_CASE("a cancel does not end a wait under a ShieldGuard; the first wait after the guard throws it") {
+    skein::run(options(), [] {
+      skein::Event entered, release;
+      auto shielded = skein::spawn_on(far(1), [&] {
+        std::errc inside{};
+        bool seen_inside = false;
+        {
+          const skein::detail::ShieldGuard shield;
+          entered.set();
+          inside = error_of([&] { release.wait(); });
+          seen_inside = skein::this_fiber::cancelled();
+        }
+        const std::errc after = error_of([] { skein::sleep_for(10s); });
+        return std::tuple{inside, seen_inside, after};
+      });
+      entered.wait();
+      skein::sleep_for(20ms);  // parked in release.wait() by now
+      shielded.cancel();
+      skein::sleep_for(50ms);
+      CHECK_FALSE(shielded.done());  // the cancel did not end the shielded wait
+      release.set();
+      const auto [inside, seen_inside, after] = shielded.join();
+      CHECK(inside == std::errc{});
+      CHECK(seen_inside);
+      CHECK(after == std::errc::operation_canceled);
+    });
+  }
+
+  TEST_CASE("ShieldGuards nest, and a TimeoutScope does not end a shielded wait") {
+    skein::run(options(), [] {
+      const skein::detail::Fiber* self = skein::detail::current_fiber();
+      skein::Event never;
+      CHECK_FALSE(self->shielded);
+      {
+        const skein::detail::ShieldGuard outer;
+        CHECK(self->shielded);
+        CHECK_FALSE(outer.was_shielded());
+        {
+          const skein::detail::ShieldGuard inner;
+          CHECK(inner.was_shielded());
+        }
+        CHECK(self->shielded);  // the inner guard restored the outer one's shield, not the original
+        skein::TimeoutScope scope(20ms);
+        const auto start = skein::Clock::now();
+        CHECK(error_of([&] { CHECK_FALSE(never.wait_for(80ms)); }) == std::errc{});
+        CHECK(since(start) >= 80ms);
+      }
+      CHECK_FALSE(self->shielded);
+    });
+  }
+
+  TEST_CASE("a ShieldGuard on a plain thread touches no fiber and holds off the thread's TimeoutScope") {
+    skein::run(options(), [] {
+      skein::Event never;
+      std::errc inside{}, after{};
+      bool was_shielded = true;
+      skein::Clock::duration took{};
+      PlainThread thread([&] {
+        skein::TimeoutScope scope(20ms);
+        {
+          const skein::detail::ShieldGuard shield;
+          was_shielded = shield.was_shielded();
+          const auto start = skein::Clock::now();
+          inside = error_of([&] { (void)never.wait_for(80ms); });
+          took = since(start);
+        }
+        after = error_of([&] { never.wait(); });  // the scope is back, and long expired
+      });
+      thread.join();
+      CHECK_FALSE(was_shielded);
+      CHECK(inside == std::errc{});
+      CHECK(took >= 80ms);
+      CHECK(after == std::errc::timed_out);
     });
   }
 

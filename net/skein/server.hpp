@@ -55,8 +55,8 @@ class Server {
   // Accepts connections on `listener` and runs `handler` in a new fiber for each, until stop().
   // Then it stops accepting, lets handlers run for the grace period, cancels those still running
   // and returns once every one has ended. Must be called from a fiber; once per Server. If the
-  // calling fiber is cancelled, that is a stop() whose grace period is cut to zero, and serve()
-  // then throws operation_canceled.
+  // calling fiber is cancelled (or its TimeoutScope expires), that is a stop() whose grace period
+  // is cut to zero, and serve() then throws operation_canceled (timed_out).
   void serve(Listener& listener, Handler handler);
 
   // Listens on `address` and serves across options.workers workers (see Distribution), each

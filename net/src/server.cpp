@@ -2,10 +2,13 @@
 // until it is told to stop and then runs the shutdown (stop accepting, grace period, cancel, wait).
 #include "io_core.hpp"
 
+#include <skein/channel.hpp>
 #include <skein/run.hpp>
 #include <skein/runtime.hpp>
 #include <skein/server.hpp>
+#include <skein/sync.hpp>
 #include <skein/task.hpp>
+#include <skein/task_group.hpp>
 
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -15,53 +18,14 @@
 #include <atomic>
 #include <cstdio>
 #include <deque>
-#include <mutex>
 #include <optional>
 #include <system_error>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
 namespace skein {
 
-using detail::Fiber;
-using detail::Wake;
-
 namespace {
-
-// Where one fiber waits to be woken, possibly from another worker (Server::stop).
-struct WaitSlot {
-  detail::SpinLock lock;
-  Fiber* waiter = nullptr;
-};
-
-void unlink_slot(Fiber*, void* arg) noexcept {
-  auto* slot = static_cast<WaitSlot*>(arg);
-  std::lock_guard guard(slot->lock);
-  slot->waiter = nullptr;
-}
-
-// Parks the running fiber in `slot` until wake(slot), `deadline` or a cancel, unless `ready()`
-// (checked under the slot's lock, so a waker that makes it true just before cannot be missed).
-template <class Ready>
-Wake park_in(WaitSlot& slot, TimePoint deadline, Ready ready) noexcept {
-  {
-    std::lock_guard guard(slot.lock);
-    if (ready()) return Wake::notified;
-    slot.waiter = detail::current_fiber();
-  }
-  return detail::park(deadline, &unlink_slot, &slot);
-}
-
-Wake park_in(WaitSlot& slot, TimePoint deadline) noexcept {
-  return park_in(slot, deadline, [] { return false; });
-}
-
-// Any thread.
-void notify(WaitSlot& slot) noexcept {
-  std::lock_guard guard(slot.lock);
-  if (Fiber* f = std::exchange(slot.waiter, nullptr)) detail::unpark(f);
-}
 
 // The ordinary ways a connection ends: not worth a line on stderr.
 bool is_routine(const std::exception_ptr& e) noexcept {
@@ -117,158 +81,158 @@ Stream accept_next(Listener& listener, Address& peer, std::chrono::milliseconds&
   }
 }
 
+// Waits for `stop`. An interrupted wait (a cancel, the TimeoutScope) is a stop too, whose grace
+// period is cut to zero: returns its error, for serve() to throw once everything has ended.
+std::exception_ptr wait_for_stop(Event& stop) noexcept {
+  try {
+    stop.wait();
+    return nullptr;
+  } catch (...) {
+    stop.set();
+    return std::current_exception();
+  }
+}
+
+// After a shutdown: throws the error that interrupted serve(), or the cancel that arrived while
+// it waited shielded.
+void rethrow_interruption(const std::exception_ptr& interrupted) {
+  if (interrupted) std::rethrow_exception(interrupted);
+  if (this_fiber::cancelled()) detail::throw_if_interrupted(detail::Wake::cancelled);
+}
+
 }  // namespace
 
 // Where a worker's serve() gets its connections: its own listener, or (Distribution::acceptor)
 // what one acceptor hands it from another worker.
 struct Server::Source {
   Listener* listener = nullptr;
-  // Handed connections, under `lock`; the worker's acceptor fiber waits in `waiter` while empty.
-  detail::SpinLock lock;
-  std::deque<std::pair<Stream, Address>> handed;
-  WaitSlot waiter;
+  Channel<std::pair<Stream, Address>> handed{unbounded};  // never closed
 
   Stream next(Address& peer, std::chrono::milliseconds& backoff) {
     if (listener) return accept_next(*listener, peer, backoff);
-    for (;;) {
-      {
-        std::lock_guard guard(lock);
-        if (!handed.empty()) {
-          auto [stream, from] = std::move(handed.front());
-          handed.pop_front();
-          peer = from;
-          return std::move(stream);
-        }
-      }
-      detail::throw_if_interrupted(park_in(waiter, no_deadline, [this] {
-        std::lock_guard guard(lock);
-        return !handed.empty();
-      }));
-    }
-  }
-
-  // Connections handed but not yet taken. Any worker.
-  std::size_t queued() {
-    std::lock_guard guard(lock);
-    return handed.size();
-  }
-
-  // Any worker.
-  void hand(Stream stream, const Address& peer) {
-    {
-      std::lock_guard guard(lock);
-      handed.emplace_back(std::move(stream), peer);
-    }
-    notify(waiter);
+    auto [stream, from] = handed.recv().value();
+    peer = from;
+    return std::move(stream);
   }
 };
 
 struct Server::State {
+  explicit State(ServeOptions o) : options(std::move(o)), slots(options.max_connections) {}
+
   ServeOptions options;
   Handler handler;
   bool serving = false;
-  // Set from any worker (stop(), the signal watcher, a serve() across workers); the rest belongs
-  // to serve()'s worker.
-  std::atomic<bool> stop_requested{false};
-  std::atomic<bool> hurry{false};  // skip the rest of the grace period
+  // Set from any worker (stop(), the signal watcher, the acceptor ending, a serve() across
+  // workers); the rest belongs to serve()'s worker.
+  Event stop;
+  std::atomic<bool> hurry{false};  // skip the grace period: stop() then cancels the handlers
   std::atomic<std::size_t> active{0};
   std::atomic<std::uint64_t> accepted{0};
-  std::unordered_map<std::uint64_t, Task<void>> connections;  // by accept number
-  WaitSlot server_waiter;        // serve(), waiting for a stop or for handlers to end
-  WaitSlot acceptor_waiter;      // the acceptor, waiting for a free connection slot
-  std::vector<Server*> shards;   // serve(address) across workers: one Server per worker
-  WaitSlot* upstream = nullptr;  // a shard fed by one acceptor: that acceptor's slot
+  Semaphore slots;                // max_connections: the acceptor takes one before each accept
+  TaskGroup connections;          // the handlers' fibers
+  Semaphore* upstream = nullptr;  // a shard fed by one acceptor: that acceptor's room
+  mutable detail::SpinLock shards_lock;
+  std::vector<Server*> shards SKEIN_GUARDED_BY(shards_lock);  // serve(address): one per worker
 
-  // Runs when a connection's closure is destroyed, whether its body ran or it was cancelled
-  // before it started: the count cannot drift.
-  struct Slot {
-    State* state;
-    std::uint64_t key;
-    Slot(State* s, std::uint64_t k) noexcept : state(s), key(k) {}
-    Slot(Slot&& o) noexcept : state(std::exchange(o.state, nullptr)), key(o.key) {}
+  // One of max_connections, taken before accepting (over the cap, connections wait in the kernel's
+  // backlog) and given back when the connection's closure is destroyed, whether its body ran or
+  // it was cancelled before it started: the count cannot drift.
+  class Slot {
+   public:
+    explicit Slot(State& st) : st_(&st) { st.slots.acquire(); }
+    Slot(Slot&& o) noexcept : st_(std::exchange(o.st_, nullptr)), live_(o.live_) {}
     Slot& operator=(Slot&&) = delete;
     ~Slot() {
-      if (!state) return;
-      --state->active;
-      state->connections.erase(key);  // drops the handle: the fiber is then detached
-      notify(state->acceptor_waiter);
-      if (state->upstream) notify(*state->upstream);
-      if (state->stop_requested && state->active == 0) notify(state->server_waiter);
-    }
-  };
-
-  // Parks serve()'s fiber until stop() (from any worker). A cancel of that fiber counts as a stop;
-  // returns true if that is how it ended.
-  bool wait_for_stop() {
-    auto stopped = [this] { return stop_requested.load(); };
-    while (!stopped())
-      if (park_in(server_waiter, no_deadline, stopped) == Wake::cancelled) {
-        stop_requested = true;
-        return true;
+      if (!st_) return;
+      if (live_) {
+        --st_->active;
+        if (st_->upstream) st_->upstream->release();
       }
-    return false;
-  }
+      st_->slots.release();
+    }
+    // Counts the slot as a connection being handled.
+    void open() noexcept {
+      ++st_->accepted;
+      ++st_->active;
+      live_ = true;
+    }
+
+   private:
+    State* st_;
+    bool live_ = false;
+  };
 
   void accept_loop(Source& source) {
     auto backoff = std::chrono::milliseconds(10);
     for (;;) {
-      while (active >= options.max_connections)
-        detail::throw_if_interrupted(park_in(acceptor_waiter, no_deadline));
+      Slot slot(*this);
       Address peer;
       Stream stream = source.next(peer, backoff);
-      const std::uint64_t key = ++accepted;
-      ++active;
-      Slot slot(this, key);
-      Task<void> task;
+      slot.open();
       try {
-        task = spawn(FiberOptions{"connection", options.stack_size},
-                     [this, slot = std::move(slot), peer, s = std::move(stream)]() mutable {
-                       try {
-                         handler(std::move(s));
-                       } catch (...) {
-                         if (options.on_error)
-                           options.on_error(peer, std::current_exception());
-                         else
-                           report(peer, std::current_exception());
-                       }
-                     });
+        connections.spawn(FiberOptions{"connection", options.stack_size},
+                          [this, slot = std::move(slot), peer, s = std::move(stream)]() mutable {
+                            try {
+                              handler(std::move(s));
+                            } catch (...) {
+                              on_error(peer, std::current_exception());
+                            }
+                          });
       } catch (const std::system_error& e) {
         // No stack for the fiber (out of memory or mappings): this connection is dropped (its
         // closure, with the stream and the slot, is gone already); back off like for EMFILE.
         std::fprintf(stderr, "skein::serve: cannot start a connection fiber: %s; dropping it\n", e.what());
         back_off(backoff);
-        continue;
       }
-      connections.emplace(key, std::move(task));
+    }
+  }
+
+  // A handler's exception ends only its connection, even if on_error throws in turn.
+  void on_error(const Address& peer, const std::exception_ptr& e) noexcept {
+    try {
+      if (options.on_error)
+        options.on_error(peer, e);
+      else
+        report(peer, e);
+    } catch (...) {
+      report(peer, std::current_exception());
     }
   }
 };
 
-Server::Server(ServeOptions options) : state_(std::make_unique<State>()) {
-  state_->options = std::move(options);
-}
+Server::Server(ServeOptions options) : state_(std::make_unique<State>(std::move(options))) {}
 
 Server::~Server() = default;
 
 std::size_t Server::active() const noexcept {
   std::size_t n = state_->active;
+  detail::SpinGuard guard(state_->shards_lock);
   for (const Server* shard : state_->shards) n += shard->active();
   return n;
 }
 
 bool Server::stopping() const noexcept {
-  return state_->stop_requested;
+  return state_->stop.is_set();
 }
 
 std::uint64_t Server::accepted() const noexcept {
   std::uint64_t n = state_->accepted;
+  detail::SpinGuard guard(state_->shards_lock);
   for (const Server* shard : state_->shards) n += shard->accepted();
   return n;
 }
 
 void Server::stop() noexcept {
-  state_->stop_requested = true;
-  notify(state_->server_waiter);
+  State& st = *state_;
+  st.stop.set();
+  if (!st.hurry) return;
+  // A second signal: no grace period, here or on any worker.
+  st.connections.cancel();
+  detail::SpinGuard guard(st.shards_lock);
+  for (Server* shard : st.shards) {
+    shard->state_->hurry = true;
+    shard->stop();
+  }
 }
 
 namespace {
@@ -359,7 +323,7 @@ class SignalWatch {
 }  // namespace
 
 void Server::check_can_serve() const {
-  if (!detail::current_fiber())
+  if (!in_fiber())
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "skein::Server::serve: call it from a fiber (inside skein::run)");
   if (state_->serving)
@@ -378,8 +342,7 @@ void Server::serve(Listener& listener, Handler handler) {
 
 void Server::serve_from(Source& source, Handler handler, const Address* announce) {
   State& st = *state_;
-  Fiber* self = detail::current_fiber();
-  if (st.stop_requested) return;
+  if (st.stop.is_set()) return;
   st.handler = std::move(handler);
   st.serving = true;
   struct Serving {
@@ -394,37 +357,35 @@ void Server::serve_from(Source& source, Handler handler, const Address* announce
 
   auto acceptor = spawn(FiberOptions{"acceptor"}, [&st, &source] {
     struct Done {
-      State& st;
-      ~Done() {
-        st.stop_requested = true;
-        notify(st.server_waiter);
-      }
-    } done{st};
+      Event& stop;
+      ~Done() { stop.set(); }
+    } done{st.stop};
     st.accept_loop(source);
   });
 
-  bool cancelled = st.wait_for_stop();
+  std::exception_ptr interrupted = wait_for_stop(st.stop);
 
   // Shutdown. Whatever happens, serve() must not return while a handler might still use the
   // listener or `st`: the waits for the acceptor and for the last handlers are shielded. The
   // grace period is not, so cancelling serve() cuts it short.
-  const bool was_shielded = self->shielded;
-  self->shielded = true;
-  acceptor.cancel();
-  detail::TaskAccess::wait_shielded(acceptor);
-  self->shielded = was_shielded;
-  const TimePoint grace_end = deadline_after(st.options.grace_period);
-  auto settled = [&st] { return st.active == 0 || st.hurry; };
-  while (!settled() && !cancelled && Clock::now() < grace_end)
-    if (park_in(st.server_waiter, grace_end, settled) == Wake::cancelled) cancelled = true;
-  for (auto& [key, task] : st.connections) task.cancel();
-  self->shielded = true;
-  auto idle = [&st] { return st.active == 0; };
-  while (!idle()) park_in(st.server_waiter, no_deadline, idle);
+  {
+    const detail::ShieldGuard shield;
+    acceptor.cancel();
+    acceptor.wait();
+  }
+  try {
+    if (interrupted || !st.connections.join_until(deadline_after(st.options.grace_period)))
+      st.connections.cancel();
+  } catch (...) {
+    interrupted = std::current_exception();  // the join cancelled the handlers and waited for them
+  }
+  {
+    const detail::ShieldGuard shield;
+    st.connections.join();
+  }
   signals.reset();
-  self->shielded = was_shielded;
 
-  if (cancelled || self->cancel_requested) detail::throw_if_interrupted(Wake::cancelled);
+  rethrow_interruption(interrupted);
   // The acceptor ends only by cancellation or an error; rethrow the error.
   try {
     acceptor.join();
@@ -458,13 +419,15 @@ void Server::serve(const Address& address, Handler handler) {
     const Address bound = listeners[0].local_address();  // port 0: the others take the same port
     for (std::size_t i = 1; i < n; ++i) listeners.push_back(listen(bound, listen_options));
   }
-  if (st.stop_requested) return;
+  if (st.stop.is_set()) return;
 
   // One Server per worker, each with the whole single-worker machinery; this fiber coordinates.
   ServeOptions shard_options = st.options;
   shard_options.stop_on_signals = false;
   shard_options.on_listening = nullptr;
   shard_options.max_connections = (st.options.max_connections + n - 1) / n;
+  // Distribution::acceptor: one permit per connection live or handed out on any worker.
+  Semaphore room(st.options.max_connections);
   std::vector<std::unique_ptr<Server>> shards;
   std::deque<Source> sources(n);
   for (std::size_t i = 0; i < n; ++i) {
@@ -472,17 +435,21 @@ void Server::serve(const Address& address, Handler handler) {
     if (distribution == Distribution::reuse_port)
       sources[i].listener = &listeners[i];
     else
-      shards[i]->state_->upstream = &st.acceptor_waiter;
+      shards[i]->state_->upstream = &room;
   }
   st.serving = true;
   struct Serving {
     State& st;
     ~Serving() {
       st.serving = false;
+      detail::SpinGuard guard(st.shards_lock);
       st.shards.clear();
     }
   } serving{st};
-  for (auto& shard : shards) st.shards.push_back(shard.get());
+  {
+    detail::SpinGuard guard(st.shards_lock);
+    for (auto& shard : shards) st.shards.push_back(shard.get());
+  }
 
   std::optional<SignalWatch> signals;
   if (st.options.stop_on_signals) signals.emplace(*this, st.hurry);
@@ -490,113 +457,79 @@ void Server::serve(const Address& address, Handler handler) {
   if (st.options.on_listening) st.options.on_listening(listeners[0].local_address());
 
   // Whichever part ends first (a stop, an error) stops the rest.
-  std::vector<Task<void>> workers;
-  std::atomic<std::size_t> ended{0};  // workers past their serve_from
+  std::vector<std::exception_ptr> errors(n);
+  TaskGroup workers;
   Task<void> acceptor;
   try {
     for (std::size_t i = 0; i < n; ++i)
-      workers.push_back(
-          spawn_on(i, FiberOptions{"serve-worker"}, [this, &shards, &sources, &handler, &ended, i] {
-            struct Done {
-              Server* server;
-              std::atomic<std::size_t>& ended;
-              ~Done() {
-                ++ended;
-                server->stop();
-              }
-            } done{this, ended};
-            shards[i]->serve_from(sources[i], handler);
-          }));
+      workers.spawn_on(i, FiberOptions{"serve-worker"}, [this, &shards, &sources, &handler, &errors, i] {
+        try {
+          shards[i]->serve_from(sources[i], handler);
+        } catch (...) {
+          errors[i] = std::current_exception();
+        }
+        stop();
+      });
     if (distribution == Distribution::acceptor)
-      acceptor =
-          spawn(FiberOptions{"acceptor"}, [this, &st, &listeners, &sources, &shards, n, &shard_options] {
-            struct Done {
-              Server* server;
-              ~Done() { server->stop(); }
-            } done{this};
-            // Round robin over the workers with room: live plus handed connections under their share
-            // of max_connections. When all are full, accepting pauses (the backlog queues), as on one
-            // worker.
-            auto has_room = [&](std::size_t k) {
-              return shards[k]->active() + sources[k].queued() < shard_options.max_connections;
-            };
-            auto backoff = std::chrono::milliseconds(10);
-            for (std::size_t next = 0;;) {
-              std::size_t tried = 0;
-              while (tried < n && !has_room(next)) {
-                next = (next + 1) % n;
-                ++tried;
-              }
-              if (tried == n) {
-                auto any_room = [&] {
-                  for (std::size_t k = 0; k < n; ++k)
-                    if (has_room(k)) return true;
-                  return false;
-                };
-                detail::throw_if_interrupted(park_in(st.acceptor_waiter, no_deadline, any_room));
-                continue;
-              }
-              Address peer;
-              Stream stream = accept_next(listeners[0], peer, backoff);
-              sources[next].hand(std::move(stream), peer);
-              next = (next + 1) % n;
-            }
-          });
+      acceptor = spawn(FiberOptions{"acceptor"}, [this, &listeners, &sources, &shards, &room, n,
+                                                  share = shard_options.max_connections] {
+        struct Done {
+          Server* server;
+          ~Done() { server->stop(); }
+        } done{this};
+        auto has_room = [&](std::size_t k) { return shards[k]->active() + sources[k].handed.size() < share; };
+        auto backoff = std::chrono::milliseconds(10);
+        for (std::size_t next = 0;; next = (next + 1) % n) {
+          // Accepting pauses (the backlog queues) while every connection allowed is live or
+          // handed out, as on one worker.
+          room.acquire();
+          Address peer;
+          Stream stream;
+          try {
+            stream = accept_next(listeners[0], peer, backoff);
+          } catch (...) {
+            room.release();
+            throw;
+          }
+          // Round robin over the workers with room (live plus handed connections under their
+          // share); the permit means one has, as the shares add up to at least the whole.
+          for (std::size_t tried = 1; tried < n && !has_room(next); ++tried) next = (next + 1) % n;
+          sources[next].handed.send({std::move(stream), peer});
+        }
+      });
   } catch (...) {
     stop();  // out of stacks: end what started
   }
 
-  Fiber* self = detail::current_fiber();
-  bool cancelled = st.wait_for_stop();
+  std::exception_ptr interrupted = wait_for_stop(st.stop);
 
-  // Shutdown: every worker runs its own (stop accepting, grace period, cancel); this fiber passes
-  // on a second signal or its own cancellation, and must not return before all of them are done.
-  const bool was_shielded = self->shielded;
-  self->shielded = true;
+  // Shutdown: every worker runs its own (stop accepting, grace period, cancel). A second signal
+  // reaches them through stop(); a cancel of this fiber through the join, which then cancels
+  // them (their grace cut to zero) and waits for them. Either way none is left when this returns.
   if (acceptor.valid()) {
+    const detail::ShieldGuard shield;
     acceptor.cancel();
-    detail::TaskAccess::wait_shielded(acceptor);
+    acceptor.wait();
   }
-  self->shielded = was_shielded;
   for (auto& shard : shards) shard->stop();
-  // A worker that ends calls stop(), which wakes this fiber; so does a second signal (hurry).
-  bool hurried = false;
-  auto all_done = [&] { return ended == workers.size(); };
-  while (!all_done()) {
-    if ((st.hurry || cancelled) && !hurried) {
-      hurried = true;
-      for (auto& w : workers) w.cancel();
-    }
-    self->shielded = cancelled;  // once cancelled, wait out the workers regardless
-    auto changed = [&] { return all_done() || (st.hurry && !hurried); };
-    if (park_in(st.server_waiter, no_deadline, changed) == Wake::cancelled) cancelled = true;
+  try {
+    if (interrupted) workers.cancel();
+    workers.join();
+  } catch (...) {
+    if (!interrupted) interrupted = std::current_exception();
   }
-  // Every worker is past its serve_from; wait for each fiber's end (its last step is the stop()
-  // in its Done, on this Server).
-  self->shielded = true;
-  for (auto& w : workers) detail::TaskAccess::wait_shielded(w);
   signals.reset();
-  self->shielded = was_shielded;
 
-  if (cancelled || self->cancel_requested) detail::throw_if_interrupted(Wake::cancelled);
-  std::exception_ptr first;
-  for (auto& w : workers) {
-    try {
-      w.join();
-    } catch (const std::system_error& e) {
-      if (e.code() != std::errc::operation_canceled && !first) first = std::current_exception();
-    } catch (...) {
-      if (!first) first = std::current_exception();
-    }
-  }
+  rethrow_interruption(interrupted);
+  for (const std::exception_ptr& e : errors)
+    if (e && !detail::is_cancellation(e)) std::rethrow_exception(e);
   if (acceptor.valid()) {
     try {
       acceptor.join();
     } catch (const std::system_error& e) {
-      if (e.code() != std::errc::operation_canceled && !first) first = std::current_exception();
+      if (e.code() != std::errc::operation_canceled) throw;
     }
   }
-  if (first) std::rethrow_exception(first);
 }
 
 void serve(Listener& listener, Server::Handler handler, ServeOptions options) {

@@ -46,8 +46,12 @@ class TaskGroup {
   }
   // As spawn(), on worker `worker` of the calling fiber's runtime.
   template <class F>
+  auto spawn_on(std::size_t worker, FiberOptions options, F&& f) {
+    return adopt(skein::spawn_on(worker, std::move(options), wrap(std::forward<F>(f))));
+  }
+  template <class F>
   auto spawn_on(std::size_t worker, F&& f) {
-    return adopt(skein::spawn_on(worker, FiberOptions{"group child"}, wrap(std::forward<F>(f))));
+    return spawn_on(worker, FiberOptions{"group child"}, std::forward<F>(f));
   }
 
   // Waits until every child (including those spawned meanwhile) has finished, then rethrows the

@@ -730,22 +730,11 @@ TimePoint set_scope_deadline(TimePoint deadline) noexcept {
 void wait_done_shielded(Fiber* fiber) noexcept {
   Fiber* self = current_fiber();
   if (fiber->finished.load(std::memory_order_acquire) || !self || self == fiber) return;
-  const bool was_shielded = self->shielded;
-  self->shielded = true;
-  WaitNode node{self};
-  bool wait = true;
-  {
-    SpinGuard lock(fiber->joiners.lock);
-    if (fiber->finished.load(std::memory_order_relaxed))
-      wait = false;
-    else
-      fiber->joiners.push_back(&node);
-  }
-  if (wait) {
-    const Scheduler::ForeignWait foreign(*self->scheduler, *fiber->scheduler);
-    park(no_deadline, &unlink_wait_node, &node);
-  }
-  self->shielded = was_shielded;
+  // Shielded, the wait ends only when the fiber finishes: wait_finished cannot throw here.
+  const ShieldGuard shield;
+  ThreadWaiter unused;
+  WaitNode node;
+  wait_finished(fiber, no_deadline, node, unused);
 }
 
 }  // namespace skein::detail

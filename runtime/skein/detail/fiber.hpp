@@ -13,6 +13,7 @@
 #include <exception>
 #include <semaphore>
 #include <string>
+#include <utility>
 
 // Clang's thread-safety analysis (-Wthread-safety, on in clang builds): which lock guards which
 // field, checked at compile time. Nothing under other compilers.
@@ -216,7 +217,7 @@ struct Fiber : ExecContext {
   FiberState state = FiberState::ready;
   Wake wake = Wake::notified;
   std::atomic<bool> cancel_requested{false};  // set from any thread, read by the fiber
-  bool shielded = false;                      // in a wait a cancel must not end (see wait_done_shielded)
+  bool shielded = false;                      // in a wait a cancel must not end (set by ShieldGuard)
   // The wake-up of the current wait has been claimed: exactly one of unpark (any thread), the
   // deadline and a cancel wins it, and only the winner touches the fiber. Cleared as the fiber
   // resumes from park(), so it is open from the start of each wait until it is won.
@@ -371,5 +372,36 @@ Joined join_done(Fiber* fiber, TimePoint deadline);
 // Waits for `fiber` to finish even if the waiter is cancelled meanwhile (the cancel takes effect
 // at the waiter's next wait). For cleanup that must not return before a child is gone.
 void wait_done_shielded(Fiber* fiber) noexcept;
+
+// While it lives, the caller's waits end only by their own condition or deadline: a fiber is
+// shielded from cancellation and from its TimeoutScope (a cancel arriving meanwhile is kept and
+// ends the first wait after the guard), a plain thread from its TimeoutScope. The destructor
+// restores what was in force before, so guards nest. For cleanup that must not return early
+// because what it waits for still uses the caller's memory (a job, a child, a handler).
+class ShieldGuard {
+ public:
+  ShieldGuard() noexcept : self_(current_fiber()) {
+    if (self_)
+      was_shielded_ = std::exchange(self_->shielded, true);
+    else
+      thread_scope_ = set_scope_deadline(no_deadline);  // a thread has no cancel to hold off
+  }
+  ~ShieldGuard() {
+    if (self_)
+      self_->shielded = was_shielded_;
+    else
+      set_scope_deadline(thread_scope_);
+  }
+  ShieldGuard(const ShieldGuard&) = delete;
+  ShieldGuard& operator=(const ShieldGuard&) = delete;
+
+  // Whether the caller was shielded already when the guard began (always false on a thread).
+  bool was_shielded() const noexcept { return was_shielded_; }
+
+ private:
+  Fiber* self_;
+  bool was_shielded_ = false;
+  TimePoint thread_scope_ = no_deadline;
+};
 
 }  // namespace skein::detail

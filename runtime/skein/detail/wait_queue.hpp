@@ -60,24 +60,16 @@ inline void deliver_all(WaitNode* chain) noexcept {
   }
 }
 
-// Runs `f` with the caller shielded from cancellation and from its TimeoutScope, so a wait inside
-// ends only by its own condition: for cleanup that must not return early (re-locking a mutex after
-// a condition wait, reaping children). Exceptions from `f` are dropped.
+// Runs `f` under a ShieldGuard (shielded from cancellation and from the TimeoutScope), so a wait
+// inside ends only by its own condition: for cleanup that must not return early (re-locking a
+// mutex after a condition wait, reaping children). Exceptions from `f` are dropped.
 template <class F>
 void run_shielded(F&& f) noexcept {
-  Fiber* self = current_fiber();
-  const bool was_shielded = self && self->shielded;
-  if (self) self->shielded = true;
-  // A thread has no cancel, but its TimeoutScope must not cut the wait short either.
-  const TimePoint scope = self ? no_deadline : set_scope_deadline(no_deadline);
+  const ShieldGuard shield;
   try {
     f();
   } catch (...) {
   }
-  if (self)
-    self->shielded = was_shielded;
-  else
-    set_scope_deadline(scope);
 }
 
 }  // namespace skein::detail
