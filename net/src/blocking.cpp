@@ -169,10 +169,12 @@ int run_job(BlockingJob& job) noexcept {
   }
   // `job` may live on this fiber's stack and is in use on the pool: the fiber cannot leave
   // before it is done, so a cancel waits (shielded) and is reported afterwards.
-  const bool was_shielded = self->shielded;
-  self->shielded = true;
-  await(*core, *completion, no_deadline);
-  self->shielded = was_shielded;
+  bool was_shielded;
+  {
+    const ShieldGuard shield;
+    was_shielded = shield.was_shielded();
+    await(*core, *completion, no_deadline);
+  }
   if (self->cancel_requested && !was_shielded) return ECANCELED;
   return 0;
 }
