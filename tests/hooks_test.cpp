@@ -200,6 +200,24 @@ TEST_SUITE("hooks") {
     t.join();
   }
 
+  TEST_CASE("a hooked read parked on a socket another fiber closes fails with EBADF") {
+    int fd[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fd) == 0);
+    skein::run([&] {
+      auto reader = skein::spawn([&] {
+        char buf[8];
+        const ssize_t n = read(fd[0], buf, sizeof buf);
+        return n < 0 ? errno : 0;
+      });
+      usleep(20'000);
+      const auto start = skein::Clock::now();
+      CHECK(close(fd[0]) == 0);
+      CHECK(reader.join() == EBADF);
+      CHECK(seconds_since(start) < 0.5);
+    });
+    ::close(fd[1]);
+  }
+
   TEST_CASE("a large blocking write transfers everything; MSG_WAITALL waits for all of it") {
     Pair p;
     skein::run([&] {

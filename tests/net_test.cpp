@@ -4,6 +4,7 @@
 #include "net_test_util.hpp"
 #include "skip.hpp"
 
+#include <skein/detail/fiber.hpp>
 #include <skein/skein.hpp>
 
 #include <doctest/doctest.h>
@@ -1327,6 +1328,41 @@ TEST_SUITE("net") {
       CHECK(finished);  // the call ran to its end first: it may use the fiber's stack
       CHECK(!after);
       CHECK(ms_since(start) >= 100);
+    });
+  }
+
+  TEST_CASE("a lookup that finishes after its fiber left wakes nothing, even after its runtime ended") {
+    FdCheck fds;
+    skein::run([] {
+      // Every pool thread busy for 150 ms: the lookups below queue behind them.
+      const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+      const unsigned pool = std::max(4u, 2 * cores) + 2;
+      std::vector<skein::Task<void>> sleepers;
+      for (unsigned i = 0; i < pool; ++i)
+        sleepers.push_back(
+            skein::spawn([] { skein::run_blocking([] { std::this_thread::sleep_for(150ms); }); }));
+      skein::yield();
+
+      std::error_code e = code_of([] { skein::resolve("localhost", 80, 10ms); });
+      CHECK_MESSAGE(e == std::errc::timed_out, describe(e));
+      // The lookup finishes during this wait, which only its own deadline may end.
+      const skein::detail::Wake w = skein::detail::park(skein::Clock::now() + 250ms);
+      CHECK(w == skein::detail::Wake::timed_out);
+
+      // Another runtime's lookup, abandoned, then that runtime ends before the lookup runs.
+      skein::join_all(sleepers);
+      for (auto& t : sleepers)
+        t = skein::spawn([] { skein::run_blocking([] { std::this_thread::sleep_for(100ms); }); });
+      skein::yield();
+      std::thread other([] {
+        skein::run([] {
+          const std::error_code e2 = code_of([] { skein::resolve("localhost", 80, 10ms); });
+          CHECK_MESSAGE(e2 == std::errc::timed_out, describe(e2));
+        });
+      });
+      other.join();
+      skein::join_all(sleepers);
+      skein::sleep_for(150ms);  // the abandoned lookup posts to a worker that is gone
     });
   }
 

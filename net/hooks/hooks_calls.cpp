@@ -34,6 +34,7 @@
 #include <cstdarg>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <vector>
 
 using namespace skein::hooks::detail;
@@ -64,48 +65,44 @@ ssize_t transfer(Call call, int fd, Direction dir, bool dontwait, bool all, std:
                  Attempt attempt) noexcept {
   FdEntry* e = classified(fd);
   if (!waitable(e) || dontwait) return attempt(0);
-  EpollDriver* driver = fiber_driver(call);
-  if (driver) {
+  IoCore* core = fiber_core(call);
+  if (core) {
     if (!make_nonblocking(fd, *e)) return attempt(0);
-    attach(fd, *e, *driver);
   } else if (!(e->flags.load(std::memory_order_relaxed) & fd_ours_nb)) {
     return attempt(0);  // as libc: the kernel blocks the thread
   }
+  IoHandle h = attach(fd, *e, core);
+  const std::uint32_t flags = e->flags.load(std::memory_order_relaxed);
   const TimePoint deadline = deadline_in(
       (dir == Direction::read ? e->rcv_timeout_ns : e->snd_timeout_ns).load(std::memory_order_relaxed));
   std::size_t done = 0;
   for (;;) {
-    const ssize_t n = attempt(done);
+    const ssize_t n =
+        IoCore::run(h, dir, deadline, transfer_kind(flags, len - done), [&] { return attempt(done); });
     if (n > 0) {
       done += static_cast<std::size_t>(n);
       if (!all || done >= len) return static_cast<ssize_t>(done);
       continue;
     }
     if (n == 0) return static_cast<ssize_t>(done);
-    const int err = errno;
-    if (err != EAGAIN && err != EWOULDBLOCK) {
-      if (done) return static_cast<ssize_t>(done);
-      return -1;
-    }
-    const int w = wait_fd(driver, fd, dir, deadline);
-    if (w != wait_ready) {
-      if (interrupting(w)) {
-        // What arrived (or the room that opened) before the fiber was resumed counts, as what is
-        // ready at its deadline counts for the kernel's poll: a reply that came in time is the
-        // call's answer, not a late one to cut off with the connection.
-        const ssize_t m = attempt(done);
-        if (m == 0) return static_cast<ssize_t>(done);
-        if (m > 0) {
-          done += static_cast<std::size_t>(m);
-          if (!all || done >= len) return static_cast<ssize_t>(done);
-        }
-        // Part of a request sent or a reply awaited: the connection cannot go on as if not.
-        interrupted(fd);
+    const int w = wait_outcome(static_cast<int>(-n), deadline);
+    if (w == wait_ready) continue;
+    if (interrupting(w)) {
+      // What arrived (or the room that opened) before the fiber was resumed counts, as what is
+      // ready at its deadline counts for the kernel's poll: a reply that came in time is the
+      // call's answer, not a late one to cut off with the connection.
+      const ssize_t m = attempt(done);
+      if (m == 0) return static_cast<ssize_t>(done);
+      if (m > 0) {
+        done += static_cast<std::size_t>(m);
+        if (!all || done >= len) return static_cast<ssize_t>(done);
       }
-      if (done) return static_cast<ssize_t>(done);
-      errno = interrupted_errno(w);
-      return -1;
+      // Part of a request sent or a reply awaited: the connection cannot go on as if not.
+      interrupted(fd);
     }
+    if (done) return static_cast<ssize_t>(done);
+    errno = interrupted_errno(w);
+    return -1;
   }
 }
 
@@ -160,28 +157,28 @@ ssize_t do_sendto(Call call, int fd, const void* buf, std::size_t len, int flags
 
 // recvmsg/sendmsg, also readv/writev on a socket (the same with no address and no control data).
 ssize_t do_msg(Call call, int fd, msghdr* msg, int flags, Direction dir) noexcept {
-  try {
-    std::vector<iovec> scratch;
-    const bool stream = is_stream(fd);
-    const bool all = stream && (dir == Direction::write || (flags & MSG_WAITALL));
-    const std::size_t len = total(msg->msg_iov, static_cast<int>(msg->msg_iovlen));
-    return transfer(call, fd, dir, flags & MSG_DONTWAIT, all, len, [&](std::size_t done) {
-      if (done == 0)
-        return static_cast<ssize_t>(
-            syscall(dir == Direction::read ? SYS_recvmsg : SYS_sendmsg, fd, msg, flags));
-      // The rest of a stream transfer: the remaining bytes, without the control data sent (or
-      // received) with the first part.
-      int count = static_cast<int>(msg->msg_iovlen);
-      msghdr rest{};
-      rest.msg_iov = const_cast<iovec*>(advance(msg->msg_iov, count, done, scratch));
-      rest.msg_iovlen = static_cast<std::size_t>(count);
+  std::vector<iovec> scratch;
+  const bool stream = is_stream(fd);
+  const bool all = stream && (dir == Direction::write || (flags & MSG_WAITALL));
+  const std::size_t len = total(msg->msg_iov, static_cast<int>(msg->msg_iovlen));
+  return transfer(call, fd, dir, flags & MSG_DONTWAIT, all, len, [&](std::size_t done) -> ssize_t {
+    if (done == 0)
       return static_cast<ssize_t>(
-          syscall(dir == Direction::read ? SYS_recvmsg : SYS_sendmsg, fd, &rest, flags));
-    });
-  } catch (...) {
-    errno = ENOMEM;
-    return -1;
-  }
+          syscall(dir == Direction::read ? SYS_recvmsg : SYS_sendmsg, fd, msg, flags));
+    // The rest of a stream transfer: the remaining bytes, without the control data sent (or
+    // received) with the first part.
+    int count = static_cast<int>(msg->msg_iovlen);
+    msghdr rest{};
+    try {
+      rest.msg_iov = const_cast<iovec*>(advance(msg->msg_iov, count, done, scratch));
+    } catch (const std::bad_alloc&) {
+      errno = ENOMEM;
+      return -1;
+    }
+    rest.msg_iovlen = static_cast<std::size_t>(count);
+    return static_cast<ssize_t>(
+        syscall(dir == Direction::read ? SYS_recvmsg : SYS_sendmsg, fd, &rest, flags));
+  });
 }
 
 ssize_t do_iov(Call call, int fd, const iovec* iov, int count, Direction dir) noexcept {
@@ -206,51 +203,57 @@ ssize_t do_write(int fd, const void* buf, std::size_t len) noexcept {
 
 int do_accept(Call call, int fd, sockaddr* addr, socklen_t* addrlen, int flags) noexcept {
   FdEntry* e = classified(fd);
-  EpollDriver* driver = waitable(e) ? fiber_driver(call) : nullptr;
-  const bool emulate = driver || (waitable(e) && (e->flags.load(std::memory_order_relaxed) & fd_ours_nb));
-  if (driver && !make_nonblocking(fd, *e)) driver = nullptr;
-  if (driver) attach(fd, *e, *driver);
-  const TimePoint deadline =
-      emulate ? deadline_in(e->rcv_timeout_ns.load(std::memory_order_relaxed)) : no_deadline;
+  IoCore* core = waitable(e) ? fiber_core(call) : nullptr;
+  const bool emulate = core || (waitable(e) && (e->flags.load(std::memory_order_relaxed) & fd_ours_nb));
+  if (core && !make_nonblocking(fd, *e)) core = nullptr;
   // In a fiber the new socket starts non-blocking in the kernel, saving the fcntl of its first use.
-  const int kernel_flags = driver ? flags | SOCK_NONBLOCK : flags;
-  for (;;) {
-    const int s = static_cast<int>(syscall(SYS_accept4, fd, addr, addrlen, kernel_flags));
-    if (s >= 0) {
-      std::uint32_t f = fd_socket;
-      if (e && (e->flags.load(std::memory_order_relaxed) & fd_stream)) f |= fd_stream;
-      if (flags & SOCK_NONBLOCK)
-        f |= fd_user_nb;
-      else if (kernel_flags & SOCK_NONBLOCK)
-        f |= fd_ours_nb;
-      // Linux copies the listener's socket options, its timeouts among them, to the new socket.
-      record_new(s, f, e ? e->rcv_timeout_ns.load(std::memory_order_relaxed) : 0,
-                 e ? e->snd_timeout_ns.load(std::memory_order_relaxed) : 0);
-      return s;
-    }
-    if (!emulate || (errno != EAGAIN && errno != EWOULDBLOCK)) return -1;
-    const int w = wait_fd(driver, fd, Direction::read, deadline);
-    if (w != wait_ready) {
+  const int kernel_flags = core ? flags | SOCK_NONBLOCK : flags;
+  const auto call_accept = [&] {
+    return static_cast<ssize_t>(syscall(SYS_accept4, fd, addr, addrlen, kernel_flags));
+  };
+  ssize_t s;
+  if (!emulate) {
+    s = call_accept();
+  } else {
+    IoHandle h = attach(fd, *e, core);
+    const TimePoint deadline = deadline_in(e->rcv_timeout_ns.load(std::memory_order_relaxed));
+    for (;;) {
+      s = IoCore::run(h, Direction::read, deadline, IoTransfer::message().report_signals(), call_accept);
+      if (s >= 0) break;
+      const int w = wait_outcome(static_cast<int>(-s), deadline);
+      if (w == wait_ready) continue;
       errno = interrupted_errno(w);
       return -1;
     }
   }
+  if (s < 0) return -1;
+  std::uint32_t f = fd_socket;
+  if (e && (e->flags.load(std::memory_order_relaxed) & fd_stream)) f |= fd_stream;
+  if (flags & SOCK_NONBLOCK)
+    f |= fd_user_nb;
+  else if (kernel_flags & SOCK_NONBLOCK)
+    f |= fd_ours_nb;
+  // Linux copies the listener's socket options, its timeouts among them, to the new socket.
+  record_new(static_cast<int>(s), f, e ? e->rcv_timeout_ns.load(std::memory_order_relaxed) : 0,
+             e ? e->snd_timeout_ns.load(std::memory_order_relaxed) : 0);
+  return static_cast<int>(s);
 }
 
 int do_connect(int fd, const sockaddr* addr, socklen_t len) noexcept {
   FdEntry* e = classified(fd);
-  EpollDriver* driver = waitable(e) ? fiber_driver(Call::connect) : nullptr;
-  const bool emulate = driver || (waitable(e) && (e->flags.load(std::memory_order_relaxed) & fd_ours_nb));
-  if (!emulate || (driver && !make_nonblocking(fd, *e)))
+  IoCore* core = waitable(e) ? fiber_core(Call::connect) : nullptr;
+  const bool emulate = core || (waitable(e) && (e->flags.load(std::memory_order_relaxed) & fd_ours_nb));
+  if (!emulate || (core && !make_nonblocking(fd, *e)))
     return static_cast<int>(syscall(SYS_connect, fd, addr, len));
-  if (driver) attach(fd, *e, *driver);
+  IoHandle h = attach(fd, *e, core);
   const TimePoint deadline = deadline_in(e->snd_timeout_ns.load(std::memory_order_relaxed));
   for (;;) {
     if (syscall(SYS_connect, fd, addr, len) == 0) return 0;
     const int err = errno;
     int w;
     if (err == EINPROGRESS) {
-      w = wait_fd(driver, fd, Direction::write, deadline);
+      w = wait_outcome(IoCore::wait(h, Direction::write, deadline, IoTransfer::message().report_signals()),
+                       deadline);
       if (w == wait_ready) {
         int so_error = 0;
         socklen_t n = sizeof so_error;
@@ -263,7 +266,7 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) noexcept {
       // A Unix socket whose listener's backlog is full: a blocking connect waits for room, and no
       // readiness event says when there is some, so try again shortly.
       const TimePoint soon = std::min(deadline, Clock::now() + std::chrono::milliseconds(2));
-      if (driver) {
+      if (core) {
         w = fiber_sleep_until(soon);
       } else {
         const timespec ts{0, 2'000'000};
@@ -306,11 +309,11 @@ int poll_now(void* arg) {
 }
 
 int do_poll(pollfd* fds, nfds_t n, int timeout_ms) noexcept {
-  EpollDriver* driver = fiber_driver(Call::poll);
-  if (!driver || timeout_ms == 0) return raw_poll(fds, n, timeout_ms);
+  IoCore* core = fiber_core(Call::poll);
+  if (!core || timeout_ms == 0) return raw_poll(fds, n, timeout_ms);
   const TimePoint deadline = timeout_ms < 0 ? no_deadline : deadline_in(std::int64_t{timeout_ms} * 1'000'000);
   PollArgs args{fds, n};
-  return wait_any(*driver, fds, n, deadline, &poll_now, &args);
+  return wait_any(*core, fds, n, deadline, &poll_now, &args);
 }
 
 struct SelectArgs {
@@ -328,9 +331,9 @@ int select_now(void* arg) {
 }
 
 int do_select(int nfds, fd_set* r, fd_set* w, fd_set* x, timeval* tv) noexcept {
-  EpollDriver* driver = fiber_driver(Call::select);
+  IoCore* core = fiber_core(Call::select);
   const bool now = tv && tv->tv_sec == 0 && tv->tv_usec == 0;
-  if (!driver || now || nfds < 0 || nfds > FD_SETSIZE ||
+  if (!core || now || nfds < 0 || nfds > FD_SETSIZE ||
       (tv && (tv->tv_sec < 0 || tv->tv_usec < 0 || tv->tv_usec >= 1'000'000))) {
     // The kernel's select, which (on Linux) also writes the time left back to *tv.
     timespec ts{};
@@ -339,9 +342,9 @@ int do_select(int nfds, fd_set* r, fd_set* w, fd_set* x, timeval* tv) noexcept {
     if (tv && n >= 0) *tv = {ts.tv_sec, ts.tv_nsec / 1000};
     return n;
   }
+  SelectArgs args{nfds, {r, w, x}, {}};
+  std::vector<pollfd> interest;
   try {
-    SelectArgs args{nfds, {r, w, x}, {}};
-    std::vector<pollfd> interest;
     for (int fd = 0; fd < nfds; ++fd) {
       short events = 0;
       if (r && FD_ISSET(fd, r)) events |= POLLIN;
@@ -349,24 +352,24 @@ int do_select(int nfds, fd_set* r, fd_set* w, fd_set* x, timeval* tv) noexcept {
       if (x && FD_ISSET(fd, x)) events |= POLLPRI;
       if (events) interest.push_back({fd, events, 0});
     }
-    for (int i = 0; i < 3; ++i)
-      if (args.sets[i]) args.saved[i] = *args.sets[i];
-    const TimePoint deadline =
-        tv ? deadline_in(std::int64_t{tv->tv_sec} * 1'000'000'000 + std::int64_t{tv->tv_usec} * 1000)
-           : no_deadline;
-    const int n = wait_any(*driver, interest.data(), interest.size(), deadline, &select_now, &args);
-    if (tv && n >= 0) {
-      const auto left =
-          deadline == no_deadline || Clock::now() >= deadline
-              ? 0
-              : std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
-      *tv = {static_cast<time_t>(left / 1'000'000), static_cast<suseconds_t>(left % 1'000'000)};
-    }
-    return n;
-  } catch (...) {
+  } catch (const std::bad_alloc&) {
     errno = ENOMEM;
     return -1;
   }
+  for (int i = 0; i < 3; ++i)
+    if (args.sets[i]) args.saved[i] = *args.sets[i];
+  const TimePoint deadline =
+      tv ? deadline_in(std::int64_t{tv->tv_sec} * 1'000'000'000 + std::int64_t{tv->tv_usec} * 1000)
+         : no_deadline;
+  const int n = wait_any(*core, interest.data(), interest.size(), deadline, &select_now, &args);
+  if (tv && n >= 0) {
+    const auto left =
+        deadline == no_deadline || Clock::now() >= deadline
+            ? 0
+            : std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
+    *tv = {static_cast<time_t>(left / 1'000'000), static_cast<suseconds_t>(left % 1'000'000)};
+  }
+  return n;
 }
 
 struct EpollArgs {
@@ -409,7 +412,7 @@ int fiber_sleep(const timespec& req, timespec* rem) noexcept {
 }
 
 int do_nanosleep(Call call, const timespec* req, timespec* rem) noexcept {
-  if (!fiber_driver(call) || !req || !valid(req)) return static_cast<int>(syscall(SYS_nanosleep, req, rem));
+  if (!fiber_core(call) || !req || !valid(req)) return static_cast<int>(syscall(SYS_nanosleep, req, rem));
   const int err = fiber_sleep(*req, rem);
   if (err == 0) return 0;
   errno = err;
@@ -556,20 +559,20 @@ int select(int nfds, fd_set* r, fd_set* w, fd_set* x, struct timeval* tv) {
 }
 
 int epoll_wait(int epfd, struct epoll_event* events, int max, int timeout_ms) {
-  EpollDriver* driver = fiber_driver(Call::epoll_wait);
-  if (!driver || timeout_ms == 0)
+  IoCore* core = fiber_core(Call::epoll_wait);
+  if (!core || timeout_ms == 0)
     return static_cast<int>(syscall(SYS_epoll_pwait, epfd, events, max, timeout_ms, nullptr, 0));
   // An epoll set is itself readable while it has events: wait for that, then collect them.
   EpollArgs args{epfd, events, max};
   const pollfd interest{epfd, POLLIN, 0};
   const TimePoint deadline = timeout_ms < 0 ? no_deadline : deadline_in(std::int64_t{timeout_ms} * 1'000'000);
-  return wait_any(*driver, &interest, 1, deadline, &epoll_now, &args);
+  return wait_any(*core, &interest, 1, deadline, &epoll_now, &args);
 }
 
 unsigned int sleep(unsigned int seconds) {
   timespec req{static_cast<time_t>(seconds), 0};
   timespec rem{0, 0};
-  if (!fiber_driver(Call::sleep)) {
+  if (!fiber_core(Call::sleep)) {
     if (syscall(SYS_nanosleep, &req, &rem) == 0) return 0;
   } else if (const int err = fiber_sleep(req, &rem); err == 0) {
     return 0;
@@ -591,7 +594,7 @@ int nanosleep(const struct timespec* req, struct timespec* rem) {
 
 int clock_nanosleep(clockid_t clock, int flags, const struct timespec* req, struct timespec* rem) {
   const bool absolute = flags & TIMER_ABSTIME;
-  if (!fiber_driver(Call::clock_nanosleep) || !req || !valid(req) ||
+  if (!fiber_core(Call::clock_nanosleep) || !req || !valid(req) ||
       (clock != CLOCK_MONOTONIC && clock != CLOCK_REALTIME)) {
     // Returns the error, not -1 and errno.
     const long r = syscall(SYS_clock_nanosleep, clock, flags, req, rem);
@@ -625,7 +628,7 @@ int __wrap_getaddrinfo(const char* node, const char* service, const struct addri
     errno = ENOSYS;
     return EAI_SYSTEM;
   }
-  if (!fiber_driver(Call::getaddrinfo)) return real(node, service, hints, res);
+  if (!fiber_core(Call::getaddrinfo)) return real(node, service, hints, res);
   // The resolver may read files and wait on DNS for seconds: off the scheduler thread.
   int result = EAI_SYSTEM;
   int err = 0;
@@ -648,7 +651,7 @@ int __wrap_getaddrinfo(const char* node, const char* service, const struct addri
 }
 
 int socket(int domain, int type, int protocol) noexcept {
-  const bool in_fiber = fiber_driver(Call::socket) != nullptr;
+  const bool in_fiber = fiber_core(Call::socket) != nullptr;
   const int kernel_type = in_fiber ? type | SOCK_NONBLOCK : type;
   const int fd = static_cast<int>(syscall(SYS_socket, domain, kernel_type, protocol));
   if (fd < 0) return -1;

@@ -105,9 +105,9 @@ std::int64_t timeout_ns(int fd, int opt) noexcept {
 
 }  // namespace
 
-EpollDriver* fiber_driver(Call c) noexcept {
+IoCore* fiber_core(Call c) noexcept {
   if (tl_bypass || !call_on(c)) return nullptr;
-  return EpollDriver::current();
+  return IoCore::current();
 }
 
 FdEntry* entry(int fd) noexcept {
@@ -151,8 +151,8 @@ FdEntry* classified(int fd) noexcept {
 void record_new(int fd, std::uint32_t flags, std::int64_t rcv_ns, std::int64_t snd_ns) noexcept {
   FdEntry* e = entry(fd);
   if (!e) return;
-  // A driver slot for this number belongs to a descriptor closed behind the hooks' back.
-  e->driver.store(nullptr, std::memory_order_relaxed);
+  // A core's slot for this number belongs to a descriptor closed behind the hooks' back.
+  e->core.store(nullptr, std::memory_order_relaxed);
   e->rcv_timeout_ns.store(rcv_ns, std::memory_order_relaxed);
   e->snd_timeout_ns.store(snd_ns, std::memory_order_relaxed);
   e->flags.store(flags | fd_known, std::memory_order_release);
@@ -163,10 +163,10 @@ void reset(int fd) noexcept {
   if (!e) return;
   // Cleared before the kernel frees the number, so a descriptor that gets it next is classified
   // afresh rather than inheriting this one's state.
-  void* driver = e->driver.exchange(nullptr, std::memory_order_relaxed);
+  void* core = e->core.exchange(nullptr, std::memory_order_relaxed);
   e->flags.store(0, std::memory_order_release);
-  // Another worker's driver is not ours to touch: its slot is reset when next attached there.
-  if (driver && driver == EpollDriver::installed()) static_cast<EpollDriver*>(driver)->forget(fd);
+  // Another worker's core is not ours to touch: its slot is reset when next attached there.
+  if (core && core == IoCore::installed()) static_cast<IoCore*>(core)->forget(fd);
 }
 
 bool make_nonblocking(int fd, FdEntry& e) noexcept {
@@ -178,10 +178,13 @@ bool make_nonblocking(int fd, FdEntry& e) noexcept {
   return true;
 }
 
-void attach(int fd, FdEntry& e, EpollDriver& driver) noexcept {
-  if (e.driver.load(std::memory_order_relaxed) == &driver) return;
-  driver.forget(fd);
-  e.driver.store(&driver, std::memory_order_relaxed);
+IoHandle attach(int fd, FdEntry& e, IoCore* core) noexcept {
+  if (!core) return IoHandle{fd};
+  if (e.core.load(std::memory_order_relaxed) != core) {
+    core->forget(fd);
+    e.core.store(core, std::memory_order_relaxed);
+  }
+  return core->handle(fd);
 }
 
 bool interrupted(int fd) noexcept {
@@ -218,12 +221,6 @@ TimePoint deadline_in(std::int64_t ns) noexcept {
 
 namespace {
 
-// The errno for a wait that ended by park's Wake::timed_out (or a Wake value added later): the
-// call's own deadline if it has passed, otherwise someone else's (a timeout scope).
-int timed_out(TimePoint own) noexcept {
-  return own != no_deadline && Clock::now() >= own ? wait_own_deadline : ETIMEDOUT;
-}
-
 std::uint32_t epoll_events(short poll_events) noexcept {
   std::uint32_t events = 0;
   if (poll_events & (POLLIN | POLLRDNORM | POLLRDBAND)) events |= EPOLLIN;
@@ -233,49 +230,32 @@ std::uint32_t epoll_events(short poll_events) noexcept {
   return events;
 }
 
-int thread_wait(int fd, Direction dir, TimePoint deadline) noexcept {
-  pollfd p{fd, static_cast<short>(dir == Direction::read ? POLLIN : POLLOUT), 0};
-  for (;;) {
-    timespec ts{};
-    timespec* tsp = nullptr;
-    if (deadline != no_deadline) {
-      const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()).count();
-      if (left <= 0) return wait_own_deadline;
-      ts = {static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
-      tsp = &ts;
-    }
-    const long n = syscall(SYS_ppoll, &p, 1, tsp, nullptr, 0);
-    if (n > 0) return wait_ready;
-    if (n < 0) return errno;
-  }
-}
-
 }  // namespace
 
-int wait_fd(EpollDriver* driver, int fd, Direction dir, TimePoint deadline) noexcept {
-  if (!driver) return thread_wait(fd, dir, deadline);
-  try {
-    driver->state(fd).ready[static_cast<int>(dir)] = false;  // the call just said EAGAIN
-    driver->wait(fd, dir, deadline);
-    return wait_ready;
-  } catch (const std::system_error& e) {
-    const std::error_code code = e.code();
-    if (code == std::errc::operation_canceled) return ECANCELED;
-    if (code == std::errc::timed_out) return timed_out(deadline);
-    if (code == make_error_code(net_errc::closed)) return EBADF;
-    if (code == std::errc::device_or_resource_busy) {
-      // Another fiber already waits on this fd in this direction (the driver keeps one waiter per
-      // direction): check again in a millisecond, as two blocked threads would both be woken.
+int wait_outcome(int err, TimePoint deadline) noexcept {
+  using namespace skein::detail;
+  switch (err) {
+    case 0:
+      return wait_ready;
+    case io_timed_out:
+      return wait_own_deadline;
+    case io_expired:
+      return ETIMEDOUT;
+    case io_cancelled:
+      return ECANCELED;
+    case io_closed:
+      return EBADF;
+    case io_busy: {
       const TimePoint soon = std::min(deadline, Clock::now() + std::chrono::milliseconds(1));
-      const skein::detail::Wake w = skein::detail::park(soon);
-      if (w == skein::detail::Wake::cancelled) return ECANCELED;
+      const Wake w = park(soon);
+      if (w == Wake::cancelled) return ECANCELED;
       if (Clock::now() >= soon) return deadline == soon ? wait_own_deadline : wait_ready;
-      return w == skein::detail::Wake::notified ? wait_ready : timed_out(deadline);
+      if (w == Wake::notified) return wait_ready;
+      return w == Wake::timed_out && deadline != no_deadline && Clock::now() >= deadline ? wait_own_deadline
+                                                                                         : ETIMEDOUT;
     }
-    // epoll_ctl's errno; a wake reason from outside this file's knowledge counts as a deadline.
-    return code.category() == std::generic_category() ? code.value() : ETIMEDOUT;
-  } catch (...) {
-    return ENOMEM;
+    default:
+      return err;
   }
 }
 
@@ -289,7 +269,7 @@ int fiber_sleep_until(TimePoint deadline) noexcept {
   }
 }
 
-int wait_any(EpollDriver& driver, const pollfd* fds, std::size_t n, TimePoint deadline, int (*check)(void*),
+int wait_any(IoCore& core, const pollfd* fds, std::size_t n, TimePoint deadline, int (*check)(void*),
              void* arg) noexcept {
   const int first = check(arg);
   if (first != 0) return first;
@@ -312,16 +292,27 @@ int wait_any(EpollDriver& driver, const pollfd* fds, std::size_t n, TimePoint de
       epoll_ctl(ep, EPOLL_CTL_MOD, fds[i].fd, &ev);
     }
   }
-  // The number may have been another descriptor's, whose slot the driver still remembers.
-  driver.forget(ep);
+  // The number may have been another descriptor's, whose slot the core still remembers.
+  core.forget(ep);
+  IoHandle h = core.handle(ep);
+  // The set is readable while one of the descriptors has an event: the core's loop waits for
+  // that, with check() as the call (nothing ready counts as EAGAIN). It was just tried.
+  bool checked = true;
+  const auto attempt = [&]() -> ssize_t {
+    const int ready = checked ? 0 : check(arg);
+    checked = false;
+    if (ready == 0) errno = EAGAIN;
+    return ready == 0 ? -1 : ready;
+  };
   int result;
   for (;;) {
-    const int w = wait_fd(&driver, ep, Direction::read, deadline);
-    if (w == wait_ready) {
-      result = check(arg);
-      if (result != 0) break;
-      continue;  // another fiber took the event: wait for the next one
+    const ssize_t r = IoCore::run(h, Direction::read, deadline, IoTransfer::message(), attempt);
+    if (r >= 0) {
+      result = static_cast<int>(r);
+      break;
     }
+    const int w = wait_outcome(static_cast<int>(-r), deadline);
+    if (w == wait_ready) continue;
     if (w == wait_own_deadline) {
       result = check(arg);  // what is ready at the deadline counts, as the kernel's poll does
       break;
@@ -350,7 +341,7 @@ int wait_any(EpollDriver& driver, const pollfd* fds, std::size_t n, TimePoint de
     break;
   }
   const int saved = errno;
-  driver.forget(ep);
+  core.forget(ep);
   syscall(SYS_close, ep);
   errno = saved;
   return result;

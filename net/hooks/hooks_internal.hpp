@@ -5,7 +5,7 @@
 // up and nothing runs at static initialisation: the tables are constinit and filled on first use.
 #pragma once
 
-#include "epoll_driver.hpp"
+#include "io_core.hpp"
 
 #include <skein/time.hpp>
 
@@ -19,7 +19,9 @@
 namespace skein::hooks::detail {
 
 using skein::detail::Direction;
-using skein::detail::EpollDriver;
+using skein::detail::IoCore;
+using skein::detail::IoHandle;
+using skein::detail::IoTransfer;
 
 // Every hooked call, in the order hooked_calls() lists them. The fortified (__*_chk) and 64-bit
 // aliases count as their plain call.
@@ -58,9 +60,9 @@ enum class Call : unsigned {
 inline constexpr unsigned call_count = static_cast<unsigned>(Call::count);
 extern const char* const call_names[call_count];
 
-// This thread's driver if `c` should park the calling fiber: inside a fiber, `c` not turned off
+// This thread's I/O core if `c` should park the calling fiber: inside a fiber, `c` not turned off
 // by SKEIN_HOOKS_DISABLE and no Bypass alive on the thread. nullptr means "behave like libc".
-EpollDriver* fiber_driver(Call c) noexcept;
+IoCore* fiber_core(Call c) noexcept;
 
 // Bits of FdEntry::flags.
 enum : std::uint32_t {
@@ -77,7 +79,7 @@ struct FdEntry {
   std::atomic<std::uint32_t> flags{0};
   std::atomic<std::int64_t> rcv_timeout_ns{0};  // SO_RCVTIMEO; 0: none
   std::atomic<std::int64_t> snd_timeout_ns{0};  // SO_SNDTIMEO; 0: none
-  std::atomic<void*> driver{nullptr};           // the driver whose slot for this fd is ours
+  std::atomic<void*> core{nullptr};             // the I/O core whose slot for this fd is ours
 };
 
 // `fd`'s entry, nullptr for a negative fd or one beyond the table (those fall through to libc).
@@ -87,7 +89,7 @@ FdEntry* entry(int fd) noexcept;
 FdEntry* classified(int fd) noexcept;
 // Records a descriptor just created by socket/accept: `flags` without fd_known.
 void record_new(int fd, std::uint32_t flags, std::int64_t rcv_ns = 0, std::int64_t snd_ns = 0) noexcept;
-// Forgets `fd` before it is closed (or replaced by dup2): this thread's driver lets go of it.
+// Forgets `fd` before it is closed (or replaced by dup2): this thread's core lets go of it.
 void reset(int fd) noexcept;
 
 // A blocking socket the hooks must make wait: a socket, not user non-blocking.
@@ -100,23 +102,31 @@ inline bool waitable(const FdEntry* e) noexcept {
 // Sets O_NONBLOCK in the kernel for a socket the user keeps blocking, once. False if fcntl failed.
 bool make_nonblocking(int fd, FdEntry& e) noexcept;
 
-// Binds `fd` to `driver` for this call: a slot left by another descriptor with this number (or by
-// this one on another worker) is reset first.
-void attach(int fd, FdEntry& e, EpollDriver& driver) noexcept;
+// The handle for one call on `fd` on `core` (nullptr: the thread-side handle, which blocks in
+// poll(2)): a slot left by another descriptor with this number (or by this one on another worker)
+// is reset first.
+IoHandle attach(int fd, FdEntry& e, IoCore* core) noexcept;
 
-// What a wait returns: ready (try the call again), the call's own deadline passed, or an errno.
+// How a hooked call goes on after the core reported `err` (minus IoCore::run's negative result,
+// or IoCore::wait's): wait_ready (try again), wait_own_deadline (`deadline`, the call's own, has
+// passed), ECANCELED, ETIMEDOUT (a deadline not the call's own), EBADF (closed meanwhile), or
+// `err` itself (the call's errno, EINTR for a thread a signal interrupted). Another fiber already
+// waiting on the fd in this direction (the core keeps one waiter per direction) costs a
+// millisecond's sleep and a retry, as two blocked threads would both be woken.
 inline constexpr int wait_ready = 0;
 inline constexpr int wait_own_deadline = -1;
+int wait_outcome(int err, TimePoint deadline) noexcept;
 
-// Waits until `fd` may be ready for `dir`: the fiber parks if `driver` is set, else the thread
-// blocks in ppoll(2). Returns wait_ready, wait_own_deadline, or ECANCELED, ETIMEDOUT (a deadline
-// not the call's own), EBADF (closed meanwhile), EINTR (thread only: a signal) or another errno.
-int wait_fd(EpollDriver* driver, int fd, Direction dir, TimePoint deadline) noexcept;
+// The readiness rule for a transfer on a descriptor with `flags` of which `want` bytes are left:
+// stream or message (see IoTransfer); a thread reports EINTR, as a blocking call does.
+inline IoTransfer transfer_kind(std::uint32_t flags, std::size_t want) noexcept {
+  return ((flags & fd_stream) ? IoTransfer::stream(want) : IoTransfer::message()).report_signals();
+}
 
 // Waits in a fiber until one of `fds` has an event it asks for (through a private epoll set, which
-// the driver watches), then returns check()'s value; check() is the real call with a zero timeout
+// the core watches), then returns check()'s value; check() is the real call with a zero timeout
 // and is tried first. Returns 0 when `deadline` passes, -1 with errno on cancel/ETIMEDOUT/failure.
-int wait_any(EpollDriver& driver, const pollfd* fds, std::size_t n, TimePoint deadline, int (*check)(void*),
+int wait_any(IoCore& core, const pollfd* fds, std::size_t n, TimePoint deadline, int (*check)(void*),
              void* arg) noexcept;
 
 // True for the errno of a wait a fiber-only event interrupted (a cancel, a deadline not the call's

@@ -15,8 +15,8 @@
 // Argument order, everywhere: the data or buffer, then the address (in or out), then the Deadline,
 // always last. Buffers are char, std::byte or unsigned char alike.
 //
-// A socket is waited on through the I/O driver of the thread that first waits on it; keep it on
-// that thread.
+// A socket is waited on through the I/O core of the worker that first waits on it; keep it on
+// that worker.
 #pragma once
 
 #include <skein/address.hpp>
@@ -72,8 +72,8 @@ class Socket {
  protected:
   friend struct detail::SocketAccess;
   int fd_ = -1;
-  // The worker's I/O driver whose slot for fd_ this socket owns (set at its first I/O call on a
-  // worker): a driver's slot for the same number left behind by an earlier socket is reset rather
+  // The worker's I/O core whose slot for fd_ this socket owns (set at its first I/O call on a
+  // worker): a core's slot for the same number left behind by an earlier socket is reset rather
   // than trusted. Opaque here.
   void* driver_ = nullptr;
 };

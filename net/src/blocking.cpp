@@ -1,8 +1,9 @@
 // The blocking pool: threads started on demand, up to max(4, 2 x cores), each retiring after a
-// while without work. Finished jobs are handed back to the waiting fiber's driver through its
-// mailbox (eventfd), so the fiber wakes on its own thread.
+// while without work. Finished jobs are handed back to the waiting fiber's I/O core through its
+// mailbox, which wakes the worker through its scheduler's inbox, so the fiber wakes on its own
+// thread.
 #include "blocking_pool.hpp"
-#include "epoll_driver.hpp"
+#include "io_core.hpp"
 
 #include <skein/detail/fiber.hpp>
 
@@ -123,13 +124,13 @@ BlockingThreads& blocking_threads() {
 }
 
 // Parks until the completion is posted, `deadline`, or (unless shielded) a cancel.
-Wake await(EpollDriver& driver, Completion& completion, TimePoint deadline) noexcept {
-  driver.add_remote_waiter();
+Wake await(IoCore& core, Completion& completion, TimePoint deadline) noexcept {
+  core.add_remote_waiter();
   Wake w;
   do {
     w = park(deadline);
   } while (w == Wake::notified && !completion.done);
-  driver.remove_remote_waiter();
+  core.remove_remote_waiter();
   return w;
 }
 
@@ -137,44 +138,43 @@ Wake await(EpollDriver& driver, Completion& completion, TimePoint deadline) noex
 
 namespace {
 
-// Queues `job` on the pool for the running fiber `self`, whose driver gets the completion. An
+// Queues `job` on the pool for the running fiber `self`, whose core gets the completion. An
 // already-cancelled fiber throws instead: the call is a cancellation point like any wait.
-std::shared_ptr<Completion> submit(Fiber* self, EpollDriver& driver, BlockingJob& job,
-                                   std::shared_ptr<void> keep) {
+std::shared_ptr<Completion> submit(Fiber* self, IoCore& core, BlockingJob& job, std::shared_ptr<void> keep) {
   if (self->cancel_requested && !self->shielded) throw_if_interrupted(Wake::cancelled);
   auto completion = std::make_shared<Completion>();
   completion->fiber = self;
-  blocking_threads().submit(Item{&job, std::move(keep), completion, driver.mailbox()});
+  blocking_threads().submit(Item{&job, std::move(keep), completion, core.mailbox()});
   return completion;
 }
 
 }  // namespace
 
 void run_blocking_job(BlockingJob& job) {
-  EpollDriver* driver = EpollDriver::current();
-  if (!driver) {
+  IoCore* core = IoCore::current();
+  if (!core) {
     job.run();
     return;
   }
   Fiber* self = current_fiber();
-  const auto completion = submit(self, *driver, job, nullptr);
+  const auto completion = submit(self, *core, job, nullptr);
   // `job` may live on this fiber's stack and is in use on the pool: the fiber cannot leave
   // before it is done, so a cancel waits (shielded) and is reported afterwards.
   const bool was_shielded = self->shielded;
   self->shielded = true;
-  await(*driver, *completion, no_deadline);
+  await(*core, *completion, no_deadline);
   self->shielded = was_shielded;
   if (self->cancel_requested && !was_shielded) throw_if_interrupted(Wake::cancelled);
 }
 
 void run_abandonable(std::shared_ptr<void> keep, BlockingJob& job, TimePoint deadline) {
-  EpollDriver* driver = EpollDriver::current();
-  if (!driver) {
+  IoCore* core = IoCore::current();
+  if (!core) {
     job.run();
     return;
   }
-  const auto completion = submit(current_fiber(), *driver, job, std::move(keep));
-  const Wake w = await(*driver, *completion, deadline);
+  const auto completion = submit(current_fiber(), *core, job, std::move(keep));
+  const Wake w = await(*core, *completion, deadline);
   if (w != Wake::notified) {
     completion->fiber = nullptr;  // a late completion must not wake this fiber in another wait
     throw_if_interrupted(w);

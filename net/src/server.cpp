@@ -1,6 +1,6 @@
 // serve(): an acceptor fiber, a fiber per connection, and the serving fiber itself, which sleeps
 // until it is told to stop and then runs the shutdown (stop accepting, grace period, cancel, wait).
-#include "epoll_driver.hpp"
+#include "io_core.hpp"
 
 #include <skein/run.hpp>
 #include <skein/runtime.hpp>
@@ -297,13 +297,20 @@ class SignalWatch {
     }
     try {
       fiber_ = spawn(FiberOptions{"serve-signals"}, [&server, &hurry, fd = fd_] {
-        detail::EpollDriver* driver = detail::EpollDriver::current();
+        // A fresh descriptor: its number's slot may hold a registration of one closed before.
+        detail::IoCore* core = detail::IoCore::current();
+        core->forget(fd);
+        detail::IoHandle h = core->handle(fd);
         for (int seen = 0;;) {
           signalfd_siginfo info;
-          if (::read(fd, &info, sizeof info) != sizeof info) {
-            driver->state(fd).ready[0] = false;
-            driver->wait(fd, detail::Direction::read, no_deadline);
-            continue;
+          const ssize_t n =
+              detail::IoCore::run(h, detail::Direction::read, no_deadline, detail::IoTransfer::message(),
+                                  [&] { return ::read(fd, &info, sizeof info); });
+          if (n < 0) {
+            const int err = static_cast<int>(-n);
+            throw std::system_error(
+                detail::io_error_code(err),
+                detail::io_error_message(err, detail::Direction::read, "skein: signalfd"));
           }
           // The first signal stops gracefully; a second one cuts the grace period short.
           if (++seen > 1) hurry = true;
@@ -328,7 +335,7 @@ class SignalWatch {
       signalfd_siginfo info;
       while (::read(fd_, &info, sizeof info) == sizeof info) {
       }
-      if (detail::EpollDriver* d = detail::EpollDriver::installed()) d->forget(fd_);
+      if (detail::IoCore* c = detail::IoCore::installed()) c->forget(fd_);
       ::close(fd_);
     }
     unblock();

@@ -1,22 +1,18 @@
-// The sockets' system-call loops. Each attempts the call while the driver's readiness flag for
-// that direction is set, clears the flag when the call says the fd is drained (EAGAIN, or a
-// short transfer on a stream), and otherwise parks the fiber until the next edge.
-#include "epoll_driver.hpp"
+// The sockets' system calls, each made through the I/O core's one retry loop (IoCore::run, in
+// io_core.hpp), whose error codes become std::system_error here, at the public edge.
+#include "io_core.hpp"
 
 #include <skein/socket.hpp>
 
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
-#include <climits>
 #include <cstdint>
 #include <system_error>
 #include <utility>
@@ -24,20 +20,21 @@
 namespace skein {
 
 using detail::Direction;
-using detail::EpollDriver;
-using detail::FdState;
+using detail::IoCore;
+using detail::IoHandle;
+using detail::IoTransfer;
 
 namespace detail {
 // Adopts descriptors that are known to be non-blocking already, without the fcntl calls.
 struct SocketAccess {
-  static void*& driver(Socket& s) noexcept { return s.driver_; }
+  static void*& core(Socket& s) noexcept { return s.driver_; }
   template <class S>
   static S adopt(int fd) noexcept {
     S s;
     static_cast<Socket&>(s).fd_ = fd;
     // A slot left registered by a descriptor closed on another thread (or behind skein's back)
     // must not be mistaken for this one's: a fresh number starts from a clean slot.
-    if (EpollDriver* d = EpollDriver::installed()) d->forget(fd);
+    if (IoCore* c = IoCore::installed()) c->forget(fd);
     return s;
   }
 };
@@ -49,80 +46,23 @@ namespace {
   throw std::system_error(err, std::generic_category(), what);
 }
 
+// The exception for an error the core reported for `call` (minus it, as run() returns it).
+[[noreturn]] void throw_io(ssize_t result, Direction dir, const char* call) {
+  const int err = static_cast<int>(-result);
+  throw std::system_error(detail::io_error_code(err), detail::io_error_message(err, dir, call));
+}
+
 void require_open(int fd, const char* what) {
   if (fd < 0) throw std::system_error(std::make_error_code(std::errc::bad_file_descriptor), what);
 }
 
-// Waits for readiness outside a fiber: the thread blocks in poll(2).
-void poll_wait(int fd, Direction dir, TimePoint deadline) {
-  pollfd p{fd, static_cast<short>(dir == Direction::read ? POLLIN : POLLOUT), 0};
-  for (;;) {
-    int timeout = -1;
-    if (deadline != no_deadline) {
-      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0)
-        throw std::system_error(std::make_error_code(std::errc::timed_out), "skein: deadline passed");
-      timeout = left > INT_MAX ? INT_MAX : static_cast<int>(left);
-    }
-    const int n = ::poll(&p, 1, timeout);
-    if (n > 0) return;
-    if (n < 0 && errno != EINTR) throw_errno(errno, "skein: poll");
-  }
+// The handle for one call on `s`: on this worker's core inside a fiber (the first time a socket
+// is used on a worker, that worker's slot for its number may still hold an earlier socket's
+// registration, one closed on another worker whose core could not be told: it is reset, not
+// trusted), thread-side outside.
+IoHandle io_handle(Socket& s) noexcept {
+  return IoCore::handle(IoCore::current(), s.fd(), detail::SocketAccess::core(s));
 }
-
-// The driver `s` is used on now (nullptr outside a fiber). The first time a socket is used on a
-// worker, that worker's slot for its number may still hold an earlier socket's registration (one
-// closed on another worker, whose driver could not be told): it is reset, not trusted.
-EpollDriver* driver_for(Socket& s) {
-  EpollDriver* driver = EpollDriver::current();
-  if (driver && detail::SocketAccess::driver(s) != driver) {
-    driver->forget(s.fd());
-    detail::SocketAccess::driver(s) = driver;
-  }
-  return driver;
-}
-
-// The I/O context of one call: the thread's driver and the fd's slot in it, or neither outside
-// a fiber.
-struct Io {
-  explicit Io(Socket& s)
-      : fd(s.fd()),
-        driver(driver_for(s)),
-        st(driver ? &driver->state(fd) : nullptr),
-        generation(st ? st->generation : 0) {}
-
-  // True if the call should be attempted now. Spends the thread's fairness budget, which may let
-  // other fibers run first; if one of them closed this socket meanwhile, throws net_errc::closed.
-  bool ready(Direction dir) {
-    if (!st) return true;
-    const auto d = static_cast<int>(dir);
-    if (!st->ready[d]) return false;
-    driver->spend_budget();
-    if (st->generation != generation)
-      throw std::system_error(make_error_code(net_errc::closed), "skein: socket closed");
-    return st->ready[d];
-  }
-  // The kernel said EAGAIN: nothing to do now, whatever was reported before.
-  void would_block(Direction dir) noexcept {
-    if (st) st->ready[static_cast<int>(dir)] = false;
-  }
-  // A stream transfer came back short: the queue is drained, unless a hang-up or error was
-  // reported, whose event may have come with the bytes just consumed (no edge would follow).
-  void short_transfer(Direction dir) noexcept {
-    if (st) st->ready[static_cast<int>(dir)] = st->hung_up[static_cast<int>(dir)];
-  }
-  void wait(Direction dir, Deadline deadline) {
-    if (driver)
-      driver->wait(fd, dir, deadline.at());
-    else
-      poll_wait(fd, dir, deadline.at());
-  }
-
-  int fd;
-  EpollDriver* driver;
-  FdState* st;
-  std::uint32_t generation;
-};
 
 void set_nodelay(int fd) noexcept {
   const int one = 1;
@@ -151,9 +91,9 @@ Socket::Socket(int fd) : fd_(fd) {
     fd_ = -1;
     throw_errno(errno, "skein::Socket: fcntl(O_NONBLOCK)");
   }
-  // A descriptor from elsewhere may reuse the number of one the driver still remembers (closed
+  // A descriptor from elsewhere may reuse the number of one the core still remembers (closed
   // behind skein's back): start from a clean slot.
-  if (EpollDriver* d = EpollDriver::installed()) d->forget(fd);
+  if (IoCore* c = IoCore::installed()) c->forget(fd);
 }
 
 Socket::Socket(Socket&& other) noexcept
@@ -168,11 +108,11 @@ Socket& Socket::operator=(Socket&& other) noexcept {
   return *this;
 }
 
-// Only this thread's driver can be told (another worker's is not ours to touch): a registration
+// Only this thread's core can be told (another worker's is not ours to touch): a registration
 // left there is reset when its next socket with this number is first used on it.
 void Socket::close() noexcept {
   if (fd_ < 0) return;
-  if (EpollDriver* d = EpollDriver::installed()) d->forget(fd_);
+  if (IoCore* c = IoCore::installed()) c->forget(fd_);
   driver_ = nullptr;
   // Linux releases the descriptor even when close() reports EINTR or EIO: never retry.
   ::close(std::exchange(fd_, -1));
@@ -180,7 +120,7 @@ void Socket::close() noexcept {
 
 int Socket::release() noexcept {
   if (fd_ >= 0)
-    if (EpollDriver* d = EpollDriver::installed()) d->forget(fd_);
+    if (IoCore* c = IoCore::installed()) c->forget(fd_);
   driver_ = nullptr;
   return std::exchange(fd_, -1);
 }
@@ -198,22 +138,11 @@ Address Socket::local_address() const {
 std::size_t Stream::read(std::span<char> buf, Deadline deadline) {
   require_open(fd_, "skein::Stream::read");
   if (buf.empty()) return 0;
-  Io io(*this);
-  for (;;) {
-    if (io.ready(Direction::read)) {
-      const ssize_t n = ::recv(fd_, buf.data(), buf.size(), 0);
-      if (n >= 0) {
-        // A short read drained the socket's receive queue: the next one would only say EAGAIN
-        // (Tokio relies on the same fact). End of stream stays readable.
-        if (n > 0 && static_cast<std::size_t>(n) < buf.size()) io.short_transfer(Direction::read);
-        return static_cast<std::size_t>(n);
-      }
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN) throw_errno(errno, "skein::Stream::read");
-      io.would_block(Direction::read);
-    }
-    io.wait(Direction::read, deadline);
-  }
+  IoHandle h = io_handle(*this);
+  const ssize_t n = IoCore::run(h, Direction::read, deadline.at(), IoTransfer::stream(buf.size()),
+                                [&] { return ::recv(fd_, buf.data(), buf.size(), 0); });
+  if (n < 0) throw_io(n, Direction::read, "skein::Stream::read");
+  return static_cast<std::size_t>(n);
 }
 
 void Stream::read_exact(std::span<char> buf, Deadline deadline) {
@@ -228,21 +157,12 @@ void Stream::read_exact(std::span<char> buf, Deadline deadline) {
 std::size_t Stream::write(std::string_view data, Deadline deadline) {
   require_open(fd_, "skein::Stream::write");
   if (data.empty()) return 0;
-  Io io(*this);
-  for (;;) {
-    if (io.ready(Direction::write)) {
-      // MSG_NOSIGNAL: a closed peer is EPIPE for this call, not SIGPIPE for the process.
-      const ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
-      if (n >= 0) {
-        if (static_cast<std::size_t>(n) < data.size()) io.short_transfer(Direction::write);
-        return static_cast<std::size_t>(n);
-      }
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN) throw_errno(errno, "skein::Stream::write");
-      io.would_block(Direction::write);
-    }
-    io.wait(Direction::write, deadline);
-  }
+  IoHandle h = io_handle(*this);
+  // MSG_NOSIGNAL: a closed peer is EPIPE for this call, not SIGPIPE for the process.
+  const ssize_t n = IoCore::run(h, Direction::write, deadline.at(), IoTransfer::stream(data.size()),
+                                [&] { return ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL); });
+  if (n < 0) throw_io(n, Direction::write, "skein::Stream::write");
+  return static_cast<std::size_t>(n);
 }
 
 void Stream::write_all(std::string_view data, Deadline deadline) {
@@ -254,17 +174,8 @@ void Stream::write_all(std::span<const std::string_view> parts, Deadline deadlin
   constexpr std::size_t max_iov = 64;
   std::size_t first = 0;   // the first part not fully written
   std::size_t offset = 0;  // bytes of it already written
-  Io io(*this);
+  IoHandle h = io_handle(*this);
   while (first < parts.size()) {
-    if (parts[first].size() == offset) {
-      ++first;
-      offset = 0;
-      continue;
-    }
-    if (!io.ready(Direction::write)) {
-      io.wait(Direction::write, deadline);
-      continue;
-    }
     iovec iov[max_iov];
     std::size_t count = 0, total = 0;
     for (std::size_t i = first; i < parts.size() && count < max_iov; ++i) {
@@ -277,14 +188,9 @@ void Stream::write_all(std::span<const std::string_view> parts, Deadline deadlin
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = count;
-    const ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN) throw_errno(errno, "skein::Stream::write_all");
-      io.would_block(Direction::write);
-      continue;
-    }
-    if (static_cast<std::size_t>(n) < total) io.short_transfer(Direction::write);
+    const ssize_t n = IoCore::run(h, Direction::write, deadline.at(), IoTransfer::stream(total),
+                                  [&] { return ::sendmsg(fd_, &msg, MSG_NOSIGNAL); });
+    if (n < 0) throw_io(n, Direction::write, "skein::Stream::write_all");
     auto left = static_cast<std::size_t>(n);
     while (left > 0) {
       const std::size_t here = std::min(left, parts[first].size() - offset);
@@ -331,9 +237,9 @@ Stream connect(const Address& address, Deadline deadline) {
     throw_errno(EAGAIN, "skein::connect: the Unix socket's backlog is full");
   if (errno != EINPROGRESS) throw_errno(errno, "skein::connect");
   // In progress: the fd turns writable when the handshake ends, either way.
-  Io io(s);
-  io.would_block(Direction::write);
-  io.wait(Direction::write, deadline);
+  IoHandle h = io_handle(s);
+  if (const int w = IoCore::wait(h, Direction::write, deadline.at()))
+    throw_io(-w, Direction::write, "skein::connect");
   int err = 0;
   socklen_t len = sizeof err;
   if (getsockopt(s.fd(), SOL_SOCKET, SO_ERROR, &err, &len) < 0)
@@ -361,25 +267,17 @@ Stream connect(std::string_view host, std::uint16_t port, Deadline deadline) {
 
 Stream Listener::accept(Address* peer, Deadline deadline) {
   require_open(fd_, "skein::Listener::accept");
-  Io io(*this);
-  for (;;) {
-    if (io.ready(Direction::read)) {
-      sockaddr_storage ss{};
-      socklen_t len = sizeof ss;
-      const int fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd >= 0) {
-        auto s = detail::SocketAccess::adopt<Stream>(fd);
-        if (is_ip(ss.ss_family)) set_nodelay(fd);
-        if (peer) *peer = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
-        return s;
-      }
+  IoHandle h = io_handle(*this);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  const ssize_t fd = IoCore::run(h, Direction::read, deadline.at(), IoTransfer::message(), [&]() -> ssize_t {
+    for (;;) {
+      len = sizeof ss;
+      const int s = ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (s >= 0) return s;
       switch (errno) {
-        case EAGAIN:
-          io.would_block(Direction::read);
-          break;
         // A connection that died in the queue, or a network error Linux passes on from the new
-        // socket (accept(2)): the listener itself is fine.
-        case EINTR:
+        // socket (accept(2)): the listener itself is fine, take the next one.
         case ECONNABORTED:
         case EPROTO:
         case ENOPROTOOPT:
@@ -391,11 +289,15 @@ Stream Listener::accept(Address* peer, Deadline deadline) {
         case EPERM:  // a firewall rule refused it
           continue;
         default:
-          throw_errno(errno, "skein::Listener::accept");
+          return -1;
       }
     }
-    io.wait(Direction::read, deadline);
-  }
+  });
+  if (fd < 0) throw_io(fd, Direction::read, "skein::Listener::accept");
+  auto s = detail::SocketAccess::adopt<Stream>(static_cast<int>(fd));
+  if (is_ip(ss.ss_family)) set_nodelay(static_cast<int>(fd));
+  if (peer) *peer = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+  return s;
 }
 
 Listener listen(const Address& address, const ListenOptions& options) {
@@ -444,17 +346,10 @@ namespace {
 template <class Call>
 std::size_t datagram_io(Socket& s, Direction dir, Deadline deadline, const char* what, Call call) {
   require_open(s.fd(), what);
-  Io io(s);
-  for (;;) {
-    if (io.ready(dir)) {
-      const ssize_t n = call();
-      if (n >= 0) return static_cast<std::size_t>(n);
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN) throw_errno(errno, what);
-      io.would_block(dir);
-    }
-    io.wait(dir, deadline);
-  }
+  IoHandle h = io_handle(s);
+  const ssize_t n = IoCore::run(h, dir, deadline.at(), IoTransfer::message(), call);
+  if (n < 0) throw_io(n, dir, what);
+  return static_cast<std::size_t>(n);
 }
 
 }  // namespace

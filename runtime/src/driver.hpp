@@ -1,7 +1,7 @@
 // What the scheduler needs from an I/O driver: a way to sleep in the kernel until the next timer
 // or until I/O wakes a fiber. runtime/ knows drivers only through this interface (net/ implements
-// the epoll one). The scheduler sleeps in the driver only while waiters() > 0; otherwise it sleeps
-// on its inbox's futex, which a message from another thread ends with one FUTEX_WAKE.
+// it: IoCore, over an epoll or io_uring backend). The scheduler sleeps in the driver only while waiters() >
+// 0; otherwise it sleeps on its inbox's futex, which a message from another thread ends with one FUTEX_WAKE.
 #pragma once
 
 #include <skein/time.hpp>
@@ -23,6 +23,9 @@ class Driver {
   virtual void poll() noexcept = 0;
   // How many fibers are parked on I/O: while any are, a scheduler with no timers is not deadlocked.
   virtual std::size_t waiters() const noexcept = 0;
+  // Handles what other threads queued for the driver itself and announced with
+  // Inbox::wake_driver() (finished blocking jobs): called on the scheduler's thread.
+  virtual void take_remote() noexcept = 0;
 };
 
 }  // namespace skein::detail

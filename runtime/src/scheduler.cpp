@@ -43,6 +43,7 @@ class PollDriver final : public Driver {
   }
   void poll() noexcept override {}
   std::size_t waiters() const noexcept override { return 0; }
+  void take_remote() noexcept override {}
 
  private:
   Inbox& inbox_;
@@ -151,9 +152,21 @@ void Inbox::post(RemoteNode* n) noexcept {
   do {
     n->next = head;
   } while (!head_.compare_exchange_weak(head, n, std::memory_order_seq_cst, std::memory_order_relaxed));
+  wake_sleeper();
+}
+
+void Inbox::wake_driver() noexcept {
+  // Already asked and not yet taken: the consumer will call the driver anyway.
+  if (driver_flag_.load(std::memory_order_seq_cst) || driver_flag_.exchange(true, std::memory_order_seq_cst))
+    return;
+  wake_sleeper();
+}
+
+void Inbox::wake_sleeper() noexcept {
   // Pairs with prepare_sleep() (the protocol is in scheduler.hpp): either the consumer sees the
-  // node before it sleeps, or this sees it sleeping. The plain load keeps a busy consumer's
-  // producers off the line's exclusive state; the exchange lets only one producer wake it.
+  // node (or flag) before it sleeps, or this sees it sleeping. The plain load keeps a busy
+  // consumer's producers off the line's exclusive state; the exchange lets only one producer
+  // wake it.
   if (state_.load(std::memory_order_seq_cst) == awake) return;
   const std::uint32_t was = state_.exchange(awake, std::memory_order_seq_cst);
   if (was == on_futex) {
@@ -179,7 +192,8 @@ RemoteNode* Inbox::take() noexcept {
 
 bool Inbox::prepare_sleep(State how) noexcept {
   state_.store(how, std::memory_order_seq_cst);
-  if (head_.load(std::memory_order_seq_cst) == nullptr) return true;
+  if (head_.load(std::memory_order_seq_cst) == nullptr && !driver_flag_.load(std::memory_order_seq_cst))
+    return true;
   state_.store(awake, std::memory_order_relaxed);
   return false;
 }
@@ -412,6 +426,7 @@ void Scheduler::stop_spinning() noexcept {
 }
 
 void Scheduler::drain_inbox() noexcept {
+  if (inbox_.take_driver_flag()) driver_->take_remote();
   for (RemoteNode* n = inbox_.take(); n;) {
     RemoteNode* next = n->next;  // handling may free the node (a cancel's last reference)
     Fiber* f = n->fiber;

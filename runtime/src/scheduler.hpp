@@ -121,7 +121,9 @@ class TimerHeap {
 
 // Messages from other threads: a lock-free multi-producer, single-consumer stack of RemoteNodes
 // (push is a CAS, the consumer takes everything with one exchange and reverses it into arrival
-// order), plus the consumer's sleep state, which tells a producer how to wake it.
+// order), a flag that asks the consumer to call its driver (Driver::take_remote: the driver keeps
+// its own queue, e.g. finished blocking jobs), plus the consumer's sleep state, which tells a
+// producer how to wake it. One eventfd per worker: the driver's messages wake it the same way.
 //
 // The sleep protocol, value by value (state_, one 32-bit word that is also the futex):
 //   awake      the consumer runs fibers or spins: producers only push (no system call).
@@ -132,7 +134,8 @@ class TimerHeap {
 // The consumer moves awake -> on_futex/in_driver (prepare_sleep, a sequentially consistent
 // store followed by a sequentially consistent load of the stack's head: if a node is there it
 // goes back to awake and does not sleep) and back to awake when it wakes (end_sleep; relaxed:
-// nothing is published through it). A producer pushes (a sequentially consistent CAS), then
+// nothing is published through it). A producer pushes (a sequentially consistent CAS, or the
+// driver flag's sequentially consistent exchange), then
 // loads state_ (sequentially consistent): in the single order of those four operations either
 // the consumer's load sees the node, or the producer's load sees the sleep. A producer that
 // sees a sleep exchanges state_ to awake; only the one that gets the sleeping value back wakes
@@ -151,8 +154,18 @@ class Inbox {
 
   // Any thread: queues `n` and wakes the consumer if it sleeps.
   void post(RemoteNode* n) noexcept;
+  // Any thread, after queueing something in the driver's own queue: makes the consumer call
+  // Driver::take_remote() on its thread soon, waking it if it sleeps.
+  void wake_driver() noexcept;
   // Consumer: true if something is queued (a hint: posts may land right after).
-  bool pending() const noexcept { return head_.load(std::memory_order_relaxed) != nullptr; }
+  bool pending() const noexcept {
+    return head_.load(std::memory_order_relaxed) != nullptr || driver_flag_.load(std::memory_order_relaxed);
+  }
+  // Consumer: true (once) if wake_driver() was called since the last time.
+  bool take_driver_flag() noexcept {
+    return driver_flag_.load(std::memory_order_relaxed) &&
+           driver_flag_.exchange(false, std::memory_order_acquire);
+  }
   // Consumer: takes every queued node, oldest first.
   RemoteNode* take() noexcept;
   // Consumer, before sleeping in the driver (`how` is in_driver) or on the futex: returns false
@@ -167,7 +180,10 @@ class Inbox {
   void clear_fd() noexcept;
 
  private:
+  void wake_sleeper() noexcept;
+
   alignas(64) std::atomic<RemoteNode*> head_{nullptr};
+  std::atomic<bool> driver_flag_{false};     // see wake_driver()
   std::atomic<std::uint32_t> state_{awake};  // see the protocol above; the futex word
   int eventfd_ = -1;
 };
