@@ -55,6 +55,18 @@ bool is_loopback(const Address& a) {
   return false;
 }
 
+// Occupies every run_blocking pool thread (max(4, 2 x cores), a couple more to be sure) with a
+// sleep of `d`, so that a job submitted next queues behind them. Call from a fiber.
+std::vector<skein::Task<void>> occupy_blocking_pool(std::chrono::milliseconds d) {
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const unsigned pool = std::max(4u, 2 * cores) + 2;
+  std::vector<skein::Task<void>> sleepers;
+  for (unsigned i = 0; i < pool; ++i)
+    sleepers.push_back(skein::spawn([d] { skein::run_blocking([d] { std::this_thread::sleep_for(d); }); }));
+  skein::yield();  // every sleeper has handed its job to the pool
+  return sleepers;
+}
+
 int int_option(int fd, int level, int name) {
   int v = -1;
   socklen_t len = sizeof v;
@@ -429,15 +441,8 @@ TEST_SUITE("net") {
   TEST_CASE("resolve: a deadline or a cancel leaves at once, even while the lookup is stuck") {
     FdCheck fds;
     skein::run([] {
-      // Occupy every pool thread (max(4, 2 x cores), a couple more to be sure) so the lookup
-      // queues behind 300 ms sleeps: only an early exit can make resolve return sooner.
-      const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-      const unsigned pool = std::max(4u, 2 * cores) + 2;
-      std::vector<skein::Task<void>> sleepers;
-      for (unsigned i = 0; i < pool; ++i)
-        sleepers.push_back(
-            skein::spawn([] { skein::run_blocking([] { std::this_thread::sleep_for(300ms); }); }));
-      skein::yield();  // every sleeper has handed its job to the pool
+      // The lookup queues behind 300 ms sleeps: only an early exit can make resolve return sooner.
+      std::vector<skein::Task<void>> sleepers = occupy_blocking_pool(300ms);
 
       auto start = skein::Clock::now();
       std::error_code e = code_of([] { skein::resolve("localhost", 80, 50ms); });
@@ -1334,14 +1339,8 @@ TEST_SUITE("net") {
   TEST_CASE("a lookup that finishes after its fiber left wakes nothing, even after its runtime ended") {
     FdCheck fds;
     skein::run([] {
-      // Every pool thread busy for 150 ms: the lookups below queue behind them.
-      const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-      const unsigned pool = std::max(4u, 2 * cores) + 2;
-      std::vector<skein::Task<void>> sleepers;
-      for (unsigned i = 0; i < pool; ++i)
-        sleepers.push_back(
-            skein::spawn([] { skein::run_blocking([] { std::this_thread::sleep_for(150ms); }); }));
-      skein::yield();
+      // The lookups below queue behind these sleeps.
+      std::vector<skein::Task<void>> sleepers = occupy_blocking_pool(150ms);
 
       std::error_code e = code_of([] { skein::resolve("localhost", 80, 10ms); });
       CHECK_MESSAGE(e == std::errc::timed_out, describe(e));
@@ -1351,9 +1350,7 @@ TEST_SUITE("net") {
 
       // Another runtime's lookup, abandoned, then that runtime ends before the lookup runs.
       skein::join_all(sleepers);
-      for (auto& t : sleepers)
-        t = skein::spawn([] { skein::run_blocking([] { std::this_thread::sleep_for(100ms); }); });
-      skein::yield();
+      sleepers = occupy_blocking_pool(100ms);
       std::thread other([] {
         skein::run([] {
           const std::error_code e2 = code_of([] { skein::resolve("localhost", 80, 10ms); });

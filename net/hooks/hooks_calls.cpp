@@ -9,9 +9,9 @@
 #undef _FORTIFY_SOURCE
 #undef _FILE_OFFSET_BITS
 
+#include "blocking_pool.hpp"
 #include "hooks_internal.hpp"
 
-#include <skein/blocking.hpp>
 #include <skein/detail/fiber.hpp>
 
 #include <fcntl.h>
@@ -630,24 +630,37 @@ int __wrap_getaddrinfo(const char* node, const char* service, const struct addri
   }
   if (!fiber_core(Call::getaddrinfo)) return real(node, service, hints, res);
   // The resolver may read files and wait on DNS for seconds: off the scheduler thread.
-  int result = EAI_SYSTEM;
-  int err = 0;
-  bool ran = false;
-  try {
-    skein::run_blocking([&] {
+  struct Lookup final : skein::detail::BlockingJob {
+    void run() noexcept override {
       result = real(node, service, hints, res);
       err = errno;
       ran = true;
-    });
-    errno = err;
-    return result;
-  } catch (...) {
-    // Cancelled, before the call or while it ran: then it finished first, and what it found is
-    // freed, since the caller is told it failed.
-    if (ran && result == 0) freeaddrinfo(*res);
-    errno = ECANCELED;
-    return EAI_SYSTEM;
+    }
+    Real real;
+    const char* node;
+    const char* service;
+    const addrinfo* hints;
+    addrinfo** res;
+    int result = EAI_SYSTEM;
+    int err = 0;
+    bool ran = false;
+  };
+  Lookup job;
+  job.real = real;
+  job.node = node;
+  job.service = service;
+  job.hints = hints;
+  job.res = res;
+  const int e = skein::detail::run_job(job);
+  if (e == 0) {
+    errno = job.err;
+    return job.result;
   }
+  // Cancelled, before the call or while it ran: then it finished first, and what it found is
+  // freed, since the caller is told it failed.
+  if (job.ran && job.result == 0) freeaddrinfo(*res);
+  errno = e;
+  return EAI_SYSTEM;
 }
 
 int socket(int domain, int type, int protocol) noexcept {

@@ -11,6 +11,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -150,21 +151,36 @@ std::shared_ptr<Completion> submit(Fiber* self, IoCore& core, BlockingJob& job, 
 
 }  // namespace
 
-void run_blocking_job(BlockingJob& job) {
+int run_job(BlockingJob& job) noexcept {
   IoCore* core = IoCore::current();
   if (!core) {
     job.run();
-    return;
+    return 0;
   }
   Fiber* self = current_fiber();
-  const auto completion = submit(self, *core, job, nullptr);
+  if (self->cancel_requested && !self->shielded) return ECANCELED;
+  std::shared_ptr<Completion> completion;
+  try {
+    completion = submit(self, *core, job, nullptr);
+  } catch (const std::system_error& e) {
+    return e.code().category() == std::generic_category() ? e.code().value() : EAGAIN;
+  } catch (...) {
+    return ENOMEM;
+  }
   // `job` may live on this fiber's stack and is in use on the pool: the fiber cannot leave
   // before it is done, so a cancel waits (shielded) and is reported afterwards.
   const bool was_shielded = self->shielded;
   self->shielded = true;
   await(*core, *completion, no_deadline);
   self->shielded = was_shielded;
-  if (self->cancel_requested && !was_shielded) throw_if_interrupted(Wake::cancelled);
+  if (self->cancel_requested && !was_shielded) return ECANCELED;
+  return 0;
+}
+
+void run_blocking_job(BlockingJob& job) {
+  const int err = run_job(job);
+  if (err == ECANCELED) throw_if_interrupted(Wake::cancelled);
+  if (err != 0) throw std::system_error(err, std::generic_category(), "skein::run_blocking: no pool thread");
 }
 
 void run_abandonable(std::shared_ptr<void> keep, BlockingJob& job, TimePoint deadline) {
