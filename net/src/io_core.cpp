@@ -19,8 +19,6 @@ namespace skein::detail {
 
 namespace {
 
-constinit thread_local IoCore* tl_core = nullptr;
-
 void unlink_waiter(Fiber*, void* slot) noexcept {
   *static_cast<Fiber**>(slot) = nullptr;
 }
@@ -92,56 +90,31 @@ IoCore::IoCore(Inbox& inbox, IoBackendKind backend) : mailbox_(std::make_shared<
 IoCore::~IoCore() {
   mailbox_->close();
   backend_.reset();
-  if (tl_core == this) tl_core = nullptr;
+  if (tl_io_core == this) tl_io_core = nullptr;
 }
 
-IoCore* IoCore::current() noexcept {
-  Scheduler* s = Scheduler::current();
-  // Outside a fiber (the thread's own stack, including the scheduler loop running a finished
-  // fiber's destructors) nothing can park: callers block in poll(2) instead.
-  if (!s || !s->running()) return nullptr;
-  if (tl_core) return tl_core;
+IoCore* IoCore::install(Scheduler& s) noexcept {
   try {
-    auto core = std::make_unique<IoCore>(s->inbox(), s->runtime().io_backend());
-    tl_core = core.get();
-    s->set_driver(std::move(core));
+    auto core = std::make_unique<IoCore>(s.inbox(), s.runtime().io_backend());
+    tl_io_core = core.get();
+    s.set_driver(std::move(core));
   } catch (const std::exception& e) {
     // Out of descriptors or memory before the first I/O: nothing sensible to fall back to.
     std::fprintf(stderr, "skein: cannot start the I/O core: %s\n", e.what());
     std::abort();
   }
-  return tl_core;
+  return tl_io_core;
 }
 
-IoCore* IoCore::installed() noexcept {
-  return tl_core;
-}
-
-FdState* IoCore::slot(int fd) noexcept {
+IoHandle IoCore::new_handle(int fd) noexcept {
   const auto i = static_cast<std::size_t>(fd);
-  const std::size_t chunk = i / chunk_size;
   try {
-    while (chunks_.size() <= chunk) chunks_.push_back(std::make_unique<FdState[]>(chunk_size));
+    while (chunks_.size() <= i / chunk_size) chunks_.push_back(std::make_unique<FdState[]>(chunk_size));
   } catch (const std::bad_alloc&) {
-    return nullptr;
+    // Out of memory for the slot: the call still works, blocking the thread in poll(2).
+    return IoHandle{fd};
   }
-  return &chunks_[chunk][i % chunk_size];
-}
-
-IoHandle IoCore::handle(IoCore* core, int fd, void*& owner) noexcept {
-  if (!core) return IoHandle{fd};
-  if (owner != core) {
-    core->forget(fd);
-    owner = core;
-  }
-  return core->handle(fd);
-}
-
-IoHandle IoCore::handle(int fd) noexcept {
-  FdState* st = slot(fd);
-  // Out of memory for the slot: the call still works, blocking the thread in poll(2).
-  if (!st) return IoHandle{fd};
-  return IoHandle{fd, this, st, st->generation};
+  return handle(fd);
 }
 
 int IoCore::wait(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer kind) noexcept {

@@ -125,6 +125,10 @@ struct IoTransfer {
   bool restart;
 };
 
+class IoCore;
+// This thread's core, once installed (IoCore::current).
+inline constinit thread_local IoCore* tl_io_core = nullptr;
+
 class IoCore final : public Driver {
  public:
   // Starts the backend make_backend picks for `backend` (RuntimeOptions::io_backend), which
@@ -135,18 +139,38 @@ class IoCore final : public Driver {
   IoCore& operator=(const IoCore&) = delete;
 
   // The core of this thread's scheduler, installed on first use; nullptr outside a fiber (also on
-  // the scheduler loop's own stack).
-  static IoCore* current() noexcept;
+  // the scheduler loop's own stack, where nothing can park: callers block in poll(2) instead).
+  static IoCore* current() noexcept {
+    Scheduler* s = Scheduler::current();
+    if (!s || !s->running()) return nullptr;
+    if (IoCore* c = tl_io_core) [[likely]]
+      return c;
+    return install(*s);
+  }
   // This thread's core if one was installed, without installing one.
-  static IoCore* installed() noexcept;
+  static IoCore* installed() noexcept { return tl_io_core; }
 
   // A handle for `fd` on `core` (nullptr: the thread-side handle). `owner` is the caller's record
   // of the core whose slot for this number is its descriptor's: if it is another (or none), the
   // slot may hold an earlier descriptor's registration and is reset first, and `owner` updated.
-  static IoHandle handle(IoCore* core, int fd, void*& owner) noexcept;
+  static IoHandle handle(IoCore* core, int fd, void*& owner) noexcept {
+    if (!core) return IoHandle{fd};
+    if (owner != core) [[unlikely]] {
+      core->forget(fd);
+      owner = core;
+    }
+    return core->handle(fd);
+  }
   // A handle for `fd` whose slot this core has reset already (a descriptor it created or was
   // told about by forget()).
-  IoHandle handle(int fd) noexcept;
+  IoHandle handle(int fd) noexcept {
+    const auto i = static_cast<std::size_t>(fd);
+    if (i / chunk_size < chunks_.size()) [[likely]] {
+      FdState* st = &chunks_[i / chunk_size][i % chunk_size];
+      return IoHandle{fd, this, st, st->generation};
+    }
+    return new_handle(fd);
+  }
 
   // The one retry loop. Tries `attempt` (a system call: its result, or -1 with errno) while `dir`
   // is ready; EAGAIN or a short stream transfer (see IoTransfer) clears readiness and parks the
@@ -216,8 +240,10 @@ class IoCore final : public Driver {
   void take_remote() noexcept override;
 
  private:
-  // The slot for `fd`, nullptr if its chunk cannot be allocated.
-  FdState* slot(int fd) noexcept;
+  // current() the first time: creates the core and hands it to `s` as its driver.
+  static IoCore* install(Scheduler& s) noexcept;
+  // handle() for a descriptor beyond the chunks allocated so far.
+  IoHandle new_handle(int fd) noexcept;
   // Parks the running fiber until `h`'s fd is ready for `dir`; 0 or an error.
   int park_on(IoHandle& h, Direction dir, TimePoint deadline) noexcept;
   // The thread-side wait: poll(2) until ready; 0 or an error.
