@@ -65,6 +65,9 @@ class IoBackend {
 // kernel.io_uring_disabled, refused by seccomp, a missing opcode, ...).
 std::unique_ptr<IoBackend> make_epoll_backend(IoCore& core, Inbox& inbox, int& err, const char*& why);
 std::unique_ptr<IoBackend> make_uring_backend(IoCore& core, Inbox& inbox, int& err, const char*& why);
+// Whether this process may use io_uring (the kernel is probed once per process): 0, or the errno
+// with `why` set as make_uring_backend would. SKEIN_IO_URING_DISABLED=1 makes it say no (tests).
+int uring_unavailable(const char*& why) noexcept;
 
 // The backend for a worker whose runtime asked for `requested` (RuntimeOptions::io_backend), the
 // environment variable SKEIN_IO (auto, epoll, io_uring) overriding it. Automatic picks io_uring

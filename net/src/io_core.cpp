@@ -1,5 +1,7 @@
 #include "io_core.hpp"
 
+#include "runtime_core.hpp"
+
 #include <skein/net_error.hpp>
 
 #include <poll.h>
@@ -81,11 +83,8 @@ void Mailbox::close() noexcept {
 
 // ---- core ---------------------------------------------------------------------------------
 
-IoCore::IoCore(Inbox& inbox) : mailbox_(std::make_shared<Mailbox>(inbox)) {
-  int err = 0;
-  const char* why = "";
-  backend_ = make_epoll_backend(*this, inbox, err, why);
-  if (!backend_) throw std::system_error(err, std::generic_category(), std::string("skein: ") + why);
+IoCore::IoCore(Inbox& inbox, IoBackendKind backend) : mailbox_(std::make_shared<Mailbox>(inbox)) {
+  backend_ = make_backend(*this, inbox, backend);
 }
 
 IoCore::~IoCore() {
@@ -96,7 +95,7 @@ IoCore::~IoCore() {
 
 IoCore* IoCore::install(Scheduler& s) noexcept {
   try {
-    auto core = std::make_unique<IoCore>(s.inbox());
+    auto core = std::make_unique<IoCore>(s.inbox(), s.runtime().io_backend());
     tl_io_core = core.get();
     s.set_driver(std::move(core));
   } catch (const std::exception& e) {

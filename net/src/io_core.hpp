@@ -131,8 +131,9 @@ inline constinit thread_local IoCore* tl_io_core = nullptr;
 
 class IoCore final : public Driver {
  public:
-  // Starts the backend, which watches `inbox`'s eventfd. Throws std::system_error if it cannot.
-  explicit IoCore(Inbox& inbox);
+  // Starts the backend make_backend picks for `backend` (RuntimeOptions::io_backend), which
+  // watches `inbox`'s eventfd. Throws std::system_error if it cannot.
+  IoCore(Inbox& inbox, IoBackendKind backend);
   ~IoCore() override;
   IoCore(const IoCore&) = delete;
   IoCore& operator=(const IoCore&) = delete;

@@ -12,11 +12,19 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <type_traits>
 #include <utility>
 
 namespace skein {
+
+// The kernel interface a worker sleeps in and learns I/O readiness from (docs/io_uring.md).
+enum class IoBackendKind : std::uint8_t {
+  automatic,  // io_uring where the kernel allows it, else epoll
+  epoll,
+  io_uring,
+};
 
 struct RuntimeOptions {
   std::size_t workers = 0;  // worker threads; 0 means one per core (std::thread::hardware_concurrency)
@@ -34,6 +42,8 @@ struct RuntimeOptions {
   // The stack of the fiber skein::run starts for its function ("main"), like FiberOptions's
   // (reserved bytes, committed as touched). Runtime, which has no main fiber, ignores it.
   std::size_t main_stack_size = default_stack_size;
+  // Every worker's I/O backend; SKEIN_IO=auto|epoll|io_uring overrides it (docs/io_uring.md).
+  IoBackendKind io_backend = IoBackendKind::automatic;
 };
 
 namespace detail {

@@ -45,11 +45,13 @@ void block_async_signals() noexcept {
 }  // namespace
 
 RuntimeCore::RuntimeCore(std::size_t workers, bool caller_is_worker,
-                         std::chrono::nanoseconds spin_before_sleep, std::chrono::nanoseconds idle_spin)
+                         std::chrono::nanoseconds spin_before_sleep, std::chrono::nanoseconds idle_spin,
+                         IoBackendKind io_backend)
     : workers_(resolve_workers(workers), nullptr),
       caller_is_worker_(caller_is_worker),
       spin_(spin_before_sleep),
-      idle_spin_(usable_cpus() > 1 ? idle_spin : std::chrono::nanoseconds(0)) {
+      idle_spin_(usable_cpus() > 1 ? idle_spin : std::chrono::nanoseconds(0)),
+      io_backend_(io_backend) {
   stop_nodes_.resize(workers_.size());
   for (auto& n : stop_nodes_) n.kind = RemoteNode::Kind::stop;
   std::size_t first_thread = 0;
@@ -197,7 +199,8 @@ RunScope::RunScope(const RuntimeOptions& options) {
   if (Scheduler::current())
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "skein::run: this thread already runs a scheduler");
-  core_ = std::make_unique<RuntimeCore>(options.workers, true, options.spin_before_sleep, options.idle_spin);
+  core_ = std::make_unique<RuntimeCore>(options.workers, true, options.spin_before_sleep, options.idle_spin,
+                                        options.io_backend);
 }
 
 RunScope::~RunScope() = default;
@@ -213,7 +216,7 @@ namespace skein {
 
 Runtime::Runtime(RuntimeOptions options)
     : core_(std::make_unique<detail::RuntimeCore>(options.workers, false, options.spin_before_sleep,
-                                                  options.idle_spin)) {}
+                                                  options.idle_spin, options.io_backend)) {}
 
 Runtime::~Runtime() {
   try {

@@ -4,6 +4,8 @@
 
 #include "scheduler.hpp"
 
+#include <skein/runtime.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -21,9 +23,10 @@ class RuntimeCore {
   // scheduler is bound here, its loop runs in run_worker0()); otherwise every worker gets a thread
   // and the runtime can be reached from threads outside it. Returns once every worker's scheduler
   // exists. The runtime holds one token until release_token(): it cannot end before that.
-  // The two durations are RuntimeOptions::spin_before_sleep and idle_spin.
+  // The two durations are RuntimeOptions::spin_before_sleep and idle_spin, `io_backend` its
+  // io_backend.
   RuntimeCore(std::size_t workers, bool caller_is_worker, std::chrono::nanoseconds spin_before_sleep,
-              std::chrono::nanoseconds idle_spin);
+              std::chrono::nanoseconds idle_spin, IoBackendKind io_backend);
   // Releases the token if still held, waits for the runtime to end and joins the threads.
   ~RuntimeCore();
   RuntimeCore(const RuntimeCore&) = delete;
@@ -67,6 +70,9 @@ class RuntimeCore {
   // RuntimeOptions::idle_spin, or zero if this process may use only one CPU.
   std::chrono::nanoseconds idle_spin() const noexcept { return idle_spin_; }
 
+  // RuntimeOptions::io_backend: what each worker's I/O core asks make_backend for.
+  IoBackendKind io_backend() const noexcept { return io_backend_; }
+
   // A single-worker runtime that only its own fibers can reach can tell a deadlock from a wait.
   bool detects_deadlock() const noexcept { return workers_.size() == 1 && caller_is_worker_; }
 
@@ -86,6 +92,7 @@ class RuntimeCore {
   bool caller_is_worker_;
   const std::chrono::nanoseconds spin_;
   const std::chrono::nanoseconds idle_spin_;
+  const IoBackendKind io_backend_;
   std::atomic<bool> token_held_{true};
   std::mutex join_mutex_;
   std::vector<RemoteNode> stop_nodes_;

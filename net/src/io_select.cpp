@@ -1,0 +1,88 @@
+// Which backend a worker gets: RuntimeOptions::io_backend, overridden by SKEIN_IO.
+#include "io_backend.hpp"
+
+#include "io_core.hpp"
+#include "scheduler.hpp"
+
+#include <skein/net.hpp>
+#include <skein/runtime.hpp>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <system_error>
+
+namespace skein::detail {
+
+namespace {
+
+// SKEIN_IO, if set (and not empty), replaces what the runtime asked for.
+IoBackendKind apply_env(IoBackendKind requested) {
+  const char* v = std::getenv("SKEIN_IO");
+  if (!v || !*v) return requested;
+  if (std::strcmp(v, "auto") == 0) return IoBackendKind::automatic;
+  if (std::strcmp(v, "epoll") == 0) return IoBackendKind::epoll;
+  if (std::strcmp(v, "io_uring") == 0) return IoBackendKind::io_uring;
+  throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                          std::string("skein: SKEIN_IO='") + v + "' is not one of auto, epoll, io_uring");
+}
+
+[[noreturn]] void unavailable(const char* backend, int err, const char* why) {
+  throw std::system_error(
+      err, std::generic_category(),
+      std::string("skein: the ") + backend + " I/O backend is unavailable: " + (why ? why : "?"));
+}
+
+}  // namespace
+
+std::unique_ptr<IoBackend> make_backend(IoCore& core, Inbox& inbox, IoBackendKind requested) {
+  const IoBackendKind kind = apply_env(requested);
+  int err = 0;
+  const char* why = nullptr;
+  if (kind != IoBackendKind::epoll) {
+    if (auto b = make_uring_backend(core, inbox, err, why)) return b;
+    if (kind == IoBackendKind::io_uring) unavailable("io_uring", err, why);
+    // Automatic: epoll, which every kernel skein runs on has.
+  }
+  if (auto b = make_epoll_backend(core, inbox, err, why)) return b;
+  unavailable("epoll", err, why);
+}
+
+}  // namespace skein::detail
+
+namespace skein {
+
+IoBackendKind resolve_io_backend(IoBackendKind requested) {
+  const IoBackendKind kind = detail::apply_env(requested);
+  if (kind == IoBackendKind::epoll) return kind;
+  const char* why = nullptr;
+  if (const int err = detail::uring_unavailable(why); err != 0) {
+    if (kind == IoBackendKind::io_uring) detail::unavailable("io_uring", err, why);
+    return IoBackendKind::epoll;
+  }
+  return IoBackendKind::io_uring;
+}
+
+IoBackendKind io_backend() {
+  detail::IoCore* core = detail::IoCore::current();
+  if (!core)
+    throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
+                            "skein::io_backend: called outside a fiber");
+  return core->backend().kind() == detail::BackendKind::io_uring ? IoBackendKind::io_uring
+                                                                 : IoBackendKind::epoll;
+}
+
+const char* io_backend_name(IoBackendKind kind) noexcept {
+  switch (kind) {
+    case IoBackendKind::automatic:
+      return "auto";
+    case IoBackendKind::epoll:
+      return "epoll";
+    case IoBackendKind::io_uring:
+      return "io_uring";
+  }
+  return "?";
+}
+
+}  // namespace skein
