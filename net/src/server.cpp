@@ -468,6 +468,9 @@ void Server::serve(const Address& address, Handler handler) {
         } catch (...) {
           errors[i] = std::current_exception();
         }
+        // Closed on the worker that waited on it: only that worker's I/O core can let go of its
+        // registration (on io_uring a poll holds the socket open until it does).
+        if (sources[i].listener) sources[i].listener->close();
         stop();
       });
     if (distribution == Distribution::acceptor)

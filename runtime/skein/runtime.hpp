@@ -21,7 +21,7 @@ namespace skein {
 
 // The kernel interface a worker sleeps in and learns I/O readiness from (docs/io_uring.md).
 enum class IoBackendKind : std::uint8_t {
-  automatic,  // io_uring where the kernel allows it, else epoll
+  automatic,  // epoll, for now: see docs/io_uring.md for what io_uring still lacks
   epoll,
   io_uring,
 };
