@@ -502,6 +502,7 @@ int main(int argc, char** argv) {
       cli::unknown_argument(argv[i]);
     }
   }
+  cli::check_io_backend();
   // The connections, plus each worker's epoll, eventfd, listener and a few to spare.
   raise_fd_limit(lim.max_clients + kPendingSlack + 16 + 4 * flags.threads);
 

@@ -104,6 +104,7 @@ int main(int argc, char** argv) {
     }
   }
 
+  cli::check_io_backend();
   try {
     skein::run(skein::RuntimeOptions{flags.threads}, [&] {
       skein_samples::listen_and_serve(flags.host, flags.port, [verbose](skein::Stream stream) {

@@ -244,6 +244,7 @@ int main(int argc, char** argv) {
   std::vector<Target> targets;
   for (std::string_view url : urls) targets.push_back(parse_target(url));
 
+  cli::check_io_backend();
   const auto start = skein::Clock::now();
   std::vector<Result> results;
   try {

@@ -127,6 +127,7 @@ int main(int argc, char** argv) {
     }
   }
 
+  cli::check_io_backend();
   try {
     skein::run(skein::RuntimeOptions{flags.threads}, [&config, &flags] {
       skein_samples::listen_and_serve(flags.host, flags.port, [&config](skein::Stream stream) {

@@ -211,6 +211,7 @@ int main(int argc, char** argv) {
     }
   }
 
+  cli::check_io_backend();
   auto store = std::make_unique<Store>();
   try {
     // --poll-us: each worker polls for that long after its last work before it sleeps (see

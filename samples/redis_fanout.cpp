@@ -95,6 +95,7 @@ int main(int argc, char** argv) {
   std::printf("%s\n", skein::hooks::describe().c_str());
   std::fflush(stdout);
 
+  cli::check_io_backend();
   std::string first_error;
   const auto start = skein::Clock::now();
   skein::run([&] {
