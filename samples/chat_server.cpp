@@ -52,6 +52,7 @@
 #include <skein/skein.hpp>
 
 #include "cli.hpp"
+#include "io_check.hpp"
 #include "serve_main.hpp"
 
 #include <sys/resource.h>

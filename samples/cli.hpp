@@ -16,8 +16,6 @@
 
 #pragma once
 
-#include <skein/net.hpp>
-
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
@@ -35,18 +33,6 @@ inline const char* program = "?";
 [[noreturn]] inline void usage_error(const std::string& message) {
   std::fprintf(stderr, "%s: %s\nTry '%s --help'.\n", program, message.c_str(), program);
   std::exit(2);
-}
-
-// Exits with status 2 and the reason if SKEIN_IO names an I/O backend this process cannot use
-// (misspelt, or io_uring where the kernel refuses it): before the runtime starts, not at its
-// first I/O. For the programs that do I/O; call it after the arguments are parsed.
-inline void check_io_backend() {
-  try {
-    skein::resolve_io_backend();
-  } catch (const std::system_error& e) {
-    std::fprintf(stderr, "%s: %s\n", program, e.what());
-    std::exit(2);
-  }
 }
 
 // True if `arg` asks for the usage text: -h or --help.

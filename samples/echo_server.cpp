@@ -19,6 +19,7 @@
 #include <skein/skein.hpp>
 
 #include "cli.hpp"
+#include "io_check.hpp"
 #include "serve_main.hpp"
 
 #include <array>

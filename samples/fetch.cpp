@@ -20,6 +20,7 @@
 #include <skein/skein.hpp>
 
 #include "cli.hpp"
+#include "io_check.hpp"
 
 #include <http_parser.h>
 

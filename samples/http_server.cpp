@@ -21,6 +21,7 @@
 
 #include "cli.hpp"
 #include "http/http_session.hpp"
+#include "io_check.hpp"
 #include "serve_main.hpp"
 
 #include <array>

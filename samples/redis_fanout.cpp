@@ -11,6 +11,7 @@
 #include <hiredis/hiredis.h>
 
 #include "cli.hpp"
+#include "io_check.hpp"
 
 #include <chrono>
 #include <cstdio>
