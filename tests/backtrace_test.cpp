@@ -1,0 +1,167 @@
+// Backtraces (runtime/src/backtrace.hpp): a parked fiber unwound from its saved context, the
+// running fiber's own stack, symbolisation with names and source lines, a thousand parked fibers.
+#include <skein/skein.hpp>
+
+#include <doctest/doctest.h>
+
+#include "backtrace.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace bt = skein::detail;
+
+// Where the fibers under test park: a channel receive called from a function no other code has.
+// Not inlined, and the addition after the call keeps the call from becoming a tail jump.
+[[gnu::noinline]] int skein_test_parked_in_here(skein::Channel<int>& ch) {
+  const int v = ch.recv().value_or(-1);
+  asm volatile("" ::: "memory");
+  return v + 1;
+}
+
+// The running fiber's own backtrace, taken two calls deep.
+[[gnu::noinline]] std::string skein_test_running_inner() {
+  std::uintptr_t pcs[bt::backtrace_max_frames];
+  const std::size_t n = bt::unwind_here(pcs, bt::backtrace_max_frames);
+  std::string text;
+  bt::format_backtrace(text, pcs, n);
+  asm volatile("" ::: "memory");
+  return text;
+}
+
+[[gnu::noinline]] std::string skein_test_running_outer() {
+  std::string text = skein_test_running_inner();
+  asm volatile("" ::: "memory");
+  return text;
+}
+
+namespace {
+
+// The backtrace of a parked (or ready) fiber, formatted.
+std::string backtrace_of(const bt::Fiber* f) {
+  std::uintptr_t pcs[bt::backtrace_max_frames];
+  const std::size_t n = bt::unwind_suspended(*f->resume_at, pcs, bt::backtrace_max_frames);
+  std::string text;
+  bt::format_backtrace(text, pcs, n);
+  return text;
+}
+
+bool contains(const std::string& text, const char* what) {
+  return text.find(what) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_SUITE("debug-bt") {
+  TEST_CASE("a parked fiber's backtrace names the function it parked in") {
+    if (!bt::backtraces_available()) {
+      std::string text;
+      bt::format_backtrace(text, nullptr, 0);
+      CHECK(text == "(backtraces not built in)\n");
+      return;
+    }
+    skein::run([] {
+      skein::Channel<int> ch;
+      auto t = skein::spawn([&] { return skein_test_parked_in_here(ch); });
+      skein::yield();  // the child runs first, up to its receive
+      const bt::Fiber* f = bt::TaskAccess::fiber_of(t);
+      REQUIRE(f->state == bt::FiberState::parked);
+      const std::string text = backtrace_of(f);
+      MESSAGE("parked fiber:\n" << text);
+      CHECK(contains(text, "#0 0x"));
+      CHECK(contains(text, " in skein_test_parked_in_here(skein::Channel<int>&)"));
+      // The receive it waits in is above it, the fiber's body below it.
+      CHECK(contains(text, "skein::Channel<int>::recv"));
+#if defined(SKEIN_TEST_DEBUG_INFO)
+      CHECK(contains(text, "backtrace_test.cpp:"));
+#endif
+      ch.send(41);
+      CHECK(t.join() == 42);
+    });
+  }
+
+  TEST_CASE("the running fiber's backtrace names its callers") {
+    if (!bt::backtraces_available()) {
+      std::uintptr_t pc = 0;
+      CHECK(bt::unwind_here(&pc, 1) == 0);
+      return;
+    }
+    skein::run([] {
+      auto t = skein::spawn([] { return skein_test_running_outer(); });
+      const std::string text = t.join();
+      MESSAGE("running fiber:\n" << text);
+      // Frame 0 is the function that asked: unwind_here leaves itself out.
+      CHECK(text.rfind("#0 0x", 0) == 0);
+      CHECK(text.find("skein_test_running_inner") < text.find('\n'));
+      CHECK(contains(text, "skein_test_running_outer"));
+    });
+    // And on the thread's own stack, outside any fiber.
+    CHECK(contains(skein_test_running_outer(), "skein_test_running_outer"));
+  }
+
+  TEST_CASE("a return address is symbolised once, then served from the cache") {
+    if (!bt::backtraces_available()) return;
+    std::uintptr_t pc = 0;
+    REQUIRE(bt::unwind_here(&pc, 1) == 1);
+    const auto& first = bt::symbolize(pc);
+    const auto& again = bt::symbolize(pc);
+    CHECK(&first == &again);
+    REQUIRE(!first.empty());
+    CHECK(contains(first.back().function, "DOCTEST_ANON_FUNC"));  // this test case's function
+    CHECK(!first.back().inlined);
+  }
+
+  TEST_CASE("a thousand parked fibers are unwound and symbolised") {
+    if (!bt::backtraces_available()) return;
+    skein::run([] {
+      constexpr int fibers = 1000;
+      skein::Channel<int> ch;
+      std::vector<skein::Task<int>> tasks;
+      tasks.reserve(fibers);
+      for (int i = 0; i < fibers; ++i) tasks.push_back(skein::spawn([&] { return skein_test_parked_in_here(ch); }));
+      const auto parked = [&] {
+        for (auto& t : tasks)
+          if (bt::TaskAccess::fiber_of(t)->state != bt::FiberState::parked) return false;
+        return true;
+      };
+      for (int round = 0; round < 100 && !parked(); ++round) skein::yield();  // each round runs a batch
+      CHECK(parked());  // not REQUIRE: the fibers must still be released below
+
+      using clock = std::chrono::steady_clock;
+      std::vector<std::uintptr_t> pcs(fibers * bt::backtrace_max_frames);
+      std::vector<std::size_t> sizes(fibers);
+      for (int r = 0; r < 3; ++r) {
+      const auto a = clock::now();
+      for (int i = 0; i < fibers; ++i)
+        sizes[i] = bt::unwind_suspended(*bt::TaskAccess::fiber_of(tasks[i])->resume_at,
+                                        &pcs[i * bt::backtrace_max_frames], bt::backtrace_max_frames);
+      MESSAGE("round " << std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - a).count());
+      }
+      const auto t0 = clock::now();
+      for (int i = 0; i < fibers; ++i)
+        sizes[i] = bt::unwind_suspended(*bt::TaskAccess::fiber_of(tasks[i])->resume_at,
+                                        &pcs[i * bt::backtrace_max_frames], bt::backtrace_max_frames);
+      const auto t1 = clock::now();
+      std::size_t named = 0, bytes = 0;
+      for (int i = 0; i < fibers; ++i) {
+        std::string text;
+        bt::format_backtrace(text, &pcs[i * bt::backtrace_max_frames], sizes[i]);
+        named += contains(text, "skein_test_parked_in_here");
+        bytes += text.size();
+      }
+      const auto t2 = clock::now();
+      const auto us = [](auto d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); };
+      MESSAGE(fibers << " parked fibers: unwound in " << us(t1 - t0) << " us, symbolised and formatted ("
+                     << bytes << " bytes) in " << us(t2 - t1) << " us");
+      CHECK(named == fibers);
+
+      for (int i = 0; i < fibers; ++i) ch.send(i);
+      long sum = 0;
+      for (auto& t : tasks) sum += t.join();
+      CHECK(sum == long{fibers} * (fibers + 1) / 2);
+    });
+  }
+}
