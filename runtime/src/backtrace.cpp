@@ -1,11 +1,15 @@
-// Unwinding with libunwind from the registers a switch saved; symbolisation with libdw (why these
-// two: docs/observability.md, "Backtraces").
+// Unwinding with the compiler's own unwinder (libgcc's _Unwind_Backtrace) from a suspended
+// context, through a stub whose call-frame information points at the saved frame; symbolisation
+// with libdw. Why these: docs/observability.md, "Backtraces".
 #include "backtrace.hpp"
 
 #include "switch.hpp"
 
+#include <unwind.h>
+
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -14,21 +18,21 @@
 #include <thread>
 #include <unordered_map>
 
-#if defined(SKEIN_HAVE_BACKTRACE)
-#define UNW_LOCAL_ONLY
 #include <cxxabi.h>
+#include <dlfcn.h>
+
+#if defined(SKEIN_HAVE_LIBDW)
 #include <dwarf.h>
 #include <elfutils/libdw.h>
 #include <elfutils/libdwfl.h>
-#include <libunwind.h>
 #include <unistd.h>
+#endif
 
-#include <cstdlib>
-
+// The saved frame a context handle points at, from the switch in use.
 #if defined(SKEIN_CONTEXT_BOOST) && SKEIN_CONTEXT_BOOST
 #if defined(__x86_64__)
-// Boost.Context's fcontext frame (jump_x86_64_sysv_elf_gas.S, checked against the 1.74 build's
-// disassembly): the same as skein's own, MXCSR/x87 CW, R12-R15, RBX, RBP, then the return address.
+// Boost.Context's fcontext (jump_x86_64_sysv_elf_gas.S; checked against the disassembly of the
+// 1.74 library): the same layout as skein's own switch.
 #define SKEIN_FRAME_R12 0x08
 #define SKEIN_FRAME_R13 0x10
 #define SKEIN_FRAME_R14 0x18
@@ -38,8 +42,8 @@
 #define SKEIN_FRAME_RIP 0x38
 #define SKEIN_FRAME_SIZE 0x40
 #elif defined(__aarch64__)
-// Boost.Context's fcontext frame (jump_arm64_aapcs_elf_gas.S): D8-D15 first, then X19-X30, then the
-// resume address a second time (the one it jumps to).
+// Boost.Context's fcontext (jump_arm64_aapcs_elf_gas.S): D8-D15 at 0x00, X19-X30 from 0x40, and
+// the resume address once more at 0xa0 (the one it returns through).
 #define SKEIN_FRAME_X19 0x40
 #define SKEIN_FRAME_X29 0x90
 #define SKEIN_FRAME_PC 0xa0
@@ -50,109 +54,218 @@
 #include "frame_x86_64_sysv.h"
 #elif defined(__aarch64__)
 #include "frame_aarch64_aapcs.h"
-#define SKEIN_FRAME_PC SKEIN_FRAME_X30  // resumes where its saved LR points
+#define SKEIN_FRAME_PC SKEIN_FRAME_X30  // it resumes where its saved LR points
 #endif
 #endif
-#endif  // SKEIN_HAVE_BACKTRACE
+
+#define SKEIN_BT_STR2(x) #x
+#define SKEIN_BT_STR(x) SKEIN_BT_STR2(x)
+
+// skein_bt_call_on(ctx, fn, arg) calls fn(arg) on the caller's stack, but its call-frame
+// information says that its caller is the suspended context `ctx`: the canonical frame address is
+// the stack pointer the context resumes with (handle + frame size, read from the slot where the
+// stub keeps the handle), the return address and the callee-saved registers lie in the saved
+// frame. An unwinder started inside fn therefore walks fn, the stub, then the parked stack, with
+// exactly the registers the switch would restore. Nothing is written to the parked stack.
+//
+// DW_CFA_def_cfa_expression (0x0f) {DW_OP_breg<sp> 0; DW_OP_deref; DW_OP_plus_uconst SIZE}.
+#if defined(__x86_64__) && defined(SKEIN_FRAME_SIZE)
+static_assert(SKEIN_FRAME_SIZE < 0x80, "the frame size is written as a one-byte ULEB128 below");
+// clang-format off
+asm(R"(
+        .text
+        .p2align 4
+        .globl  skein_bt_call_on
+        .hidden skein_bt_call_on
+        .type   skein_bt_call_on, @function
+skein_bt_call_on:                             /* (ctx: rdi, fn: rsi, arg: rdx) */
+        .cfi_startproc
+        pushq   %rdi                          /* the handle, where the CFA expression reads it */
+        .cfi_escape 0x0f, 0x05, 0x77, 0x00, 0x06, 0x23, )" SKEIN_BT_STR(SKEIN_FRAME_SIZE) R"(
+        .cfi_offset rip, )" SKEIN_BT_STR(SKEIN_FRAME_RIP - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset rbp, )" SKEIN_BT_STR(SKEIN_FRAME_RBP - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset rbx, )" SKEIN_BT_STR(SKEIN_FRAME_RBX - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset r12, )" SKEIN_BT_STR(SKEIN_FRAME_R12 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset r13, )" SKEIN_BT_STR(SKEIN_FRAME_R13 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset r14, )" SKEIN_BT_STR(SKEIN_FRAME_R14 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset r15, )" SKEIN_BT_STR(SKEIN_FRAME_R15 - SKEIN_FRAME_SIZE) R"(
+        movq    %rdx, %rdi
+        call    *%rsi
+skein_bt_call_on_return:                      /* the return address the walk recognises */
+        .globl  skein_bt_call_on_return
+        .hidden skein_bt_call_on_return
+        popq    %rdi
+        .cfi_def_cfa rsp, 8
+        .cfi_same_value rip
+        .cfi_restore rbp
+        .cfi_restore rbx
+        .cfi_restore r12
+        .cfi_restore r13
+        .cfi_restore r14
+        .cfi_restore r15
+        ret
+        .cfi_endproc
+        .size   skein_bt_call_on, .-skein_bt_call_on
+)");
+// clang-format on
+#define SKEIN_BT_STUB 1
+#elif defined(__aarch64__) && defined(SKEIN_FRAME_SIZE)
+static_assert(SKEIN_FRAME_SIZE >= 0x80 && SKEIN_FRAME_SIZE < 0x4000, "written as a two-byte ULEB128 below");
+// clang-format off
+asm(R"(
+        .text
+        .p2align 4
+        .globl  skein_bt_call_on
+        .hidden skein_bt_call_on
+        .type   skein_bt_call_on, %function
+skein_bt_call_on:                             /* (ctx: x0, fn: x1, arg: x2) */
+        .cfi_startproc
+        hint    #34                           /* BTI c */
+        stp     x0, x30, [sp, #-16]!          /* the handle at [sp], and our LR */
+        .cfi_escape 0x0f, 0x06, 0x8f, 0x00, 0x06, 0x23, ()" SKEIN_BT_STR(SKEIN_FRAME_SIZE) R"( & 0x7f) | 0x80, )" SKEIN_BT_STR(SKEIN_FRAME_SIZE) R"( >> 7
+        .cfi_offset x30, )" SKEIN_BT_STR(SKEIN_FRAME_PC - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset x29, )" SKEIN_BT_STR(SKEIN_FRAME_X29 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset x19, )" SKEIN_BT_STR(SKEIN_FRAME_X19 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset x20, )" SKEIN_BT_STR(SKEIN_FRAME_X19 + 8 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset x21, )" SKEIN_BT_STR(SKEIN_FRAME_X19 + 16 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset x22, )" SKEIN_BT_STR(SKEIN_FRAME_X19 + 24 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset x23, )" SKEIN_BT_STR(SKEIN_FRAME_X19 + 32 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset x24, )" SKEIN_BT_STR(SKEIN_FRAME_X19 + 40 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset x25, )" SKEIN_BT_STR(SKEIN_FRAME_X19 + 48 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset x26, )" SKEIN_BT_STR(SKEIN_FRAME_X19 + 56 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset x27, )" SKEIN_BT_STR(SKEIN_FRAME_X19 + 64 - SKEIN_FRAME_SIZE) R"(
+        .cfi_offset x28, )" SKEIN_BT_STR(SKEIN_FRAME_X19 + 72 - SKEIN_FRAME_SIZE) R"(
+        mov     x0, x2
+        blr     x1
+skein_bt_call_on_return:                      /* the return address the walk recognises */
+        .globl  skein_bt_call_on_return
+        .hidden skein_bt_call_on_return
+        ldp     x0, x30, [sp], #16
+        .cfi_def_cfa sp, 0
+        .cfi_restore x30
+        .cfi_restore x29
+        .cfi_restore x19
+        .cfi_restore x20
+        .cfi_restore x21
+        .cfi_restore x22
+        .cfi_restore x23
+        .cfi_restore x24
+        .cfi_restore x25
+        .cfi_restore x26
+        .cfi_restore x27
+        .cfi_restore x28
+        ret
+        .cfi_endproc
+        .size   skein_bt_call_on, .-skein_bt_call_on
+)");
+// clang-format on
+#define SKEIN_BT_STUB 1
+#endif
+
+#if defined(SKEIN_BT_STUB)
+extern "C" {
+void skein_bt_call_on(const void* ctx, void (*fn)(void*), void* arg);
+extern const char skein_bt_call_on_return[];
+}
+#endif
 
 namespace skein::detail {
 
-#if defined(SKEIN_HAVE_BACKTRACE)
-
-bool backtraces_available() noexcept {
-  return true;
-}
-
 namespace {
 
-// A saved register. The frame lies on another context's stack, which ASan may hold shadow state
-// for from frames that lived there before; the switch wrote it without instrumentation.
-[[gnu::no_sanitize("address")]] std::uintptr_t saved(const void* frame, std::size_t offset) noexcept {
-  std::uintptr_t v;
-  std::memcpy(&v, static_cast<const char*>(frame) + offset, sizeof v);
-  return v;
-}
-
-// Walks from an initialised cursor: every frame's IP is a return address (libunwind looks up the
-// call before it), so all of them are recorded, the first `skip` left out.
-std::size_t walk(unw_cursor_t& cursor, const Stack* stack, std::uintptr_t* pcs, std::size_t max,
-                 std::size_t skip) noexcept {
+// What a walk collects. `started`: frames are recorded once the walk has passed its own frames
+// (the stub's, for a suspended context; unwind_here's, for the thread's own stack).
+struct Walk {
+  std::uintptr_t* pcs;
+  std::size_t max;
   std::size_t n = 0;
-  while (n < max) {
-    unw_word_t ip = 0;
-    if (unw_get_reg(&cursor, UNW_REG_IP, &ip) < 0 || ip == 0) break;
-    if (stack && *stack) {
-      unw_word_t sp = 0;
-      if (unw_get_reg(&cursor, UNW_REG_SP, &sp) < 0) break;
-      // The bottom of a stack lies at hi(); a frame outside the stack means the walk went astray.
-      if (sp < reinterpret_cast<std::uintptr_t>(stack->lo) || sp > reinterpret_cast<std::uintptr_t>(stack->hi()))
-        break;
-    }
-    if (skip)
-      --skip;
-    else
-      pcs[n++] = ip;
-    if (unw_step(&cursor) <= 0) break;
+  std::uintptr_t start_after = 0;  // the return address that ends (or, here, starts) the walk's own
+  bool started = false;
+  std::uintptr_t lo = 0, hi = 0;  // the stack the frames must lie on, when known
+};
+
+_Unwind_Reason_Code on_frame(_Unwind_Context* context, void* arg) {
+  auto& w = *static_cast<Walk*>(arg);
+  int before = 0;
+  const std::uintptr_t ip = _Unwind_GetIPInfo(context, &before);
+  if (ip == 0) return _URC_END_OF_STACK;
+  if (!w.started) {
+    w.started = ip == w.start_after;
+    return _URC_NO_REASON;
   }
-  return n;
+  if (w.hi) {
+    // A frame's CFA is its caller's stack pointer; on the context's own stack, or just past its top
+    // for the entry trampoline. Anything else is a walk gone astray.
+    const std::uintptr_t cfa = _Unwind_GetCFA(context);
+    if (cfa < w.lo || cfa > w.hi + 64) return _URC_END_OF_STACK;
+  }
+  w.pcs[w.n++] = ip;
+  return w.n < w.max ? _URC_NO_REASON : _URC_END_OF_STACK;
 }
 
-// libunwind's default cache is global and guarded by a lock that blocks signals around every
-// access: two sigprocmask calls per frame, nine tenths of an unwind's time. A cache per thread
-// needs neither (and unwinds happen on few threads). Set once, before the first unwind.
-void use_thread_cache() noexcept {
-  static const bool once = [] {
-    unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
-    return true;
-  }();
-  (void)once;
+[[gnu::noinline]] void walk_from_stub(void* arg) {
+  _Unwind_Backtrace(on_frame, arg);
+  asm volatile("" ::: "memory");  // not a tail call: the stub's frame must stay below this one
 }
 
 }  // namespace
 
-std::size_t unwind_suspended(const void* ctx, const Stack& stack, std::uintptr_t* pcs,
-                             std::size_t max) noexcept {
-  if (!ctx || max == 0) return 0;
-  // The registers as the switch leaves them just after it returns to the context: the callee-saved
-  // ones from the frame, the stack pointer above the frame, the program counter at the resume
-  // address. unw_init_local takes that address for a return address, as it is.
-  unw_context_t uc;
-  std::memset(&uc, 0, sizeof uc);
-#if defined(__x86_64__)
-  auto& r = uc.uc_mcontext.gregs;
-  r[REG_R12] = static_cast<greg_t>(saved(ctx, SKEIN_FRAME_R12));
-  r[REG_R13] = static_cast<greg_t>(saved(ctx, SKEIN_FRAME_R13));
-  r[REG_R14] = static_cast<greg_t>(saved(ctx, SKEIN_FRAME_R14));
-  r[REG_R15] = static_cast<greg_t>(saved(ctx, SKEIN_FRAME_R15));
-  r[REG_RBX] = static_cast<greg_t>(saved(ctx, SKEIN_FRAME_RBX));
-  r[REG_RBP] = static_cast<greg_t>(saved(ctx, SKEIN_FRAME_RBP));
-  r[REG_RIP] = static_cast<greg_t>(saved(ctx, SKEIN_FRAME_RIP));
-  r[REG_RSP] = static_cast<greg_t>(reinterpret_cast<std::uintptr_t>(ctx) + SKEIN_FRAME_SIZE);
-#elif defined(__aarch64__)
-  auto& m = uc.uc_mcontext;
-  for (int i = 0; i < 11; ++i)  // X19-X29
-    m.regs[19 + i] = saved(ctx, SKEIN_FRAME_X19 + 8 * static_cast<std::size_t>(i));
-  m.regs[30] = saved(ctx, SKEIN_FRAME_PC);
-  m.pc = m.regs[30];
-  m.sp = reinterpret_cast<std::uintptr_t>(ctx) + SKEIN_FRAME_SIZE;
+bool backtraces_available() noexcept {
+#if defined(SKEIN_BT_STUB)
+  return true;
 #else
-#error "skein: no saved-frame layout for this architecture"
+  return false;
 #endif
-  use_thread_cache();
-  unw_cursor_t cursor;
-  if (unw_init_local(&cursor, &uc) < 0) return 0;
-  return walk(cursor, &stack, pcs, max, 0);
 }
 
-// Not inlined: its own frame is the one left out.
+std::size_t unwind_suspended(const void* ctx, const Stack& stack, std::uintptr_t* pcs,
+                             std::size_t max) noexcept {
+#if defined(SKEIN_BT_STUB)
+  if (!ctx || max == 0) return 0;
+  Walk w{pcs, max};
+  w.start_after = reinterpret_cast<std::uintptr_t>(skein_bt_call_on_return);
+  if (stack) {
+    w.lo = reinterpret_cast<std::uintptr_t>(stack.lo);
+    w.hi = reinterpret_cast<std::uintptr_t>(stack.hi());
+  }
+  skein_bt_call_on(ctx, walk_from_stub, &w);
+  return w.n;
+#else
+  (void)ctx, (void)stack, (void)pcs, (void)max;
+  return 0;
+#endif
+}
+
+namespace {
+// The thread's own stack: the walk starts at the frame of unwind_here's caller, recognised by its
+// return address (however many frames of its own the unwinder reports first).
+_Unwind_Reason_Code on_frame_here(_Unwind_Context* context, void* arg) {
+  auto& w = *static_cast<Walk*>(arg);
+  if (!w.started) {
+    int before = 0;
+    if (_Unwind_GetIPInfo(context, &before) != w.start_after) return _URC_NO_REASON;
+    w.started = true;
+  }
+  return on_frame(context, arg);
+}
+}  // namespace
+
 [[gnu::noinline]] std::size_t unwind_here(std::uintptr_t* pcs, std::size_t max, std::size_t skip) noexcept {
+#if defined(SKEIN_BT_STUB)
   if (max == 0) return 0;
-  use_thread_cache();
-  unw_context_t uc;
-  if (unw_getcontext(&uc) < 0) return 0;
-  unw_cursor_t cursor;
-  if (unw_init_local(&cursor, &uc) < 0) return 0;
-  return walk(cursor, nullptr, pcs, max, skip + 1);
+  std::uintptr_t scratch[backtrace_max_frames + 16];
+  const std::size_t want = max + skip < std::size(scratch) ? max + skip : std::size(scratch);
+  Walk w{scratch, want};
+  w.start_after = reinterpret_cast<std::uintptr_t>(__builtin_return_address(0));
+  _Unwind_Backtrace(on_frame_here, &w);
+  asm volatile("" ::: "memory");  // not a tail call
+  std::size_t n = 0;
+  for (std::size_t i = skip; i < w.n && n < max; ++i) pcs[n++] = scratch[i];
+  return n;
+#else
+  (void)pcs, (void)max, (void)skip;
+  return 0;
+#endif
 }
 
 namespace {
@@ -164,6 +277,11 @@ std::string demangle(const char* name) {
   return status == 0 && out ? std::string(out.get()) : std::string(name);
 }
 
+std::string file_name(const char* path) {
+  return path ? std::filesystem::path(path).filename().string() : std::string("??");
+}
+
+#if defined(SKEIN_HAVE_LIBDW)
 const char* string_attr(Dwarf_Die* die, unsigned name) {
   Dwarf_Attribute attr;
   return dwarf_formstring(dwarf_attr_integrate(die, name, &attr));
@@ -179,7 +297,10 @@ std::string die_function_name(Dwarf_Die* die) {
   return plain ? std::string(plain) : std::string("??");
 }
 
-// libdw is not thread-safe, and one Dwfl per process is enough: every access holds the lock.
+#endif  // SKEIN_HAVE_LIBDW
+
+// Symbolises return addresses, once each. libdw is not thread-safe, and one Dwfl per process is
+// enough: every access holds the lock.
 class Symbolizer {
  public:
   Symbolizer() {
@@ -188,7 +309,9 @@ class Symbolizer {
     if (!cwd_.empty() && cwd_.back() != '/') cwd_ += '/';
   }
   ~Symbolizer() {
+#if defined(SKEIN_HAVE_LIBDW)
     if (dwfl_) dwfl_end(dwfl_);
+#endif
   }
   Symbolizer(const Symbolizer&) = delete;
   Symbolizer& operator=(const Symbolizer&) = delete;
@@ -204,7 +327,12 @@ class Symbolizer {
     const auto work = [&] {
       for (std::size_t i = 0; i < missing.size(); ++i) found[i] = resolve(missing[i]);
     };
-    if (running_context().kind == ContextKind::thread) {
+#if defined(SKEIN_HAVE_LIBDW)
+    const bool small_stack = running_context().kind != ContextKind::thread;
+#else
+    const bool small_stack = false;
+#endif
+    if (!small_stack) {
       work();
     } else {
       // libdw reads a line table with a few hundred KiB of stack; a fiber's is 64 KiB. The
@@ -227,6 +355,7 @@ class Symbolizer {
   }
 
  private:
+#if defined(SKEIN_HAVE_LIBDW)
   // The modules of the process as they are now; again when an address lies in none of them (a
   // library loaded since).
   bool report(bool again) {
@@ -277,7 +406,7 @@ class Symbolizer {
     }
     Dwarf_Addr start = 0;
     const char* path = dwfl_module_info(mod, nullptr, &start, nullptr, nullptr, nullptr, nullptr, nullptr);
-    std::string module = path ? std::filesystem::path(path).filename().string() : std::string("??");
+    const std::string module = file_name(path);
 
     GElf_Off offset = 0;
     GElf_Sym sym;
@@ -295,8 +424,17 @@ class Symbolizer {
     // in the function around it.
     Dwarf_Addr bias = 0;
     if (Dwarf_Die* cu = dwfl_module_addrdie(mod, addr, &bias)) {
+      // The innermost scope at the address, then the chain of DIEs that contain it: the concrete
+      // inlined instances, each inside the next (dwarf_getscopes alone would follow the abstract
+      // definition of the innermost one instead).
       Dwarf_Die* scopes = nullptr;
-      const int count = dwarf_getscopes(cu, addr - bias, &scopes);
+      int count = dwarf_getscopes(cu, addr - bias, &scopes);
+      if (count > 0) {
+        Dwarf_Die innermost = scopes[0];
+        std::free(scopes);
+        scopes = nullptr;
+        count = dwarf_getscopes_die(&innermost, &scopes);
+      }
       Dwarf_Files* files = nullptr;
       std::size_t nfiles = 0;
       if (dwarf_getsrcfiles(cu, &files, &nfiles) != 0) files = nullptr;
@@ -331,15 +469,29 @@ class Symbolizer {
     }
     return frames;
   }
+#else
+  // Without libdw: the dynamic symbol table, through the dynamic loader. Functions of the
+  // executable have names only when it exports them (-rdynamic); there are no source lines.
+  std::vector<SymbolFrame> resolve(std::uintptr_t pc) {
+    Dl_info info{};
+    if (!dladdr(reinterpret_cast<void*>(pc - 1), &info) || !info.dli_fname) return {{"??", {}, {}, false}};
+    char off[32];
+    std::snprintf(off, sizeof off, "+0x%" PRIxPTR, pc - reinterpret_cast<std::uintptr_t>(info.dli_fbase));
+    return {{info.dli_sname ? demangle(info.dli_sname) : std::string("??"), {}, file_name(info.dli_fname) + off,
+             false}};
+  }
+#endif
 
   std::mutex lock_;
   const std::vector<SymbolFrame> unknown_{{"??", {}, {}, false}};
   std::unordered_map<std::uintptr_t, std::vector<SymbolFrame>> cache_;  // nodes: references stay valid
+#if defined(SKEIN_HAVE_LIBDW)
   char* debuginfo_path_ = nullptr;
   Dwfl_Callbacks callbacks_{dwfl_linux_proc_find_elf, dwfl_standard_find_debuginfo, nullptr, &debuginfo_path_};
   Dwfl* dwfl_ = nullptr;
   unsigned reports_left_ = 64;  // rescans of /proc/self/maps for unknown addresses
-  std::string cwd_;             // source paths under it are shown relative to it
+#endif
+  std::string cwd_;  // source paths under it are shown relative to it
 };
 
 Symbolizer& symbolizer() {
@@ -354,40 +506,9 @@ const std::vector<SymbolFrame>& symbolize(std::uintptr_t pc) {
   return symbolizer().lookup(pc);
 }
 
-namespace {
-void prepare_symbols(const std::uintptr_t* pcs, std::size_t n) {
-  symbolizer().prepare(pcs, n);
-}
-}  // namespace
-
-#else  // !SKEIN_HAVE_BACKTRACE
-
-bool backtraces_available() noexcept {
-  return false;
-}
-
-std::size_t unwind_suspended(const void*, const Stack&, std::uintptr_t*, std::size_t) noexcept {
-  return 0;
-}
-
-std::size_t unwind_here(std::uintptr_t*, std::size_t, std::size_t) noexcept {
-  return 0;
-}
-
-namespace {
-void prepare_symbols(const std::uintptr_t*, std::size_t) {}
-}  // namespace
-
-const std::vector<SymbolFrame>& symbolize(std::uintptr_t) {
-  static const std::vector<SymbolFrame> unknown{{"??", {}, {}, false}};
-  return unknown;
-}
-
-#endif  // SKEIN_HAVE_BACKTRACE
-
 void format_backtrace(std::string& out, const std::uintptr_t* pcs, std::size_t n, const char* indent,
                       bool truncated) {
-  prepare_symbols(pcs, n);
+  symbolizer().prepare(pcs, n);
   std::size_t number = 0;
   char head[64];
   for (std::size_t i = 0; i < n; ++i) {

@@ -1,10 +1,11 @@
 // Backtraces of suspended contexts (a parked fiber, a suspended coroutine) and of the calling
-// thread, and their symbolisation (docs/observability.md, "Backtraces"). Unwinding is libunwind's,
-// started from the registers a switch saved; names, source lines and inlined calls come from the
-// DWARF debug information through libdw, cached per program counter.
+// thread, and their symbolisation (docs/observability.md, "Backtraces"). The compiler's own
+// unwinder (_Unwind_Backtrace) walks a suspended stack from the registers its switch saved; names,
+// source lines and inlined calls come from the DWARF debug information through libdw, cached per
+// return address.
 //
-// Built without the two libraries (SKEIN_HAVE_BACKTRACE undefined: a cross build without the
-// target's packages) every unwind returns no frame and backtraces_available() says so.
+// Without libdw (SKEIN_HAVE_LIBDW undefined: a cross build without the target's package) names
+// come from the dynamic symbol table (dladdr), without source lines.
 #pragma once
 
 #include <skein/detail/exec_context.hpp>
@@ -19,7 +20,8 @@ namespace skein::detail {
 // Frames an unwind records at most by default: deeper stacks are cut (the dump says so).
 inline constexpr std::size_t backtrace_max_frames = 64;
 
-// Whether this build can unwind and symbolise at all.
+// Whether this build can unwind: every supported switch (skein's x86-64 and AArch64 assembly,
+// Boost.Context's fcontext on both) has the layout of its saved frame described here.
 bool backtraces_available() noexcept;
 
 // Unwinds a suspended context: `ctx` is the handle a switch left (ExecContext::sp of a context
