@@ -477,7 +477,9 @@ class Symbolizer {
     if (!dladdr(reinterpret_cast<void*>(pc - 1), &info) || !info.dli_fname) return {{"??", {}, {}, false}};
     char off[32];
     std::snprintf(off, sizeof off, "+0x%" PRIxPTR, pc - reinterpret_cast<std::uintptr_t>(info.dli_fbase));
-    return {{info.dli_sname ? demangle(info.dli_sname) : std::string("??"), {}, file_name(info.dli_fname) + off,
+    return {{info.dli_sname ? demangle(info.dli_sname) : std::string("??"),
+             {},
+             file_name(info.dli_fname) + off,
              false}};
   }
 #endif
@@ -487,7 +489,8 @@ class Symbolizer {
   std::unordered_map<std::uintptr_t, std::vector<SymbolFrame>> cache_;  // nodes: references stay valid
 #if defined(SKEIN_HAVE_LIBDW)
   char* debuginfo_path_ = nullptr;
-  Dwfl_Callbacks callbacks_{dwfl_linux_proc_find_elf, dwfl_standard_find_debuginfo, nullptr, &debuginfo_path_};
+  Dwfl_Callbacks callbacks_{dwfl_linux_proc_find_elf, dwfl_standard_find_debuginfo, nullptr,
+                            &debuginfo_path_};
   Dwfl* dwfl_ = nullptr;
   unsigned reports_left_ = 64;  // rescans of /proc/self/maps for unknown addresses
 #endif
