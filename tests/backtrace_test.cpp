@@ -7,6 +7,7 @@
 #include "backtrace.hpp"
 
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -37,6 +38,21 @@ namespace bt = skein::detail;
   std::string text = skein_test_running_inner();
   asm volatile("" ::: "memory");
   return text;
+}
+
+// A backtrace taken in a signal handler, as a watchdog takes one of a fiber that hogs its worker.
+namespace {
+std::uintptr_t signal_pcs[bt::backtrace_max_frames];
+volatile std::size_t signal_frames = 0;
+}  // namespace
+
+extern "C" void skein_test_on_signal(int) {
+  signal_frames = bt::unwind_here(signal_pcs, bt::backtrace_max_frames);
+}
+
+[[gnu::noinline]] void skein_test_signalled_in_here() {
+  std::raise(SIGUSR1);
+  asm volatile("" ::: "memory");
 }
 
 namespace {
@@ -101,6 +117,22 @@ TEST_SUITE("debug-bt") {
     });
     // And on the thread's own stack, outside any fiber.
     CHECK(contains(skein_test_running_outer(), "skein_test_running_outer"));
+  }
+
+  TEST_CASE("a backtrace taken in a signal handler reaches the interrupted fiber's frames") {
+    if (!bt::backtraces_available()) return;
+    struct sigaction act {};
+    struct sigaction old {};
+    act.sa_handler = skein_test_on_signal;
+    REQUIRE(sigaction(SIGUSR1, &act, &old) == 0);
+    skein::run([] { skein::spawn([] { skein_test_signalled_in_here(); }).join(); });
+    sigaction(SIGUSR1, &old, nullptr);
+    std::string text;
+    bt::format_backtrace(text, signal_pcs, signal_frames);
+    MESSAGE("in the handler:\n" << text);
+    CHECK(contains(text, "skein_test_on_signal"));
+    CHECK(contains(text, "skein_test_signalled_in_here()"));
+    CHECK(contains(text, "skein_context_entry"));  // through the signal frame to the fiber's bottom
   }
 
   TEST_CASE("a return address is symbolised once, then served from the cache") {

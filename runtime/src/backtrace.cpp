@@ -199,7 +199,9 @@ _Unwind_Reason_Code on_frame(_Unwind_Context* context, void* arg) {
     const std::uintptr_t cfa = _Unwind_GetCFA(context);
     if (cfa < w.lo || cfa > w.hi + 64) return _URC_END_OF_STACK;
   }
-  w.pcs[w.n++] = ip;
+  // Every recorded address lies one past the instruction it stands for, as a return address does;
+  // the frame a signal interrupted (the watchdog's) has the interrupted instruction's own address.
+  w.pcs[w.n++] = before ? ip + 1 : ip;
   return w.n < w.max ? _URC_NO_REASON : _URC_END_OF_STACK;
 }
 

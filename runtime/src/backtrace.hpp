@@ -39,7 +39,8 @@ inline std::size_t unwind_suspended(const ExecContext& ctx, std::uintptr_t* pcs,
 
 // Unwinds the calling thread's stack (a running fiber's, or the thread's own): the return
 // addresses of the caller's frames, innermost first, the first `skip` of them left out. Returns
-// how many it wrote (at most `max`). Async-signal-safe: a signal handler may call it.
+// how many it wrote (at most `max`). Async-signal-safe: a signal handler may call it (the frame
+// the signal interrupted is recorded as the interrupted instruction's address plus one).
 std::size_t unwind_here(std::uintptr_t* pcs, std::size_t max, std::size_t skip = 0) noexcept;
 
 // One function a return address lies in. Several for one address when calls were inlined: the
