@@ -132,7 +132,9 @@ TEST_SUITE("debug-bt") {
     MESSAGE("in the handler:\n" << text);
     CHECK(contains(text, "skein_test_on_signal"));
     CHECK(contains(text, "skein_test_signalled_in_here()"));
-    CHECK(contains(text, "skein_context_entry"));  // through the signal frame to the fiber's bottom
+#if defined(SKEIN_TEST_LIBDW)
+    CHECK(contains(text, "Scheduler::fiber_entry"));  // through the signal frame to the fiber's bottom
+#endif
   }
 
   TEST_CASE("a return address is symbolised once, then served from the cache") {
@@ -143,7 +145,9 @@ TEST_SUITE("debug-bt") {
     const auto& again = bt::symbolize(pc);
     CHECK(&first == &again);
     REQUIRE(!first.empty());
+#if defined(SKEIN_TEST_LIBDW)
     CHECK(contains(first.back().function, "DOCTEST_ANON_FUNC"));  // this test case's function
+#endif
     CHECK(!first.back().inlined);
   }
 
