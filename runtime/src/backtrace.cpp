@@ -291,10 +291,13 @@ const char* string_attr(Dwarf_Die* die, unsigned name) {
 
 // A function's name from its DIE: the linkage name demangled (it has the parameters), else the
 // plain name. Both are looked up through abstract origins, as an inlined instance has neither.
-std::string die_function_name(Dwarf_Die* die) {
+// `symbol`, the ELF symbol at the address, comes second: it names a function's split-off cold
+// part "f.cold", and is the only full name of an extern "C" function.
+std::string die_function_name(Dwarf_Die* die, const char* symbol = nullptr) {
   const char* linkage = string_attr(die, DW_AT_linkage_name);
   if (!linkage) linkage = string_attr(die, DW_AT_MIPS_linkage_name);
   if (linkage) return demangle(linkage);
+  if (symbol) return demangle(symbol);
   const char* plain = string_attr(die, DW_AT_name);
   return plain ? std::string(plain) : std::string("??");
 }
@@ -444,8 +447,7 @@ class Symbolizer {
         Dwarf_Die* die = &scopes[i];
         const int tag = dwarf_tag(die);
         if (tag == DW_TAG_subprogram) {
-          // The outermost: the ELF symbol, when there is one, has the full mangled name.
-          frames.push_back({symbol ? demangle(symbol) : die_function_name(die), position, {}, false});
+          frames.push_back({die_function_name(die, symbol), position, {}, false});
           break;
         }
         if (tag != DW_TAG_inlined_subroutine) continue;
