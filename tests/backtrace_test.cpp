@@ -33,6 +33,19 @@ namespace bt = skein::detail;
   return v + 2;
 }
 
+// A fiber parked inside a generator's body, which its consumer resumed.
+[[gnu::noinline]] int skein_test_parked_in_generator(skein::Channel<int>& ch) {
+  const int v = ch.recv().value_or(-1);
+  asm volatile("" ::: "memory");
+  return v + 3;
+}
+
+[[gnu::noinline]] int skein_test_consumer_of_generator(skein::Generator<int>& g) {
+  const int v = g.next().value_or(-1);
+  asm volatile("" ::: "memory");
+  return v;
+}
+
 // The running fiber's own backtrace, taken two calls deep.
 [[gnu::noinline]] std::string skein_test_running_inner() {
   std::uintptr_t pcs[bt::backtrace_max_frames];
@@ -114,6 +127,32 @@ TEST_SUITE("debug-bt") {
 #endif
       ch.send(41);
       CHECK(t.join() == 42);
+    });
+  }
+
+  TEST_CASE("a fiber parked inside a generator shows the body, then the consumer that resumed it") {
+    if (!bt::backtraces_available()) return;
+    skein::run([] {
+      skein::Channel<int> ch;
+      auto t = skein::spawn([&] {
+        skein::Generator<int> g([&](skein::Yield<int>& yield) { yield(skein_test_parked_in_generator(ch)); });
+        return skein_test_consumer_of_generator(g);
+      });
+      skein::yield();
+      const bt::Fiber* f = bt::TaskAccess::fiber_of(t);
+      REQUIRE(f->state == bt::FiberState::parked);
+      REQUIRE(f->resume_at != f);  // it resumes inside the generator
+      std::uintptr_t pcs[bt::backtrace_max_frames];
+      std::string text;
+      bt::format_backtrace(text, pcs, bt::unwind_parked(*f->resume_at, pcs, bt::backtrace_max_frames));
+      MESSAGE("parked inside a generator:\n" << text);
+      const auto body = text.find("skein_test_parked_in_generator");
+      const auto consumer = text.find("skein_test_consumer_of_generator");
+      CHECK(body != std::string::npos);
+      CHECK(consumer != std::string::npos);
+      CHECK(body < consumer);
+      ch.send(1);
+      CHECK(t.join() == 4);
     });
   }
 

@@ -5,6 +5,8 @@
 
 #include "switch.hpp"
 
+#include <skein/detail/coroutine.hpp>
+
 #include <unwind.h>
 
 #include <cinttypes>
@@ -236,6 +238,18 @@ std::size_t unwind_suspended(const void* ctx, const Stack& stack, std::uintptr_t
   (void)ctx, (void)stack, (void)pcs, (void)max;
   return 0;
 #endif
+}
+
+std::size_t unwind_parked(const ExecContext& resume_at, std::uintptr_t* pcs, std::size_t max) noexcept {
+  std::size_t n = 0;
+  const ExecContext* c = &resume_at;
+  // Bounded: a chain of coroutines each resumed by the next is as deep as the program made it.
+  for (int depth = 0; c && n < max && depth < 64; ++depth) {
+    n += unwind_suspended(*c, pcs + n, max - n);
+    if (c->kind != ContextKind::coroutine) break;
+    c = static_cast<const CoroutineCore*>(c)->caller;
+  }
+  return n;
 }
 
 namespace {

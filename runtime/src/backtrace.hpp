@@ -37,6 +37,12 @@ inline std::size_t unwind_suspended(const ExecContext& ctx, std::uintptr_t* pcs,
   return unwind_suspended(ctx.sp, ctx.stack, pcs, max);
 }
 
+// The whole stack of a parked or ready fiber, given the context it resumes (Fiber::resume_at:
+// the fiber itself, or a coroutine it parked inside): that context's frames, then, for a
+// coroutine, those of the context that resumed it, and so on down to the fiber's own stack. Each
+// coroutine's part ends with its entry frame (skein_context_entry). The same conditions as above.
+std::size_t unwind_parked(const ExecContext& resume_at, std::uintptr_t* pcs, std::size_t max) noexcept;
+
 // Unwinds the calling thread's stack (a running fiber's, or the thread's own): the return
 // addresses of the caller's frames, innermost first, the first `skip` of them left out. Returns
 // how many it wrote (at most `max`). Async-signal-safe: a signal handler may call it (the frame
