@@ -129,6 +129,27 @@ TEST_SUITE("net") {
 
 // Needs a kernel that allows io_uring: skips (Meson: SKIP) where it does not.
 TEST_SUITE("net-io_uring") {
+  TEST_CASE("SKEIN_IO_URING_MODE: completion and readiness both serve sockets; anything else is an error") {
+    if (!uring_usable()) {
+      skein_test::skip("io_uring is unavailable here");
+      return;
+    }
+    const EnvGuard env("SKEIN_IO", nullptr);
+    for (const char* mode : {"completion", "readiness"}) {
+      INFO(mode);
+      const EnvGuard m("SKEIN_IO_URING_MODE", mode);
+      CHECK(echo_on(IoBackendKind::io_uring) == IoBackendKind::io_uring);
+    }
+    const EnvGuard m("SKEIN_IO_URING_MODE", "polling");
+    try {
+      skein::resolve_io_backend(IoBackendKind::io_uring);
+      FAIL("no exception");
+    } catch (const std::system_error& e) {
+      CHECK(e.code() == std::errc::invalid_argument);
+      CHECK(std::string(e.what()).find("SKEIN_IO_URING_MODE") != std::string::npos);
+    }
+  }
+
   TEST_CASE("an explicit io_uring runtime reports its backend, beside an epoll one in the same process") {
     if (!uring_usable()) {
       skein_test::skip("io_uring is unavailable here");

@@ -116,7 +116,12 @@ std::unique_ptr<IoBackend> make_epoll_backend(IoCore& core, Inbox& inbox, int& e
 std::unique_ptr<IoBackend> make_uring_backend(IoCore& core, Inbox& inbox, int& err, const char*& why);
 // Whether this process may use io_uring (the kernel is probed once per process): 0, or the errno
 // with `why` set as make_uring_backend would. SKEIN_IO_URING_DISABLED=1 makes it say no (tests).
+// SKEIN_IO_URING_MODE holding anything but completion or readiness makes it say no (EINVAL), as
+// does completion where the kernel lacks its opcodes.
 int uring_unavailable(const char*& why) noexcept;
+// Whether an io_uring backend performs operations (completion mode, the default where the kernel
+// has the opcodes) or watches readiness with multishot polls (SKEIN_IO_URING_MODE=readiness).
+bool uring_completion_mode() noexcept;
 
 // The backend for a worker whose runtime asked for `requested` (RuntimeOptions::io_backend), the
 // environment variable SKEIN_IO (auto, epoll, io_uring) overriding it. Automatic picks io_uring

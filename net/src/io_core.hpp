@@ -102,7 +102,7 @@ struct FdState {
   bool hung_up[2] = {false, false};
   union {
     Fiber* waiter[2] = {nullptr, nullptr};  // a readiness backend: the fiber parked per direction
-    IoOpState* op[2];  // a completion backend (IoBackend::ops): the operation in flight
+    IoOpState* op[2];                       // a completion backend (IoBackend::ops): the operation in flight
   };
 };
 

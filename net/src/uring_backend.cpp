@@ -92,7 +92,8 @@ Probe probe_kernel() noexcept {
       if (!io_uring_opcode_supported(p, op))
         result = {ENOTSUP, "the kernel's io_uring lacks poll add/remove"};
     result.ops = true;
-    for (const int op : {IORING_OP_RECV, IORING_OP_SEND, IORING_OP_SENDMSG, IORING_OP_ACCEPT, IORING_OP_ASYNC_CANCEL})
+    for (const int op :
+         {IORING_OP_RECV, IORING_OP_SEND, IORING_OP_SENDMSG, IORING_OP_ACCEPT, IORING_OP_ASYNC_CANCEL})
       if (!io_uring_opcode_supported(p, op)) result.ops = false;
     io_uring_free_probe(p);
   } else {
@@ -140,7 +141,11 @@ class UringBackend final : public IoBackend {
     // The ring is this worker's alone (SINGLE_ISSUER), and completions need not interrupt it:
     // it collects them at its next io_uring_enter, which every scheduler turn that waits on I/O
     // makes (COOP_TASKRUN, with TASKRUN_FLAG telling poll() when that is due).
+    const char* dv = std::getenv("SKEIN_IO_URING_DEFER");
+    const bool defer = dv && std::strcmp(dv, "1") == 0;
     const unsigned extra[] = {
+        defer ? IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG
+              : IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         0,
@@ -152,6 +157,7 @@ class UringBackend final : public IoBackend {
       r = io_uring_queue_init_params(sq_entries, &ring_, &q);
       if (r != -EINVAL) {
         taskrun_flag_ = flags & IORING_SETUP_TASKRUN_FLAG;
+        defer_ = flags & IORING_SETUP_DEFER_TASKRUN;
         skip_success_ = q.features & IORING_FEAT_CQE_SKIP;
         break;
       }
@@ -205,7 +211,10 @@ class UringBackend final : public IoBackend {
     io_uring_sqe_set_data64(sqe, ignore_tag);
     if (skip_success_) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
     // Now: a cancel at close must release the file before close() returns (the peer's FIN).
-    io_uring_submit(&ring_);
+    if (defer_)
+      io_uring_submit_and_get_events(&ring_);
+    else
+      io_uring_submit(&ring_);
   }
 
   int add(int fd, std::uint32_t generation) noexcept override {
@@ -310,7 +319,9 @@ class UringBackend final : public IoBackend {
     if (ops_) {
       auto* s = reinterpret_cast<IoOpState*>(static_cast<std::uintptr_t>(data));
       const int res = cqe->res;
-      s->result = s->op->kind == IoOp::poll && res >= 0 ? static_cast<int>(to_events(static_cast<unsigned>(res))) : res;
+      s->result = s->op->kind == IoOp::poll && res >= 0
+                      ? static_cast<int>(to_events(static_cast<unsigned>(res)))
+                      : res;
       s->done = true;
       unpark(s->fiber);
       return;
@@ -354,6 +365,7 @@ class UringBackend final : public IoBackend {
   bool ops_;  // completion mode: user_data is an IoOpState
   bool ring_ok_ = false;
   bool taskrun_flag_ = false;
+  bool defer_ = false;
   bool skip_success_ = false;
   std::vector<Slot> slots_;  // by fd
 };
@@ -367,26 +379,31 @@ int uring_unavailable(const char*& why) noexcept {
   }
   const Probe& p = kernel_probe();
   why = p.why;
-  return p.err;
+  if (p.err != 0) return p.err;
+  if (const char* v = std::getenv("SKEIN_IO_URING_MODE"); v && *v) {
+    if (std::strcmp(v, "completion") != 0 && std::strcmp(v, "readiness") != 0) {
+      why = "SKEIN_IO_URING_MODE is not one of completion, readiness";
+      return EINVAL;
+    }
+    if (std::strcmp(v, "completion") == 0 && !p.ops) {
+      why =
+          "the kernel's io_uring lacks recv, send, sendmsg, accept or async cancel (Linux 5.6 or later is "
+          "needed)";
+      return ENOTSUP;
+    }
+  }
+  return 0;
+}
+
+bool uring_completion_mode() noexcept {
+  const char* v = std::getenv("SKEIN_IO_URING_MODE");
+  if (v && std::strcmp(v, "readiness") == 0) return false;
+  return kernel_probe().ops;
 }
 
 std::unique_ptr<IoBackend> make_uring_backend(IoCore& core, Inbox& inbox, int& err, const char*& why) {
   if ((err = uring_unavailable(why)) != 0) return nullptr;
-  bool ops = kernel_probe().ops;
-  if (const char* v = std::getenv("SKEIN_IO_URING_MODE"); v && *v) {
-    if (std::strcmp(v, "readiness") == 0) {
-      ops = false;
-    } else if (std::strcmp(v, "completion") != 0) {
-      err = EINVAL;
-      why = "SKEIN_IO_URING_MODE is not one of completion, readiness";
-      return nullptr;
-    } else if (!ops) {
-      err = ENOTSUP;
-      why = "the kernel's io_uring lacks recv, send, sendmsg, accept or async cancel (Linux 5.6 or later is needed)";
-      return nullptr;
-    }
-  }
-  auto backend = std::make_unique<UringBackend>(core, inbox, ops);
+  auto backend = std::make_unique<UringBackend>(core, inbox, uring_completion_mode());
   if ((err = backend->init(why)) != 0) return nullptr;
   return backend;
 }
@@ -407,6 +424,10 @@ int uring_unavailable(const char*& why) noexcept {
 std::unique_ptr<IoBackend> make_uring_backend(IoCore&, Inbox&, int& err, const char*& why) {
   err = uring_unavailable(why);
   return nullptr;
+}
+
+bool uring_completion_mode() noexcept {
+  return false;
 }
 
 }  // namespace skein::detail
