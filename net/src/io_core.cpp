@@ -86,8 +86,6 @@ void Mailbox::close() noexcept {
 IoCore::IoCore(Inbox& inbox, IoBackendKind backend) : mailbox_(std::make_shared<Mailbox>(inbox)) {
   backend_ = make_backend(*this, inbox, backend);
   ops_ = backend_->ops();
-  if (const char* v = std::getenv("SKEIN_IO_URING_SEND"); ops_ && v && std::string(v) == "op")
-    send_ops_ = true;
 }
 
 IoCore::~IoCore() {

@@ -141,11 +141,7 @@ class UringBackend final : public IoBackend {
     // The ring is this worker's alone (SINGLE_ISSUER), and completions need not interrupt it:
     // it collects them at its next io_uring_enter, which every scheduler turn that waits on I/O
     // makes (COOP_TASKRUN, with TASKRUN_FLAG telling poll() when that is due).
-    const char* dv = std::getenv("SKEIN_IO_URING_DEFER");
-    const bool defer = dv && std::strcmp(dv, "1") == 0;
     const unsigned extra[] = {
-        defer ? IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG
-              : IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         0,
@@ -157,7 +153,6 @@ class UringBackend final : public IoBackend {
       r = io_uring_queue_init_params(sq_entries, &ring_, &q);
       if (r != -EINVAL) {
         taskrun_flag_ = flags & IORING_SETUP_TASKRUN_FLAG;
-        defer_ = flags & IORING_SETUP_DEFER_TASKRUN;
         skip_success_ = q.features & IORING_FEAT_CQE_SKIP;
         break;
       }
@@ -211,10 +206,7 @@ class UringBackend final : public IoBackend {
     io_uring_sqe_set_data64(sqe, ignore_tag);
     if (skip_success_) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
     // Now: a cancel at close must release the file before close() returns (the peer's FIN).
-    if (defer_)
-      io_uring_submit_and_get_events(&ring_);
-    else
-      io_uring_submit(&ring_);
+    io_uring_submit(&ring_);
   }
 
   int add(int fd, std::uint32_t generation) noexcept override {
@@ -365,7 +357,6 @@ class UringBackend final : public IoBackend {
   bool ops_;  // completion mode: user_data is an IoOpState
   bool ring_ok_ = false;
   bool taskrun_flag_ = false;
-  bool defer_ = false;
   bool skip_success_ = false;
   std::vector<Slot> slots_;  // by fd
 };
