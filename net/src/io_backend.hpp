@@ -116,8 +116,7 @@ std::unique_ptr<IoBackend> make_epoll_backend(IoCore& core, Inbox& inbox, int& e
 std::unique_ptr<IoBackend> make_uring_backend(IoCore& core, Inbox& inbox, int& err, const char*& why);
 // Whether this process may use io_uring (the kernel is probed once per process): 0, or the errno
 // with `why` set as make_uring_backend would. SKEIN_IO_URING_DISABLED=1 makes it say no (tests).
-// SKEIN_IO_URING_MODE holding anything but completion or readiness makes it say no (EINVAL), as
-// does completion where the kernel lacks its opcodes.
+// SKEIN_IO_URING_MODE=completion where the kernel lacks its opcodes makes it say no too.
 int uring_unavailable(const char*& why) noexcept;
 // Whether an io_uring backend performs operations (completion mode, the default where the kernel
 // has the opcodes) or watches readiness with multishot polls (SKEIN_IO_URING_MODE=readiness).
@@ -125,8 +124,9 @@ bool uring_completion_mode() noexcept;
 
 // The backend for a worker whose runtime asked for `requested` (RuntimeOptions::io_backend), the
 // environment variable SKEIN_IO (auto, epoll, io_uring) overriding it. Automatic picks io_uring
-// where the kernel allows it, else epoll. Throws std::system_error naming the reason when an
-// explicitly requested backend is unavailable, or SKEIN_IO holds something else.
+// in completion mode where the kernel allows it, else epoll. Throws std::system_error naming the
+// reason when an explicitly requested backend is unavailable, or SKEIN_IO (or SKEIN_IO_URING_MODE:
+// completion, readiness) holds something else.
 std::unique_ptr<IoBackend> make_backend(IoCore& core, Inbox& inbox, IoBackendKind requested);
 
 }  // namespace skein::detail
