@@ -185,7 +185,6 @@ class UringBackend final : public IoBackend {
         break;
       case IoOp::recv:
         io_uring_prep_recv(sqe, s.fd, op.buf, op.len, op.flags);
-        if (poll_first_) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
         break;
       case IoOp::send:
         io_uring_prep_send(sqe, s.fd, op.buf, op.len, op.flags);
@@ -356,7 +355,6 @@ class UringBackend final : public IoBackend {
   Inbox& inbox_;
   io_uring ring_{};
   bool ops_;  // completion mode: user_data is an IoOpState
-  bool poll_first_ = std::getenv("SKEIN_PF") != nullptr;
   bool ring_ok_ = false;
   bool taskrun_flag_ = false;
   bool skip_success_ = false;
