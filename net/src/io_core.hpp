@@ -2,11 +2,14 @@
 // loop every user of readiness goes through (sockets, the hooks, the server's signal watcher).
 // It is the scheduler's detail::Driver, installed the first time a fiber on that worker does I/O,
 // and sleeps in the kernel through a backend (io_backend.hpp: epoll or io_uring), which reports
-// readiness events to deliver().
+// readiness events to deliver() -- or, for a backend that performs operations (io_uring's
+// completion mode, IoBackend::ops), completes each wait as an operation: see transfer().
 //
 // Contract:
-// - Each fd is registered with the backend once, at its first wait, for both directions with edge
-//   semantics, and deregistered by forget() before it is closed.
+// - Readiness backends: each fd is registered with the backend once, at its first wait, for both
+//   directions with edge semantics, and deregistered by forget() before it is closed. Completion
+//   backends: nothing is registered; each wait is one operation (a transfer, or a one-shot poll
+//   for run() and wait()) recorded in FdState::op until its completion, which forget() cancels.
 // - Per fd it keeps one reader and one writer waiter and a readiness flag per direction. The
 //   flags are what makes edge-triggering safe: an event sets them, and only run() clears them,
 //   when a call reports EAGAIN or (streams) a short transfer. A fiber parks only while its flag is
@@ -185,9 +188,10 @@ class IoCore final : public Driver {
   static ssize_t run(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer kind, Call attempt) noexcept;
 
   // run() for a transfer a completion backend can perform itself (`op`, on the same memory as
-  // `attempt`): while `dir` is ready, `attempt` is tried directly as run() does; when it would
-  // block, a backend that performs operations (IoBackend::ops) is handed `op` and the fiber parks
-  // until its completion, whose result is returned. A deadline or cancel meanwhile cancels the
+  // `attempt`). On a backend that performs operations (IoBackend::ops): a read while `dir` is
+  // ready tries `attempt` directly as run() does; a read that would block, and every write, hands
+  // the backend `op` and parks until its completion, whose result is returned (a transfer that
+  // filled `kind.want`, or an accept, leaves `dir` ready). A deadline or cancel meanwhile cancels the
   // operation and waits for it (the buffers stay the caller's until the kernel is done): a result
   // that came first is returned, not lost. On other backends this is run().
   template <class Call>
