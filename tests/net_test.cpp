@@ -1045,52 +1045,6 @@ TEST_SUITE("net") {
       }).join();
   }
 
-  TEST_CASE("1,000 connections echo at once, every byte checked") {
-    if (raise_fd_limit() < 2200) {
-      skein_test::skip("RLIMIT_NOFILE is below 2,200");
-      return;
-    }
-    FdCheck fds;
-    skein::run([] {
-      constexpr int connections = 1000;
-      constexpr std::size_t size = 8 * 1024;
-      skein::ListenOptions options;
-      options.backlog = connections;
-      skein::Listener l = skein::listen(Address::loopback(0), options);
-      std::atomic<int> wrong{0}, done{0};
-      auto acceptor = skein::spawn([&] {
-        std::vector<skein::Task<void>> handlers;
-        for (int i = 0; i < connections; ++i)
-          handlers.push_back(skein::spawn([s = l.accept(10s)]() mutable {
-            char buf[1024];
-            while (const std::size_t n = s.read(std::span<char>(buf, sizeof buf), 10s))
-              s.write_all(std::string_view(buf, n), 10s);
-          }));
-        for (auto& h : handlers) h.join();
-      });
-      std::vector<skein::Task<void>> clients;
-      for (int i = 0; i < connections; ++i)
-        clients.push_back(skein::spawn([&, i] {
-          skein::Stream c = skein::connect(l.local_address(), 10s);
-          const std::string data = pattern(static_cast<std::uint64_t>(i), size);
-          auto writer = skein::spawn([&] {
-            c.write_all(data, 10s);
-            c.shutdown(skein::Shutdown::write);
-          });
-          std::string back(size, '\0');
-          c.read_exact(std::span<char>(back.data(), back.size()), 10s);
-          char extra;
-          if (back != data || c.read(std::span<char>(&extra, 1), 10s) != 0) ++wrong;
-          writer.join();
-          ++done;
-        }));
-      for (auto& c : clients) c.join();
-      acceptor.join();
-      CHECK(done == connections);
-      CHECK(wrong == 0);
-    });
-  }
-
   TEST_CASE("cancel: a connect waiting on a full accept queue throws operation_canceled" *
             doctest::test_suite("net-backlog-cancel")) {
     FdCheck fds;
