@@ -15,11 +15,15 @@ import sys
 from xml.sax.saxutils import escape
 
 # Bars by role: skein's servers per backend, and each comparison's anchor.
-COLORS = {"epoll": "#2b6cb0", "io_uring": "#805ad5", "nopoll-epoll": "#90cdf4", "nopoll-io_uring": "#d6bcfa",
-          "b-epoll": "#2c7a7b", "b-io_uring": "#81e6d9", "anchor": "#dd6b20", "threads": "#718096"}
-LABELS = {"epoll": "skein, SKEIN_IO=epoll", "io_uring": "skein, SKEIN_IO=io_uring",
+COLORS = {"epoll": "#2b6cb0", "io_uring": "#805ad5", "io_uring_poll": "#b794f4", "nopoll-epoll": "#90cdf4",
+          "nopoll-io_uring": "#d6bcfa", "nopoll-io_uring_poll": "#e9d8fd", "b-epoll": "#2c7a7b",
+          "b-io_uring": "#81e6d9", "b-io_uring_poll": "#b2f5ea", "anchor": "#dd6b20", "threads": "#718096"}
+LABELS = {"epoll": "skein, SKEIN_IO=epoll", "io_uring": "skein, SKEIN_IO=io_uring (completion)",
+          "io_uring_poll": "skein, io_uring readiness mode",
           "nopoll-epoll": "kv_server --poll-us 0, epoll", "nopoll-io_uring": "kv_server --poll-us 0, io_uring",
+          "nopoll-io_uring_poll": "kv_server --poll-us 0, io_uring readiness",
           "b-epoll": "skein (B), epoll", "b-io_uring": "skein (B), io_uring",
+          "b-io_uring_poll": "skein (B), io_uring readiness",
           "anchor": "anchor: echo_epoll / nginx / redis-server", "threads": "thread per connection (echo_threads)"}
 ANCHORS = ("echo_epoll", "nginx", "redis-server")
 

@@ -98,7 +98,9 @@ TEST_SUITE("net") {
     CHECK(echo_on(IoBackendKind::io_uring) == IoBackendKind::epoll);
   }
 
-  TEST_CASE("automatic is epoll; asking for io_uring where it is unavailable is an error naming why") {
+  TEST_CASE(
+      "automatic falls back to epoll where io_uring is unavailable; asking for io_uring there is an error "
+      "naming why") {
     const EnvGuard env("SKEIN_IO", nullptr);
     const EnvGuard off("SKEIN_IO_URING_DISABLED", "1");
     CHECK(skein::resolve_io_backend(IoBackendKind::automatic) == IoBackendKind::epoll);
@@ -129,14 +131,43 @@ TEST_SUITE("net") {
 
 // Needs a kernel that allows io_uring: skips (Meson: SKIP) where it does not.
 TEST_SUITE("net-io_uring") {
+  TEST_CASE("SKEIN_IO_URING_MODE: completion and readiness both serve sockets; anything else is an error") {
+    if (!uring_usable()) {
+      skein_test::skip("io_uring is unavailable here");
+      return;
+    }
+    const EnvGuard env("SKEIN_IO", nullptr);
+    for (const char* mode : {"completion", "readiness"}) {
+      INFO(mode);
+      const EnvGuard m("SKEIN_IO_URING_MODE", mode);
+      CHECK(echo_on(IoBackendKind::io_uring) == IoBackendKind::io_uring);
+    }
+    {
+      // Readiness mode is used only when io_uring is asked for: automatic is epoll then.
+      const EnvGuard m("SKEIN_IO_URING_MODE", "readiness");
+      CHECK(skein::resolve_io_backend(IoBackendKind::automatic) == IoBackendKind::epoll);
+    }
+    const EnvGuard m("SKEIN_IO_URING_MODE", "polling");
+    try {
+      skein::resolve_io_backend(IoBackendKind::io_uring);
+      FAIL("no exception");
+    } catch (const std::system_error& e) {
+      CHECK(e.code() == std::errc::invalid_argument);
+      CHECK(std::string(e.what()).find("SKEIN_IO_URING_MODE") != std::string::npos);
+    }
+  }
+
   TEST_CASE("an explicit io_uring runtime reports its backend, beside an epoll one in the same process") {
     if (!uring_usable()) {
       skein_test::skip("io_uring is unavailable here");
       return;
     }
     const EnvGuard env("SKEIN_IO", nullptr);
+    const EnvGuard mode("SKEIN_IO_URING_MODE", nullptr);
     CHECK(echo_on(IoBackendKind::io_uring) == IoBackendKind::io_uring);
-    CHECK(echo_on(IoBackendKind::automatic) == IoBackendKind::epoll);
+    // Automatic is io_uring in completion mode where the kernel allows it.
+    CHECK(skein::resolve_io_backend(IoBackendKind::automatic) == IoBackendKind::io_uring);
+    CHECK(echo_on(IoBackendKind::automatic) == IoBackendKind::io_uring);
     // Both at once: one runtime per backend, each serving its own sockets.
     skein::RuntimeOptions uring_options;
     uring_options.workers = 1;

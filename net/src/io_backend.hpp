@@ -17,10 +17,18 @@
 //   `deadline` (no_deadline: no limit; a past deadline: do not sleep) or a signal, and delivers what
 //   it saw. It may return early; the scheduler re-checks.
 // - No member throws; errors come back as an errno value (0 for success).
+//
+// A backend may also *perform* operations (io_uring's completion mode: ops() is true): the core
+// then hands it each wait as an operation (submit), a recv, send, accept or one-shot poll whose
+// completion wakes the fiber, instead of registering descriptors with add().
 #pragma once
 
 #include <skein/time.hpp>
 
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 
@@ -32,6 +40,7 @@ namespace skein::detail {
 
 class Inbox;
 class IoCore;
+struct Fiber;
 
 enum class Direction : std::uint8_t { read, write };
 
@@ -41,6 +50,36 @@ enum IoEvents : std::uint32_t {
   io_writable = 2,  // buffer space (or a finished connect)
   io_read_hup = 4,  // the peer shut its side: reads stay ready for good (EPOLLRDHUP)
   io_hup = 8,       // hang-up or error: both directions stay ready for good (EPOLLHUP/EPOLLERR)
+};
+
+// An operation a completion backend performs on a descriptor, on the caller's memory.
+struct IoOp {
+  enum Kind : std::uint8_t {
+    poll,     // wait for the direction's readiness; completes with IoEvents bits
+    recv,     // recv(fd, buf, len, flags)
+    send,     // send(fd, buf, len, flags)
+    sendmsg,  // sendmsg(fd, msg, flags)
+    accept,   // accept4(fd, addr, addrlen, flags)
+  };
+  Kind kind = poll;
+  int flags = 0;
+  void* buf = nullptr;
+  std::size_t len = 0;
+  msghdr* msg = nullptr;
+  sockaddr* addr = nullptr;
+  socklen_t* addrlen = nullptr;
+};
+
+// One operation in flight, on its waiting fiber's stack: the backend's completion sets `result`
+// (the call's result or minus its errno; for a poll, IoEvents bits) and `done`, then unparks
+// `fiber`. It must stay alive until `done`, even when the wait ended otherwise (cancel() first).
+struct IoOpState {
+  const IoOp* op = nullptr;
+  int fd = -1;
+  Direction dir = Direction::read;
+  bool done = false;
+  int result = 0;
+  Fiber* fiber = nullptr;
 };
 
 // The backend a worker uses; RuntimeOptions::io_backend and SKEIN_IO choose it.
@@ -58,6 +97,16 @@ class IoBackend {
   virtual void wait(TimePoint deadline) noexcept = 0;
   // Delivers the events already there, without sleeping.
   virtual void poll() noexcept = 0;
+  // Whether this backend performs operations (submit/cancel) rather than watching descriptors.
+  virtual bool ops() const noexcept { return false; }
+  // Queues `s.op` on `s.fd` (sent to the kernel by the next wait or poll). 0 or an errno.
+  virtual int submit(IoOpState& s) noexcept {
+    (void)s;
+    return ENOTSUP;
+  }
+  // Asks the kernel now to cancel `s`'s operation; its completion still comes (with the result,
+  // if it finished first, else -ECANCELED).
+  virtual void cancel(IoOpState& s) noexcept { (void)s; }
 };
 
 // Creates the backend `kind` for `core`, watching `inbox`'s fd. On failure returns nullptr and sets
@@ -67,12 +116,17 @@ std::unique_ptr<IoBackend> make_epoll_backend(IoCore& core, Inbox& inbox, int& e
 std::unique_ptr<IoBackend> make_uring_backend(IoCore& core, Inbox& inbox, int& err, const char*& why);
 // Whether this process may use io_uring (the kernel is probed once per process): 0, or the errno
 // with `why` set as make_uring_backend would. SKEIN_IO_URING_DISABLED=1 makes it say no (tests).
+// SKEIN_IO_URING_MODE=completion where the kernel lacks its opcodes makes it say no too.
 int uring_unavailable(const char*& why) noexcept;
+// Whether an io_uring backend performs operations (completion mode, the default where the kernel
+// has the opcodes) or watches readiness with multishot polls (SKEIN_IO_URING_MODE=readiness).
+bool uring_completion_mode() noexcept;
 
 // The backend for a worker whose runtime asked for `requested` (RuntimeOptions::io_backend), the
 // environment variable SKEIN_IO (auto, epoll, io_uring) overriding it. Automatic picks io_uring
-// where the kernel allows it, else epoll. Throws std::system_error naming the reason when an
-// explicitly requested backend is unavailable, or SKEIN_IO holds something else.
+// in completion mode where the kernel allows it, else epoll. Throws std::system_error naming the
+// reason when an explicitly requested backend is unavailable, or SKEIN_IO (or SKEIN_IO_URING_MODE:
+// completion, readiness) holds something else.
 std::unique_ptr<IoBackend> make_backend(IoCore& core, Inbox& inbox, IoBackendKind requested);
 
 }  // namespace skein::detail

@@ -85,6 +85,7 @@ void Mailbox::close() noexcept {
 
 IoCore::IoCore(Inbox& inbox, IoBackendKind backend) : mailbox_(std::make_shared<Mailbox>(inbox)) {
   backend_ = make_backend(*this, inbox, backend);
+  ops_ = backend_->ops();
 }
 
 IoCore::~IoCore() {
@@ -126,6 +127,7 @@ int IoCore::wait(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer kind
 int IoCore::park_on(IoHandle& h, Direction dir, TimePoint deadline) noexcept {
   FdState& st = *h.st;
   if (st.generation != h.generation) return io_closed;
+  if (ops_) return park_poll(h, dir, deadline);
   const auto d = static_cast<std::size_t>(dir);
   if (st.waiter[d]) return io_busy;
   if (!st.registered) {
@@ -150,6 +152,74 @@ int IoCore::park_on(IoHandle& h, Direction dir, TimePoint deadline) noexcept {
       return io_cancelled;
   }
   return io_timed_out;
+}
+
+int IoCore::park_poll(IoHandle& h, Direction dir, TimePoint deadline) noexcept {
+  FdState& st = *h.st;
+  const auto d = static_cast<std::size_t>(dir);
+  if (st.ready[d]) return 0;
+  const IoOp op{};  // IoOp::poll
+  const ssize_t r = perform(h, dir, deadline, op);
+  if (r < 0) return static_cast<int>(-r);
+  const auto events = static_cast<std::uint32_t>(r);
+  if (events & (io_read_hup | io_hup)) st.hung_up[0] = true;
+  if (events & io_hup) st.hung_up[1] = true;
+  st.ready[d] = true;
+  return 0;
+}
+
+namespace {
+
+int wake_code(Wake w) noexcept {
+  switch (w) {
+    case Wake::timed_out:
+      return io_timed_out;
+    case Wake::expired:
+      return io_expired;
+    case Wake::cancelled:
+      return io_cancelled;
+    case Wake::notified:
+      break;
+  }
+  return 0;
+}
+
+}  // namespace
+
+ssize_t IoCore::perform(IoHandle& h, Direction dir, TimePoint deadline, const IoOp& op) noexcept {
+  FdState& st = *h.st;
+  if (st.generation != h.generation) return -io_closed;
+  const auto d = static_cast<std::size_t>(dir);
+  if (st.op[d]) return -io_busy;
+  IoOpState s;
+  s.op = &op;
+  s.fd = h.fd;
+  s.dir = dir;
+  s.fiber = current_fiber();
+  if (const int err = backend_->submit(s)) return -err;
+  st.op[d] = &s;
+  budget_ = io_budget;  // a real wait
+  ++fd_waiters_;
+  // Only the completion unparks the fiber (the backend sets `done` first), so a wake-up that is
+  // not `notified` came from the deadline or a cancel.
+  const Wake w = park(deadline);
+  if (!s.done) {
+    // The operation is still the kernel's, on the caller's memory: cancel it, and wait for its
+    // completion whatever happens meanwhile. (forget() cancelled it already if it cleared op[d].)
+    if (st.op[d] == &s) backend_->cancel(s);
+    ShieldGuard shield;
+    while (!s.done) park(no_deadline);
+  }
+  --fd_waiters_;
+  if (st.op[d] == &s) st.op[d] = nullptr;
+  if (st.generation != h.generation) {
+    // Closed meanwhile: what the operation got goes nowhere; a connection it accepted is closed.
+    if (op.kind == IoOp::accept && s.result >= 0) syscall(SYS_close, s.result);
+    return -io_closed;
+  }
+  // Data (or a connection) that came before the cancel took is returned, not dropped.
+  if (s.result >= 0 || w == Wake::notified || s.result != -ECANCELED) return s.result;
+  return -wake_code(w);
 }
 
 int IoCore::poll_wait(int fd, Direction dir, TimePoint deadline, bool restart) noexcept {
@@ -183,6 +253,15 @@ void IoCore::forget(int fd) noexcept {
   for (std::size_t d = 0; d < 2; ++d) {
     st.ready[d] = true;
     st.hung_up[d] = false;
+    if (ops_) {
+      // The operation's fiber wakes at its completion (-ECANCELED, or what it got first) and,
+      // seeing the new generation, reports io_closed. Cancelled now, so close() releases the file.
+      if (IoOpState* s = st.op[d]) {
+        st.op[d] = nullptr;
+        backend_->cancel(*s);
+      }
+      continue;
+    }
     if (Fiber* f = st.waiter[d]) {
       st.waiter[d] = nullptr;
       unpark(f);

@@ -2,11 +2,14 @@
 // loop every user of readiness goes through (sockets, the hooks, the server's signal watcher).
 // It is the scheduler's detail::Driver, installed the first time a fiber on that worker does I/O,
 // and sleeps in the kernel through a backend (io_backend.hpp: epoll or io_uring), which reports
-// readiness events to deliver().
+// readiness events to deliver() -- or, for a backend that performs operations (io_uring's
+// completion mode, IoBackend::ops), completes each wait as an operation: see transfer().
 //
 // Contract:
-// - Each fd is registered with the backend once, at its first wait, for both directions with edge
-//   semantics, and deregistered by forget() before it is closed.
+// - Readiness backends: each fd is registered with the backend once, at its first wait, for both
+//   directions with edge semantics, and deregistered by forget() before it is closed. Completion
+//   backends: nothing is registered; each wait is one operation (a transfer, or a one-shot poll
+//   for run() and wait()) recorded in FdState::op until its completion, which forget() cancels.
 // - Per fd it keeps one reader and one writer waiter and a readiness flag per direction. The
 //   flags are what makes edge-triggering safe: an event sets them, and only run() clears them,
 //   when a call reports EAGAIN or (streams) a short transfer. A fiber parks only while its flag is
@@ -100,7 +103,10 @@ struct FdState {
   // The peer hung up or the socket failed (RDHUP/HUP/ERR): the direction stays ready for good,
   // because the event that said so may come with the last data, and no further edge follows.
   bool hung_up[2] = {false, false};
-  Fiber* waiter[2] = {nullptr, nullptr};
+  union {
+    Fiber* waiter[2] = {nullptr, nullptr};  // a readiness backend: the fiber parked per direction
+    IoOpState* op[2];                       // a completion backend (IoBackend::ops): the operation in flight
+  };
 };
 
 // One call's hold on a descriptor: the fd, the core whose slot it uses and the slot's generation
@@ -181,6 +187,17 @@ class IoCore final : public Driver {
   template <class Call>
   static ssize_t run(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer kind, Call attempt) noexcept;
 
+  // run() for a transfer a completion backend can perform itself (`op`, on the same memory as
+  // `attempt`). On a backend that performs operations (IoBackend::ops): a read while `dir` is
+  // ready tries `attempt` directly as run() does; a read that would block, and every write, hands
+  // the backend `op` and parks until its completion, whose result is returned (a transfer that
+  // filled `kind.want`, or an accept, leaves `dir` ready). A deadline or cancel meanwhile cancels the
+  // operation and waits for it (the buffers stay the caller's until the kernel is done): a result
+  // that came first is returned, not lost. On other backends this is run().
+  template <class Call>
+  static ssize_t transfer(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer kind, const IoOp& op,
+                          Call attempt) noexcept;
+
   // The call made on `h` said it would block in `dir` (connect's EINPROGRESS): parks until `dir`
   // is ready. Returns 0 or an error as run() does (as a positive value).
   static int wait(IoHandle& h, Direction dir, TimePoint deadline,
@@ -246,6 +263,11 @@ class IoCore final : public Driver {
   IoHandle new_handle(int fd) noexcept;
   // Parks the running fiber until `h`'s fd is ready for `dir`; 0 or an error.
   int park_on(IoHandle& h, Direction dir, TimePoint deadline) noexcept;
+  // park_on() on a completion backend: a one-shot poll operation, so nothing of the descriptor
+  // stays in the kernel once the wait ends.
+  int park_poll(IoHandle& h, Direction dir, TimePoint deadline) noexcept;
+  // Hands `op` to the backend and parks until its completion; its result or minus an error.
+  ssize_t perform(IoHandle& h, Direction dir, TimePoint deadline, const IoOp& op) noexcept;
   // The thread-side wait: poll(2) until ready; 0 or an error.
   static int poll_wait(int fd, Direction dir, TimePoint deadline, bool restart) noexcept;
   // Lets the other ready fibers run; true if the fiber was cancelled meanwhile.
@@ -262,6 +284,7 @@ class IoCore final : public Driver {
   std::shared_ptr<Mailbox> mailbox_;
   std::vector<std::shared_ptr<Completion>> completed_;  // scratch for take_remote
   std::unique_ptr<IoBackend> backend_;
+  bool ops_ = false;  // backend_->ops(): waits are operations, not registrations
 };
 
 template <class Call>
@@ -291,6 +314,46 @@ ssize_t IoCore::run(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer k
     }
     const int w = st ? h.core->park_on(h, dir, deadline) : poll_wait(h.fd, dir, deadline, kind.restart);
     if (w != 0) return -w;
+  }
+}
+
+template <class Call>
+ssize_t IoCore::transfer(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer kind, const IoOp& op,
+                         Call attempt) noexcept {
+  FdState* const st = h.st;
+  if (!st || !h.core->ops_) [[likely]]
+    return run(h, dir, deadline, kind, attempt);
+  IoCore& core = *h.core;
+  const auto d = static_cast<std::size_t>(dir);
+  for (;;) {
+    // Sends always go to the backend: queued into the turn's one io_uring_enter, a send costs
+    // less than its own system call, which is most of what a direct one costs (docs/io_uring.md).
+    if (st->ready[d] && dir == Direction::read) {
+      if (--core.budget_ == 0) {
+        if (core.yield_for_fairness()) return -io_cancelled;
+        if (st->generation != h.generation) return -io_closed;
+        continue;
+      }
+      const ssize_t n = attempt();
+      if (n >= 0) {
+        if (n > 0 && static_cast<std::size_t>(n) < kind.want) st->ready[d] = st->hung_up[d];
+        return n;
+      }
+      const int err = errno;
+      if (err == EINTR) continue;
+      if (err != EAGAIN && err != EWOULDBLOCK) return -err;
+      st->ready[d] = false;
+    }
+    const ssize_t r = core.perform(h, dir, deadline, op);
+    if (r == -EAGAIN || r == -EWOULDBLOCK) [[unlikely]] {
+      // The kernel would not wait for this one: wait for readiness, then try again.
+      if (const int w = core.park_poll(h, dir, deadline)) return -w;
+      continue;
+    }
+    // A transfer that filled the buffer (or an accept) may have left more: the next call tries
+    // directly. A short one drained the socket: the next goes straight to an operation.
+    if (r >= 0) st->ready[d] = kind.want == 0 || static_cast<std::size_t>(r) == kind.want;
+    return r;
   }
 }
 

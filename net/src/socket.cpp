@@ -1,5 +1,6 @@
 // The sockets' system calls, each made through the I/O core's one retry loop (IoCore::run, in
-// io_core.hpp), whose error codes become std::system_error here, at the public edge.
+// io_core.hpp; stream transfers and accepts through IoCore::transfer, which a completion backend
+// may perform itself), whose error codes become std::system_error here, at the public edge.
 #include "io_core.hpp"
 
 #include <skein/socket.hpp>
@@ -139,8 +140,11 @@ std::size_t Stream::read(std::span<char> buf, Deadline deadline) {
   require_open(fd_, "skein::Stream::read");
   if (buf.empty()) return 0;
   IoHandle h = io_handle(*this);
-  const ssize_t n = IoCore::run(h, Direction::read, deadline.at(), IoTransfer::stream(buf.size()),
-                                [&] { return ::recv(fd_, buf.data(), buf.size(), 0); });
+  detail::IoOp op{detail::IoOp::recv};
+  op.buf = buf.data();
+  op.len = buf.size();
+  const ssize_t n = IoCore::transfer(h, Direction::read, deadline.at(), IoTransfer::stream(buf.size()), op,
+                                     [&] { return ::recv(fd_, buf.data(), buf.size(), 0); });
   if (n < 0) throw_io(n, Direction::read, "skein::Stream::read");
   return static_cast<std::size_t>(n);
 }
@@ -159,8 +163,11 @@ std::size_t Stream::write(std::string_view data, Deadline deadline) {
   if (data.empty()) return 0;
   IoHandle h = io_handle(*this);
   // MSG_NOSIGNAL: a closed peer is EPIPE for this call, not SIGPIPE for the process.
-  const ssize_t n = IoCore::run(h, Direction::write, deadline.at(), IoTransfer::stream(data.size()),
-                                [&] { return ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL); });
+  detail::IoOp op{detail::IoOp::send, MSG_NOSIGNAL};
+  op.buf = const_cast<char*>(data.data());
+  op.len = data.size();
+  const ssize_t n = IoCore::transfer(h, Direction::write, deadline.at(), IoTransfer::stream(data.size()), op,
+                                     [&] { return ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL); });
   if (n < 0) throw_io(n, Direction::write, "skein::Stream::write");
   return static_cast<std::size_t>(n);
 }
@@ -188,8 +195,10 @@ void Stream::write_all(std::span<const std::string_view> parts, Deadline deadlin
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = count;
-    const ssize_t n = IoCore::run(h, Direction::write, deadline.at(), IoTransfer::stream(total),
-                                  [&] { return ::sendmsg(fd_, &msg, MSG_NOSIGNAL); });
+    detail::IoOp op{detail::IoOp::sendmsg, MSG_NOSIGNAL};
+    op.msg = &msg;
+    const ssize_t n = IoCore::transfer(h, Direction::write, deadline.at(), IoTransfer::stream(total), op,
+                                       [&] { return ::sendmsg(fd_, &msg, MSG_NOSIGNAL); });
     if (n < 0) throw_io(n, Direction::write, "skein::Stream::write_all");
     auto left = static_cast<std::size_t>(n);
     while (left > 0) {
@@ -265,34 +274,45 @@ Stream connect(std::string_view host, std::uint16_t port, Deadline deadline) {
 
 // ---- Listener -----------------------------------------------------------------------------
 
+namespace {
+
+// An error accept reports for one connection, not for the listener: a connection that died in the
+// queue, or a network error Linux passes on from the new socket (accept(2)). Take the next one.
+bool transient_accept_error(int err) noexcept {
+  switch (err) {
+    case ECONNABORTED:
+    case EPROTO:
+    case ENOPROTOOPT:
+    case EHOSTDOWN:
+    case ENONET:
+    case EHOSTUNREACH:
+    case ENETDOWN:
+    case ENETUNREACH:
+    case EPERM:  // a firewall rule refused it
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
 Stream Listener::accept(Address* peer, Deadline deadline) {
   require_open(fd_, "skein::Listener::accept");
   IoHandle h = io_handle(*this);
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
-  const ssize_t fd = IoCore::run(h, Direction::read, deadline.at(), IoTransfer::message(), [&]() -> ssize_t {
-    for (;;) {
+  detail::IoOp op{detail::IoOp::accept, SOCK_NONBLOCK | SOCK_CLOEXEC};
+  op.addr = reinterpret_cast<sockaddr*>(&ss);
+  op.addrlen = &len;
+  ssize_t fd;
+  do {
+    len = sizeof ss;
+    fd = IoCore::transfer(h, Direction::read, deadline.at(), IoTransfer::message(), op, [&]() -> ssize_t {
       len = sizeof ss;
-      const int s = ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (s >= 0) return s;
-      switch (errno) {
-        // A connection that died in the queue, or a network error Linux passes on from the new
-        // socket (accept(2)): the listener itself is fine, take the next one.
-        case ECONNABORTED:
-        case EPROTO:
-        case ENOPROTOOPT:
-        case EHOSTDOWN:
-        case ENONET:
-        case EHOSTUNREACH:
-        case ENETDOWN:
-        case ENETUNREACH:
-        case EPERM:  // a firewall rule refused it
-          continue;
-        default:
-          return -1;
-      }
-    }
-  });
+      return ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    });
+  } while (fd < 0 && transient_accept_error(static_cast<int>(-fd)));
   if (fd < 0) throw_io(fd, Direction::read, "skein::Listener::accept");
   auto s = detail::SocketAccess::adopt<Stream>(static_cast<int>(fd));
   if (is_ip(ss.ss_family)) set_nodelay(static_cast<int>(fd));

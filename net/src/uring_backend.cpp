@@ -58,6 +58,7 @@ std::uint32_t to_events(unsigned mask) noexcept {
 struct Probe {
   int err = 0;
   const char* why = nullptr;
+  bool ops = false;  // the opcodes of completion mode are there (Linux 5.6)
 };
 
 int read_io_uring_disabled() noexcept {
@@ -90,6 +91,10 @@ Probe probe_kernel() noexcept {
     for (const int op : {IORING_OP_POLL_ADD, IORING_OP_POLL_REMOVE})
       if (!io_uring_opcode_supported(p, op))
         result = {ENOTSUP, "the kernel's io_uring lacks poll add/remove"};
+    result.ops = true;
+    for (const int op :
+         {IORING_OP_RECV, IORING_OP_SEND, IORING_OP_SENDMSG, IORING_OP_ACCEPT, IORING_OP_ASYNC_CANCEL})
+      if (!io_uring_opcode_supported(p, op)) result.ops = false;
     io_uring_free_probe(p);
   } else {
     result = {ENOTSUP, "the kernel's io_uring cannot be probed for opcodes (Linux 5.6 or later is needed)"};
@@ -121,7 +126,7 @@ const Probe& kernel_probe() noexcept {
 
 class UringBackend final : public IoBackend {
  public:
-  UringBackend(IoCore& core, Inbox& inbox) noexcept : core_(core), inbox_(inbox) {}
+  UringBackend(IoCore& core, Inbox& inbox, bool ops) noexcept : core_(core), inbox_(inbox), ops_(ops) {}
   UringBackend(const UringBackend&) = delete;
   UringBackend& operator=(const UringBackend&) = delete;
   ~UringBackend() override {
@@ -169,6 +174,40 @@ class UringBackend final : public IoBackend {
   }
 
   BackendKind kind() const noexcept override { return BackendKind::io_uring; }
+  bool ops() const noexcept override { return ops_; }
+
+  int submit(IoOpState& s) noexcept override {
+    io_uring_sqe* sqe = get_sqe();
+    const IoOp& op = *s.op;
+    switch (op.kind) {
+      case IoOp::poll:
+        io_uring_prep_poll_add(sqe, s.fd, s.dir == Direction::read ? POLLIN | POLLRDHUP : POLLOUT);
+        break;
+      case IoOp::recv:
+        io_uring_prep_recv(sqe, s.fd, op.buf, op.len, op.flags);
+        break;
+      case IoOp::send:
+        io_uring_prep_send(sqe, s.fd, op.buf, op.len, op.flags);
+        break;
+      case IoOp::sendmsg:
+        io_uring_prep_sendmsg(sqe, s.fd, op.msg, static_cast<unsigned>(op.flags));
+        break;
+      case IoOp::accept:
+        io_uring_prep_accept(sqe, s.fd, op.addr, op.addrlen, op.flags);
+        break;
+    }
+    io_uring_sqe_set_data(sqe, &s);
+    return 0;
+  }
+
+  void cancel(IoOpState& s) noexcept override {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel(sqe, &s, 0);
+    io_uring_sqe_set_data64(sqe, ignore_tag);
+    if (skip_success_) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    // Now: a cancel at close must release the file before close() returns (the peer's FIN).
+    io_uring_submit(&ring_);
+  }
 
   int add(int fd, std::uint32_t generation) noexcept override {
     const auto i = static_cast<std::size_t>(fd);
@@ -269,6 +308,16 @@ class UringBackend final : public IoBackend {
       }
       return;
     }
+    if (ops_) {
+      auto* s = reinterpret_cast<IoOpState*>(static_cast<std::uintptr_t>(data));
+      const int res = cqe->res;
+      s->result = s->op->kind == IoOp::poll && res >= 0
+                      ? static_cast<int>(to_events(static_cast<unsigned>(res)))
+                      : res;
+      s->done = true;
+      unpark(s->fiber);
+      return;
+    }
     const int fd = static_cast<int>(static_cast<std::uint32_t>(data));
     const auto generation = static_cast<std::uint32_t>(data >> 32);
     const auto i = static_cast<std::size_t>(fd);
@@ -305,6 +354,7 @@ class UringBackend final : public IoBackend {
   IoCore& core_;
   Inbox& inbox_;
   io_uring ring_{};
+  bool ops_;  // completion mode: user_data is an IoOpState
   bool ring_ok_ = false;
   bool taskrun_flag_ = false;
   bool skip_success_ = false;
@@ -320,12 +370,31 @@ int uring_unavailable(const char*& why) noexcept {
   }
   const Probe& p = kernel_probe();
   why = p.why;
-  return p.err;
+  if (p.err != 0) return p.err;
+  if (const char* v = std::getenv("SKEIN_IO_URING_MODE"); v && *v) {
+    if (std::strcmp(v, "completion") != 0 && std::strcmp(v, "readiness") != 0) {
+      why = "SKEIN_IO_URING_MODE is not one of completion, readiness";
+      return EINVAL;
+    }
+    if (std::strcmp(v, "completion") == 0 && !p.ops) {
+      why =
+          "the kernel's io_uring lacks recv, send, sendmsg, accept or async cancel (Linux 5.6 or later is "
+          "needed)";
+      return ENOTSUP;
+    }
+  }
+  return 0;
+}
+
+bool uring_completion_mode() noexcept {
+  const char* v = std::getenv("SKEIN_IO_URING_MODE");
+  if (v && std::strcmp(v, "readiness") == 0) return false;
+  return kernel_probe().ops;
 }
 
 std::unique_ptr<IoBackend> make_uring_backend(IoCore& core, Inbox& inbox, int& err, const char*& why) {
   if ((err = uring_unavailable(why)) != 0) return nullptr;
-  auto backend = std::make_unique<UringBackend>(core, inbox);
+  auto backend = std::make_unique<UringBackend>(core, inbox, uring_completion_mode());
   if ((err = backend->init(why)) != 0) return nullptr;
   return backend;
 }
@@ -346,6 +415,10 @@ int uring_unavailable(const char*& why) noexcept {
 std::unique_ptr<IoBackend> make_uring_backend(IoCore&, Inbox&, int& err, const char*& why) {
   err = uring_unavailable(why);
   return nullptr;
+}
+
+bool uring_completion_mode() noexcept {
+  return false;
 }
 
 }  // namespace skein::detail

@@ -21,7 +21,7 @@ namespace skein {
 
 // The kernel interface a worker sleeps in and learns I/O readiness from (docs/io_uring.md).
 enum class IoBackendKind : std::uint8_t {
-  automatic,  // epoll, for now: see docs/io_uring.md for what io_uring still lacks
+  automatic,  // io_uring (completion mode) where the kernel allows it, else epoll
   epoll,
   io_uring,
 };
