@@ -626,3 +626,57 @@ TEST_SUITE("scheduler") {
     CHECK(stopped);
   }
 }
+
+TEST_SUITE("scheduler") {
+  // A worker with nothing to run sleeps in the kernel, and a message posted to it as it falls
+  // asleep must wake it (the inbox's sleep protocol, runtime/src/scheduler.hpp). A plain thread
+  // sends a fiber on a worker that never spins (idle_spin 0) one value at a time, each as soon as
+  // the fiber has taken the last: each wake-up races the worker's way back to sleep. The thread
+  // notices a value left untaken for seconds (the worker slept through the wake-up), counts it,
+  // and wakes the worker with a message to another of its fibers, so a lost wake-up fails the
+  // test instead of hanging it.
+  TEST_CASE("a worker falling asleep as a message reaches it never sleeps through it: 30,000 tries") {
+    constexpr int rounds = 30'000;
+    int stalls = 0;
+    int mismatches = 0;
+    skein::RuntimeOptions options{2};
+    options.idle_spin = std::chrono::microseconds{0};
+    skein::run(options, [&] {
+      skein::Channel<int> values;
+      skein::Channel<int> nudges(skein::unbounded);
+      std::atomic<int> taken{-1};
+      auto nudged = skein::spawn_on(1, [&nudges] {
+        for (int v : nudges) (void)v;
+      });
+      auto receiver = skein::spawn_on(1, [&] {
+        int expected = 0;
+        for (int v : values) {
+          if (v != expected++) ++mismatches;
+          taken.store(v, std::memory_order_release);
+        }
+      });
+      std::thread sender([&] {
+        for (int i = 0; i < rounds && stalls < 3; ++i) {
+          values.send(i);
+          auto give_up = std::chrono::steady_clock::now() + 5s;
+          for (unsigned spins = 1; taken.load(std::memory_order_acquire) != i; ++spins) {
+            if (spins % 1024 != 0) continue;
+            std::this_thread::yield();  // the worker may need this CPU
+            if (std::chrono::steady_clock::now() > give_up) {
+              ++stalls;
+              nudges.send(0);
+              give_up = std::chrono::steady_clock::now() + 5s;
+            }
+          }
+        }
+        values.close();
+        nudges.close();
+      });
+      receiver.join();
+      nudged.join();
+      sender.join();
+    });
+    CHECK(mismatches == 0);
+    CHECK_MESSAGE(stalls == 0, "a worker slept through a message posted to it (a lost wake-up)");
+  }
+}

@@ -191,7 +191,16 @@ RemoteNode* Inbox::take() noexcept {
 }
 
 bool Inbox::prepare_sleep(State how) noexcept {
-  state_.store(how, std::memory_order_seq_cst);
+  // Dekker's pattern (store one's own flag, then load the other side's) needs the store ordered
+  // before the load. A seq_cst store promises it, and an Arm core keeps an STLR before a later
+  // LDAR, but qemu-user emulates STLR as barrier-then-store and LDAR as load-then-barrier: on an x86
+  // host the load passes the store still in the store buffer, a producer pushing meanwhile reads
+  // state_ as awake, and the worker sleeps with the node queued (a hang when nothing else posts to
+  // it). An exchange is a read-modify-write, which qemu runs as a locked host instruction (a full
+  // barrier), x86 as one already, and Arm as SWPAL (its release part is kept before the LDAR); a
+  // fence would do too, but TSan cannot check fences. The producer's push is a read-modify-write
+  // already.
+  state_.exchange(how, std::memory_order_seq_cst);
   if (head_.load(std::memory_order_seq_cst) == nullptr && !driver_flag_.load(std::memory_order_seq_cst))
     return true;
   state_.store(awake, std::memory_order_relaxed);

@@ -132,7 +132,7 @@ class TimerHeap {
 //   in_driver  the consumer sleeps, or is about to, in its driver (epoll, ppoll), which watches
 //              the eventfd: fibers wait on I/O too.
 // The consumer moves awake -> on_futex/in_driver (prepare_sleep, a sequentially consistent
-// store followed by a sequentially consistent load of the stack's head: if a node is there it
+// exchange followed by a sequentially consistent load of the stack's head: if a node is there it
 // goes back to awake and does not sleep) and back to awake when it wakes (end_sleep; relaxed:
 // nothing is published through it). A producer pushes (a sequentially consistent CAS, or the
 // driver flag's sequentially consistent exchange), then
