@@ -25,6 +25,10 @@
 #ifndef SKEIN_DEBUG_RECORDS
 #define SKEIN_DEBUG_RECORDS 1
 #endif
+// Measuring only: read the clock at every park instead of using the loop's last reading.
+#ifndef SKEIN_DEBUG_PARK_CLOCK
+#define SKEIN_DEBUG_PARK_CLOCK 0
+#endif
 
 namespace skein::detail {
 
@@ -291,7 +295,11 @@ class Scheduler {
     // sleep): a clock read per park would cost more than the rest of the record.
     f->wait_reason = why.reason;
     f->wait_detail = why.detail;
+#if SKEIN_DEBUG_PARK_CLOCK
+    f->wait_since = coarse_clock_ns();
+#else
     f->wait_since = coarse_now_;
+#endif
     ++counters_.parks_by_reason[static_cast<std::size_t>(why.reason)];
 #else
     (void)why;
