@@ -90,7 +90,7 @@ struct WorkerStats {
   std::uint64_t runtime = 0;   // as FiberInfo::runtime (0 in Stats::total)
   std::size_t worker = 0;      // its index
   std::uint64_t fibers = 0;    // live now
-  std::uint64_t switches = 0;  // fiber resumptions (each one a switch in and one back)
+  std::uint64_t switches = 0;  // fiber resumptions: parks + yields + fibers that ended
   std::uint64_t spawns = 0;    // fibers started on this worker
   std::uint64_t yields = 0;    // skein::yield calls that gave way
   std::uint64_t parks = 0;     // waits that parked (the sum of parks_by_reason)

@@ -245,12 +245,16 @@ void Scheduler::unbind() noexcept {
 void Scheduler::prepare(Fiber* f, Stack stack, std::string name, std::source_location where) noexcept {
   f->stack = stack;
   f->scheduler = this;
-  const Fiber* parent = current_fiber();
+  Scheduler* spawner = tl_scheduler;
+#if SKEIN_DEBUG_RECORDS
+  const Fiber* parent = spawner ? spawner->running_ : nullptr;
   f->parent_id = parent ? parent->id : 0;
   f->spawn_site = where;
+#else
+  (void)where;
+#endif
   // Ids are small and unique in the runtime without a shared counter (RuntimeCore::id_stride):
   // worker k hands out k + 1, k + 1 + stride, ... for the fibers its own fibers spawn.
-  Scheduler* spawner = tl_scheduler;
   if (spawner && spawner->runtime_ == runtime_)
     f->id = spawner->spawned_++ * runtime_->id_stride() + spawner->index_ + 1;
   else
@@ -309,7 +313,7 @@ void Scheduler::loop() {
       if (--until_timer_check_ == 0) {
         until_timer_check_ = timer_check_interval;
 #if SKEIN_DEBUG_RECORDS
-        coarse_now_ = coarse_clock_ns();
+        coarse_stale_ = true;
 #endif
         if (may_join > 0 && !timers_.empty()) {
           const std::size_t joined = serve_due_timers();
@@ -384,7 +388,7 @@ void Scheduler::idle() {
   // A sleep costs microseconds of system calls: two clock reads around it are noise.
   ++counters_.idle_sleeps;
   counters_.slept += Clock::now() - slept;
-  coarse_now_ = coarse_clock_ns();
+  coarse_stale_ = true;
 #endif
   // Woken by a message that came soon after this worker fell asleep (within the longest spin
   // allowed; the time counts the wake-up too): another worker talks to this one, and a spin a
@@ -610,6 +614,9 @@ void Scheduler::copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerSt
   stats->fibers = live_count_;
   stats->parks = 0;
   for (const std::uint64_t n : counters_.parks_by_reason) stats->parks += n;
+  // Every resumption ends in a park, a yield or the fiber's end: counting those three is cheaper
+  // than counting switches. (Fibers that ended = started - live.)
+  stats->switches = stats->parks + stats->yields + (stats->spawns - live_count_);
   if (!out) return;
   out->reserve(out->size() + live_count_);
   const std::int64_t coarse = coarse_clock_ns();

@@ -291,13 +291,17 @@ class Scheduler {
     f->state = FiberState::parked;
     f->wake = Wake::notified;
 #if SKEIN_DEBUG_RECORDS
-    // The clock the loop last read (every timer_check_interval resumptions and after each
-    // sleep): a clock read per park would cost more than the rest of the record.
+    // The clock as read at most timer_check_interval resumptions (or one sleep) ago: a clock
+    // read per park would cost more than the rest of the record (docs/observability.md).
     f->wait_reason = why.reason;
     f->wait_detail = why.detail;
 #if SKEIN_DEBUG_PARK_CLOCK
     f->wait_since = coarse_clock_ns();
 #else
+    if (coarse_stale_) [[unlikely]] {
+      coarse_now_ = coarse_clock_ns();
+      coarse_stale_ = false;
+    }
     f->wait_since = coarse_now_;
 #endif
     ++counters_.parks_by_reason[static_cast<std::size_t>(why.reason)];
@@ -371,9 +375,6 @@ class Scheduler {
     SKEIN_ASSERT_STATE(f, FiberState::ready, "resume");
     running_ = f;
     f->state = FiberState::running;
-#if SKEIN_DEBUG_RECORDS
-    ++counters_.switches;
-#endif
     switch_context(*home_, *f->resume_at);
     running_ = nullptr;
     if (f->state == FiberState::done) finish(f);
@@ -426,8 +427,11 @@ class Scheduler {
   TimePoint busy_until_{};           // poll rather than sleep until then
   Inbox inbox_;                      // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
-  // CLOCK_MONOTONIC_COARSE as the loop last read it: what parks record as their start.
+  // CLOCK_MONOTONIC_COARSE as last read: what parks record as their start. The loop marks it
+  // stale every timer_check_interval resumptions and after each sleep; the next park reads it
+  // again, so loops that only yield never read it.
   std::int64_t coarse_now_ = coarse_clock_ns();
+  bool coarse_stale_ = false;
   // Written by this worker only; read by this worker when it answers a debug request.
   debug::WorkerStats counters_;
   // Debug requests from other threads (see ask()), under debug_mutex_.

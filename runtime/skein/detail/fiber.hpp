@@ -249,15 +249,15 @@ struct Fiber : ExecContext {
   WaitList joiners;                   // waiting for this one to finish (under joiners.lock)
   std::atomic<bool> finished{false};  // state reached done (set under joiners.lock)
   bool result_taken SKEIN_GUARDED_BY(joiners.lock) = false;  // a join has claimed the result
-  std::exception_ptr error;                                  // what the body threw
-  std::string name;
-  std::uint64_t id = 0;
-  std::uint64_t parent_id = 0;             // the fiber that spawned it (0: a plain thread)
-  std::source_location spawn_site;         // the spawn call (one pointer under libstdc++)
-  const char* hooked_call = nullptr;       // the libc call a hook runs for this fiber right now, or null
-  std::atomic<int> refs{2};                // the running fiber + its Task handle (+ one per cancel in flight)
   bool error_observed = false;             // join() rethrew `error` (or it was a cancellation)
   std::atomic<bool> cancel_posted{false};  // a cancel message is (or was) on its way
+  std::atomic<int> refs{2};                // the running fiber + its Task handle (+ one per cancel in flight)
+  std::exception_ptr error;                // what the body threw
+  std::string name;
+  std::uint64_t id = 0;
+  std::uint64_t parent_id = 0;        // the fiber that spawned it (0: a plain thread)
+  std::source_location spawn_site;    // the spawn call (one pointer under libstdc++)
+  const char* hooked_call = nullptr;  // the libc call a hook runs for this fiber right now, or null
   RemoteNode post_node{nullptr, this, RemoteNode::Kind::start};
   RemoteNode cancel_node{nullptr, this, RemoteNode::Kind::cancel};
 };
@@ -381,10 +381,10 @@ Wake block(WaitFor why, WaitNode& node, TimePoint deadline, Unlink unlink, void*
            bool unlink_on_wake = false) noexcept;
 
 // Names the libc call a hook is running for the calling fiber while it lives (a static string):
-// skein::debug shows it beside the wait it causes. Does nothing outside a fiber.
+// skein::debug shows it beside the wait it causes. Does nothing outside a fiber or for null.
 class HookedCallScope {
  public:
-  explicit HookedCallScope(const char* call) noexcept : self_(current_fiber()) {
+  explicit HookedCallScope(const char* call) noexcept : self_(call ? current_fiber() : nullptr) {
     if (self_) previous_ = std::exchange(self_->hooked_call, call);
   }
   ~HookedCallScope() {
