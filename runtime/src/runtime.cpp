@@ -109,6 +109,8 @@ RuntimeCore::~RuntimeCore() {
   release_token();
   join();
   while (outside_posters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  // A loop that never ran (run() failed before starting it) has not answered skein::debug.
+  for (Scheduler* s : workers_) s->close_debug();
   // The schedulers outlive every loop: a thread that posted the last message may still be inside
   // post() when the receiving worker has already left its loop.
   for (std::size_t i = caller_is_worker_ ? 1 : 0; i < workers_.size(); ++i) delete workers_[i];

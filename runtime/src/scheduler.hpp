@@ -359,6 +359,11 @@ class Scheduler {
   // skein::debug (any thread): queues `request` for this worker's next turn and wakes it; false,
   // queueing nothing, if its loop has ended (it has no fibers left to report).
   bool ask(DebugRequest* request, std::size_t slot) noexcept;
+  // After its loop has ended or when it never ran (the runtime's destructor, its threads joined):
+  // answers what is queued and refuses later requests. Idempotent.
+  void close_debug() noexcept {
+    answer_debug(true);
+  }
   // This thread, between fibers or from one of its own: copies its records and counters.
   void copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerStats* stats) const;
 
