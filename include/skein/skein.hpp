@@ -3,6 +3,7 @@
 
 #include <skein/channel.hpp>
 #include <skein/coroutine.hpp>
+#include <skein/debug.hpp>
 #include <skein/generator.hpp>
 #include <skein/net.hpp>
 #include <skein/run.hpp>

@@ -66,6 +66,7 @@ ssize_t transfer(Call call, int fd, Direction dir, bool dontwait, bool all, std:
   FdEntry* e = classified(fd);
   if (!waitable(e) || dontwait) return attempt(0);
   IoCore* core = fiber_core(call);
+  const CallLabel label(core != nullptr, call);
   if (core) {
     if (!make_nonblocking(fd, *e)) return attempt(0);
   } else if (!(e->flags.load(std::memory_order_relaxed) & fd_ours_nb)) {
@@ -204,6 +205,7 @@ ssize_t do_write(int fd, const void* buf, std::size_t len) noexcept {
 int do_accept(Call call, int fd, sockaddr* addr, socklen_t* addrlen, int flags) noexcept {
   FdEntry* e = classified(fd);
   IoCore* core = waitable(e) ? fiber_core(call) : nullptr;
+  const CallLabel label(core != nullptr, call);
   const bool emulate = core || (waitable(e) && (e->flags.load(std::memory_order_relaxed) & fd_ours_nb));
   if (core && !make_nonblocking(fd, *e)) core = nullptr;
   // In a fiber the new socket starts non-blocking in the kernel, saving the fcntl of its first use.
@@ -242,6 +244,7 @@ int do_accept(Call call, int fd, sockaddr* addr, socklen_t* addrlen, int flags) 
 int do_connect(int fd, const sockaddr* addr, socklen_t len) noexcept {
   FdEntry* e = classified(fd);
   IoCore* core = waitable(e) ? fiber_core(Call::connect) : nullptr;
+  const CallLabel label(core != nullptr, Call::connect);
   const bool emulate = core || (waitable(e) && (e->flags.load(std::memory_order_relaxed) & fd_ours_nb));
   if (!emulate || (core && !make_nonblocking(fd, *e)))
     return static_cast<int>(syscall(SYS_connect, fd, addr, len));
@@ -310,6 +313,7 @@ int poll_now(void* arg) {
 
 int do_poll(pollfd* fds, nfds_t n, int timeout_ms) noexcept {
   IoCore* core = fiber_core(Call::poll);
+  const CallLabel label(core != nullptr, Call::poll);
   if (!core || timeout_ms == 0) return raw_poll(fds, n, timeout_ms);
   const TimePoint deadline = timeout_ms < 0 ? no_deadline : deadline_in(std::int64_t{timeout_ms} * 1'000'000);
   PollArgs args{fds, n};
@@ -332,6 +336,7 @@ int select_now(void* arg) {
 
 int do_select(int nfds, fd_set* r, fd_set* w, fd_set* x, timeval* tv) noexcept {
   IoCore* core = fiber_core(Call::select);
+  const CallLabel label(core != nullptr, Call::select);
   const bool now = tv && tv->tv_sec == 0 && tv->tv_usec == 0;
   if (!core || now || nfds < 0 || nfds > FD_SETSIZE ||
       (tv && (tv->tv_sec < 0 || tv->tv_usec < 0 || tv->tv_usec >= 1'000'000))) {
@@ -413,6 +418,7 @@ int fiber_sleep(const timespec& req, timespec* rem) noexcept {
 
 int do_nanosleep(Call call, const timespec* req, timespec* rem) noexcept {
   if (!fiber_core(call) || !req || !valid(req)) return static_cast<int>(syscall(SYS_nanosleep, req, rem));
+  const CallLabel label(true, call);
   const int err = fiber_sleep(*req, rem);
   if (err == 0) return 0;
   errno = err;
@@ -560,6 +566,7 @@ int select(int nfds, fd_set* r, fd_set* w, fd_set* x, struct timeval* tv) {
 
 int epoll_wait(int epfd, struct epoll_event* events, int max, int timeout_ms) {
   IoCore* core = fiber_core(Call::epoll_wait);
+  const CallLabel label(core != nullptr, Call::epoll_wait);
   if (!core || timeout_ms == 0)
     return static_cast<int>(syscall(SYS_epoll_pwait, epfd, events, max, timeout_ms, nullptr, 0));
   // An epoll set is itself readable while it has events: wait for that, then collect them.
@@ -572,7 +579,9 @@ int epoll_wait(int epfd, struct epoll_event* events, int max, int timeout_ms) {
 unsigned int sleep(unsigned int seconds) {
   timespec req{static_cast<time_t>(seconds), 0};
   timespec rem{0, 0};
-  if (!fiber_core(Call::sleep)) {
+  const bool handled = fiber_core(Call::sleep) != nullptr;
+  const CallLabel label(handled, Call::sleep);
+  if (!handled) {
     if (syscall(SYS_nanosleep, &req, &rem) == 0) return 0;
   } else if (const int err = fiber_sleep(req, &rem); err == 0) {
     return 0;
@@ -600,6 +609,7 @@ int clock_nanosleep(clockid_t clock, int flags, const struct timespec* req, stru
     const long r = syscall(SYS_clock_nanosleep, clock, flags, req, rem);
     return r < 0 ? errno : 0;
   }
+  const CallLabel label(true, Call::clock_nanosleep);
   if (!absolute) return fiber_sleep(*req, rem);
   TimePoint deadline;
   if (clock == CLOCK_MONOTONIC) {
@@ -629,6 +639,7 @@ int __wrap_getaddrinfo(const char* node, const char* service, const struct addri
     return EAI_SYSTEM;
   }
   if (!fiber_core(Call::getaddrinfo)) return real(node, service, hints, res);
+  const CallLabel label(true, Call::getaddrinfo);
   // The resolver may read files and wait on DNS for seconds: off the scheduler thread.
   struct Lookup final : skein::detail::BlockingJob {
     void run() noexcept override {

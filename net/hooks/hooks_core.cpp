@@ -247,7 +247,11 @@ int wait_outcome(int err, TimePoint deadline) noexcept {
       return EBADF;
     case io_busy: {
       const TimePoint soon = std::min(deadline, Clock::now() + std::chrono::milliseconds(1));
-      const Wake w = park(soon);
+      // Another fiber waits on this fd in the same direction: retry shortly, labelled as the call.
+      const Fiber* self = current_fiber();
+      const Wake w = park(WaitFor{skein::debug::WaitReason::hooked_call,
+                                  reinterpret_cast<std::uintptr_t>(self ? self->hooked_call : nullptr)},
+                          soon);
       if (w == Wake::cancelled) return ECANCELED;
       if (Clock::now() >= soon) return deadline == soon ? wait_own_deadline : wait_ready;
       if (w == Wake::notified) return wait_ready;
@@ -261,7 +265,7 @@ int wait_outcome(int err, TimePoint deadline) noexcept {
 
 int fiber_sleep_until(TimePoint deadline) noexcept {
   for (;;) {
-    const skein::detail::Wake w = skein::detail::park(deadline);
+    const skein::detail::Wake w = skein::detail::park({skein::debug::WaitReason::sleep, 0}, deadline);
     if (w == skein::detail::Wake::cancelled) return ECANCELED;
     if (Clock::now() >= deadline) return 0;
     if (w != skein::detail::Wake::notified) return ETIMEDOUT;

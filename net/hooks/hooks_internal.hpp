@@ -64,6 +64,17 @@ extern const char* const call_names[call_count];
 // by SKEIN_HOOKS_DISABLE and no Bypass alive on the thread. nullptr means "behave like libc".
 IoCore* fiber_core(Call c) noexcept;
 
+// While it lives, skein::debug shows `c` as the libc call the calling fiber is in, beside the
+// wait it causes; `handled` false (the call behaves like libc's) leaves nothing to show.
+class CallLabel {
+ public:
+  CallLabel(bool handled, Call c) noexcept
+      : scope_(handled ? call_names[static_cast<unsigned>(c)] : nullptr) {}
+
+ private:
+  skein::detail::HookedCallScope scope_;
+};
+
 // Bits of FdEntry::flags.
 enum : std::uint32_t {
   fd_known = 1,     // classified: the other bits are meaningful

@@ -129,7 +129,7 @@ Wake await(IoCore& core, Completion& completion, TimePoint deadline) noexcept {
   core.add_remote_waiter();
   Wake w;
   do {
-    w = park(deadline);
+    w = park(WaitFor{skein::debug::WaitReason::run_blocking, 0}, deadline);
   } while (w == Wake::notified && !completion.done);
   core.remove_remote_waiter();
   return w;

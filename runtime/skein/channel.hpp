@@ -323,7 +323,8 @@ bool Channel<T>::send_impl(T& value, TimePoint deadline) {
     node.send_value = &value;
     queue(senders_, node, thread, st, 0);
     g.unlock();
-    const detail::Wake w = detail::block(node, deadline, &detail::unlink_chan, &node);
+    const detail::Wake w = detail::block(detail::wait_for(debug::WaitReason::channel_send, this), node,
+                                         deadline, &detail::unlink_chan, &node);
     if (w == detail::Wake::notified) {
       if (st.closed) detail::throw_closed();
       if (st.fired != detail::SelectState::none) return true;
@@ -355,7 +356,8 @@ std::optional<T> Channel<T>::recv_until(Deadline deadline) {
     node.recv_slot = &out;
     queue(receivers_, node, thread, st, 0);
     g.unlock();
-    const detail::Wake w = detail::block(node, deadline.at(), &detail::unlink_chan, &node);
+    const detail::Wake w = detail::block(detail::wait_for(debug::WaitReason::channel_recv, this), node,
+                                         deadline.at(), &detail::unlink_chan, &node);
     // Woken without a value and not by close(): a sender's move threw; wait again.
     if (w == detail::Wake::notified && st.fired == detail::SelectState::none) continue;
     if (w != detail::Wake::notified && w != detail::Wake::timed_out) detail::throw_if_interrupted(w);
@@ -635,8 +637,8 @@ std::size_t select(Cases&&... cases) {
     // The other cases' nodes must be gone before the wake-up reopens (a fiber's reopens as it
     // resumes), or a counterpart could complete a second case of a select that has moved on.
     const detail::Wake w = detail::block(
-        *identity, deadline, [](detail::Fiber*, void* d) noexcept { (*static_cast<Dequeue*>(d))(); },
-        &dequeue_all, true);
+        detail::WaitFor{debug::WaitReason::select, channels}, *identity, deadline,
+        [](detail::Fiber*, void* d) noexcept { (*static_cast<Dequeue*>(d))(); }, &dequeue_all, true);
     if (w == detail::Wake::notified) {
       dequeue_all();  // a thread's wake-up never reopens, so its nodes may go now
       // Woken with no case fired: a counterpart's move threw, nothing was handed over; again.

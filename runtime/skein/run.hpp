@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <source_location>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -21,8 +22,9 @@ namespace skein {
 // spawns, and returns `f`'s value (or rethrows its exception) once all of them have finished.
 // run(RuntimeOptions, f) in <skein/runtime.hpp> is the same with more workers.
 template <class F>
-auto run(F&& f) -> std::invoke_result_t<std::decay_t<F>&> {
-  return run(RuntimeOptions{1}, std::forward<F>(f));
+auto run(F&& f, std::source_location where = std::source_location::current())
+    -> std::invoke_result_t<std::decay_t<F>&> {
+  return run(RuntimeOptions{1}, std::forward<F>(f), where);
 }
 
 // Lets every other ready fiber run before the caller continues. A cancellation point. Outside a

@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <source_location>
 #include <type_traits>
 #include <utility>
 
@@ -52,8 +53,9 @@ class RuntimeCore;
 // The runtime of the calling fiber; throws operation_not_permitted naming `what` outside one.
 RuntimeCore& runtime_for(const char* what);
 // Starts a constructed fiber on worker `worker` of `core`, from any thread. Throws (and frees the
-// fiber) if the runtime has ended or the index is out of range.
-void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack stack, std::string name);
+// fiber) if the runtime has ended or the index is out of range. `where` is the spawn call.
+void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack stack, std::string name,
+                    std::source_location where = {});
 std::size_t worker_count(const RuntimeCore& core) noexcept;
 
 // Creates a runtime whose worker 0 is the calling thread (the other workers get threads of their
@@ -72,9 +74,10 @@ class RunScope {
 };
 
 template <class F>
-auto spawn_into(RuntimeCore& core, std::size_t worker, FiberOptions options, F&& f) {
+auto spawn_into(RuntimeCore& core, std::size_t worker, FiberOptions options, F&& f,
+                std::source_location where) {
   auto [fiber, stack] = make_fiber(options.stack_size, std::forward<F>(f));
-  start_fiber_on(core, worker, fiber, stack, std::move(options.name));
+  start_fiber_on(core, worker, fiber, stack, std::move(options.name), where);
   return TaskAccess::adopt<fiber_result_t<F>>(fiber);
 }
 }  // namespace detail
@@ -83,9 +86,10 @@ auto spawn_into(RuntimeCore& core, std::size_t worker, FiberOptions options, F&&
 // the calling thread. Returns `f`'s value (or rethrows its exception) once every fiber on every
 // worker has finished, and the worker threads have been joined.
 template <class F>
-auto run(RuntimeOptions options, F&& f) -> std::invoke_result_t<std::decay_t<F>&> {
+auto run(RuntimeOptions options, F&& f, std::source_location where = std::source_location::current())
+    -> std::invoke_result_t<std::decay_t<F>&> {
   detail::RunScope scope(options);
-  auto main = spawn(FiberOptions{"main", options.main_stack_size}, std::forward<F>(f));
+  auto main = spawn(FiberOptions{"main", options.main_stack_size}, std::forward<F>(f), where);
   scope.loop();
   return main.join();
 }
@@ -101,15 +105,17 @@ std::size_t worker_count() noexcept;
 
 // Starts `f` on worker `worker` of the calling fiber's runtime; it runs there for its whole life.
 // The handle can be joined or cancelled from any worker.
+// `where` (defaulted) is the spawn call, which skein::debug reports.
 template <class F>
-auto spawn_on(std::size_t worker, FiberOptions options, F&& f) {
+auto spawn_on(std::size_t worker, FiberOptions options, F&& f,
+              std::source_location where = std::source_location::current()) {
   return detail::spawn_into(detail::runtime_for("skein::spawn_on"), worker, std::move(options),
-                            std::forward<F>(f));
+                            std::forward<F>(f), where);
 }
 
 template <class F>
-auto spawn_on(std::size_t worker, F&& f) {
-  return spawn_on(worker, FiberOptions{}, std::forward<F>(f));
+auto spawn_on(std::size_t worker, F&& f, std::source_location where = std::source_location::current()) {
+  return spawn_on(worker, FiberOptions{}, std::forward<F>(f), where);
 }
 
 // A runtime whose workers are all threads of their own, for programs whose main thread does
@@ -128,12 +134,13 @@ class Runtime {
 
   // Starts `f` on worker `worker`. Any thread, fiber or not.
   template <class F>
-  auto spawn_on(std::size_t worker, FiberOptions options, F&& f) {
-    return detail::spawn_into(*core_, worker, std::move(options), std::forward<F>(f));
+  auto spawn_on(std::size_t worker, FiberOptions options, F&& f,
+                std::source_location where = std::source_location::current()) {
+    return detail::spawn_into(*core_, worker, std::move(options), std::forward<F>(f), where);
   }
   template <class F>
-  auto spawn_on(std::size_t worker, F&& f) {
-    return spawn_on(worker, FiberOptions{}, std::forward<F>(f));
+  auto spawn_on(std::size_t worker, F&& f, std::source_location where = std::source_location::current()) {
+    return spawn_on(worker, FiberOptions{}, std::forward<F>(f), where);
   }
 
   // Waits until every fiber has finished, then stops and joins the workers; later spawns throw

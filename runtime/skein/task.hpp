@@ -23,6 +23,7 @@
 #include <new>
 #include <optional>
 #include <ranges>
+#include <source_location>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -263,18 +264,19 @@ std::pair<Fiber*, Stack> make_fiber(std::size_t stack_size, F&& f) {
 
 // Starts `f` on a new fiber of the calling fiber's worker; it first runs when the caller next waits,
 // yields or ends, then at once, ahead of the fibers already ready (docs/architecture.md). Returns
-// the handle to its result. Must be called inside skein::run.
+// the handle to its result. Must be called inside skein::run. `where` (defaulted) is the spawn
+// call, which skein::debug reports.
 template <class F>
-auto spawn(FiberOptions options, F&& f) {
+auto spawn(FiberOptions options, F&& f, std::source_location where = std::source_location::current()) {
   detail::Scheduler& sched = detail::scheduler_for("skein::spawn");
   auto [fiber, stack] = detail::make_fiber(options.stack_size, std::forward<F>(f));
-  detail::start_fiber(sched, fiber, stack, std::move(options.name));
+  detail::start_fiber(sched, fiber, stack, std::move(options.name), where);
   return detail::TaskAccess::adopt<detail::fiber_result_t<F>>(fiber);
 }
 
 template <class F>
-auto spawn(F&& f) {
-  return spawn(FiberOptions{}, std::forward<F>(f));
+auto spawn(F&& f, std::source_location where = std::source_location::current()) {
+  return spawn(FiberOptions{}, std::forward<F>(f), where);
 }
 
 // Waits for every task, then returns their values as a tuple (std::monostate for void tasks). If
@@ -337,8 +339,8 @@ auto join_all(R&& tasks) {
 // not finished by `deadline`, a time point or a duration from now (asyncio.wait_for). The child has finished
 // unwinding when this returns.
 template <class F>
-auto with_timeout(Deadline deadline, F&& f) {
-  auto task = spawn(FiberOptions{"with_timeout"}, std::forward<F>(f));
+auto with_timeout(Deadline deadline, F&& f, std::source_location where = std::source_location::current()) {
+  auto task = spawn(FiberOptions{"with_timeout"}, std::forward<F>(f), where);
   // However this scope is left (the deadline, or the caller itself being cancelled), the child is
   // cancelled and gone before it returns: its body may reference the caller's locals.
   struct Reap {

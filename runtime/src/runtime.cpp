@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -89,12 +90,27 @@ RuntimeCore::RuntimeCore(std::size_t workers, bool caller_is_worker,
     throw std::system_error(std::make_error_code(std::errc::too_many_files_open),
                             "skein: could not start a worker's scheduler");
   }
+  RuntimeRegistry& registry = runtime_registry();
+  std::lock_guard lock(registry.mutex);
+  serial_ = ++registry.created;
+  try {
+    registry.runtimes.push_back(this);
+  } catch (...) {
+    // Out of memory: the runtime runs, unseen by skein::debug, rather than failing to start.
+  }
 }
 
 RuntimeCore::~RuntimeCore() {
+  {
+    RuntimeRegistry& registry = runtime_registry();
+    std::lock_guard lock(registry.mutex);
+    std::erase(registry.runtimes, this);
+  }
   release_token();
   join();
   while (outside_posters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  // A loop that never ran (run() failed before starting it) has not answered skein::debug.
+  for (Scheduler* s : workers_) s->close_debug();
   // The schedulers outlive every loop: a thread that posted the last message may still be inside
   // post() when the receiving worker has already left its loop.
   for (std::size_t i = caller_is_worker_ ? 1 : 0; i < workers_.size(); ++i) delete workers_[i];
@@ -152,6 +168,16 @@ void RuntimeCore::join() {
     if (t.joinable()) t.join();
 }
 
+RuntimeRegistry& runtime_registry() noexcept {
+  // Never destroyed: a runtime may end during static destruction.
+  static RuntimeRegistry* registry = [] {
+    auto* r = new RuntimeRegistry;
+    r->runtimes.reserve(4);
+    return r;
+  }();
+  return *registry;
+}
+
 RuntimeCore& runtime_for(const char* what) {
   return scheduler_for(what).runtime();
 }
@@ -160,7 +186,8 @@ std::size_t worker_count(const RuntimeCore& core) noexcept {
   return core.size();
 }
 
-void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack stack, std::string name) {
+void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack stack, std::string name,
+                    std::source_location where) {
   auto discard = [&] {
     fiber->~Fiber();
     release_stack(stack);
@@ -174,7 +201,7 @@ void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack s
   Scheduler* here = Scheduler::current();
   Scheduler& target = core.worker(worker);
   if (&target == here) {
-    target.prepare(fiber, stack, std::move(name));
+    target.prepare(fiber, stack, std::move(name), where);
     target.start_local(fiber);
     return;
   }
@@ -188,7 +215,7 @@ void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack s
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "skein::spawn_on: the runtime has ended");
   }
-  target.prepare(fiber, stack, std::move(name));
+  target.prepare(fiber, stack, std::move(name), where);
   if (outsider)
     core.post_from_outside(target, &fiber->post_node);
   else

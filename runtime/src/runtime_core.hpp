@@ -79,6 +79,9 @@ class RuntimeCore {
   // Blocks until the runtime has ended and joins the worker threads. Idempotent.
   void join();
 
+  // 1, 2, ... in order of creation in the process (skein::debug::FiberInfo::runtime).
+  std::uint64_t serial() const noexcept { return serial_; }
+
  private:
   void stop_all() noexcept;
   void worker_main(std::size_t index, std::atomic<std::size_t>* started);
@@ -96,6 +99,17 @@ class RuntimeCore {
   std::atomic<bool> token_held_{true};
   std::mutex join_mutex_;
   std::vector<RemoteNode> stop_nodes_;
+  std::uint64_t serial_ = 0;
 };
+
+// The runtimes alive in the process, for skein::debug: each is listed from the end of its
+// constructor to the start of its destructor, so while the caller holds the lock every listed
+// runtime's schedulers exist.
+struct RuntimeRegistry {
+  std::mutex mutex;
+  std::vector<RuntimeCore*> runtimes;  // in order of creation
+  std::uint64_t created = 0;
+};
+RuntimeRegistry& runtime_registry() noexcept;
 
 }  // namespace skein::detail

@@ -251,12 +251,19 @@ void Scheduler::unbind() noexcept {
   if (tl_scheduler == this) tl_scheduler = nullptr;
 }
 
-void Scheduler::prepare(Fiber* f, Stack stack, std::string name) noexcept {
+void Scheduler::prepare(Fiber* f, Stack stack, std::string name, std::source_location where) noexcept {
   f->stack = stack;
   f->scheduler = this;
+  Scheduler* spawner = tl_scheduler;
+#if SKEIN_DEBUG_RECORDS
+  const Fiber* parent = spawner ? spawner->running_ : nullptr;
+  f->parent_id = parent ? parent->id : 0;
+  f->spawn_site = where;
+#else
+  (void)where;
+#endif
   // Ids are small and unique in the runtime without a shared counter (RuntimeCore::id_stride):
   // worker k hands out k + 1, k + 1 + stride, ... for the fibers its own fibers spawn.
-  Scheduler* spawner = tl_scheduler;
   if (spawner && spawner->runtime_ == runtime_)
     f->id = spawner->spawned_++ * runtime_->id_stride() + spawner->index_ + 1;
   else
@@ -271,6 +278,9 @@ void Scheduler::start_local(Fiber* f) noexcept {
   live_ = f;
   // The runtime counts workers with live fibers, not fibers: a spawn costs no shared write.
   if (live_count_++ == 0) runtime_->retain();
+#if SKEIN_DEBUG_RECORDS
+  ++counters_.spawns;
+#endif
   if (running_)
     next_.insert(f);
   else
@@ -303,11 +313,17 @@ void Scheduler::loop() {
     //   else. Sleepers that keep falling due would otherwise extend the round for ever and starve
     //   what waits for the next one (a fiber that yielded, timers, messages, I/O).
     std::size_t n = ready_.size();
+#if SKEIN_DEBUG_RECORDS
+    if (n > counters_.run_queue_high_water) counters_.run_queue_high_water = n;
+#endif
     std::size_t next_budget = n > next_per_round ? n : next_per_round;
     std::size_t may_join = n + next_budget;
     for (;;) {
       if (--until_timer_check_ == 0) {
         until_timer_check_ = timer_check_interval;
+#if SKEIN_DEBUG_RECORDS
+        coarse_stale_ = true;
+#endif
         if (may_join > 0 && !timers_.empty()) {
           const std::size_t joined = serve_due_timers();
           n += joined;
@@ -350,6 +366,7 @@ void Scheduler::loop() {
     }
     idle();
   }
+  answer_debug(true);
 }
 
 // Nothing is ready: spin a little if messages have been arriving, then sleep until the next
@@ -368,7 +385,7 @@ void Scheduler::idle() {
   }
   const TimePoint next_timer = timers_.empty() ? no_deadline : timers_.top()->deadline;
   if (idle_spin_.count() > 0 && spin_for_message(next_timer)) return;
-  const TimePoint slept = idle_spin_max_.count() > 0 ? Clock::now() : TimePoint{};
+  const TimePoint slept = SKEIN_DEBUG_RECORDS || idle_spin_max_.count() > 0 ? Clock::now() : TimePoint{};
   if (driver_->waiters() > 0) {
     if (!inbox_.prepare_sleep(Inbox::in_driver)) return;
     driver_->wait_until(next_timer);
@@ -376,6 +393,12 @@ void Scheduler::idle() {
   } else {
     inbox_.sleep_until(next_timer);
   }
+#if SKEIN_DEBUG_RECORDS
+  // A sleep costs microseconds of system calls: two clock reads around it are noise.
+  ++counters_.idle_sleeps;
+  counters_.slept += Clock::now() - slept;
+  coarse_stale_ = true;
+#endif
   // Woken by a message that came soon after this worker fell asleep (within the longest spin
   // allowed; the time counts the wake-up too): another worker talks to this one, and a spin a
   // little longer than that sleep might have caught it without either side entering the kernel.
@@ -443,9 +466,15 @@ void Scheduler::drain_inbox() noexcept {
       case RemoteNode::Kind::start:
         start_local(f);
         runtime_->release();  // the count the message held
+#if SKEIN_DEBUG_RECORDS
+        ++counters_.remote_spawns;
+#endif
         break;
       case RemoteNode::Kind::deliver:
         make_ready(f, Wake::notified);
+#if SKEIN_DEBUG_RECORDS
+        ++counters_.remote_wakeups;
+#endif
         break;
       case RemoteNode::Kind::cancel:
         if (f->state != FiberState::done) cancel(f);
@@ -454,6 +483,9 @@ void Scheduler::drain_inbox() noexcept {
         break;
       case RemoteNode::Kind::stop:
         stop_ = true;
+        break;
+      case RemoteNode::Kind::debug:
+        answer_debug(false);
         break;
     }
     n = next;
@@ -510,7 +542,12 @@ void Scheduler::cancel(Fiber* f) noexcept {
 }
 
 void Scheduler::fire_timers(TimePoint now) noexcept {
-  while (!timers_.empty() && timers_.top()->deadline <= now) interrupt(timers_.top(), Wake::timed_out);
+  while (!timers_.empty() && timers_.top()->deadline <= now) {
+    interrupt(timers_.top(), Wake::timed_out);
+#if SKEIN_DEBUG_RECORDS
+    ++counters_.timers_fired;
+#endif
+  }
 }
 
 std::size_t Scheduler::serve_due_timers() noexcept {
@@ -540,6 +577,91 @@ void Scheduler::recover_deadlock() noexcept {
   cancel(f);
 }
 
+// ---- skein::debug ---------------------------------------------------------------------------
+
+bool Scheduler::ask(DebugRequest* request, std::size_t slot) noexcept {
+  std::lock_guard g(debug_mutex_);
+  if (!debug_open_) return false;
+  try {
+    debug_asked_.push_back({request, slot});
+  } catch (...) {
+    return false;  // out of memory: the worker goes unreported rather than the caller failing
+  }
+  // One node per worker, in the inbox at most once: it asks the worker to look at the list. The
+  // scheduler outlives this post: ~RuntimeCore leaves the registry the caller holds first.
+  if (!debug_posted_) {
+    debug_posted_ = true;
+    inbox_.post(&debug_node_);
+  }
+  return true;
+}
+
+void Scheduler::answer_debug(bool closing) noexcept {
+  std::vector<Asked> asked;
+  {
+    std::lock_guard g(debug_mutex_);
+    if (closing) debug_open_ = false;
+    if (!closing) debug_posted_ = false;  // the node has left the inbox: it may be posted again
+    asked.swap(debug_asked_);
+  }
+  for (const Asked& a : asked) {
+    DebugRequest::Slot& slot = a.request->slots[a.slot];
+    try {
+      copy_records(a.request->want_fibers ? &slot.fibers : nullptr, &slot.stats);
+    } catch (...) {
+      // Out of memory while copying: the slot keeps what was copied.
+    }
+    a.request->pending.add(-1);  // never below zero: the requester added one for this slot
+  }
+}
+
+void Scheduler::copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerStats* stats) const {
+  const std::uint64_t runtime = runtime_->serial();
+  *stats = counters_;
+  stats->runtime = runtime;
+  stats->worker = index_;
+  stats->fibers = live_count_;
+  stats->parks = 0;
+  for (const std::uint64_t n : counters_.parks_by_reason) stats->parks += n;
+  // Every resumption ends in a park, a yield or the fiber's end: counting those three is cheaper
+  // than counting switches. (Fibers that ended = started - live.)
+  stats->switches = stats->parks + stats->yields + (stats->spawns - live_count_);
+  if (!out) return;
+  out->reserve(out->size() + live_count_);
+  const std::int64_t coarse = coarse_clock_ns();
+  const TimePoint now = Clock::now();
+  for (const Fiber* f = live_; f; f = f->next_live) {
+    debug::FiberInfo& i = out->emplace_back();
+    i.id = f->id;
+    i.runtime = runtime;
+    i.worker = index_;
+    i.name = f->name;
+    i.parent = f->parent_id;
+    i.spawned_at = f->spawn_site;
+    i.stack_size = f->stack.size;
+    i.cancel_requested = f->cancel_requested.load(std::memory_order_relaxed);
+    i.shielded = f->shielded;
+    i.hooked_call = f->hooked_call;
+    switch (f->state) {
+      case FiberState::ready:
+        i.state = debug::FiberState::ready;
+        break;
+      case FiberState::running:
+      case FiberState::done:  // only the caller's own fiber runs while its worker copies
+        i.state = debug::FiberState::running;
+        break;
+      case FiberState::parked:
+        i.state = debug::FiberState::parked;
+        i.reason = f->wait_reason;
+        i.detail = f->wait_detail;
+        i.waiting = std::chrono::nanoseconds(coarse > f->wait_since ? coarse - f->wait_since : 0);
+        if (f->timer_slot != Fiber::no_timer)
+          i.deadline = std::chrono::duration_cast<std::chrono::nanoseconds>(f->deadline - now);
+        break;
+    }
+  }
+}
+
 // ---- the detail API -----------------------------------------------------------------------
 
 Fiber* current_fiber() noexcept {
@@ -548,6 +670,10 @@ Fiber* current_fiber() noexcept {
 
 Wake park(TimePoint deadline, Unlink unlink, void* arg, bool unlink_on_wake) noexcept {
   return tl_scheduler->park_running(deadline, unlink, arg, unlink_on_wake);
+}
+
+Wake park(WaitFor why, TimePoint deadline, Unlink unlink, void* arg, bool unlink_on_wake) noexcept {
+  return tl_scheduler->park_running(deadline, unlink, arg, unlink_on_wake, why);
 }
 
 namespace {
@@ -652,8 +778,9 @@ Scheduler& scheduler_for(const char* what) {
   return *tl_scheduler;
 }
 
-void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string name) noexcept {
-  scheduler.prepare(fiber, stack, std::move(name));
+void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string name,
+                 std::source_location where) noexcept {
+  scheduler.prepare(fiber, stack, std::move(name), where);
   scheduler.start_local(fiber);
 }
 
@@ -678,7 +805,8 @@ bool wait_finished(Fiber* fiber, TimePoint deadline, WaitNode& node, ThreadWaite
   Wake w;
   if (self) {
     const Scheduler::ForeignWait foreign(*self->scheduler, *fiber->scheduler);
-    w = park(deadline, &unlink_wait_node, &node);
+    w = park(WaitFor{debug::WaitReason::join, static_cast<std::uintptr_t>(fiber->id)}, deadline,
+             &unlink_wait_node, &node);
   } else {
     w = block_thread(thread, deadline, &unlink_wait_node, &node);
   }
@@ -721,11 +849,12 @@ Wake block_thread(ThreadWaiter& thread, TimePoint deadline, Unlink unlink, void*
   return until < deadline ? Wake::expired : Wake::timed_out;
 }
 
-Wake block(WaitNode& node, TimePoint deadline, Unlink unlink, void* arg, bool unlink_on_wake) noexcept {
+Wake block(WaitFor why, WaitNode& node, TimePoint deadline, Unlink unlink, void* arg,
+           bool unlink_on_wake) noexcept {
   if (!node.fiber) return block_thread(*node.thread, deadline, unlink, arg);
   // The party that will wake it may be any thread, in this runtime or not: not a deadlock.
   const Scheduler::ForeignWait foreign(*node.fiber->scheduler);
-  return park(deadline, unlink, arg, unlink_on_wake);
+  return park(why, deadline, unlink, arg, unlink_on_wake);
 }
 
 TimePoint scope_deadline() noexcept {
@@ -767,7 +896,7 @@ void sleep_until(TimePoint deadline) {
     return;
   }
   // Waking at the deadline is the point of a sleep, not an error; a TimeoutScope's passing is.
-  const detail::Wake w = s->park_running(deadline, nullptr, nullptr);
+  const detail::Wake w = s->park_running(deadline, nullptr, nullptr, false, {debug::WaitReason::sleep, 0});
   if (w != detail::Wake::timed_out) detail::throw_if_interrupted(w);
 }
 

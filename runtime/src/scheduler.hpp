@@ -7,14 +7,28 @@
 #include "driver.hpp"
 #include "switch.hpp"
 
+#include <skein/debug.hpp>
 #include <skein/detail/fiber.hpp>
+#include <skein/sync.hpp>
 #include <skein/time.hpp>
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <ctime>
 #include <memory>
+#include <mutex>
 #include <vector>
+
+// Wait reasons, park times and the workers' counters (docs/observability.md). Always on; a build
+// with -Ddebug_records=false leaves them out, only to measure what they cost.
+#ifndef SKEIN_DEBUG_RECORDS
+#define SKEIN_DEBUG_RECORDS 1
+#endif
+// Measuring only: read the clock at every park instead of using the loop's last reading.
+#ifndef SKEIN_DEBUG_PARK_CLOCK
+#define SKEIN_DEBUG_PARK_CLOCK 0
+#endif
 
 namespace skein::detail {
 
@@ -191,6 +205,18 @@ class Inbox {
 class Scheduler;
 class RuntimeCore;
 
+// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock park times are kept in. About 4.5 ns a read
+// through the vDSO on the AMD EPYC (steady_clock: 30 ns), at the kernel tick's resolution (4 ms).
+inline std::int64_t coarse_clock_ns() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// A request of skein::debug to every worker (runtime/src/debug.cpp): each copies its records
+// and counters into its slot at its next turn, then counts `pending` down.
+struct DebugRequest;
+
 // The scheduler bound to this thread, or nullptr.
 inline constinit thread_local Scheduler* tl_scheduler = nullptr;
 
@@ -225,8 +251,9 @@ class Scheduler {
   // and again while the deadlock lasts.
   void loop();
 
-  // Fills in what a fiber needs before it can be started here (from any thread: the spawner's).
-  void prepare(Fiber* f, Stack stack, std::string name) noexcept;
+  // Fills in what a fiber needs before it can be started here (from any thread: the spawner's);
+  // `where` is the spawn call.
+  void prepare(Fiber* f, Stack stack, std::string name, std::source_location where = {}) noexcept;
   // This thread: makes a prepared fiber ready. Spawned by the running fiber, it runs next (as soon
   // as the spawner parks, yields or ends; see NextQueue); otherwise it joins the ready queue.
   void start_local(Fiber* f) noexcept;
@@ -238,6 +265,9 @@ class Scheduler {
     Fiber* f = running_;
     SKEIN_ASSERT_STATE(f, FiberState::running, "yield");
     f->state = FiberState::ready;
+#if SKEIN_DEBUG_RECORDS
+    ++counters_.yields;
+#endif
     ready_.push(f);
     ExecContext& here = running_context();
     f->resume_at = &here;
@@ -246,7 +276,7 @@ class Scheduler {
 
   // The park protocol (detail::park): see fiber.hpp.
   [[gnu::always_inline]] Wake park_running(TimePoint deadline, Unlink unlink, void* arg,
-                                           bool unlink_on_wake = false) noexcept {
+                                           bool unlink_on_wake = false, WaitFor why = {}) noexcept {
     Fiber* f = running_;
     SKEIN_ASSERT_STATE(f, FiberState::running, "park");
     if (f->cancel_requested.load(std::memory_order_relaxed) && !f->shielded &&
@@ -260,6 +290,24 @@ class Scheduler {
     }
     f->state = FiberState::parked;
     f->wake = Wake::notified;
+#if SKEIN_DEBUG_RECORDS
+    // The clock as read at most timer_check_interval resumptions (or one sleep) ago: a clock
+    // read per park would cost more than the rest of the record (docs/observability.md).
+    f->wait_reason = why.reason;
+    f->wait_detail = why.detail;
+#if SKEIN_DEBUG_PARK_CLOCK
+    f->wait_since = coarse_clock_ns();
+#else
+    if (coarse_stale_) [[unlikely]] {
+      coarse_now_ = coarse_clock_ns();
+      coarse_stale_ = false;
+    }
+    f->wait_since = coarse_now_;
+#endif
+    ++counters_.parks_by_reason[static_cast<std::size_t>(why.reason)];
+#else
+    (void)why;
+#endif
     f->unlink = unlink;
     f->unlink_arg = arg;
     // A TimeoutScope bounds every wait inside it, but never a shielded one: those protect memory
@@ -308,9 +356,24 @@ class Scheduler {
     Scheduler* s_;
   };
 
+  // skein::debug (any thread): queues `request` for this worker's next turn and wakes it; false,
+  // queueing nothing, if its loop has ended (it has no fibers left to report).
+  bool ask(DebugRequest* request, std::size_t slot) noexcept;
+  // After its loop has ended or when it never ran (the runtime's destructor, its threads joined):
+  // answers what is queued and refuses later requests. Idempotent.
+  void close_debug() noexcept {
+    answer_debug(true);
+  }
+  // This thread, between fibers or from one of its own: copies its records and counters.
+  void copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerStats* stats) const;
+
   // Replaces the idle-time driver (the I/O layer installs its own).
-  void set_driver(std::unique_ptr<Driver> driver) noexcept { driver_ = std::move(driver); }
-  Driver& driver() noexcept { return *driver_; }
+  void set_driver(std::unique_ptr<Driver> driver) noexcept {
+    driver_ = std::move(driver);
+  }
+  Driver& driver() noexcept {
+    return *driver_;
+  }
 
  private:
   [[gnu::always_inline]] void resume(Fiber* f) noexcept {
@@ -333,6 +396,8 @@ class Scheduler {
   bool spin_for_message(TimePoint next_timer) noexcept;
   void stop_spinning() noexcept;
   void recover_deadlock() noexcept;
+  // Answers the debug requests queued by ask(); with `closing`, answers them and refuses more.
+  void answer_debug(bool closing) noexcept;
   [[noreturn]] static void fiber_entry(Transfer t) noexcept;
 
   RuntimeCore* runtime_;
@@ -367,6 +432,35 @@ class Scheduler {
   TimePoint busy_until_{};           // poll rather than sleep until then
   Inbox inbox_;                      // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
+  // CLOCK_MONOTONIC_COARSE as last read: what parks record as their start. The loop marks it
+  // stale every timer_check_interval resumptions and after each sleep; the next park reads it
+  // again, so loops that only yield never read it.
+  std::int64_t coarse_now_ = coarse_clock_ns();
+  bool coarse_stale_ = false;
+  // Written by this worker only; read by this worker when it answers a debug request.
+  debug::WorkerStats counters_;
+  // Debug requests from other threads (see ask()), under debug_mutex_.
+  std::mutex debug_mutex_;
+  struct Asked {
+    DebugRequest* request;
+    std::size_t slot;
+  };
+  std::vector<Asked> debug_asked_;
+  bool debug_open_ = true;     // the loop still runs: requests will be answered
+  bool debug_posted_ = false;  // debug_node_ is in the inbox
+  RemoteNode debug_node_{nullptr, nullptr, RemoteNode::Kind::debug};
+};
+
+// What skein::debug asks every worker for (runtime/src/debug.cpp); one slot per worker, written
+// by that worker alone, read by the requester once `pending` reaches zero.
+struct DebugRequest {
+  struct Slot {
+    std::vector<debug::FiberInfo> fibers;
+    debug::WorkerStats stats;
+  };
+  bool want_fibers = true;
+  std::vector<Slot> slots;
+  WaitGroup pending;
 };
 
 // Where the TimeoutScope deadline in force for the caller lives: its fiber's record, or

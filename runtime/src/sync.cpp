@@ -17,14 +17,16 @@ using detail::Wake;
 namespace {
 
 // Queues the caller on `list` (its lock held by `lock`, released here) and blocks until handed
-// what it waits for (true), its deadline (false) or an interruption (throws).
-bool wait_in(detail::WaitList& list, std::unique_lock<detail::SpinLock>& lock, TimePoint deadline) {
+// what it waits for (true), its deadline (false) or an interruption (throws). `why` is what a
+// parked fiber records (skein::debug).
+bool wait_in(detail::WaitFor why, detail::WaitList& list, std::unique_lock<detail::SpinLock>& lock,
+             TimePoint deadline) {
   detail::ThreadWaiter thread;
   detail::WaitNode node;
   detail::attach(node, thread);
   list.push_back(&node);
   lock.unlock();
-  const Wake w = detail::block(node, deadline, &detail::unlink_wait_node, &node);
+  const Wake w = detail::block(why, node, deadline, &detail::unlink_wait_node, &node);
   if (w == Wake::timed_out) return false;
   detail::throw_if_interrupted(w);
   return true;
@@ -76,7 +78,7 @@ bool Mutex::try_lock_until(Deadline deadline) {
     throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                             "skein::Mutex::lock: the caller already holds this mutex");
   // Woken means handed the lock: unlock() leaves locked_ set for the waiter it picks.
-  if (!wait_in(waiters_, g, deadline.at())) return false;
+  if (!wait_in(detail::wait_for(debug::WaitReason::mutex, this), waiters_, g, deadline.at())) return false;
   owner_.store(self, std::memory_order_relaxed);
   return true;
 }
@@ -120,7 +122,8 @@ bool ConditionVariable::wait_until(std::unique_lock<Mutex>& lock, Deadline deadl
   }
   Mutex& mutex = *lock.mutex();
   lock.unlock();
-  const Wake w = detail::block(node, deadline.at(), &detail::unlink_wait_node, &node);
+  const Wake w = detail::block(detail::wait_for(debug::WaitReason::condvar, this), node, deadline.at(),
+                               &detail::unlink_wait_node, &node);
   mutex.lock_uninterruptible();
   lock = std::unique_lock<Mutex>(mutex, std::adopt_lock);
   if (w == Wake::timed_out) return false;
@@ -167,7 +170,7 @@ bool Event::wait_until(Deadline deadline) {
   if (is_set()) return true;
   std::unique_lock g(waiters_.lock);
   if (set_.load(std::memory_order_relaxed)) return true;
-  return wait_in(waiters_, g, deadline.at());
+  return wait_in(detail::wait_for(debug::WaitReason::event, this), waiters_, g, deadline.at());
 }
 
 // ---- Semaphore ------------------------------------------------------------------------------
@@ -190,7 +193,7 @@ bool Semaphore::try_acquire_until(Deadline deadline) {
     --permits_;
     return true;
   }
-  return wait_in(waiters_, g, deadline.at());
+  return wait_in(detail::wait_for(debug::WaitReason::semaphore, this), waiters_, g, deadline.at());
 }
 
 void Semaphore::release(std::size_t n) noexcept {
@@ -233,7 +236,7 @@ void WaitGroup::wait() {
 bool WaitGroup::wait_until(Deadline deadline) {
   std::unique_lock g(waiters_.lock);
   if (count_ == 0) return true;
-  return wait_in(waiters_, g, deadline.at());
+  return wait_in(detail::wait_for(debug::WaitReason::wait_group, this), waiters_, g, deadline.at());
 }
 
 std::size_t WaitGroup::count() const noexcept {
@@ -280,7 +283,8 @@ std::optional<bool> Barrier::arrive_and_wait_until(Deadline deadline) {
   detail::attach(node, thread);
   waiters_.push_back(&node);
   g.unlock();
-  const Wake w = detail::block(node, deadline.at(), &Barrier::withdraw, &node);
+  const Wake w = detail::block(detail::wait_for(debug::WaitReason::barrier, this), node, deadline.at(),
+                               &Barrier::withdraw, &node);
   // Not withdrawn: the phase completed with this arrival just as the wait was ended otherwise. It
   // counts as released (a cancel or scope then takes effect at the caller's next wait).
   if (w != Wake::notified && !node.withdrawn) return false;
@@ -297,7 +301,7 @@ bool OnceState::wait_until(TimePoint deadline) {
   if (ready()) return true;
   std::unique_lock g(waiters_.lock);
   if (ready_.load(std::memory_order_relaxed)) return true;
-  return wait_in(waiters_, g, deadline);
+  return wait_in(wait_for(debug::WaitReason::future, this), waiters_, g, deadline);
 }
 
 void OnceState::already_satisfied() {

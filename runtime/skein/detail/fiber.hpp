@@ -2,6 +2,7 @@
 // Internal to skein: public only because skein::Task and the spawn templates need it.
 #pragma once
 
+#include <skein/debug.hpp>
 #include <skein/detail/exec_context.hpp>
 #include <skein/time.hpp>
 
@@ -12,6 +13,7 @@
 #include <cstdlib>
 #include <exception>
 #include <semaphore>
+#include <source_location>
 #include <string>
 #include <utility>
 
@@ -192,6 +194,7 @@ struct RemoteNode {
     deliver,  // a wake-up claimed on another thread: make the parked fiber ready
     cancel,   // Task::cancel from another thread: cancel here, then drop the reference it held
     stop,     // the runtime has ended: leave the loop
+    debug,    // skein::debug wants copies of this worker's records and counters (no fiber)
   };
   RemoteNode* next = nullptr;
   struct Fiber* fiber = nullptr;
@@ -218,6 +221,9 @@ struct Fiber : ExecContext {
   Wake wake = Wake::notified;
   std::atomic<bool> cancel_requested{false};  // set from any thread, read by the fiber
   bool shielded = false;                      // in a wait a cancel must not end (set by ShieldGuard)
+  // Why the fiber last parked (meaningful while state == parked); in the padding before
+  // `scheduler`, so a park's reason costs no extra cache line.
+  debug::WaitReason wait_reason = debug::WaitReason::none;
   // The wake-up of the current wait has been claimed: exactly one of unpark (any thread), the
   // deadline and a cancel wins it, and only the winner touches the fiber. Cleared as the fiber
   // resumes from park(), so it is open from the start of each wait until it is won.
@@ -232,18 +238,26 @@ struct Fiber : ExecContext {
   // The end of this hot line: the fields below are touched by timed waits, spawns and joins only.
   TimePoint deadline = no_deadline;  // of the current wait, when it has one (the timer heap's key)
   static constexpr std::size_t no_timer = ~std::size_t{0};
+  // The rest of the current wait's record (docs/observability.md): one word of detail (an fd, the
+  // waited-for object's address, a joined fiber's id, a static C string) and when the park began,
+  // in nanoseconds of CLOCK_MONOTONIC_COARSE as the worker last read it (Scheduler::coarse_now).
+  std::uintptr_t wait_detail = 0;
+  std::int64_t wait_since = 0;
 
   Fiber* prev_live = nullptr;  // the scheduler's list of live fibers
   Fiber* next_live = nullptr;
   WaitList joiners;                   // waiting for this one to finish (under joiners.lock)
   std::atomic<bool> finished{false};  // state reached done (set under joiners.lock)
   bool result_taken SKEIN_GUARDED_BY(joiners.lock) = false;  // a join has claimed the result
-  std::exception_ptr error;                                  // what the body threw
-  std::string name;
-  std::uint64_t id = 0;
-  std::atomic<int> refs{2};                // the running fiber + its Task handle (+ one per cancel in flight)
   bool error_observed = false;             // join() rethrew `error` (or it was a cancellation)
   std::atomic<bool> cancel_posted{false};  // a cancel message is (or was) on its way
+  std::atomic<int> refs{2};                // the running fiber + its Task handle (+ one per cancel in flight)
+  std::exception_ptr error;                // what the body threw
+  std::string name;
+  std::uint64_t id = 0;
+  std::uint64_t parent_id = 0;        // the fiber that spawned it (0: a plain thread)
+  std::source_location spawn_site;    // the spawn call (one pointer under libstdc++)
+  const char* hooked_call = nullptr;  // the libc call a hook runs for this fiber right now, or null
   RemoteNode post_node{nullptr, this, RemoteNode::Kind::start};
   RemoteNode cancel_node{nullptr, this, RemoteNode::Kind::cancel};
 };
@@ -262,6 +276,7 @@ SKEIN_HOT(state);
 SKEIN_HOT(wake);
 SKEIN_HOT(cancel_requested);
 SKEIN_HOT(shielded);
+SKEIN_HOT(wait_reason);
 SKEIN_HOT(claimed);
 SKEIN_HOT(scheduler);
 SKEIN_HOT(resume_at);
@@ -294,6 +309,16 @@ SKEIN_HOT(scope_deadline);
 // The fiber running on this thread, or nullptr on the thread's own stack.
 Fiber* current_fiber() noexcept;
 
+// What a park records about itself for skein::debug (docs/observability.md): why, and one word
+// of detail (an fd, the address of the object waited on, a joined fiber's id, a static C string).
+struct WaitFor {
+  debug::WaitReason reason = debug::WaitReason::other;
+  std::uintptr_t detail = 0;
+};
+inline WaitFor wait_for(debug::WaitReason reason, const void* object) noexcept {
+  return {reason, reinterpret_cast<std::uintptr_t>(object)};
+}
+
 // Parks the running fiber until unpark(), `deadline`, or a cancel. `unlink(fiber, arg)` runs when
 // the wake is a timeout or a cancel. Returns at once with Wake::cancelled if the fiber is already
 // cancelled. The fiber's TimeoutScope deadline applies too, unless it is shielded: Wake::expired
@@ -301,6 +326,9 @@ Fiber* current_fiber() noexcept;
 // wake, before the wake-up reopens: for a waiter queued on several lists (select), whose other
 // nodes must be gone before any waker could claim it again. Must be called from a fiber.
 Wake park(TimePoint deadline, Unlink unlink = nullptr, void* arg = nullptr,
+          bool unlink_on_wake = false) noexcept;
+// park() recording `why` (the form above records WaitReason::other).
+Wake park(WaitFor why, TimePoint deadline, Unlink unlink = nullptr, void* arg = nullptr,
           bool unlink_on_wake = false) noexcept;
 
 // Wakes a parked fiber with Wake::notified, from any thread (through its scheduler's inbox when
@@ -333,8 +361,10 @@ void release(Fiber* fiber) noexcept;
 // `what` when there is none (spawn outside skein::run).
 Scheduler& scheduler_for(const char* what);
 
-// Makes a constructed fiber on `stack` runnable on `scheduler`, the calling fiber's.
-void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string name) noexcept;
+// Makes a constructed fiber on `stack` runnable on `scheduler`, the calling fiber's; `where` is
+// the spawn call.
+void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string name,
+                 std::source_location where = {}) noexcept;
 
 // Marks a Task handle's release: reports an exception nobody will see, then releases.
 void release_handle(Fiber* fiber) noexcept;
@@ -346,9 +376,27 @@ Wake block_thread(ThreadWaiter& thread, TimePoint deadline, Unlink unlink, void*
 
 // The same for either kind of waiter: parks `node.fiber`, or blocks on `node.thread`. A fiber's wait
 // is never taken for a deadlock (any thread may be the one to end it).
-// `unlink_on_wake` as for park().
-Wake block(WaitNode& node, TimePoint deadline, Unlink unlink, void* arg,
+// `unlink_on_wake` as for park(); `why` is what a parked fiber records.
+Wake block(WaitFor why, WaitNode& node, TimePoint deadline, Unlink unlink, void* arg,
            bool unlink_on_wake = false) noexcept;
+
+// Names the libc call a hook is running for the calling fiber while it lives (a static string):
+// skein::debug shows it beside the wait it causes. Does nothing outside a fiber or for null.
+class HookedCallScope {
+ public:
+  explicit HookedCallScope(const char* call) noexcept : self_(call ? current_fiber() : nullptr) {
+    if (self_) previous_ = std::exchange(self_->hooked_call, call);
+  }
+  ~HookedCallScope() {
+    if (self_) self_->hooked_call = previous_;
+  }
+  HookedCallScope(const HookedCallScope&) = delete;
+  HookedCallScope& operator=(const HookedCallScope&) = delete;
+
+ private:
+  Fiber* self_;
+  const char* previous_ = nullptr;
+};
 
 // Sets the calling fiber's (or thread's) TimeoutScope deadline; returns the previous one.
 TimePoint set_scope_deadline(TimePoint deadline) noexcept;
