@@ -420,4 +420,30 @@ TEST_SUITE("debug") {
       CHECK(find(skein::debug::fibers(), skein::this_fiber::id())->hooked_call == nullptr);
     });
   }
+  TEST_CASE(
+      "a fiber parked in accept or in a read shows that wait with its descriptor, on either I/O backend") {
+    skein::run([] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      auto acceptor = skein::spawn([&] { return l.accept(); });
+      const auto accepting = snapshot_when([&](const auto& s) { return all_parked(s, {acceptor.id()}); });
+      const auto a = find(accepting, acceptor.id());
+      REQUIRE(a);
+      CHECK(a->reason == WaitReason::accept);
+      CHECK(a->detail == static_cast<std::uintptr_t>(l.fd()));
+
+      skein::Stream client = skein::connect(l.local_address());
+      skein::Stream server = acceptor.join();
+      auto reader = skein::spawn([&] {
+        char c = 0;
+        return server.read(std::span(&c, 1));
+      });
+      const auto reading = snapshot_when([&](const auto& s) { return all_parked(s, {reader.id()}); });
+      const auto r = find(reading, reader.id());
+      REQUIRE(r);
+      CHECK(r->reason == WaitReason::fd_read);
+      CHECK(r->detail == static_cast<std::uintptr_t>(server.fd()));
+      client.write_all("x");
+      CHECK(reader.join() == 1);
+    });
+  }
 }

@@ -220,7 +220,9 @@ int do_accept(Call call, int fd, sockaddr* addr, socklen_t* addrlen, int flags) 
     IoHandle h = attach(fd, *e, core);
     const TimePoint deadline = deadline_in(e->rcv_timeout_ns.load(std::memory_order_relaxed));
     for (;;) {
-      s = IoCore::run(h, Direction::read, deadline, IoTransfer::message().report_signals(), call_accept);
+      s = IoCore::run(h, Direction::read, deadline,
+                      IoTransfer::message().report_signals().reason(skein::debug::WaitReason::accept),
+                      call_accept);
       if (s >= 0) break;
       const int w = wait_outcome(static_cast<int>(-s), deadline);
       if (w == wait_ready) continue;
@@ -255,8 +257,10 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) noexcept {
     const int err = errno;
     int w;
     if (err == EINPROGRESS) {
-      w = wait_outcome(IoCore::wait(h, Direction::write, deadline, IoTransfer::message().report_signals()),
-                       deadline);
+      w = wait_outcome(
+          IoCore::wait(h, Direction::write, deadline,
+                       IoTransfer::message().report_signals().reason(skein::debug::WaitReason::connect)),
+          deadline);
       if (w == wait_ready) {
         int so_error = 0;
         socklen_t n = sizeof so_error;

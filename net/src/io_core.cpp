@@ -121,13 +121,13 @@ IoHandle IoCore::new_handle(int fd) noexcept {
 int IoCore::wait(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer kind) noexcept {
   if (!h.st) return poll_wait(h.fd, dir, deadline, kind.restart);
   h.st->ready[static_cast<std::size_t>(dir)] = false;
-  return h.core->park_on(h, dir, deadline);
+  return h.core->park_on(h, dir, deadline, kind.why);
 }
 
-int IoCore::park_on(IoHandle& h, Direction dir, TimePoint deadline) noexcept {
+int IoCore::park_on(IoHandle& h, Direction dir, TimePoint deadline, debug::WaitReason why) noexcept {
   FdState& st = *h.st;
   if (st.generation != h.generation) return io_closed;
-  if (ops_) return park_poll(h, dir, deadline);
+  if (ops_) return park_poll(h, dir, deadline, why);
   const auto d = static_cast<std::size_t>(dir);
   if (st.waiter[d]) return io_busy;
   if (!st.registered) {
@@ -138,7 +138,8 @@ int IoCore::park_on(IoHandle& h, Direction dir, TimePoint deadline) noexcept {
   budget_ = io_budget;  // a real wait: the fiber gives way anyway
   st.waiter[d] = current_fiber();
   ++fd_waiters_;
-  const Wake w = park(deadline, &unlink_waiter, &st.waiter[d]);
+  const Wake w = park(WaitFor{reason_for(dir, why), static_cast<std::uintptr_t>(h.fd)}, deadline,
+                      &unlink_waiter, &st.waiter[d]);
   --fd_waiters_;
   if (st.generation != h.generation) return io_closed;
   switch (w) {
@@ -154,12 +155,12 @@ int IoCore::park_on(IoHandle& h, Direction dir, TimePoint deadline) noexcept {
   return io_timed_out;
 }
 
-int IoCore::park_poll(IoHandle& h, Direction dir, TimePoint deadline) noexcept {
+int IoCore::park_poll(IoHandle& h, Direction dir, TimePoint deadline, debug::WaitReason why) noexcept {
   FdState& st = *h.st;
   const auto d = static_cast<std::size_t>(dir);
   if (st.ready[d]) return 0;
   const IoOp op{};  // IoOp::poll
-  const ssize_t r = perform(h, dir, deadline, op);
+  const ssize_t r = perform(h, dir, deadline, op, why);
   if (r < 0) return static_cast<int>(-r);
   const auto events = static_cast<std::uint32_t>(r);
   if (events & (io_read_hup | io_hup)) st.hung_up[0] = true;
@@ -186,7 +187,8 @@ int wake_code(Wake w) noexcept {
 
 }  // namespace
 
-ssize_t IoCore::perform(IoHandle& h, Direction dir, TimePoint deadline, const IoOp& op) noexcept {
+ssize_t IoCore::perform(IoHandle& h, Direction dir, TimePoint deadline, const IoOp& op,
+                        debug::WaitReason why) noexcept {
   FdState& st = *h.st;
   if (st.generation != h.generation) return -io_closed;
   const auto d = static_cast<std::size_t>(dir);
@@ -202,7 +204,7 @@ ssize_t IoCore::perform(IoHandle& h, Direction dir, TimePoint deadline, const Io
   ++fd_waiters_;
   // Only the completion unparks the fiber (the backend sets `done` first), so a wake-up that is
   // not `notified` came from the deadline or a cancel.
-  const Wake w = park(deadline);
+  const Wake w = park(WaitFor{reason_for(dir, why), static_cast<std::uintptr_t>(h.fd)}, deadline);
   if (!s.done) {
     // The operation is still the kernel's, on the caller's memory: cancel it, and wait for its
     // completion whatever happens meanwhile. (forget() cancelled it already if it cleared op[d].)

@@ -126,9 +126,13 @@ struct IoTransfer {
   static constexpr IoTransfer message() noexcept { return {0, true}; }
   // The same, but a thread blocked in poll(2) reports EINTR on a signal instead of waiting on
   // (the hooks: a blocking call a signal handler interrupts fails with EINTR).
-  constexpr IoTransfer report_signals() const noexcept { return {want, false}; }
+  constexpr IoTransfer report_signals() const noexcept { return {want, false, why}; }
+  // The same, with the wait reason a fiber parked in it shows (skein::debug): accept, connect.
+  // Without one it shows fd read or fd write.
+  constexpr IoTransfer reason(debug::WaitReason r) const noexcept { return {want, restart, r}; }
   std::size_t want;
   bool restart;
+  debug::WaitReason why = debug::WaitReason::none;
 };
 
 class IoCore;
@@ -262,12 +266,18 @@ class IoCore final : public Driver {
   // handle() for a descriptor beyond the chunks allocated so far.
   IoHandle new_handle(int fd) noexcept;
   // Parks the running fiber until `h`'s fd is ready for `dir`; 0 or an error.
-  int park_on(IoHandle& h, Direction dir, TimePoint deadline) noexcept;
+  int park_on(IoHandle& h, Direction dir, TimePoint deadline, debug::WaitReason why) noexcept;
   // park_on() on a completion backend: a one-shot poll operation, so nothing of the descriptor
   // stays in the kernel once the wait ends.
-  int park_poll(IoHandle& h, Direction dir, TimePoint deadline) noexcept;
+  int park_poll(IoHandle& h, Direction dir, TimePoint deadline, debug::WaitReason why) noexcept;
   // Hands `op` to the backend and parks until its completion; its result or minus an error.
-  ssize_t perform(IoHandle& h, Direction dir, TimePoint deadline, const IoOp& op) noexcept;
+  ssize_t perform(IoHandle& h, Direction dir, TimePoint deadline, const IoOp& op,
+                  debug::WaitReason why) noexcept;
+  // What a fiber parked on `dir` shows when the call named no reason: fd read or fd write.
+  static debug::WaitReason reason_for(Direction dir, debug::WaitReason why) noexcept {
+    if (why != debug::WaitReason::none) return why;
+    return dir == Direction::read ? debug::WaitReason::fd_read : debug::WaitReason::fd_write;
+  }
   // The thread-side wait: poll(2) until ready; 0 or an error.
   static int poll_wait(int fd, Direction dir, TimePoint deadline, bool restart) noexcept;
   // Lets the other ready fibers run; true if the fiber was cancelled meanwhile.
@@ -312,7 +322,8 @@ ssize_t IoCore::run(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer k
       if (err != EAGAIN && err != EWOULDBLOCK) return -err;
       if (st) st->ready[d] = false;
     }
-    const int w = st ? h.core->park_on(h, dir, deadline) : poll_wait(h.fd, dir, deadline, kind.restart);
+    const int w =
+        st ? h.core->park_on(h, dir, deadline, kind.why) : poll_wait(h.fd, dir, deadline, kind.restart);
     if (w != 0) return -w;
   }
 }
@@ -344,10 +355,10 @@ ssize_t IoCore::transfer(IoHandle& h, Direction dir, TimePoint deadline, IoTrans
       if (err != EAGAIN && err != EWOULDBLOCK) return -err;
       st->ready[d] = false;
     }
-    const ssize_t r = core.perform(h, dir, deadline, op);
+    const ssize_t r = core.perform(h, dir, deadline, op, kind.why);
     if (r == -EAGAIN || r == -EWOULDBLOCK) [[unlikely]] {
       // The kernel would not wait for this one: wait for readiness, then try again.
-      if (const int w = core.park_poll(h, dir, deadline)) return -w;
+      if (const int w = core.park_poll(h, dir, deadline, kind.why)) return -w;
       continue;
     }
     // A transfer that filled the buffer (or an accept) may have left more: the next call tries

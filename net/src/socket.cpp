@@ -247,7 +247,8 @@ Stream connect(const Address& address, Deadline deadline) {
   if (errno != EINPROGRESS) throw_errno(errno, "skein::connect");
   // In progress: the fd turns writable when the handshake ends, either way.
   IoHandle h = io_handle(s);
-  if (const int w = IoCore::wait(h, Direction::write, deadline.at()))
+  if (const int w = IoCore::wait(h, Direction::write, deadline.at(),
+                                 IoTransfer::message().reason(skein::debug::WaitReason::connect)))
     throw_io(-w, Direction::write, "skein::connect");
   int err = 0;
   socklen_t len = sizeof err;
@@ -308,10 +309,12 @@ Stream Listener::accept(Address* peer, Deadline deadline) {
   ssize_t fd;
   do {
     len = sizeof ss;
-    fd = IoCore::transfer(h, Direction::read, deadline.at(), IoTransfer::message(), op, [&]() -> ssize_t {
-      len = sizeof ss;
-      return ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    });
+    fd = IoCore::transfer(
+        h, Direction::read, deadline.at(), IoTransfer::message().reason(skein::debug::WaitReason::accept), op,
+        [&]() -> ssize_t {
+          len = sizeof ss;
+          return ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        });
   } while (fd < 0 && transient_accept_error(static_cast<int>(-fd)));
   if (fd < 0) throw_io(fd, Direction::read, "skein::Listener::accept");
   auto s = detail::SocketAccess::adopt<Stream>(static_cast<int>(fd));
