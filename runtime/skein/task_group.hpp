@@ -26,8 +26,12 @@ namespace skein {
 // every child and rethrows the first failure. Cancelling the group cancels every child. A group
 // destroyed without join() cancels its children and waits for them, so no child outlives it —
 // its body may safely use the spawning scope's locals. Spawn into it from any fiber; join it from
-// one. Children spawned after cancel() or a failure start cancelled.
+// one. Children spawned after cancel() or a failure start cancelled. The group keeps nothing of a
+// finished child: its record and stack go back when it ends (or when its Task handle goes).
 class TaskGroup {
+  template <class F>
+  class Child;
+
  public:
   TaskGroup() = default;
   TaskGroup(const TaskGroup&) = delete;
@@ -38,7 +42,7 @@ class TaskGroup {
   // the group keeps track of the child either way.
   template <class F>
   auto spawn(FiberOptions options, F&& f) {
-    return adopt(skein::spawn(std::move(options), wrap(std::forward<F>(f))));
+    return skein::spawn(std::move(options), Child<std::decay_t<F>>(*this, std::forward<F>(f)));
   }
   template <class F>
   auto spawn(F&& f) {
@@ -47,7 +51,7 @@ class TaskGroup {
   // As spawn(), on worker `worker` of the calling fiber's runtime.
   template <class F>
   auto spawn_on(std::size_t worker, FiberOptions options, F&& f) {
-    return adopt(skein::spawn_on(worker, std::move(options), wrap(std::forward<F>(f))));
+    return skein::spawn_on(worker, std::move(options), Child<std::decay_t<F>>(*this, std::forward<F>(f)));
   }
   template <class F>
   auto spawn_on(std::size_t worker, F&& f) {
@@ -56,7 +60,8 @@ class TaskGroup {
 
   // Waits until every child (including those spawned meanwhile) has finished, then rethrows the
   // first failure, if any, and forgets it: the group can be used again. If the waiting fiber is
-  // cancelled or its TimeoutScope expires, the children are cancelled and waited for first.
+  // cancelled or its TimeoutScope expires, the children are cancelled and waited for first. A
+  // child joining its own group throws resource_deadlock_would_occur.
   void join() { join_until(Deadline()); }
 
   // As join(), giving up at `deadline`: false, with the children left running and any failure
@@ -74,35 +79,65 @@ class TaskGroup {
   std::size_t active() const noexcept;
 
  private:
+  // A child's place in its group, inside the child's closure (so on the child's own stack): counted
+  // from its creation, listed for cancel() while the body runs, and gone with the closure, which
+  // the fiber destroys as the body ends. Only the instance inside the fiber counts; a moved-from
+  // one is inert.
+  struct Member {
+    explicit Member(TaskGroup& group) noexcept;
+    Member(Member&& other) noexcept : group_(std::exchange(other.group_, nullptr)) {}
+    Member& operator=(Member&&) = delete;
+    ~Member() {
+      if (group_) group_->leave(*this);
+    }
+
+    TaskGroup* group_;
+    detail::Fiber* fiber_ = nullptr;  // set when the body starts
+    Member* prev_ = nullptr;          // the group's list of running children (under its lock)
+    Member* next_ = nullptr;
+    bool listed_ = false;
+  };
+
+  // The closure a child runs: its body, wrapped so a failure reaches the group.
   template <class F>
-  auto wrap(F&& f) {
-    return [this, fn = std::forward<F>(f)]() mutable -> detail::fiber_result_t<F> {
+  class Child {
+   public:
+    template <class G>
+    Child(TaskGroup& group, G&& f) : member_(group), fn_(std::forward<G>(f)) {}
+
+    detail::fiber_result_t<F> operator()() {
+      TaskGroup& group = *member_.group_;
+      group.enter(member_);
       try {
-        return fn();
+        return fn_();
       } catch (...) {
-        fail(std::current_exception());
+        group.fail(member_, std::current_exception());
         throw;
       }
-    };
-  }
-  template <class T>
-  Task<T> adopt(Task<T> t) {
-    track(detail::TaskAccess::fiber_of(t));
-    return t;
-  }
-  void track(detail::Fiber* child);
-  void fail(std::exception_ptr e) noexcept;
-  // Waits for every child, shielded or not; returns true with the list emptied and references
-  // dropped, or false, leaving the list, if `deadline` passes first. Throws (unshielded) if the
-  // wait is interrupted, leaving the list as it was.
-  bool wait_children(bool shielded, TimePoint deadline = no_deadline);
+    }
 
+   private:
+    Member member_;  // first, so destroyed last: the group lets go only once the body's closure is gone
+    F fn_;
+  };
+
+  void enter(Member& m);
+  void leave(Member& m) noexcept;
+  void fail(Member& m, std::exception_ptr e) noexcept;
+  // Waits until no child is left; then, under the same lock, ends the round (the group stops
+  // cancelling) and moves the first failure into `error`. False if `deadline` passes first; throws
+  // if the wait is interrupted (not when shielded).
+  bool wait_children(TimePoint deadline, std::exception_ptr& error);
+  // Cancels the children and waits for them, shielded; drops any failure.
+  void reap() noexcept;
+
+  // Lock order: lock_, then joiners_.lock. Nothing takes lock_ while holding a wait list's lock.
   mutable detail::SpinLock lock_;
-  std::vector<detail::Fiber*> children_ SKEIN_GUARDED_BY(lock_);  // each holds a reference of the group's
-  std::size_t prune_at_ SKEIN_GUARDED_BY(lock_) = 16;  // drop finished children when the list grows this long
-  std::size_t joining_ SKEIN_GUARDED_BY(lock_) = 0;    // wait_children() calls in progress (no pruning then)
+  Member* members_ SKEIN_GUARDED_BY(lock_) = nullptr;  // children whose body is running
+  std::size_t live_ SKEIN_GUARDED_BY(lock_) = 0;       // children whose closure still exists
   std::exception_ptr first_error_ SKEIN_GUARDED_BY(lock_);
   bool cancelling_ SKEIN_GUARDED_BY(lock_) = false;
+  detail::WaitList joiners_;  // woken when live_ drops to zero
 };
 
 // Runs at most `size` tasks at once: spawn() waits for a free slot (gevent.pool.Pool: new
