@@ -137,6 +137,9 @@ class TaskGroup {
   std::size_t live_ SKEIN_GUARDED_BY(lock_) = 0;       // children whose closure still exists
   std::exception_ptr first_error_ SKEIN_GUARDED_BY(lock_);
   bool cancelling_ SKEIN_GUARDED_BY(lock_) = false;
+  // Children whose closure is gone and whose fiber may not have ended yet, each with a reference
+  // (a few at a time: the next leave() or join drops those that have ended).
+  std::vector<detail::Fiber*> ending_ SKEIN_GUARDED_BY(lock_);
   detail::WaitList joiners_;  // woken when live_ drops to zero
 };
 

@@ -1,7 +1,9 @@
 // TaskGroup's bookkeeping and Pool's construction.
 #include <skein/task_group.hpp>
 
+#include <cstdint>
 #include <system_error>
+#include <vector>
 
 namespace skein {
 
@@ -31,10 +33,26 @@ void TaskGroup::enter(Member& m) {
   detail::throw_if_interrupted(detail::Wake::cancelled);
 }
 
+namespace {
+// Whether `m` lives on `f`'s stack: the member of a fiber that ends without running its body.
+bool on_stack_of(const detail::Fiber* f, const void* m) noexcept {
+  const auto p = reinterpret_cast<std::uintptr_t>(m);
+  return f && p >= reinterpret_cast<std::uintptr_t>(f->stack.lo) &&
+         p < reinterpret_cast<std::uintptr_t>(f->stack.hi());
+}
+}  // namespace
+
 void TaskGroup::leave(Member& m) noexcept {
-  // The child's closure is gone: none of its code runs any more, so a join may return. Nothing
-  // here holds a reference to the child, so its record and stack go back as soon as its fiber ends
-  // (and its Task handle, if kept, lets go).
+  // The child's closure is gone: none of its code runs any more. Its fiber still has to end, which
+  // Task::done() reports, so a join must see it finished: the child is kept (a reference) until it
+  // is seen so, by the next leave() or the join, and nothing more: its record and stack go back
+  // as soon as its fiber ends (and its Task handle, if kept, lets go).
+  detail::Fiber* self = m.fiber_;
+  if (!self && on_stack_of(detail::current_fiber(), &m)) self = detail::current_fiber();  // skipped body
+  if (self) self->refs.fetch_add(1, std::memory_order_relaxed);
+  constexpr std::size_t batch = 8;
+  detail::Fiber* gone[batch];
+  std::size_t n = 0;
   detail::WaitNode* woken = nullptr;
   {
     detail::SpinGuard g(lock_);
@@ -42,11 +60,28 @@ void TaskGroup::leave(Member& m) noexcept {
       (m.prev_ ? m.prev_->next_ : members_) = m.next_;
       if (m.next_) m.next_->prev_ = m.prev_;
     }
+    for (std::size_t i = 0; i < ending_.size() && n + 1 < batch;) {  // a slot kept for `self`
+      if (ending_[i]->finished.load(std::memory_order_acquire)) {
+        gone[n++] = ending_[i];
+        ending_[i] = ending_.back();
+        ending_.pop_back();
+      } else {
+        ++i;
+      }
+    }
+    if (self) {
+      try {
+        ending_.push_back(self);  // within the capacity the list has had, but for a burst
+      } catch (...) {
+        gone[n++] = self;  // out of memory: done() may lag the join for this one; nothing worse
+      }
+    }
     if (--live_ == 0) {
       detail::SpinGuard j(joiners_.lock);
       woken = detail::claim_all(joiners_);
     }
   }
+  for (std::size_t i = 0; i < n; ++i) detail::release(gone[i]);
   // A joiner woken here may destroy the group at once: only the nodes are touched from now on.
   detail::deliver_all(woken);
 }
@@ -76,16 +111,28 @@ bool TaskGroup::wait_children(TimePoint deadline, std::exception_ptr& error) {
   for (;;) {
     detail::ThreadWaiter thread;
     detail::WaitNode node;
+    std::vector<detail::Fiber*> ending;
+    bool waiting = false;
     {
       detail::SpinGuard g(lock_);
       if (live_ == 0) {
         cancelling_ = false;
         error = std::exchange(first_error_, nullptr);
-        return true;
+        ending.swap(ending_);
+      } else {
+        detail::attach(node, thread);
+        detail::SpinGuard j(joiners_.lock);
+        joiners_.push_back(&node);
+        waiting = true;
       }
-      detail::attach(node, thread);
-      detail::SpinGuard j(joiners_.lock);
-      joiners_.push_back(&node);
+    }
+    if (!waiting) {
+      // Every body has ended; their fibers are ending, if not ended yet (a few instructions).
+      for (detail::Fiber* f : ending) {
+        detail::run_shielded([f] { detail::wait_done(f, no_deadline); });
+        detail::release(f);
+      }
+      return true;
     }
     // A fiber parks as a join of a task does: children run in this runtime, so a worker whose
     // fibers all wait here and on each other is deadlocked (single-worker detection).
