@@ -30,7 +30,7 @@ namespace skein {
 // finished child: its record and stack go back when it ends (or when its Task handle goes).
 class TaskGroup {
   template <class F>
-  class Child;
+  struct Child;
 
  public:
   TaskGroup() = default;
@@ -42,7 +42,13 @@ class TaskGroup {
   // the group keeps track of the child either way.
   template <class F>
   auto spawn(FiberOptions options, F&& f) {
-    return skein::spawn(std::move(options), Child<std::decay_t<F>>(*this, std::forward<F>(f)));
+    // As skein::spawn, with the child listed in between: it cannot run before the caller waits.
+    using C = Child<std::decay_t<F>>;
+    detail::Scheduler& sched = detail::scheduler_for("skein::TaskGroup::spawn");
+    auto [fiber, stack] = detail::make_fiber(options.stack_size, C(*this, false, std::forward<F>(f)));
+    detail::start_fiber(sched, fiber, stack, std::move(options.name));
+    add(static_cast<detail::FiberImpl<C, detail::fiber_result_t<C>>*>(fiber)->fn->member_, fiber);
+    return detail::TaskAccess::adopt<detail::fiber_result_t<C>>(fiber);
   }
   template <class F>
   auto spawn(F&& f) {
@@ -51,7 +57,8 @@ class TaskGroup {
   // As spawn(), on worker `worker` of the calling fiber's runtime.
   template <class F>
   auto spawn_on(std::size_t worker, FiberOptions options, F&& f) {
-    return skein::spawn_on(worker, std::move(options), Child<std::decay_t<F>>(*this, std::forward<F>(f)));
+    return skein::spawn_on(worker, std::move(options),
+                           Child<std::decay_t<F>>(*this, true, std::forward<F>(f)));
   }
   template <class F>
   auto spawn_on(std::size_t worker, F&& f) {
@@ -80,34 +87,35 @@ class TaskGroup {
 
  private:
   // A child's place in its group, inside the child's closure (so on the child's own stack): counted
-  // from its creation, listed for cancel() while the body runs, and gone with the closure, which
-  // the fiber destroys as the body ends. Only the instance inside the fiber counts; a moved-from
-  // one is inert.
+  // from its spawn, listed for cancel() while it may run, and gone with the closure, which the
+  // fiber destroys as the body ends. Only the instance inside the fiber counts; a moved-from one
+  // is inert.
   struct Member {
-    explicit Member(TaskGroup& group) noexcept;
-    Member(Member&& other) noexcept : group_(std::exchange(other.group_, nullptr)) {}
+    Member(TaskGroup& group, bool count) noexcept;
+    Member(Member&& other) noexcept
+        : group_(std::exchange(other.group_, nullptr)), counted_(std::exchange(other.counted_, false)) {}
     Member& operator=(Member&&) = delete;
     ~Member() {
-      if (group_) group_->leave(*this);
+      if (counted_) group_->leave(*this);
     }
 
     TaskGroup* group_;
-    detail::Fiber* fiber_ = nullptr;  // set when the body starts
-    Member* prev_ = nullptr;          // the group's list of running children (under its lock)
+    bool counted_ = false;            // in live_ (leave() takes it out)
+    bool listed_ = false;             // in members_ (under the group's lock)
+    detail::Fiber* fiber_ = nullptr;  // set when listed
+    Member* prev_ = nullptr;
     Member* next_ = nullptr;
-    bool listed_ = false;
   };
 
   // The closure a child runs: its body, wrapped so a failure reaches the group.
   template <class F>
-  class Child {
-   public:
+  struct Child {
     template <class G>
-    Child(TaskGroup& group, G&& f) : member_(group), fn_(std::forward<G>(f)) {}
+    Child(TaskGroup& group, bool count, G&& f) : member_(group, count), fn_(std::forward<G>(f)) {}
 
     detail::fiber_result_t<F> operator()() {
       TaskGroup& group = *member_.group_;
-      group.enter(member_);
+      if (!member_.listed_) group.enter(member_);  // spawned on another worker
       try {
         return fn_();
       } catch (...) {
@@ -116,11 +124,13 @@ class TaskGroup {
       }
     }
 
-   private:
     Member member_;  // first, so destroyed last: the group lets go only once the body's closure is gone
     F fn_;
   };
 
+  // Counts and lists a child spawned on this worker, not yet run; cancels it if the group is
+  // cancelling.
+  void add(Member& m, detail::Fiber* fiber) noexcept;
   void enter(Member& m);
   void leave(Member& m) noexcept;
   void fail(Member& m, std::exception_ptr e) noexcept;
@@ -140,7 +150,8 @@ class TaskGroup {
   // Children whose closure is gone and whose fiber may not have ended yet, each with a reference
   // (a few at a time: the next leave() or join drops those that have ended).
   std::vector<detail::Fiber*> ending_ SKEIN_GUARDED_BY(lock_);
-  detail::WaitList joiners_;  // woken when live_ drops to zero
+  bool joined_ SKEIN_GUARDED_BY(lock_) = false;  // joiners_ may be non-empty (saves its lock)
+  detail::WaitList joiners_;                     // woken when live_ drops to zero
 };
 
 // Runs at most `size` tasks at once: spawn() waits for a free slot (gevent.pool.Pool: new

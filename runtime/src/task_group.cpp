@@ -7,13 +7,31 @@
 
 namespace skein {
 
-TaskGroup::Member::Member(TaskGroup& group) noexcept : group_(&group) {
+TaskGroup::Member::Member(TaskGroup& group, bool count) noexcept : group_(&group), counted_(count) {
+  if (!count) return;
   detail::SpinGuard g(group.lock_);
   ++group.live_;
 }
 
 TaskGroup::~TaskGroup() {
   reap();
+}
+
+void TaskGroup::add(Member& m, detail::Fiber* fiber) noexcept {
+  m.fiber_ = fiber;
+  bool cancelled;
+  {
+    detail::SpinGuard g(lock_);
+    ++live_;
+    m.counted_ = true;
+    m.next_ = members_;
+    if (members_) members_->prev_ = &m;
+    members_ = &m;
+    m.listed_ = true;
+    cancelled = cancelling_;
+  }
+  // Not run yet: it ends without running its body, as any fiber cancelled before it started.
+  if (cancelled) detail::cancel(fiber);
 }
 
 void TaskGroup::enter(Member& m) {
@@ -28,8 +46,8 @@ void TaskGroup::enter(Member& m) {
       return;
     }
   }
-  // Spawned after cancel() or a failure, or cancelled before it ran: as a fiber cancelled before
-  // it started, the body does not run.
+  // Spawned after cancel() or a failure: as a fiber cancelled before it started, the body does
+  // not run.
   detail::throw_if_interrupted(detail::Wake::cancelled);
 }
 
@@ -76,7 +94,8 @@ void TaskGroup::leave(Member& m) noexcept {
         gone[n++] = self;  // out of memory: done() may lag the join for this one; nothing worse
       }
     }
-    if (--live_ == 0) {
+    if (--live_ == 0 && joined_) {
+      joined_ = false;
       detail::SpinGuard j(joiners_.lock);
       woken = detail::claim_all(joiners_);
     }
@@ -123,6 +142,7 @@ bool TaskGroup::wait_children(TimePoint deadline, std::exception_ptr& error) {
         detail::attach(node, thread);
         detail::SpinGuard j(joiners_.lock);
         joiners_.push_back(&node);
+        joined_ = true;
         waiting = true;
       }
     }
