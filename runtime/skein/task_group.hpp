@@ -26,8 +26,9 @@ namespace skein {
 // every child and rethrows the first failure. Cancelling the group cancels every child. A group
 // destroyed without join() cancels its children and waits for them, so no child outlives it —
 // its body may safely use the spawning scope's locals. Spawn into it from any fiber; join it from
-// one. Children spawned after cancel() or a failure start cancelled. The group keeps nothing of a
-// finished child: its record and stack go back when it ends (or when its Task handle goes).
+// one. Children spawned after cancel() or a failure start cancelled. A child's record and stack go
+// back as its fiber ends (or when its Task handle, if kept, goes): the group holds only live
+// children, and the last one or two that ended until the next spawn or child's end.
 class TaskGroup {
   template <class F>
   struct Child;
@@ -131,6 +132,10 @@ class TaskGroup {
   // Counts and lists a child spawned on this worker, not yet run; cancels it if the group is
   // cancelling.
   void add(Member& m, detail::Fiber* fiber) noexcept;
+  // Takes up to `room` children of ending_ whose fiber has ended, for release() once the lock is
+  // let go: a spawn or a child's end drops them, so no ended child is kept past either.
+  std::size_t take_ended(detail::Fiber** out, std::size_t room) noexcept SKEIN_REQUIRES(lock_);
+  static constexpr std::size_t ending_batch = 8;
   void enter(Member& m);
   void leave(Member& m) noexcept;
   void fail(Member& m, std::exception_ptr e) noexcept;

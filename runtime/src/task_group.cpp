@@ -9,8 +9,28 @@ namespace skein {
 
 TaskGroup::Member::Member(TaskGroup& group, bool count) noexcept : group_(&group), counted_(count) {
   if (!count) return;
-  detail::SpinGuard g(group.lock_);
-  ++group.live_;
+  detail::Fiber* ended[ending_batch];
+  std::size_t n;
+  {
+    detail::SpinGuard g(group.lock_);
+    ++group.live_;
+    n = group.take_ended(ended, ending_batch);
+  }
+  for (std::size_t i = 0; i < n; ++i) detail::release(ended[i]);
+}
+
+std::size_t TaskGroup::take_ended(detail::Fiber** out, std::size_t room) noexcept {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < ending_.size() && n < room;) {
+    if (ending_[i]->finished.load(std::memory_order_acquire)) {
+      out[n++] = ending_[i];
+      ending_[i] = ending_.back();
+      ending_.pop_back();
+    } else {
+      ++i;
+    }
+  }
+  return n;
 }
 
 TaskGroup::~TaskGroup() {
@@ -20,8 +40,11 @@ TaskGroup::~TaskGroup() {
 void TaskGroup::add(Member& m, detail::Fiber* fiber) noexcept {
   m.fiber_ = fiber;
   bool cancelled;
+  detail::Fiber* ended[ending_batch];
+  std::size_t n;
   {
     detail::SpinGuard g(lock_);
+    n = take_ended(ended, ending_batch);
     ++live_;
     m.counted_ = true;
     m.next_ = members_;
@@ -30,6 +53,7 @@ void TaskGroup::add(Member& m, detail::Fiber* fiber) noexcept {
     m.listed_ = true;
     cancelled = cancelling_;
   }
+  for (std::size_t i = 0; i < n; ++i) detail::release(ended[i]);
   // Not run yet: it ends without running its body, as any fiber cancelled before it started.
   if (cancelled) detail::cancel(fiber);
 }
@@ -63,14 +87,13 @@ bool on_stack_of(const detail::Fiber* f, const void* m) noexcept {
 void TaskGroup::leave(Member& m) noexcept {
   // The child's closure is gone: none of its code runs any more. Its fiber still has to end, which
   // Task::done() reports, so a join must see it finished: the child is kept (a reference) until it
-  // is seen so, by the next leave() or the join, and nothing more: its record and stack go back
+  // is seen so, by the next spawn, leave() or the join, and nothing more: its record and stack go back
   // as soon as its fiber ends (and its Task handle, if kept, lets go).
   detail::Fiber* self = m.fiber_;
   if (!self && on_stack_of(detail::current_fiber(), &m)) self = detail::current_fiber();  // skipped body
   if (self) self->refs.fetch_add(1, std::memory_order_relaxed);
-  constexpr std::size_t batch = 8;
-  detail::Fiber* gone[batch];
-  std::size_t n = 0;
+  detail::Fiber* gone[ending_batch + 1];
+  std::size_t n;
   detail::WaitNode* woken = nullptr;
   {
     detail::SpinGuard g(lock_);
@@ -78,15 +101,7 @@ void TaskGroup::leave(Member& m) noexcept {
       (m.prev_ ? m.prev_->next_ : members_) = m.next_;
       if (m.next_) m.next_->prev_ = m.prev_;
     }
-    for (std::size_t i = 0; i < ending_.size() && n + 1 < batch;) {  // a slot kept for `self`
-      if (ending_[i]->finished.load(std::memory_order_acquire)) {
-        gone[n++] = ending_[i];
-        ending_[i] = ending_.back();
-        ending_.pop_back();
-      } else {
-        ++i;
-      }
-    }
+    n = take_ended(gone, ending_batch);
     if (self) {
       try {
         ending_.push_back(self);  // within the capacity the list has had, but for a burst
