@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <optional>
 #include <random>
 #include <span>
 #include <stdexcept>
@@ -468,59 +469,69 @@ TEST_SUITE("server") {
     });
   }
 
+  // A server on a loopback listener with one connection whose handler sleeps until cancelled: the
+  // setup of the tests of stopping with a handler still running. `seen` is what ended the sleep;
+  // `serve_for`, if given, bounds serve() with a TimeoutScope. Handler errors are not printed.
+  struct SleepingHandler {
+    explicit SleepingHandler(std::chrono::milliseconds grace_period,
+                             std::optional<std::chrono::milliseconds> serve_for = std::nullopt)
+        : server(quiet(grace_period)),
+          serving(skein::spawn([this, serve_for] {
+            skein::TimeoutScope scope(serve_for ? skein::Deadline(*serve_for) : skein::Deadline());
+            server.serve(listener, [this](skein::Stream) {
+              try {
+                skein::sleep_for(30s);
+              } catch (const std::system_error& e) {
+                seen = e.code();
+                throw;
+              }
+            });
+          })),
+          client(skein::connect(listener.local_address(), 5s)) {
+      REQUIRE(eventually([&] { return server.active() == 1; }));
+    }
+    static skein::ServeOptions quiet(std::chrono::milliseconds grace_period) {
+      skein::ServeOptions opts;
+      opts.grace_period = grace_period;
+      opts.on_error = [](const Address&, std::exception_ptr) {};
+      return opts;
+    }
+
+    skein::Listener listener = skein::listen(Address::loopback(0));
+    skein::Server server;
+    std::error_code seen;
+    skein::Task<void> serving;
+    CancelOnExit<void> guard{serving};
+    skein::Stream client;
+  };
+
   TEST_CASE("cancelling serve() during the grace period cuts it short") {
     FdCheck fds;
     skein::run([] {
-      skein::Listener l = skein::listen(Address::loopback(0));
-      skein::ServeOptions opts;
-      opts.grace_period = 10s;
-      opts.on_error = [](const Address&, std::exception_ptr) {};
-      skein::Server server(opts);
-      auto srv = skein::spawn([&] { server.serve(l, [](skein::Stream) { skein::sleep_for(30s); }); });
-      CancelOnExit guard{srv};
-      skein::Stream c = skein::connect(l.local_address(), 5s);
-      REQUIRE(eventually([&] { return server.active() == 1; }));
-      server.stop();
+      SleepingHandler h(10s);
+      h.server.stop();
       skein::sleep_for(100ms);  // serve() is in its grace period now
       const auto start = skein::Clock::now();
-      srv.cancel();
-      const std::error_code e = code_of([&] { srv.join(); });
+      h.serving.cancel();
+      const std::error_code e = code_of([&] { h.serving.join(); });
       CHECK_MESSAGE(e == std::errc::operation_canceled, describe(e));
       CHECK(ms_since(start) < 2000);  // not the remaining ~10 s
-      CHECK(server.active() == 0);
+      CHECK(h.server.active() == 0);
     });
   }
 
   TEST_CASE("stop: handlers still running after the grace period are cancelled") {
     FdCheck fds;
     skein::run([] {
-      skein::Listener l = skein::listen(Address::loopback(0));
-      skein::ServeOptions opts;
-      opts.grace_period = 100ms;
-      opts.on_error = [](const Address&, std::exception_ptr) {};
-      skein::Server server(opts);
-      std::error_code seen;
-      auto srv = skein::spawn([&] {
-        server.serve(l, [&](skein::Stream) {
-          try {
-            skein::sleep_for(10s);
-          } catch (const std::system_error& e) {
-            seen = e.code();
-            throw;
-          }
-        });
-      });
-      CancelOnExit guard{srv};
-      skein::Stream c = skein::connect(l.local_address(), 5s);
-      REQUIRE(eventually([&] { return server.active() == 1; }));
+      SleepingHandler h(100ms);
       const auto start = skein::Clock::now();
-      server.stop();
-      srv.join();
+      h.server.stop();
+      h.serving.join();
       const double took = ms_since(start);
       CHECK(took >= 90);
       CHECK(took < 2000);
-      CHECK_MESSAGE(seen == std::errc::operation_canceled, describe(seen));
-      CHECK(server.active() == 0);
+      CHECK_MESSAGE(h.seen == std::errc::operation_canceled, describe(h.seen));
+      CHECK(h.server.active() == 0);
     });
   }
 
@@ -563,31 +574,12 @@ TEST_SUITE("server") {
   TEST_CASE("a TimeoutScope expiring around serve() stops it like a cancel, then it throws timed_out") {
     FdCheck fds;
     skein::run([] {
-      skein::Listener l = skein::listen(Address::loopback(0));
-      skein::ServeOptions opts;
-      opts.grace_period = 10s;  // the expiry cuts it to zero
-      opts.on_error = [](const Address&, std::exception_ptr) {};
-      skein::Server server(opts);
-      std::error_code seen;
-      auto srv = skein::spawn([&] {
-        skein::TimeoutScope scope(300ms);
-        server.serve(l, [&](skein::Stream) {
-          try {
-            skein::sleep_for(30s);
-          } catch (const std::system_error& e) {
-            seen = e.code();
-            throw;
-          }
-        });
-      });
-      CancelOnExit guard{srv};
-      skein::Stream c = skein::connect(l.local_address(), 5s);
-      REQUIRE(eventually([&] { return server.active() == 1; }));
-      const std::error_code e = code_of([&] { srv.join(); });
+      SleepingHandler h(10s, 300ms);  // the expiry cuts the grace period to zero
+      const std::error_code e = code_of([&] { h.serving.join(); });
       CHECK_MESSAGE(e == std::errc::timed_out, describe(e));
-      CHECK(server.stopping());
-      CHECK_MESSAGE(seen == std::errc::operation_canceled, describe(seen));
-      CHECK(server.active() == 0);
+      CHECK(h.server.stopping());
+      CHECK_MESSAGE(h.seen == std::errc::operation_canceled, describe(h.seen));
+      CHECK(h.server.active() == 0);
     });
   }
 

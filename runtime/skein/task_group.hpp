@@ -26,8 +26,13 @@ namespace skein {
 // every child and rethrows the first failure. Cancelling the group cancels every child. A group
 // destroyed without join() cancels its children and waits for them, so no child outlives it —
 // its body may safely use the spawning scope's locals. Spawn into it from any fiber; join it from
-// one. Children spawned after cancel() or a failure start cancelled.
+// one. Children spawned after cancel() or a failure start cancelled. A child's record and stack go
+// back as its fiber ends (or when its Task handle, if kept, goes): the group holds only live
+// children, and the last one or two that ended until the next spawn or child's end.
 class TaskGroup {
+  template <class F>
+  struct Child;
+
  public:
   TaskGroup() = default;
   TaskGroup(const TaskGroup&) = delete;
@@ -38,7 +43,13 @@ class TaskGroup {
   // the group keeps track of the child either way.
   template <class F>
   auto spawn(FiberOptions options, F&& f) {
-    return adopt(skein::spawn(std::move(options), wrap(std::forward<F>(f))));
+    // As skein::spawn, with the child listed in between: it cannot run before the caller waits.
+    using C = Child<std::decay_t<F>>;
+    detail::Scheduler& sched = detail::scheduler_for("skein::TaskGroup::spawn");
+    auto [fiber, stack] = detail::make_fiber(options.stack_size, C(*this, false, std::forward<F>(f)));
+    detail::start_fiber(sched, fiber, stack, std::move(options.name));
+    add(static_cast<detail::FiberImpl<C, detail::fiber_result_t<C>>*>(fiber)->fn->member_, fiber);
+    return detail::TaskAccess::adopt<detail::fiber_result_t<C>>(fiber);
   }
   template <class F>
   auto spawn(F&& f) {
@@ -47,7 +58,8 @@ class TaskGroup {
   // As spawn(), on worker `worker` of the calling fiber's runtime.
   template <class F>
   auto spawn_on(std::size_t worker, FiberOptions options, F&& f) {
-    return adopt(skein::spawn_on(worker, std::move(options), wrap(std::forward<F>(f))));
+    return skein::spawn_on(worker, std::move(options),
+                           Child<std::decay_t<F>>(*this, true, std::forward<F>(f)));
   }
   template <class F>
   auto spawn_on(std::size_t worker, F&& f) {
@@ -56,7 +68,8 @@ class TaskGroup {
 
   // Waits until every child (including those spawned meanwhile) has finished, then rethrows the
   // first failure, if any, and forgets it: the group can be used again. If the waiting fiber is
-  // cancelled or its TimeoutScope expires, the children are cancelled and waited for first.
+  // cancelled or its TimeoutScope expires, the children are cancelled and waited for first. A
+  // child joining its own group throws resource_deadlock_would_occur.
   void join() { join_until(Deadline()); }
 
   // As join(), giving up at `deadline`: false, with the children left running and any failure
@@ -74,35 +87,76 @@ class TaskGroup {
   std::size_t active() const noexcept;
 
  private:
+  // A child's place in its group, inside the child's closure (so on the child's own stack): counted
+  // from its spawn, listed for cancel() while it may run, and gone with the closure, which the
+  // fiber destroys as the body ends. Only the instance inside the fiber counts; a moved-from one
+  // is inert.
+  struct Member {
+    Member(TaskGroup& group, bool count) noexcept;
+    Member(Member&& other) noexcept
+        : group_(std::exchange(other.group_, nullptr)), counted_(std::exchange(other.counted_, false)) {}
+    Member& operator=(Member&&) = delete;
+    ~Member() {
+      if (counted_) group_->leave(*this);
+    }
+
+    TaskGroup* group_;
+    bool counted_ = false;            // in live_ (leave() takes it out)
+    bool listed_ = false;             // in members_ (under the group's lock)
+    detail::Fiber* fiber_ = nullptr;  // set when listed
+    Member* prev_ = nullptr;
+    Member* next_ = nullptr;
+  };
+
+  // The closure a child runs: its body, wrapped so a failure reaches the group.
   template <class F>
-  auto wrap(F&& f) {
-    return [this, fn = std::forward<F>(f)]() mutable -> detail::fiber_result_t<F> {
+  struct Child {
+    template <class G>
+    Child(TaskGroup& group, bool count, G&& f) : member_(group, count), fn_(std::forward<G>(f)) {}
+
+    detail::fiber_result_t<F> operator()() {
+      TaskGroup& group = *member_.group_;
+      if (!member_.listed_) group.enter(member_);  // spawned on another worker
       try {
-        return fn();
+        return fn_();
       } catch (...) {
-        fail(std::current_exception());
+        group.fail(member_, std::current_exception());
         throw;
       }
-    };
-  }
-  template <class T>
-  Task<T> adopt(Task<T> t) {
-    track(detail::TaskAccess::fiber_of(t));
-    return t;
-  }
-  void track(detail::Fiber* child);
-  void fail(std::exception_ptr e) noexcept;
-  // Waits for every child, shielded or not; returns true with the list emptied and references
-  // dropped, or false, leaving the list, if `deadline` passes first. Throws (unshielded) if the
-  // wait is interrupted, leaving the list as it was.
-  bool wait_children(bool shielded, TimePoint deadline = no_deadline);
+    }
 
+    Member member_;  // first, so destroyed last: the group lets go only once the body's closure is gone
+    F fn_;
+  };
+
+  // Counts and lists a child spawned on this worker, not yet run; cancels it if the group is
+  // cancelling.
+  void add(Member& m, detail::Fiber* fiber) noexcept;
+  // Takes up to `room` children of ending_ whose fiber has ended, for release() once the lock is
+  // let go: a spawn or a child's end drops them, so no ended child is kept past either.
+  std::size_t take_ended(detail::Fiber** out, std::size_t room) noexcept SKEIN_REQUIRES(lock_);
+  static constexpr std::size_t ending_batch = 8;
+  void enter(Member& m);
+  void leave(Member& m) noexcept;
+  void fail(Member& m, std::exception_ptr e) noexcept;
+  // Waits until no child is left; then, under the same lock, ends the round (the group stops
+  // cancelling) and moves the first failure into `error`. False if `deadline` passes first; throws
+  // if the wait is interrupted (not when shielded).
+  bool wait_children(TimePoint deadline, std::exception_ptr& error);
+  // Cancels the children and waits for them, shielded; drops any failure.
+  void reap() noexcept;
+
+  // Lock order: lock_, then joiners_.lock. Nothing takes lock_ while holding a wait list's lock.
   mutable detail::SpinLock lock_;
-  std::vector<detail::Fiber*> children_ SKEIN_GUARDED_BY(lock_);  // each holds a reference of the group's
-  std::size_t prune_at_ SKEIN_GUARDED_BY(lock_) = 16;  // drop finished children when the list grows this long
-  std::size_t joining_ SKEIN_GUARDED_BY(lock_) = 0;    // wait_children() calls in progress (no pruning then)
+  Member* members_ SKEIN_GUARDED_BY(lock_) = nullptr;  // children whose body is running
+  std::size_t live_ SKEIN_GUARDED_BY(lock_) = 0;       // children whose closure still exists
   std::exception_ptr first_error_ SKEIN_GUARDED_BY(lock_);
   bool cancelling_ SKEIN_GUARDED_BY(lock_) = false;
+  // Children whose closure is gone and whose fiber may not have ended yet, each with a reference
+  // (a few at a time: the next leave() or join drops those that have ended).
+  std::vector<detail::Fiber*> ending_ SKEIN_GUARDED_BY(lock_);
+  bool joined_ SKEIN_GUARDED_BY(lock_) = false;  // joiners_ may be non-empty (saves its lock)
+  detail::WaitList joiners_;                     // woken when live_ drops to zero
 };
 
 // Runs at most `size` tasks at once: spawn() waits for a free slot (gevent.pool.Pool: new
