@@ -1582,11 +1582,13 @@ TEST_SUITE("channel") {
 
   TEST_CASE("TaskGroup: a failing child cancels its siblings promptly; join rethrows its error unchanged") {
     skein::run(options(), [] {
-      std::atomic<int> cancelled{0};
+      std::atomic<int> cancelled{0}, started{0};
       const auto start = Clock::now();
       skein::TaskGroup g;
-      for (std::size_t i = 0; i < 2 * skein::worker_count(); ++i)
-        g.spawn_on(i % skein::worker_count(), [&cancelled] {
+      const auto siblings = static_cast<int>(2 * skein::worker_count());
+      for (int i = 0; i < siblings; ++i)
+        g.spawn_on(static_cast<std::size_t>(i) % skein::worker_count(), [&cancelled, &started] {
+          ++started;
           try {
             skein::sleep_for(10s);
           } catch (const std::system_error& e) {
@@ -1594,8 +1596,10 @@ TEST_SUITE("channel") {
             throw;
           }
         });
-      g.spawn_on(far(), [] {
-        skein::sleep_for(10ms);
+      // Fails once every sibling runs (one the group cancels before it starts never runs its body).
+      g.spawn_on(far(), [&started, siblings] {
+        do skein::sleep_for(10ms);
+        while (started < siblings);
         throw ChildError("child failed", 7);
       });
       try {
@@ -1663,11 +1667,12 @@ TEST_SUITE("channel") {
 
   TEST_CASE("TaskGroup: cancelling the group cancels every child; join then returns without error") {
     skein::run(options(), [] {
-      std::atomic<int> cancelled{0};
+      std::atomic<int> cancelled{0}, started{0};
       skein::TaskGroup g;
       std::vector<skein::Task<void>> tasks;
       for (std::size_t i = 0; i < 2 * skein::worker_count(); ++i)
-        tasks.push_back(g.spawn_on(i % skein::worker_count(), [&cancelled] {
+        tasks.push_back(g.spawn_on(i % skein::worker_count(), [&cancelled, &started] {
+          ++started;
           try {
             skein::sleep_for(10s);
           } catch (const std::system_error& e) {
@@ -1675,7 +1680,9 @@ TEST_SUITE("channel") {
             throw;
           }
         }));
-      skein::sleep_for(10ms);
+      // Every body runs first (a child cancelled before it starts never runs its body).
+      do skein::sleep_for(10ms);
+      while (started < static_cast<int>(tasks.size()));
       const auto start = Clock::now();
       g.cancel();
       g.join();
@@ -1822,7 +1829,7 @@ TEST_SUITE("channel") {
     skein::run(options(), [] {
       const auto start = Clock::now();
       int local = 0;  // the spawning scope's, written by the child as it unwinds
-      std::atomic<bool> far_done{false};
+      std::atomic<bool> far_done{false}, far_started{false};
       {
         skein::TaskGroup g;
         g.spawn([&local] {
@@ -1833,11 +1840,15 @@ TEST_SUITE("channel") {
             throw;
           }
         });
-        g.spawn_on(far(), [&far_done] {
+        g.spawn_on(far(), [&far_done, &far_started] {
           SetOnExit mark{far_done};
+          far_started = true;
           skein::sleep_for(10s);
         });
-        skein::sleep_for(10ms);  // both are parked in their sleeps
+        // Both bodies have begun (a child the group cancels before it starts never runs its body),
+        // however slowly the other worker gets to it on a loaded machine.
+        do skein::sleep_for(1ms);
+        while (!far_started);
       }
       CHECK(local == 42);
       CHECK(far_done);
