@@ -446,4 +446,25 @@ TEST_SUITE("debug") {
       CHECK(reader.join() == 1);
     });
   }
+  TEST_CASE("a TaskGroup's and a Pool's children name the caller's spawn call as their spawn site") {
+    skein::run([] {
+      skein::Event stop;
+      skein::TaskGroup g;
+      skein::Pool pool(2);
+      auto local = g.spawn([&] { stop.wait(); });
+      const int group_line = __LINE__ - 1;
+      auto pooled = pool.spawn([&] { stop.wait(); });
+      const int pool_line = __LINE__ - 1;
+      const auto all = snapshot_when([&](const auto& s) { return all_parked(s, {local.id(), pooled.id()}); });
+      for (const auto& [id, line] : {std::pair{local.id(), group_line}, std::pair{pooled.id(), pool_line}}) {
+        const auto f = find(all, id);
+        REQUIRE(f);
+        CHECK(std::strstr(f->spawned_at.file_name(), "debug_test.cpp") != nullptr);
+        CHECK(f->spawned_at.line() == static_cast<std::uint_least32_t>(line));
+      }
+      stop.set();
+      g.join();
+      pool.join();
+    });
+  }
 }

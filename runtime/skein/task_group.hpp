@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <exception>
 #include <mutex>
+#include <source_location>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -40,30 +41,31 @@ class TaskGroup {
   ~TaskGroup();
 
   // Starts `f` as a child on the calling fiber's worker. The handle may be joined, or dropped:
-  // the group keeps track of the child either way.
+  // the group keeps track of the child either way. `where` (defaulted) is what skein::debug reports.
   template <class F>
-  auto spawn(FiberOptions options, F&& f) {
+  auto spawn(FiberOptions options, F&& f, std::source_location where = std::source_location::current()) {
     // As skein::spawn, with the child listed in between: it cannot run before the caller waits.
     using C = Child<std::decay_t<F>>;
     detail::Scheduler& sched = detail::scheduler_for("skein::TaskGroup::spawn");
     auto [fiber, stack] = detail::make_fiber(options.stack_size, C(*this, false, std::forward<F>(f)));
-    detail::start_fiber(sched, fiber, stack, std::move(options.name));
+    detail::start_fiber(sched, fiber, stack, std::move(options.name), where);
     add(static_cast<detail::FiberImpl<C, detail::fiber_result_t<C>>*>(fiber)->fn->member_, fiber);
     return detail::TaskAccess::adopt<detail::fiber_result_t<C>>(fiber);
   }
   template <class F>
-  auto spawn(F&& f) {
-    return spawn(FiberOptions{"group child"}, std::forward<F>(f));
+  auto spawn(F&& f, std::source_location where = std::source_location::current()) {
+    return spawn(FiberOptions{"group child"}, std::forward<F>(f), where);
   }
   // As spawn(), on worker `worker` of the calling fiber's runtime.
   template <class F>
-  auto spawn_on(std::size_t worker, FiberOptions options, F&& f) {
+  auto spawn_on(std::size_t worker, FiberOptions options, F&& f,
+                std::source_location where = std::source_location::current()) {
     return skein::spawn_on(worker, std::move(options),
-                           Child<std::decay_t<F>>(*this, true, std::forward<F>(f)));
+                           Child<std::decay_t<F>>(*this, true, std::forward<F>(f)), where);
   }
   template <class F>
-  auto spawn_on(std::size_t worker, F&& f) {
-    return spawn_on(worker, FiberOptions{"group child"}, std::forward<F>(f));
+  auto spawn_on(std::size_t worker, F&& f, std::source_location where = std::source_location::current()) {
+    return spawn_on(worker, FiberOptions{"group child"}, std::forward<F>(f), where);
   }
 
   // Waits until every child (including those spawned meanwhile) has finished, then rethrows the
@@ -172,26 +174,28 @@ class Pool {
   // Waits for a free slot, then starts `f` on the calling fiber's worker; the slot frees when the
   // body ends.
   template <class F>
-  auto spawn(FiberOptions options, F&& f) {
+  auto spawn(FiberOptions options, F&& f, std::source_location where = std::source_location::current()) {
     slots_.acquire();
     running_.add(1);
     try {
-      return skein::spawn(std::move(options),
-                          [this, fn = std::forward<F>(f)]() mutable -> detail::fiber_result_t<F> {
-                            struct Leave {
-                              Pool* pool;
-                              ~Leave() { pool->leave(); }
-                            } leave{this};
-                            return fn();
-                          });
+      return skein::spawn(
+          std::move(options),
+          [this, fn = std::forward<F>(f)]() mutable -> detail::fiber_result_t<F> {
+            struct Leave {
+              Pool* pool;
+              ~Leave() { pool->leave(); }
+            } leave{this};
+            return fn();
+          },
+          where);
     } catch (...) {
       leave();
       throw;
     }
   }
   template <class F>
-  auto spawn(F&& f) {
-    return spawn(FiberOptions{"pool task"}, std::forward<F>(f));
+  auto spawn(F&& f, std::source_location where = std::source_location::current()) {
+    return spawn(FiberOptions{"pool task"}, std::forward<F>(f), where);
   }
 
   // Waits until every task started so far has finished.
