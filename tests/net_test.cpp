@@ -1121,6 +1121,22 @@ TEST_SUITE("net") {
     });
   }
 
+  TEST_CASE("two fibers writing one socket in the same turn both succeed while it has room") {
+    skein::run([] {
+      StreamPair p = connected_pair(Address::loopback(0));
+      // On io_uring's completion mode the first write is an operation still in flight when the
+      // second starts: the second must not see the socket as busy.
+      auto a = skein::spawn([&] { p.client.write_all("aaaa", 5s); });
+      auto b = skein::spawn([&] { p.client.write_all("bbbb", 5s); });
+      a.join();
+      b.join();
+      std::string got(8, '\0');
+      p.server.read_exact(std::span<char>(got.data(), got.size()), 5s);
+      std::sort(got.begin(), got.end());
+      CHECK(got == "aaaabbbb");
+    });
+  }
+
   TEST_CASE("misuse: calls on a closed socket, two fibers reading one socket") {
     FdCheck fds;
     skein::run([] {

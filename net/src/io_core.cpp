@@ -124,6 +124,25 @@ int IoCore::wait(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer kind
   return h.core->park_on(h, dir, deadline, kind.why);
 }
 
+namespace {
+
+// The core's code for a wait that ended otherwise than by its event (0: it did).
+int wake_code(Wake w) noexcept {
+  switch (w) {
+    case Wake::timed_out:
+      return io_timed_out;
+    case Wake::expired:
+      return io_expired;
+    case Wake::cancelled:
+      return io_cancelled;
+    case Wake::notified:
+      break;
+  }
+  return 0;
+}
+
+}  // namespace
+
 int IoCore::park_on(IoHandle& h, Direction dir, TimePoint deadline, debug::WaitReason why) noexcept {
   FdState& st = *h.st;
   if (st.generation != h.generation) return io_closed;
@@ -142,17 +161,7 @@ int IoCore::park_on(IoHandle& h, Direction dir, TimePoint deadline, debug::WaitR
                       &unlink_waiter, &st.waiter[d]);
   --fd_waiters_;
   if (st.generation != h.generation) return io_closed;
-  switch (w) {
-    case Wake::notified:
-      return 0;
-    case Wake::timed_out:
-      return io_timed_out;
-    case Wake::expired:
-      return io_expired;
-    case Wake::cancelled:
-      return io_cancelled;
-  }
-  return io_timed_out;
+  return wake_code(w);
 }
 
 int IoCore::park_poll(IoHandle& h, Direction dir, TimePoint deadline, debug::WaitReason why) noexcept {
@@ -168,24 +177,6 @@ int IoCore::park_poll(IoHandle& h, Direction dir, TimePoint deadline, debug::Wai
   st.ready[d] = true;
   return 0;
 }
-
-namespace {
-
-int wake_code(Wake w) noexcept {
-  switch (w) {
-    case Wake::timed_out:
-      return io_timed_out;
-    case Wake::expired:
-      return io_expired;
-    case Wake::cancelled:
-      return io_cancelled;
-    case Wake::notified:
-      break;
-  }
-  return 0;
-}
-
-}  // namespace
 
 ssize_t IoCore::perform(IoHandle& h, Direction dir, TimePoint deadline, const IoOp& op,
                         debug::WaitReason why) noexcept {
@@ -210,7 +201,7 @@ ssize_t IoCore::perform(IoHandle& h, Direction dir, TimePoint deadline, const Io
     // completion whatever happens meanwhile. (forget() cancelled it already if it cleared op[d].)
     if (st.op[d] == &s) backend_->cancel(s);
     ShieldGuard shield;
-    while (!s.done) park(no_deadline);
+    while (!s.done) park(WaitFor{reason_for(dir, why), static_cast<std::uintptr_t>(h.fd)}, no_deadline);
   }
   --fd_waiters_;
   if (st.op[d] == &s) st.op[d] = nullptr;

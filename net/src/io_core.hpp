@@ -339,6 +339,10 @@ ssize_t IoCore::transfer(IoHandle& h, Direction dir, TimePoint deadline, IoTrans
   for (;;) {
     // Sends always go to the backend: queued into the turn's one io_uring_enter, a send costs
     // less than its own system call, which is most of what a direct one costs (docs/io_uring.md).
+    // A second writer while one send is in flight sends directly as on a readiness backend
+    // (io_busy only if it too would have to wait).
+    if (dir == Direction::write && st->op[d]) [[unlikely]]
+      return run(h, dir, deadline, kind, attempt);
     if (st->ready[d] && dir == Direction::read) {
       if (--core.budget_ == 0) {
         if (core.yield_for_fairness()) return -io_cancelled;
@@ -358,6 +362,7 @@ ssize_t IoCore::transfer(IoHandle& h, Direction dir, TimePoint deadline, IoTrans
     const ssize_t r = core.perform(h, dir, deadline, op, kind.why);
     if (r == -EAGAIN || r == -EWOULDBLOCK) [[unlikely]] {
       // The kernel would not wait for this one: wait for readiness, then try again.
+      st->ready[d] = false;
       if (const int w = core.park_poll(h, dir, deadline, kind.why)) return -w;
       continue;
     }

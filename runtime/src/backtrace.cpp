@@ -98,7 +98,7 @@ skein_bt_call_on_return:                      /* the return address the walk rec
         .hidden skein_bt_call_on_return
         popq    %rdi
         .cfi_def_cfa rsp, 8
-        .cfi_same_value rip
+        .cfi_restore rip
         .cfi_restore rbp
         .cfi_restore rbx
         .cfi_restore r12

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <ostream>
@@ -58,14 +59,23 @@ std::vector<DebugRequest::Slot> collect(bool want_fibers) {
     }
   }
   // The caller's own worker: it runs the caller, so its records cannot change meanwhile.
-  if (own != ~std::size_t{0})
-    here->copy_records(want_fibers ? &request.slots[own].fibers : nullptr, &request.slots[own].stats);
+  // Out of memory there, `request` must still outlive the other workers' answers: the error is
+  // rethrown only once they have all written theirs.
+  std::exception_ptr own_error;
+  if (own != ~std::size_t{0}) {
+    try {
+      here->copy_records(want_fibers ? &request.slots[own].fibers : nullptr, &request.slots[own].stats);
+    } catch (...) {
+      own_error = std::current_exception();
+    }
+  }
   {
     // The workers write into `request` until they have all answered: no cancel or TimeoutScope
     // may end this wait early. Each answers at its next turn.
     const detail::ShieldGuard shield;
     request.pending.wait();
   }
+  if (own_error) std::rethrow_exception(own_error);
   std::vector<DebugRequest::Slot> slots;
   slots.reserve(request.slots.size());
   for (std::size_t i = 0; i < request.slots.size(); ++i)
