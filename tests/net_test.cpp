@@ -996,7 +996,10 @@ TEST_SUITE("net") {
           skein::yield();
         else
           skein::sleep_for(2ms);
-        p.client.write_all(msg);
+        // A plain send(2), which does not park: the cancel below lands in the same turn as the
+        // data, on a recv the kernel may be completing right then.
+        REQUIRE(::send(p.client.fd(), msg.data(), msg.size(), MSG_NOSIGNAL) ==
+                static_cast<ssize_t>(msg.size()));
         sent += msg;
         if (by_cancel) reader.cancel();
         std::string part;
@@ -1011,6 +1014,12 @@ TEST_SUITE("net") {
         REQUIRE(got == sent);
       }
       MESSAGE(returned << " of 40 interrupted reads returned the data that came with the interruption");
+      // On io_uring's completion mode the recv completes as the cancel is submitted: the path of a
+      // cancel that lost to its operation's data is taken (40 of 40 here); elsewhere the wake wins.
+      const char* mode = std::getenv("SKEIN_IO_URING_MODE");
+      if (skein::io_backend() == skein::IoBackendKind::io_uring &&
+          !(mode && std::string_view(mode) == "readiness"))
+        CHECK(returned > 0);
     });
   }
 
