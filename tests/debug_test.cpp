@@ -5,6 +5,8 @@
 // A fiber is "parked" for a check once it has announced itself (an atomic bumped just before its
 // wait) and a few yields have passed; snapshots are retried for up to 5 s until every expected
 // fiber shows the expected state, so a slow machine delays a case instead of failing it.
+#include "sanitizers.hpp"
+
 #include <skein/skein.hpp>
 
 #include <doctest/doctest.h>
@@ -30,17 +32,7 @@ using skein::debug::FiberInfo;
 using skein::debug::FiberState;
 using skein::debug::WaitReason;
 
-#if defined(__SANITIZE_THREAD__)
-constexpr bool under_tsan = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool under_tsan = true;
-#else
-constexpr bool under_tsan = false;
-#endif
-#else
-constexpr bool under_tsan = false;
-#endif
+using skein_test::under_tsan;
 
 std::optional<FiberInfo> find(const std::vector<FiberInfo>& all, std::uint64_t id) {
   for (const auto& f : all)

@@ -3,6 +3,7 @@
 
 #include <doctest/doctest.h>
 
+#include "sanitizers.hpp"
 #include "worker_options.hpp"
 
 #include <algorithm>
@@ -339,17 +340,7 @@ TEST_SUITE("scheduler") {
 
 // TSan makes each spawn cost about 20 ms (its shadow of a fresh stack), and adds nothing to a
 // test on one thread: the timer-lateness case skips it.
-#if defined(__SANITIZE_THREAD__)
-constexpr bool under_tsan = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool under_tsan = true;
-#else
-constexpr bool under_tsan = false;
-#endif
-#else
-constexpr bool under_tsan = false;
-#endif
+using skein_test::under_tsan;
 
 TEST_SUITE("scheduler") {
   TEST_CASE("a due timer is served within a few resumptions, not after a long round of the ready queue" *

@@ -278,6 +278,14 @@ class IoCore final : public Driver {
     if (why != debug::WaitReason::none) return why;
     return dir == Direction::read ? debug::WaitReason::fd_read : debug::WaitReason::fd_write;
   }
+  // One direct attempt of the call while its direction is ready, for run() and transfer(): spends
+  // the fairness budget, makes the call and applies the readiness rules (see run()). `done`: the
+  // call is over, `result` is what run() returns; `again`: loop (a fairness yield, EINTR);
+  // `blocked`: it would block, and the direction is no longer ready.
+  enum class Attempt : std::uint8_t { done, again, blocked };
+  template <class Call>
+  [[gnu::always_inline]] static inline Attempt try_call(IoHandle& h, std::size_t d, IoTransfer kind,
+                                                        Call& attempt, ssize_t& result) noexcept;
   // The thread-side wait: poll(2) until ready; 0 or an error.
   static int poll_wait(int fd, Direction dir, TimePoint deadline, bool restart) noexcept;
   // Lets the other ready fibers run; true if the fiber was cancelled meanwhile.
@@ -303,29 +311,50 @@ ssize_t IoCore::run(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer k
   FdState* const st = h.st;
   for (;;) {
     if (!st || st->ready[d]) {
-      if (st && --h.core->budget_ == 0) {
-        if (h.core->yield_for_fairness()) return -io_cancelled;
-        // Other fibers ran meanwhile: one of them may have closed this descriptor.
-        if (st->generation != h.generation) return -io_closed;
-        continue;
-      }
-      const ssize_t n = attempt();
-      if (n >= 0) {
-        // A short transfer drained the socket's queue (receive) or buffer (send): the next call
-        // would only say EAGAIN (Tokio relies on the same fact). End of stream stays ready, and so
-        // does a hung-up direction, whose event may have come with the bytes just moved.
-        if (st && n > 0 && static_cast<std::size_t>(n) < kind.want) st->ready[d] = st->hung_up[d];
-        return n;
-      }
-      const int err = errno;
-      if (err == EINTR) continue;
-      if (err != EAGAIN && err != EWOULDBLOCK) return -err;
-      if (st) st->ready[d] = false;
+      ssize_t result;
+      const Attempt a = try_call(h, d, kind, attempt, result);
+      if (a == Attempt::done) return result;
+      if (a == Attempt::again) continue;
     }
     const int w =
         st ? h.core->park_on(h, dir, deadline, kind.why) : poll_wait(h.fd, dir, deadline, kind.restart);
     if (w != 0) return -w;
   }
+}
+
+template <class Call>
+IoCore::Attempt IoCore::try_call(IoHandle& h, std::size_t d, IoTransfer kind, Call& attempt,
+                                 ssize_t& result) noexcept {
+  FdState* const st = h.st;
+  if (st && --h.core->budget_ == 0) {
+    if (h.core->yield_for_fairness()) {
+      result = -io_cancelled;
+      return Attempt::done;
+    }
+    // Other fibers ran meanwhile: one of them may have closed this descriptor.
+    if (st->generation != h.generation) {
+      result = -io_closed;
+      return Attempt::done;
+    }
+    return Attempt::again;
+  }
+  const ssize_t n = attempt();
+  if (n >= 0) {
+    // A short transfer drained the socket's queue (receive) or buffer (send): the next call
+    // would only say EAGAIN (Tokio relies on the same fact). End of stream stays ready, and so
+    // does a hung-up direction, whose event may have come with the bytes just moved.
+    if (st && n > 0 && static_cast<std::size_t>(n) < kind.want) st->ready[d] = st->hung_up[d];
+    result = n;
+    return Attempt::done;
+  }
+  const int err = errno;
+  if (err == EINTR) return Attempt::again;
+  if (err != EAGAIN && err != EWOULDBLOCK) {
+    result = -err;
+    return Attempt::done;
+  }
+  if (st) st->ready[d] = false;
+  return Attempt::blocked;
 }
 
 template <class Call>
@@ -344,20 +373,10 @@ ssize_t IoCore::transfer(IoHandle& h, Direction dir, TimePoint deadline, IoTrans
     if (dir == Direction::write && st->op[d]) [[unlikely]]
       return run(h, dir, deadline, kind, attempt);
     if (st->ready[d] && dir == Direction::read) {
-      if (--core.budget_ == 0) {
-        if (core.yield_for_fairness()) return -io_cancelled;
-        if (st->generation != h.generation) return -io_closed;
-        continue;
-      }
-      const ssize_t n = attempt();
-      if (n >= 0) {
-        if (n > 0 && static_cast<std::size_t>(n) < kind.want) st->ready[d] = st->hung_up[d];
-        return n;
-      }
-      const int err = errno;
-      if (err == EINTR) continue;
-      if (err != EAGAIN && err != EWOULDBLOCK) return -err;
-      st->ready[d] = false;
+      ssize_t result;
+      const Attempt a = try_call(h, d, kind, attempt, result);
+      if (a == Attempt::done) return result;
+      if (a == Attempt::again) continue;
     }
     const ssize_t r = core.perform(h, dir, deadline, op, kind.why);
     if (r == -EAGAIN || r == -EWOULDBLOCK) [[unlikely]] {
