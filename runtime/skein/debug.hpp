@@ -14,12 +14,13 @@
 // throws).
 #pragma once
 
+#include <skein/source_location.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <iosfwd>
 #include <optional>
-#include <source_location>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -75,7 +76,7 @@ struct FiberInfo {
   std::chrono::nanoseconds waiting{0};   // how long it has been parked (4 ms resolution); 0 unless parked
   std::optional<std::chrono::nanoseconds> deadline;  // time left before its wait's deadline, if any
   std::uint64_t parent = 0;                          // the id of the fiber that spawned it; 0: a plain thread
-  std::source_location spawned_at;                   // the spawn call (empty for spawns that pass none)
+  skein::SourceLocation spawned_at;                  // the spawn call (empty for spawns that pass none)
   std::size_t stack_size = 0;                        // bytes reserved for its stack
   bool cancel_requested = false;                     // Task::cancel reached it (its next wait throws)
   bool shielded = false;                             // in a wait a cancel does not end (ShieldGuard)

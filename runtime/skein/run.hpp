@@ -5,13 +5,13 @@
 #pragma once
 
 #include <skein/runtime.hpp>
+#include <skein/source_location.hpp>
 #include <skein/task.hpp>
 #include <skein/time.hpp>
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
-#include <source_location>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -22,7 +22,7 @@ namespace skein {
 // spawns, and returns `f`'s value (or rethrows its exception) once all of them have finished.
 // run(RuntimeOptions, f) in <skein/runtime.hpp> is the same with more workers.
 template <class F>
-auto run(F&& f, std::source_location where = std::source_location::current())
+auto run(F&& f, skein::SourceLocation where = skein::SourceLocation::current())
     -> std::invoke_result_t<std::decay_t<F>&> {
   return run(RuntimeOptions{1}, std::forward<F>(f), where);
 }

@@ -8,13 +8,13 @@
 // (or what the kernel said) when a worker cannot start.
 #pragma once
 
+#include <skein/source_location.hpp>
 #include <skein/task.hpp>
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <source_location>
 #include <type_traits>
 #include <utility>
 
@@ -55,7 +55,7 @@ RuntimeCore& runtime_for(const char* what);
 // Starts a constructed fiber on worker `worker` of `core`, from any thread. Throws (and frees the
 // fiber) if the runtime has ended or the index is out of range. `where` is the spawn call.
 void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack stack, std::string name,
-                    std::source_location where = {});
+                    skein::SourceLocation where = {});
 std::size_t worker_count(const RuntimeCore& core) noexcept;
 
 // Creates a runtime whose worker 0 is the calling thread (the other workers get threads of their
@@ -75,7 +75,7 @@ class RunScope {
 
 template <class F>
 auto spawn_into(RuntimeCore& core, std::size_t worker, FiberOptions options, F&& f,
-                std::source_location where) {
+                skein::SourceLocation where) {
   auto [fiber, stack] = make_fiber(options.stack_size, std::forward<F>(f));
   start_fiber_on(core, worker, fiber, stack, std::move(options.name), where);
   return TaskAccess::adopt<fiber_result_t<F>>(fiber);
@@ -86,7 +86,7 @@ auto spawn_into(RuntimeCore& core, std::size_t worker, FiberOptions options, F&&
 // the calling thread. Returns `f`'s value (or rethrows its exception) once every fiber on every
 // worker has finished, and the worker threads have been joined.
 template <class F>
-auto run(RuntimeOptions options, F&& f, std::source_location where = std::source_location::current())
+auto run(RuntimeOptions options, F&& f, skein::SourceLocation where = skein::SourceLocation::current())
     -> std::invoke_result_t<std::decay_t<F>&> {
   detail::RunScope scope(options);
   auto main = spawn(FiberOptions{"main", options.main_stack_size}, std::forward<F>(f), where);
@@ -108,13 +108,13 @@ std::size_t worker_count() noexcept;
 // `where` (defaulted) is the spawn call, which skein::debug reports.
 template <class F>
 auto spawn_on(std::size_t worker, FiberOptions options, F&& f,
-              std::source_location where = std::source_location::current()) {
+              skein::SourceLocation where = skein::SourceLocation::current()) {
   return detail::spawn_into(detail::runtime_for("skein::spawn_on"), worker, std::move(options),
                             std::forward<F>(f), where);
 }
 
 template <class F>
-auto spawn_on(std::size_t worker, F&& f, std::source_location where = std::source_location::current()) {
+auto spawn_on(std::size_t worker, F&& f, skein::SourceLocation where = skein::SourceLocation::current()) {
   return spawn_on(worker, FiberOptions{}, std::forward<F>(f), where);
 }
 
@@ -135,11 +135,11 @@ class Runtime {
   // Starts `f` on worker `worker`. Any thread, fiber or not.
   template <class F>
   auto spawn_on(std::size_t worker, FiberOptions options, F&& f,
-                std::source_location where = std::source_location::current()) {
+                skein::SourceLocation where = skein::SourceLocation::current()) {
     return detail::spawn_into(*core_, worker, std::move(options), std::forward<F>(f), where);
   }
   template <class F>
-  auto spawn_on(std::size_t worker, F&& f, std::source_location where = std::source_location::current()) {
+  auto spawn_on(std::size_t worker, F&& f, skein::SourceLocation where = skein::SourceLocation::current()) {
     return spawn_on(worker, FiberOptions{}, std::forward<F>(f), where);
   }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <skein/detail/fiber.hpp>
+#include <skein/source_location.hpp>
 #include <skein/stack.hpp>
 #include <skein/time.hpp>
 
@@ -23,7 +24,6 @@
 #include <new>
 #include <optional>
 #include <ranges>
-#include <source_location>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -267,7 +267,7 @@ std::pair<Fiber*, Stack> make_fiber(std::size_t stack_size, F&& f) {
 // the handle to its result. Must be called inside skein::run. `where` (defaulted) is the spawn
 // call, which skein::debug reports.
 template <class F>
-auto spawn(FiberOptions options, F&& f, std::source_location where = std::source_location::current()) {
+auto spawn(FiberOptions options, F&& f, skein::SourceLocation where = skein::SourceLocation::current()) {
   detail::Scheduler& sched = detail::scheduler_for("skein::spawn");
   auto [fiber, stack] = detail::make_fiber(options.stack_size, std::forward<F>(f));
   detail::start_fiber(sched, fiber, stack, std::move(options.name), where);
@@ -275,7 +275,7 @@ auto spawn(FiberOptions options, F&& f, std::source_location where = std::source
 }
 
 template <class F>
-auto spawn(F&& f, std::source_location where = std::source_location::current()) {
+auto spawn(F&& f, skein::SourceLocation where = skein::SourceLocation::current()) {
   return spawn(FiberOptions{}, std::forward<F>(f), where);
 }
 
@@ -339,7 +339,7 @@ auto join_all(R&& tasks) {
 // not finished by `deadline`, a time point or a duration from now (asyncio.wait_for). The child has finished
 // unwinding when this returns.
 template <class F>
-auto with_timeout(Deadline deadline, F&& f, std::source_location where = std::source_location::current()) {
+auto with_timeout(Deadline deadline, F&& f, skein::SourceLocation where = skein::SourceLocation::current()) {
   auto task = spawn(FiberOptions{"with_timeout"}, std::forward<F>(f), where);
   // However this scope is left (the deadline, or the caller itself being cancelled), the child is
   // cancelled and gone before it returns: its body may reference the caller's locals.

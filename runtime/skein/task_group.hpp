@@ -9,6 +9,7 @@
 
 #include <skein/detail/wait_queue.hpp>
 #include <skein/runtime.hpp>
+#include <skein/source_location.hpp>
 #include <skein/sync.hpp>
 #include <skein/task.hpp>
 
@@ -16,7 +17,6 @@
 #include <cstddef>
 #include <exception>
 #include <mutex>
-#include <source_location>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -43,7 +43,7 @@ class TaskGroup {
   // Starts `f` as a child on the calling fiber's worker. The handle may be joined, or dropped:
   // the group keeps track of the child either way. `where` (defaulted) is what skein::debug reports.
   template <class F>
-  auto spawn(FiberOptions options, F&& f, std::source_location where = std::source_location::current()) {
+  auto spawn(FiberOptions options, F&& f, skein::SourceLocation where = skein::SourceLocation::current()) {
     // As skein::spawn, with the child listed in between: it cannot run before the caller waits.
     using C = Child<std::decay_t<F>>;
     detail::Scheduler& sched = detail::scheduler_for("skein::TaskGroup::spawn");
@@ -53,18 +53,18 @@ class TaskGroup {
     return detail::TaskAccess::adopt<detail::fiber_result_t<C>>(fiber);
   }
   template <class F>
-  auto spawn(F&& f, std::source_location where = std::source_location::current()) {
+  auto spawn(F&& f, skein::SourceLocation where = skein::SourceLocation::current()) {
     return spawn(FiberOptions{"group child"}, std::forward<F>(f), where);
   }
   // As spawn(), on worker `worker` of the calling fiber's runtime.
   template <class F>
   auto spawn_on(std::size_t worker, FiberOptions options, F&& f,
-                std::source_location where = std::source_location::current()) {
+                skein::SourceLocation where = skein::SourceLocation::current()) {
     return skein::spawn_on(worker, std::move(options),
                            Child<std::decay_t<F>>(*this, true, std::forward<F>(f)), where);
   }
   template <class F>
-  auto spawn_on(std::size_t worker, F&& f, std::source_location where = std::source_location::current()) {
+  auto spawn_on(std::size_t worker, F&& f, skein::SourceLocation where = skein::SourceLocation::current()) {
     return spawn_on(worker, FiberOptions{"group child"}, std::forward<F>(f), where);
   }
 
@@ -174,7 +174,7 @@ class Pool {
   // Waits for a free slot, then starts `f` on the calling fiber's worker; the slot frees when the
   // body ends.
   template <class F>
-  auto spawn(FiberOptions options, F&& f, std::source_location where = std::source_location::current()) {
+  auto spawn(FiberOptions options, F&& f, skein::SourceLocation where = skein::SourceLocation::current()) {
     slots_.acquire();
     running_.add(1);
     try {
@@ -194,7 +194,7 @@ class Pool {
     }
   }
   template <class F>
-  auto spawn(F&& f, std::source_location where = std::source_location::current()) {
+  auto spawn(F&& f, skein::SourceLocation where = skein::SourceLocation::current()) {
     return spawn(FiberOptions{"pool task"}, std::forward<F>(f), where);
   }
 

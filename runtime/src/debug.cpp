@@ -123,7 +123,7 @@ std::string duration_text(std::chrono::nanoseconds d) {
   return buf;
 }
 
-std::string site_text(const std::source_location& where) {
+std::string site_text(const skein::SourceLocation& where) {
   if (!where.file_name() || !*where.file_name()) return "(unknown)";
   std::string s = where.file_name();
   s += ':';

@@ -187,7 +187,7 @@ std::size_t worker_count(const RuntimeCore& core) noexcept {
 }
 
 void start_fiber_on(RuntimeCore& core, std::size_t worker, Fiber* fiber, Stack stack, std::string name,
-                    std::source_location where) {
+                    skein::SourceLocation where) {
   auto discard = [&] {
     fiber->~Fiber();
     release_stack(stack);

@@ -251,7 +251,7 @@ void Scheduler::unbind() noexcept {
   if (tl_scheduler == this) tl_scheduler = nullptr;
 }
 
-void Scheduler::prepare(Fiber* f, Stack stack, std::string name, std::source_location where) noexcept {
+void Scheduler::prepare(Fiber* f, Stack stack, std::string name, skein::SourceLocation where) noexcept {
   f->stack = stack;
   f->scheduler = this;
   Scheduler* spawner = tl_scheduler;
@@ -779,7 +779,7 @@ Scheduler& scheduler_for(const char* what) {
 }
 
 void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string name,
-                 std::source_location where) noexcept {
+                 skein::SourceLocation where) noexcept {
   scheduler.prepare(fiber, stack, std::move(name), where);
   scheduler.start_local(fiber);
 }

@@ -253,7 +253,7 @@ class Scheduler {
 
   // Fills in what a fiber needs before it can be started here (from any thread: the spawner's);
   // `where` is the spawn call.
-  void prepare(Fiber* f, Stack stack, std::string name, std::source_location where = {}) noexcept;
+  void prepare(Fiber* f, Stack stack, std::string name, skein::SourceLocation where = {}) noexcept;
   // This thread: makes a prepared fiber ready. Spawned by the running fiber, it runs next (as soon
   // as the spawner parks, yields or ends; see NextQueue); otherwise it joins the ready queue.
   void start_local(Fiber* f) noexcept;

@@ -4,6 +4,7 @@
 
 #include <skein/debug.hpp>
 #include <skein/detail/exec_context.hpp>
+#include <skein/source_location.hpp>
 #include <skein/time.hpp>
 
 #include <atomic>
@@ -13,7 +14,6 @@
 #include <cstdlib>
 #include <exception>
 #include <semaphore>
-#include <source_location>
 #include <string>
 #include <utility>
 
@@ -256,7 +256,7 @@ struct Fiber : ExecContext {
   std::string name;
   std::uint64_t id = 0;
   std::uint64_t parent_id = 0;        // the fiber that spawned it (0: a plain thread)
-  std::source_location spawn_site;    // the spawn call (one pointer under libstdc++)
+  skein::SourceLocation spawn_site;   // the spawn call
   const char* hooked_call = nullptr;  // the libc call a hook runs for this fiber right now, or null
   RemoteNode post_node{nullptr, this, RemoteNode::Kind::start};
   RemoteNode cancel_node{nullptr, this, RemoteNode::Kind::cancel};
@@ -364,7 +364,7 @@ Scheduler& scheduler_for(const char* what);
 // Makes a constructed fiber on `stack` runnable on `scheduler`, the calling fiber's; `where` is
 // the spawn call.
 void start_fiber(Scheduler& scheduler, Fiber* fiber, Stack stack, std::string name,
-                 std::source_location where = {}) noexcept;
+                 skein::SourceLocation where = {}) noexcept;
 
 // Marks a Task handle's release: reports an exception nobody will see, then releases.
 void release_handle(Fiber* fiber) noexcept;
