@@ -1900,13 +1900,15 @@ TEST_SUITE("channel") {
       "operation_canceled") {
     skein::run(options(), [] {
       const auto start = Clock::now();
-      auto joiner = skein::spawn_on(far(), [] {
+      std::atomic<bool> joining{false};
+      auto joiner = skein::spawn_on(far(), [&joining] {
         skein::TaskGroup g;
         std::vector<skein::Task<void>> tasks;
         for (std::size_t i = 0; i < 2 * skein::worker_count(); ++i)
           tasks.push_back(g.spawn_on(i % skein::worker_count(), [] { skein::sleep_for(10s); }));
         std::errc e{};
         bool all_done = false;
+        joining = true;
         try {
           g.join();
         } catch (const std::system_error& err) {
@@ -1918,7 +1920,10 @@ TEST_SUITE("channel") {
         for (auto& t : tasks) CHECK(error_of([&] { t.join(); }) == std::errc::operation_canceled);
         return std::pair{e, all_done};
       });
-      skein::sleep_for(10ms);
+      // Cancelled only once it runs (a fiber cancelled before it starts never runs its body),
+      // however late its worker gets to it on a loaded machine.
+      do skein::sleep_for(10ms);
+      while (!joining);
       joiner.cancel();
       CHECK(joiner.join() == std::pair{std::errc::operation_canceled, true});
       CHECK(since(start) < 2s);
