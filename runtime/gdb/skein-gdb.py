@@ -2,8 +2,10 @@
 #
 #   (gdb) source /usr/local/share/skein/gdb/skein-gdb.py
 #   (gdb) skein fibers [TEXT]      every fiber of every runtime (only the lines containing TEXT)
-#   (gdb) skein bt ID [all] [full] a parked or ready fiber's backtrace (ID: 13, #13, or 2:13 for
-#                                  fiber 13 of runtime 2); `skein bt all` for every such fiber
+#   (gdb) skein bt ID [BT-OPTIONS] a parked or ready fiber's backtrace (ID: 13, #13, 2:13 for
+#                                  fiber 13 of runtime 2, or a fiber's name if no other has it;
+#                                  BT-OPTIONS go to gdb's bt: full, -frame-arguments none, 10...)
+#   (gdb) skein bt all [BT-OPTIONS] every fiber's
 #   (gdb) skein fiber ID           show fiber ID's stack in place of the selected thread's, so that
 #                                  bt, frame N, info locals, up, down... work on it
 #   (gdb) skein fiber off          back to the thread's own stack
@@ -193,7 +195,14 @@ class _Reader:
             raise SkeinError("skein: no process or core file to look at (run the program, attach, or load a core)")
         self.inf = gdb.selected_inferior()
         try:
-            reg = gdb.parse_and_eval("'skein::detail::runtime_registry()::registry'")
+            # Through its minimal symbol and a cast: gdb finds a function-local static's own debug
+            # information only once its compilation unit has been read, which nothing else forces.
+            # Types are looked up from Python: gdb 13's expression parser may not resolve a
+            # namespace-qualified type before its unit has been read ("No type detail within
+            # namespace skein").
+            addr = int(gdb.parse_and_eval("(long)&'skein::detail::runtime_registry()::registry'"))
+            reg_t = gdb.lookup_type("skein::detail::RuntimeRegistry")
+            reg = gdb.Value(addr).cast(reg_t.pointer().pointer()).dereference()
         except gdb.error:
             raise SkeinError(
                 "skein: no skein runtime in this program: the symbol "
@@ -322,6 +331,16 @@ class _Reader:
                 while addr and seen <= limit:
                     seen += 1
                     raw = self.mem(addr, self.fiber_size)
+                    if raw[:8] == b"\0" * 8:
+                        # A polymorphic record with no vtable pointer: the memory is not there.
+                        raise SkeinError(
+                            "skein: the fiber record at %#x (worker %d) reads as zeros: the core file "
+                            "lacks the fibers' stacks. gdb's generate-core-file (gcore) stops copying a "
+                            "mapping at its first unreadable page, which stacks guarded with "
+                            "MADV_GUARD_INSTALL (Linux 6.13+) have; use a core the kernel wrote, or "
+                            "skein::set_guard_mode(skein::GuardMode::mprotect) in the program "
+                            "(docs/observability.md, \"gdb\")" % (addr, index)
+                        )
                     f = _Fiber()
                     f.addr = addr
                     f.runtime = serial
@@ -415,10 +434,21 @@ class _Reader:
         return (latest, latest, False)
 
     def find(self, spec):
-        """The fiber named by "13", "#13" or "2:13" (fiber 13 of runtime 2)."""
+        """The fiber named by "13", "#13", "2:13" (fiber 13 of runtime 2) or its name, if unique."""
         m = re.fullmatch(r"(?:(\d+):)?#?(\d+)", spec.strip())
         if not m:
-            raise SkeinError("skein: %r is no fiber id (13, #13, or 2:13 for fiber 13 of runtime 2)" % spec)
+            named = [f for f in self.fibers() if f.name == spec.strip()]
+            if len(named) == 1:
+                return named[0]
+            if named:
+                raise SkeinError(
+                    "skein: %d fibers are named %r: say which by id (%s)"
+                    % (len(named), spec, ", ".join("%d:#%d" % (f.runtime, f.id) for f in named[:10]))
+                )
+            raise SkeinError(
+                "skein: %r is neither a fiber id (13, #13, or 2:13 for fiber 13 of runtime 2) nor a fiber's name"
+                % spec
+            )
         runtime = int(m.group(1)) if m.group(1) else None
         fid = int(m.group(2))
         found = [f for f in self.fibers() if f.id == fid and (runtime is None or f.runtime == runtime)]
@@ -660,8 +690,12 @@ def _fiber_lines(reader):
         since = ""
         if f.state == 2:
             what = _waiting_text(reader, f)
-            if f.since:
-                since = ("" if exact else ">=") + _duration(coarse - f.since)
+            if f.since and exact:
+                since = _duration(coarse - f.since)
+            elif f.since and coarse > f.since:
+                since = ">=" + _duration(coarse - f.since)
+            elif f.since:
+                since = "?"
             if f.deadline is not None:
                 what += ", deadline in %s%s" % ("" if exact else "~", _duration(f.deadline - mono))
         elif f.state == 1:
@@ -756,8 +790,9 @@ are measured to the workers' last clock reading (shown as >=, a lower bound)."""
 
 class _BtCommand(gdb.Command):
     """Backtrace of a parked or ready fiber, unwound from the registers its last switch saved.
-Usage: skein bt ID [BT-OPTIONS]   (ID: 13, #13, or 2:13 for fiber 13 of runtime 2;
-                                  BT-OPTIONS go to gdb's bt: full, -frame-arguments all, 5, ...)
+Usage: skein bt ID [BT-OPTIONS]   (ID: 13, #13, 2:13 for fiber 13 of runtime 2, or a fiber's
+                                  name if no other fiber has it; BT-OPTIONS go to gdb's bt:
+                                  full, -frame-arguments none, 5, ...)
        skein bt all [BT-OPTIONS]  every fiber that is not running
 A running fiber's stack is its thread's: the error names the thread (`thread N`, then `bt`)."""
 
