@@ -579,6 +579,32 @@ _unwinder = _FiberUnwinder()
 gdb.unwinder.register_unwinder(None, _unwinder, replace=True)
 
 
+class _EntryFilter:
+    """Ends a fiber's backtrace at its entry trampoline. Boost.Context's (in make_fcontext) has no
+    unwind information, so gdb would go on guessing frames past it; skein's own ends the stack
+    with `.cfi_undefined rip`."""
+
+    def __init__(self):
+        self.name = "skein-fiber-entry"
+        self.priority = 100
+        self.enabled = True
+        gdb.frame_filters[self.name] = self
+
+    def filter(self, frames):
+        for decorator in frames:
+            yield decorator
+            if _unwinder.regs is not None:
+                try:
+                    name = decorator.inferior_frame().name()
+                except gdb.error:
+                    name = None
+                if name in _ENTRY_SYMBOLS:
+                    return
+
+
+_EntryFilter()
+
+
 def _entry_symbol(pc):
     """The name of the symbol at `pc`, if it is a fresh context's entry trampoline."""
     try:
