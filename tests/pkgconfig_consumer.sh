@@ -16,6 +16,10 @@ pcdir=$(dirname "$pc")
 package=${PKG:-skein}
 flags=$(PKG_CONFIG_PATH="$pcdir" pkg-config --define-variable=prefix="$stage$prefix" --cflags --libs "$package")
 echo "pkg-config --cflags --libs $package: $flags"
+if [ "$package" = skein ]; then
+  gdb_extension=$(PKG_CONFIG_PATH="$pcdir" pkg-config --define-variable=prefix="$stage$prefix" --variable=gdb_extension skein)
+  [ -f "$gdb_extension" ] || { echo "skein.pc's gdb_extension ($gdb_extension) is not installed" >&2; exit 1; }
+fi
 modversion=$(PKG_CONFIG_PATH="$pcdir" pkg-config --modversion "$package")
 [ "$modversion" = "$version" ] || { echo "pkg-config says $package $modversion, installed $version" >&2; exit 1; }
 # shellcheck disable=SC2086

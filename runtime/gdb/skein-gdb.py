@@ -349,7 +349,10 @@ class _Reader:
                     f.id = struct.unpack_from("<Q", raw, o["id"])[0]
                     n = struct.unpack_from("<Q", raw, o["name_n"])[0]
                     p = struct.unpack_from("<Q", raw, o["name_p"])[0]
-                    f.name = self.mem(p, min(n, 256)).decode("utf-8", "replace") if n else ""
+                    if n and addr <= p and p + n <= addr + self.fiber_size:  # a short name, inside the record
+                        f.name = raw[p - addr : p - addr + n].decode("utf-8", "replace")
+                    else:
+                        f.name = self.mem(p, min(n, 256)).decode("utf-8", "replace") if n else ""
                     f.state = raw[o["state"]]
                     f.reason = raw[o["reason"]]
                     f.detail = struct.unpack_from("<Q", raw, o["detail"])[0]
@@ -709,6 +712,7 @@ def _site_text(site):
 def _fiber_lines(reader):
     fibers = reader.fibers()
     coarse, mono, exact = reader.clock()
+    many = len({f.runtime for f in fibers}) > 1
     rows = []
     for f in fibers:
         state = _STATES.get(f.state, "state %d" % f.state)
@@ -735,7 +739,7 @@ def _fiber_lines(reader):
             what += (" " if what else "") + "[" + ", ".join(flags) + "]"
         rows.append(
             (
-                ("%d:#%d" % (f.runtime, f.id)) if _many_runtimes(fibers) else "#%d" % f.id,
+                ("%d:#%d" % (f.runtime, f.id)) if many else "#%d" % f.id,
                 "%d" % f.worker,
                 state,
                 what,
@@ -751,10 +755,6 @@ def _fiber_lines(reader):
     for r in [header] + rows:
         lines.append("  ".join(r[i].ljust(widths[i]) for i in range(len(r) - 1)) + "  " + r[-1])
     return fibers, [ln.rstrip() for ln in lines], exact
-
-
-def _many_runtimes(fibers):
-    return len({f.runtime for f in fibers}) > 1
 
 
 # ---------------------------------------------------------------------------------------------
