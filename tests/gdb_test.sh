@@ -108,8 +108,26 @@ EOF
 # Live: stop at the target's breakpoint, look, write a core file.
 {
   echo 'set pagination off'
+  echo "source $script"
+  # Before the process exists, then before its first runtime.
+  cat <<'EOF'
+python
+try:
+    gdb.execute("skein fibers")
+except gdb.error as e:
+    print(e)
+end
+break main
+run
+python
+try:
+    gdb.execute("skein fibers")
+except gdb.error as e:
+    print(e)
+end
+EOF
   echo 'break skein_gdb_target_stop'
-  echo 'run'
+  echo 'continue'
   commands
   # gcore stops copying a mapping at its first unreadable page; the sanitizers' shadow memory
   # would also make it huge. Only plain builds write one.
@@ -121,6 +139,8 @@ gdb -nx -batch -x "$tmp/live.gdb" --args "$target" > "$tmp/live.txt" 2>&1 </dev/
 echo "live session (context $context, sanitizer $sanitize):"
 cat "$tmp/live.txt"
 check "$tmp/live.txt" live
+expect "$tmp/live.txt" 'skein: no process or core file to look at' "live: skein fibers before run"
+expect "$tmp/live.txt" 'skein: no skein runtime has been created in this process yet' "live: skein fibers at main"
 
 if [ "$sanitize" = none ]; then
   if [ -s "$tmp/core" ]; then

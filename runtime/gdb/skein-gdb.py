@@ -176,6 +176,16 @@ def _member_type(t, name):
     raise KeyError(name)
 
 
+def _type(name):
+    try:
+        return gdb.lookup_type(name)
+    except gdb.error:
+        raise SkeinError(
+            "skein: no debug information for %s: skein must be built with -g (e.g. "
+            "-Dbuildtype=debugoptimized, the default)" % name
+        )
+
+
 class _Fiber:
     """One fiber record, read in one go."""
 
@@ -211,11 +221,10 @@ class _Reader:
             )
         if int(reg) == 0:
             raise SkeinError("skein: no skein runtime has been created in this process yet")
-        self.ptr = 8 if _arch() in ("x86_64", "aarch64") else gdb.lookup_type("void").pointer().sizeof
-        self.fiber_t = gdb.lookup_type("skein::detail::Fiber")
-        self.sched_t = gdb.lookup_type("skein::detail::Scheduler")
-        self.core_t = gdb.lookup_type("skein::detail::RuntimeCore")
-        self.exec_t = gdb.lookup_type("skein::detail::ExecContext")
+        self.ptr = gdb.lookup_type("void").pointer().sizeof
+        self.fiber_t = _type("skein::detail::Fiber")
+        self.sched_t = _type("skein::detail::Scheduler")
+        self.exec_t = _type("skein::detail::ExecContext")
         self.reg_t = reg.dereference().type
         ft = self.fiber_t
         self.off = {
@@ -250,7 +259,7 @@ class _Reader:
             self.site_off = (0, self.ptr, 2 * self.ptr)
             self.site_indirect = True
         self.reasons = {}
-        for f in gdb.lookup_type("skein::debug::WaitReason").fields():
+        for f in _type("skein::debug::WaitReason").fields():
             name = f.name.split("::")[-1]
             self.reasons[f.enumval] = _REASON_TEXT.get(name, name)
         self.strings = {}
@@ -474,7 +483,7 @@ class _Reader:
         resume_at, and while that is a coroutine's, the context that resumed the coroutine."""
         exec_kind = _offset(self.exec_t, "kind")
         sp_off = _offset(self.exec_t, "sp")
-        co_t = gdb.lookup_type("skein::detail::CoroutineCore")
+        co_t = _type("skein::detail::CoroutineCore")
         # A context pointer points at the ExecContext inside the coroutine, which begins after the
         # vtable pointer: the caller field is relative to the coroutine.
         caller_off = _offset(co_t, "caller") - (_offset(co_t, "sp") - sp_off)
@@ -580,6 +589,16 @@ class _FiberUnwinder(gdb.unwinder.Unwinder):
 
 _unwinder = _FiberUnwinder()
 gdb.unwinder.register_unwinder(None, _unwinder, replace=True)
+
+
+def _on_resume(event):
+    # The process runs again: the fiber shown is gone from where it was.
+    _unwinder.enabled = False
+    _unwinder.regs = None
+    _unwinder.at = None
+
+
+gdb.events.cont.connect(_on_resume)
 
 
 class _EntryFilter:
