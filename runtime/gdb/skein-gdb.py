@@ -225,7 +225,6 @@ class _Reader:
         self.fiber_t = _type("skein::detail::Fiber")
         self.sched_t = _type("skein::detail::Scheduler")
         self.exec_t = _type("skein::detail::ExecContext")
-        self.reg_t = reg.dereference().type
         ft = self.fiber_t
         self.off = {
             "sp": _offset(ft, "sp"),
