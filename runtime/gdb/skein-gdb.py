@@ -787,8 +787,8 @@ class _SkeinPrefix(gdb.Command):
 
 
 class _FibersCommand(gdb.Command):
-    """List every fiber of every skein runtime: id, worker, state, what it waits on and for how
-    long, name, parent and spawn site.
+    """List every fiber of every skein runtime, with what it waits on and since when.
+Columns: id, worker, state, what it waits on, for how long, name, parent and spawn site.
 Usage: skein fibers [TEXT]   (only the fibers whose line contains TEXT)
 Waiting times of a live process are the host's clock minus the park's start; in a core file they
 are measured to the workers' last clock reading (shown as >=, a lower bound)."""
@@ -880,7 +880,7 @@ def _title(reader, f):
 
 
 class _FiberCommand(gdb.Command):
-    """Show a parked fiber's stack in place of the selected thread's, until `skein fiber off`:
+    """Show a parked fiber's frames in place of the selected thread's, until `skein fiber off`.
 bt, frame N, up, down, info locals and print then work on the fiber's frames. Frame #0 stays the
 thread's own innermost frame; the fiber's frames follow from #1 (selected). A fiber parked inside
 a coroutine shows the coroutine's stack (`skein bt` shows the whole chain).
