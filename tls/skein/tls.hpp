@@ -130,7 +130,6 @@ class TlsContext {
 
  private:
   friend class TlsStream;
-  friend struct detail::TlsContextImpl;
   explicit TlsContext(std::shared_ptr<detail::TlsContextImpl> impl) noexcept : impl_(std::move(impl)) {}
   std::shared_ptr<detail::TlsContextImpl> impl_;
 };

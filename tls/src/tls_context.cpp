@@ -43,8 +43,10 @@ constexpr std::size_t max_cached_sessions = 1024;
 int on_new_session(SSL* ssl, SSL_SESSION* session) noexcept {
   auto* s = static_cast<detail::TlsStreamImpl*>(SSL_get_app_data(ssl));
   if (!s || s->host.empty() || !s->context->cache_sessions) return 0;
-  s->context->keep_session(s->host, session);
-  return 1;  // the reference is ours now
+  // A copy: OpenSSL marks the connection's own session unresumable when it is freed without
+  // close_notify, and most connections end that way (HTTP closes after the body).
+  if (SSL_SESSION* copy = SSL_SESSION_dup(session)) s->context->keep_session(s->host, copy);
+  return 0;
 }
 
 // The server's ALPN choice: the first of its own protocols the client offered.
@@ -68,11 +70,17 @@ int pick_by_server_name(SSL* ssl, int* alert, void* arg) noexcept {
   try {
     std::optional<TlsContext> picked = c->pick(name);
     if (picked && picked->native_handle() != c->ctx) {
-      if (!SSL_set_SSL_CTX(ssl, picked->native_handle())) {
+      // Its certificate, chain and key on this connection; this context's callbacks (ALPN) stay.
+      SSL_CTX* p = picked->native_handle();
+      X509* cert = SSL_CTX_get0_certificate(p);
+      EVP_PKEY* key = SSL_CTX_get0_privatekey(p);
+      STACK_OF(X509)* chain = nullptr;
+      SSL_CTX_get0_chain_certs(p, &chain);
+      if (!cert || !key || SSL_use_certificate(ssl, cert) != 1 || SSL_use_PrivateKey(ssl, key) != 1 ||
+          SSL_set1_chain(ssl, chain) != 1) {
         *alert = SSL_AD_INTERNAL_ERROR;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
       }
-      s->picked = detail::TlsContextImpl::of(*picked);
     }
   } catch (...) {
     *alert = SSL_AD_INTERNAL_ERROR;

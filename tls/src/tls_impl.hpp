@@ -31,7 +31,6 @@ struct TlsContextImpl {
   std::unordered_map<std::string, SSL_SESSION*> sessions;
 
   ~TlsContextImpl();
-  static const std::shared_ptr<TlsContextImpl>& of(const TlsContext& c) noexcept { return c.impl_; }
   // Client: the cached session for `host` with a reference for the caller, or nullptr.
   SSL_SESSION* take_session(const std::string& host);
   // Client: keeps `session` (whose reference it takes over) for `host`.
@@ -52,7 +51,6 @@ int record_verify_failure(int ok, X509_STORE_CTX* store) noexcept;
 struct TlsStreamImpl {
   Stream stream;
   std::shared_ptr<TlsContextImpl> context;
-  std::shared_ptr<TlsContextImpl> picked;  // the context SNI switched to (kept alive with the SSL)
   SSL* ssl = nullptr;
   std::string host;            // client: SNI, verification name, session key
   std::string verify_failure;  // "subject ..., depth N" of the first certificate that failed

@@ -196,6 +196,7 @@ void TlsStreamImpl::flush(Deadline deadline, const char* what) {
 }
 
 void TlsStreamImpl::fail(int ssl_error, const char* what) {
+  const bool no_certificate = ERR_GET_REASON(ERR_peek_error()) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE;
   std::string reason = openssl_reason(ssl_error == SSL_ERROR_SYSCALL ? "the connection ended" : "unknown error");
   tls_errc code;
   if (!handshake_done) {
@@ -204,6 +205,8 @@ void TlsStreamImpl::fail(int ssl_error, const char* what) {
       code = tls_errc::verify_failed;
       reason = std::string("certificate verify failed: ") + X509_verify_cert_error_string(verify);
       if (!verify_failure.empty()) reason += " (" + verify_failure + ")";
+    } else if (no_certificate) {
+      code = tls_errc::verify_failed;
     } else {
       code = tls_errc::handshake_failed;
       if (eof && in_begin == in_end) reason = "the peer closed the connection during the handshake (" + reason + ")";
