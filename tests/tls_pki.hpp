@@ -37,7 +37,8 @@ class TestCa {
 
   // A server/client certificate for `cn` with subjectAltName `san` ("DNS:localhost,IP:127.0.0.1"),
   // valid from now + `from` seconds to now + `to` seconds.
-  CertKey issue(const std::string& cn, const std::string& san, long from = -3600, long to = 86400 * 30) const {
+  CertKey issue(const std::string& cn, const std::string& san, long from = -3600,
+                long to = 86400 * 30) const {
     Key key = new_key();
     std::unique_ptr<X509, decltype(&X509_free)> cert(X509_new(), X509_free);
     X509* x = cert.get();
@@ -89,7 +90,8 @@ class TestCa {
     return bio_string([x](BIO* b) { return PEM_write_bio_X509(b, x) == 1; });
   }
   static std::string key_pem(EVP_PKEY* k) {
-    return bio_string([k](BIO* b) { return PEM_write_bio_PrivateKey(b, k, nullptr, nullptr, 0, nullptr, nullptr) == 1; });
+    return bio_string(
+        [k](BIO* b) { return PEM_write_bio_PrivateKey(b, k, nullptr, nullptr, 0, nullptr, nullptr) == 1; });
   }
 
   Key key_;

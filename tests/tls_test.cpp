@@ -32,9 +32,9 @@
 using namespace std::chrono_literals;
 using namespace skein_test;
 using skein::Address;
+using skein::tls_errc;
 using skein::TlsContext;
 using skein::TlsStream;
-using skein::tls_errc;
 
 namespace {
 
@@ -98,7 +98,8 @@ struct Outcome {
 };
 
 // Both sides' handshakes, which are expected to fail: what each threw.
-Outcome failed_handshake(const TlsContext& sctx, const TlsContext& cctx, std::string_view host = "localhost") {
+Outcome failed_handshake(const TlsContext& sctx, const TlsContext& cctx,
+                         std::string_view host = "localhost") {
   StreamPair p = connected_pair(Address::loopback(0));
   TlsStream client(std::move(p.client), cctx, host);
   TlsStream server(std::move(p.server), sctx);
@@ -326,7 +327,8 @@ TEST_SUITE("tls") {
     });
   }
 
-  TEST_CASE("a certificate from an untrusted CA fails verification, and the system's CAs do not know the test CA") {
+  TEST_CASE(
+      "a certificate from an untrusted CA fails verification, and the system's CAs do not know the test CA") {
     FdCheck fds;
     skein::run([] {
       Outcome o = failed_handshake(server_ctx(pki().untrusted), client_ctx());
@@ -352,7 +354,9 @@ TEST_SUITE("tls") {
       CHECK(code_of([] { client_ctx().trust_ca_file("/nonexistent/ca.pem"); }) == tls_errc::bad_config);
       // A key that does not match the certificate.
       CHECK(code_of([] {
-              TlsContext::server().use_certificate_chain(pki().localhost.cert).use_private_key(pki().example.key);
+              TlsContext::server()
+                  .use_certificate_chain(pki().localhost.cert)
+                  .use_private_key(pki().example.key);
             }) == tls_errc::bad_config);
     });
   }
@@ -474,7 +478,8 @@ TEST_SUITE("tls") {
       // The other direction is still open after one side's close_notify.
       t.server.write_all("late", 5s);
       CHECK(t.client.read(std::span<char>(b, sizeof b), 5s) == 4);
-      CHECK(code_of([&] { t.server.read_exact(std::span<char>(b, 1), 5s); }) == skein::net_errc::end_of_stream);
+      CHECK(code_of([&] { t.server.read_exact(std::span<char>(b, 1), 5s); }) ==
+            skein::net_errc::end_of_stream);
 
       TlsPair u = tls_pair(server_ctx(), client_ctx());
       u.client.stream().shutdown();  // FIN, no close_notify
@@ -509,7 +514,8 @@ TEST_SUITE("tls") {
       char b[64];
       {
         TlsPair t = tls_pair(server_ctx(), client_ctx());
-        t.client.stream().write_all(std::string_view("\x17\x03\x03\x00\x20garbage garbage garbage garbage!", 37), 1s);
+        t.client.stream().write_all(
+            std::string_view("\x17\x03\x03\x00\x20garbage garbage garbage garbage!", 37), 1s);
         const std::error_code e = code_of([&] { t.server.read(std::span<char>(b, sizeof b), 5s); });
         CHECK_MESSAGE(e == tls_errc::protocol_error, describe(e));
         // The server's alert reaches the client.
@@ -519,7 +525,10 @@ TEST_SUITE("tls") {
       {
         TlsPair t = tls_pair(server_ctx(), client_ctx());
         // A record header promising 256 bytes, 10 of them, then the end of the connection.
-        t.client.stream().write_all(std::string_view("\x17\x03\x03\x01\x00" "0123456789", 15), 1s);
+        t.client.stream().write_all(std::string_view("\x17\x03\x03\x01\x00"
+                                                     "0123456789",
+                                                     15),
+                                    1s);
         t.client.stream().shutdown();
         const std::error_code e = code_of([&] { t.server.read(std::span<char>(b, sizeof b), 5s); });
         CHECK_MESSAGE(e == tls_errc::truncated, describe(e));
@@ -616,8 +625,9 @@ TEST_SUITE("tls") {
       dup2(null, 2);
       const std::string accept = "127.0.0.1:" + std::to_string(port);
       // -rev: each line comes back reversed.
-      execlp("openssl", "openssl", "s_server", "-accept", accept.c_str(), "-cert", dir.file("cert.pem").c_str(),
-             "-key", dir.file("key.pem").c_str(), "-rev", "-quiet", static_cast<char*>(nullptr));
+      execlp("openssl", "openssl", "s_server", "-accept", accept.c_str(), "-cert",
+             dir.file("cert.pem").c_str(), "-key", dir.file("key.pem").c_str(), "-rev", "-quiet",
+             static_cast<char*>(nullptr));
       _exit(127);
     }
     skein::run([&] {
@@ -664,7 +674,8 @@ TEST_SUITE("tls") {
       const std::string cmd = "openssl s_client -connect " + connect + " -servername localhost -CAfile " +
                               dir.file("ca.pem") + " -verify_return_error -alpn http/1.1 -quiet -ign_eof < " +
                               dir.file("in.txt") + " > " + out + " 2>&1";
-      auto client = skein::spawn([&] { return skein::run_blocking([&] { return std::system(cmd.c_str()); }); });
+      auto client =
+          skein::spawn([&] { return skein::run_blocking([&] { return std::system(cmd.c_str()); }); });
       TlsStream s(l.accept(10s), sctx);
       s.handshake(10s);
       CHECK(s.server_name() == "localhost");

@@ -1,5 +1,5 @@
-// A buffered reader over a byte stream (a Stream, a TlsStream: see StreamRef): lines and delimited records (asyncio's StreamReader.readline /
-// readuntil, Go's bufio.Reader).
+// A buffered reader over a byte stream (a Stream, a TlsStream: see StreamRef): lines and delimited records
+// (asyncio's StreamReader.readline / readuntil, Go's bufio.Reader).
 //
 // Errors: those of Stream::read, plus net_errc::too_long when no delimiter arrives within the
 // maximum length (the bytes read so far stay buffered).

@@ -28,26 +28,32 @@ concept ByteStream = requires(S& s, std::span<char> buf, std::string_view data, 
 
 class StreamRef {
  public:
-  // Refers to `stream`, which must outlive every use of this reference.
-  template <ByteStream S>
-    requires(!std::is_same_v<std::remove_cv_t<S>, StreamRef>)
-  StreamRef(S& stream) noexcept  // NOLINT(google-explicit-constructor): a reference converts implicitly
+  // Refers to `stream`, which must outlive every use of this reference. Implicit, as binding a
+  // reference is. (Not for another StreamRef: that is the copy constructor's.)
+  template <ByteStream S, std::enable_if_t<!std::is_same_v<std::remove_cv_t<S>, StreamRef>, int> = 0>
+  StreamRef(S& stream) noexcept  // NOLINT(google-explicit-constructor)
       : object_(&stream),
         read_([](void* o, std::span<char> buf, Deadline d) { return static_cast<S*>(o)->read(buf, d); }),
-        write_([](void* o, std::string_view data, Deadline d) { return static_cast<S*>(o)->write(data, d); }) {}
+        write_(
+            [](void* o, std::string_view data, Deadline d) { return static_cast<S*>(o)->write(data, d); }) {}
 
   // The referenced stream's read(): at least one byte, 0 at end of stream.
-  std::size_t read(std::span<char> buf, Deadline deadline = {}) const { return read_(object_, buf, deadline); }
+  std::size_t read(std::span<char> buf, Deadline deadline = {}) const {
+    return read_(object_, buf, deadline);
+  }
   // Reads exactly buf.size() bytes; throws net_errc::end_of_stream if the stream ends first.
   void read_exact(std::span<char> buf, Deadline deadline = {}) const {
     while (!buf.empty()) {
       const std::size_t n = read(buf, deadline);
-      if (n == 0) throw std::system_error(make_error_code(net_errc::end_of_stream), "skein::StreamRef::read_exact");
+      if (n == 0)
+        throw std::system_error(make_error_code(net_errc::end_of_stream), "skein::StreamRef::read_exact");
       buf = buf.subspan(n);
     }
   }
   // The referenced stream's write(): at least one byte, 0 only for empty data.
-  std::size_t write(std::string_view data, Deadline deadline = {}) const { return write_(object_, data, deadline); }
+  std::size_t write(std::string_view data, Deadline deadline = {}) const {
+    return write_(object_, data, deadline);
+  }
   // Writes all of `data`, one write() after another.
   void write_all(std::string_view data, Deadline deadline = {}) const {
     while (!data.empty()) data.remove_prefix(write(data, deadline));

@@ -169,11 +169,15 @@ class TlsStream {
   void close() noexcept;
 
   // The same calls on byte buffers.
-  std::size_t read(std::span<std::byte> buf, Deadline deadline = {}) { return read(detail::as_chars(buf), deadline); }
+  std::size_t read(std::span<std::byte> buf, Deadline deadline = {}) {
+    return read(detail::as_chars(buf), deadline);
+  }
   std::size_t read(std::span<unsigned char> buf, Deadline deadline = {}) {
     return read(detail::as_chars(buf), deadline);
   }
-  void read_exact(std::span<std::byte> buf, Deadline deadline = {}) { read_exact(detail::as_chars(buf), deadline); }
+  void read_exact(std::span<std::byte> buf, Deadline deadline = {}) {
+    read_exact(detail::as_chars(buf), deadline);
+  }
   void read_exact(std::span<unsigned char> buf, Deadline deadline = {}) {
     read_exact(detail::as_chars(buf), deadline);
   }
@@ -212,7 +216,8 @@ class TlsStream {
 
 // Connects to `host`:`port` (skein::connect) and runs a client handshake for `host`; the deadline
 // covers both. Go's tls.Dial, asyncio's open_connection(ssl=...).
-TlsStream tls_connect(std::string_view host, std::uint16_t port, const TlsContext& context, Deadline deadline = {});
+TlsStream tls_connect(std::string_view host, std::uint16_t port, const TlsContext& context,
+                      Deadline deadline = {});
 
 }  // namespace skein
 

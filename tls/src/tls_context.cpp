@@ -50,12 +50,12 @@ int on_new_session(SSL* ssl, SSL_SESSION* session) noexcept {
 }
 
 // The server's ALPN choice: the first of its own protocols the client offered.
-int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned inlen,
-                void* arg) noexcept {
+int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                unsigned inlen, void* arg) noexcept {
   auto* c = static_cast<detail::TlsContextImpl*>(arg);
   unsigned char* chosen = nullptr;
-  if (SSL_select_next_proto(&chosen, outlen, c->alpn.data(), static_cast<unsigned>(c->alpn.size()), in, inlen) !=
-      OPENSSL_NPN_NEGOTIATED)
+  if (SSL_select_next_proto(&chosen, outlen, c->alpn.data(), static_cast<unsigned>(c->alpn.size()), in,
+                            inlen) != OPENSSL_NPN_NEGOTIATED)
     return SSL_TLSEXT_ERR_NOACK;
   *out = chosen;
   return SSL_TLSEXT_ERR_OK;
@@ -101,8 +101,8 @@ std::shared_ptr<detail::TlsContextImpl> make_context(bool server) {
   SSL_CTX* ctx = impl->ctx;
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   // Renegotiation is refused both ways: it is TLS 1.2's source of surprise writes inside reads.
-  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-                               (server ? SSL_OP_CIPHER_SERVER_PREFERENCE : 0));
+  SSL_CTX_set_options(
+      ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | (server ? SSL_OP_CIPHER_SERVER_PREFERENCE : 0));
   SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   if (server) {
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, detail::record_verify_failure);
@@ -299,7 +299,8 @@ TlsContext& TlsContext::trust_ca(std::string_view pem) {
 }
 
 TlsContext& TlsContext::trust_system_cas() {
-  if (!SSL_CTX_set_default_verify_paths(impl_->ctx)) detail::throw_config("skein::TlsContext: the system's CAs");
+  if (!SSL_CTX_set_default_verify_paths(impl_->ctx))
+    detail::throw_config("skein::TlsContext: the system's CAs");
   return *this;
 }
 
@@ -317,7 +318,8 @@ TlsContext& TlsContext::disable_verification() {
 }
 
 TlsContext& TlsContext::require_client_certificate() {
-  SSL_CTX_set_verify(impl_->ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, detail::record_verify_failure);
+  SSL_CTX_set_verify(impl_->ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                     detail::record_verify_failure);
   return *this;
 }
 
@@ -353,8 +355,8 @@ TlsContext& TlsContext::set_alpn(std::vector<std::string> protocols) {
   impl_->alpn = std::move(wire);
   if (impl_->server) {
     SSL_CTX_set_alpn_select_cb(impl_->ctx, impl_->alpn.empty() ? nullptr : select_alpn, impl_.get());
-  } else if (SSL_CTX_set_alpn_protos(impl_->ctx, impl_->alpn.data(), static_cast<unsigned>(impl_->alpn.size())) !=
-             0) {
+  } else if (SSL_CTX_set_alpn_protos(impl_->ctx, impl_->alpn.data(),
+                                     static_cast<unsigned>(impl_->alpn.size())) != 0) {
     detail::throw_config("skein::TlsContext::set_alpn");
   }
   return *this;

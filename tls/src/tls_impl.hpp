@@ -25,7 +25,7 @@ struct TlsContextImpl {
   // ALPN protocols in wire format (length-prefixed), for both roles.
   std::vector<unsigned char> alpn;
   std::function<std::optional<TlsContext>(std::string_view)> pick;  // server: SNI
-  bool cache_sessions = true;  // client
+  bool cache_sessions = true;                                       // client
   // Client sessions by host name, each holding one reference (SSL_SESSION_free on replacement).
   std::mutex sessions_mutex;
   std::unordered_map<std::string, SSL_SESSION*> sessions;

@@ -197,7 +197,8 @@ void TlsStreamImpl::flush(Deadline deadline, const char* what) {
 
 void TlsStreamImpl::fail(int ssl_error, const char* what) {
   const bool no_certificate = ERR_GET_REASON(ERR_peek_error()) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE;
-  std::string reason = openssl_reason(ssl_error == SSL_ERROR_SYSCALL ? "the connection ended" : "unknown error");
+  std::string reason =
+      openssl_reason(ssl_error == SSL_ERROR_SYSCALL ? "the connection ended" : "unknown error");
   tls_errc code;
   if (!handshake_done) {
     const long verify = SSL_get_verify_result(ssl);
@@ -209,7 +210,8 @@ void TlsStreamImpl::fail(int ssl_error, const char* what) {
       code = tls_errc::verify_failed;
     } else {
       code = tls_errc::handshake_failed;
-      if (eof && in_begin == in_end) reason = "the peer closed the connection during the handshake (" + reason + ")";
+      if (eof && in_begin == in_end)
+        reason = "the peer closed the connection during the handshake (" + reason + ")";
     }
   } else if (eof && in_begin == in_end) {
     code = tls_errc::truncated;
@@ -331,7 +333,8 @@ std::size_t TlsStream::read(std::span<char> buf, Deadline deadline) {
 void TlsStream::read_exact(std::span<char> buf, Deadline deadline) {
   while (!buf.empty()) {
     const std::size_t n = read(buf, deadline);
-    if (n == 0) throw std::system_error(make_error_code(net_errc::end_of_stream), "skein::TlsStream::read_exact");
+    if (n == 0)
+      throw std::system_error(make_error_code(net_errc::end_of_stream), "skein::TlsStream::read_exact");
     buf = buf.subspan(n);
   }
 }
@@ -413,7 +416,8 @@ ssl_st* TlsStream::native_handle() const noexcept {
   return impl_ ? impl_->ssl : nullptr;
 }
 
-TlsStream tls_connect(std::string_view host, std::uint16_t port, const TlsContext& context, Deadline deadline) {
+TlsStream tls_connect(std::string_view host, std::uint16_t port, const TlsContext& context,
+                      Deadline deadline) {
   TlsStream s(connect(host, port, deadline), context, host);
   s.handshake(deadline);
   return s;
