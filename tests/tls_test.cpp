@@ -481,6 +481,7 @@ TEST_SUITE("tls") {
       TlsPair t = tls_pair(server_ctx(), client_ctx());
       t.client.write_all("bye", 5s);
       t.client.shutdown(5s);
+      CHECK(code_of([&] { t.client.write_all("x", 1s); }) == std::errc::broken_pipe);
       char b[8];
       CHECK(t.server.read(std::span<char>(b, sizeof b), 5s) == 3);
       CHECK(t.server.read(std::span<char>(b, sizeof b), 5s) == 0);
@@ -527,6 +528,8 @@ TEST_SUITE("tls") {
             std::string_view("\x17\x03\x03\x00\x20garbage garbage garbage garbage!", 37), 1s);
         const std::error_code e = code_of([&] { t.server.read(std::span<char>(b, sizeof b), 5s); });
         CHECK_MESSAGE(e == tls_errc::protocol_error, describe(e));
+        CHECK(code_of([&] { t.server.read(std::span<char>(b, sizeof b), 5s); }) == tls_errc::broken);
+        CHECK(code_of([&] { t.server.write_all("x", 5s); }) == tls_errc::broken);
         // The server's alert reaches the client.
         const std::error_code c = code_of([&] { t.client.read(std::span<char>(b, sizeof b), 5s); });
         CHECK_MESSAGE(c == tls_errc::protocol_error, describe(c));

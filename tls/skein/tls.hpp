@@ -163,7 +163,8 @@ class TlsStream {
   void write_all(std::string_view data, Deadline deadline = {});
   // Writes all of each buffer in turn.
   void write_all(std::span<const std::string_view> parts, Deadline deadline = {});
-  // Sends close_notify: the peer's reads see the end of the stream. Reading goes on.
+  // Sends close_notify: the peer's reads see the end of the stream. Reading goes on; a write
+  // after it throws errc::broken_pipe, as on a Stream.
   void shutdown(Deadline deadline = {});
   // Closes the socket without close_notify. Idempotent.
   void close() noexcept;
@@ -204,8 +205,8 @@ class TlsStream {
   std::string server_name() const;
   std::string peer_subject() const;
 
-  // The socket underneath (for its addresses and options; reading or writing it directly breaks
-  // the TLS stream).
+  // The socket underneath, of a stream that is not empty (for its addresses and options; reading
+  // or writing it directly breaks the TLS stream).
   Stream& stream() noexcept;
   // The SSL object, for what this class does not offer.
   ssl_st* native_handle() const noexcept;

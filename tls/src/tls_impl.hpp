@@ -72,6 +72,8 @@ struct TlsStreamImpl {
   bool shutdown_sent = false;
   // Nothing more may be sent: a failure, or a call interrupted after OpenSSL sealed records.
   bool broken = false;
+  // Nothing more may be read either: the handshake did not complete, or OpenSSL failed for good.
+  bool failed = false;
 
   TlsStreamImpl(Stream s, std::shared_ptr<TlsContextImpl> c, std::string_view h);
   ~TlsStreamImpl();

@@ -223,7 +223,7 @@ void TlsStreamImpl::fail(int ssl_error, const char* what) {
   if (!flushing && sent == sending.size() && !out.empty() && stream.is_open())
     (void)::send(stream.fd(), out.data(), out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
   out.clear();
-  broken = true;
+  broken = failed = true;
   throw std::system_error(make_error_code(code), std::string(what) + ": " + reason);
 }
 
@@ -236,6 +236,7 @@ int TlsStreamImpl::drive(Call call, Deadline deadline, const char* what) {
     const int e = SSL_get_error(ssl, r);
     switch (e) {
       case SSL_ERROR_WANT_READ:
+        if (eof && in_begin == in_end) fail(SSL_ERROR_SYSCALL, what);  // nothing more will come
         // What OpenSSL wrote first (a handshake flight) may be what the peer waits for.
         flush(deadline, what);
         fill(deadline);
@@ -259,7 +260,7 @@ void TlsStreamImpl::handshake(Deadline deadline) {
     drive([this] { return SSL_do_handshake(ssl); }, deadline, what);
     flush(deadline, what);  // the last flight (a client's Finished, a server's tickets)
   } catch (...) {
-    broken = true;
+    broken = failed = true;
     throw;
   }
   handshake_done = true;
@@ -268,6 +269,7 @@ void TlsStreamImpl::handshake(Deadline deadline) {
 std::size_t TlsStreamImpl::read(std::span<char> buf, Deadline deadline) {
   if (buf.empty()) return 0;
   handshake(deadline);
+  if (failed) throw_broken("skein::TlsStream::read");
   // Bytes OpenSSL consumed are returned even if something to send is pending: that waits for the
   // next call that sends or waits (drive() flushes before it parks).
   const int n = drive([&] { return SSL_read(ssl, buf.data(), clamp_int(buf.size())); }, deadline,
@@ -279,7 +281,10 @@ std::size_t TlsStreamImpl::write(std::string_view data, Deadline deadline) {
   constexpr const char* what = "skein::TlsStream::write";
   if (data.empty()) return 0;
   handshake(deadline);
-  if (broken || shutdown_sent) throw_broken(what);
+  if (broken) throw_broken(what);
+  if (shutdown_sent)
+    throw std::system_error(std::make_error_code(std::errc::broken_pipe),
+                            "skein::TlsStream::write after shutdown");
   flush(deadline, what);  // records of earlier calls first; nothing of `data` is sealed yet
   const std::size_t len = std::min(data.size(), write_chunk);
   const int n = drive([&] { return SSL_write(ssl, data.data(), static_cast<int>(len)); }, deadline, what);
