@@ -7,6 +7,7 @@
     net_check.py fetch           HTTP_SERVER FETCH
     net_check.py fetch-overlap   HTTP_SERVER FETCH
     net_check.py fetch-failures  HTTP_SERVER FETCH
+    net_check.py fetch-https     HTTP_SERVER FETCH   (against `openssl s_server -www`; exit 77 without it)
 
 NET_CHECK_SERVER_ARGS (environment) adds arguments to every server, e.g. '--threads 4'.
 
@@ -37,6 +38,10 @@ IO_TIMEOUT = 10.0
 
 
 class CheckFailed(Exception):
+    pass
+
+
+class Skip(Exception):
     pass
 
 
@@ -486,6 +491,62 @@ def check_fetch_failures(server_exe, fetch_exe):
         silent.close()
 
 
+def check_fetch_https(server_exe, fetch_exe):
+    del server_exe  # the server here is OpenSSL's own
+    if subprocess.run(["openssl", "version"], capture_output=True).returncode != 0:
+        raise Skip("the openssl command is not installed")
+    with tempfile.TemporaryDirectory() as d:
+        def sh(*cmd):
+            proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
+            expect(proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        sh("openssl", "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+           "-subj", "/CN=net_check CA")
+        sh("openssl", "req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost")
+        with open(os.path.join(d, "ext.cnf"), "w") as f:
+            f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        sh("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+           "-out", "leaf.pem", "-days", "1", "-extfile", "ext.cnf")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", "leaf.pem",
+                                   "-key", "leaf.key", "-www", "-quiet"], cwd=d,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + IO_TIMEOUT
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    expect(time.monotonic() < deadline, "openssl s_server did not start listening")
+                    time.sleep(0.05)
+            ca = os.path.join(d, "ca.pem")
+            url = f"https://localhost:{port}/"
+            proc = run_fetch(fetch_exe, "--cacert", ca, url, f"https://127.0.0.1:{port}/")
+            out = proc.stdout
+            expect(proc.returncode == 0, f"fetch --cacert: exit status {proc.returncode}\n{out}{proc.stderr}")
+            expect(re.search(r"^\[1\] TLS TLSv1\.3 \S+, server /CN=localhost$", out, re.M), f"TLS line:\n{out}")
+            expect(re.search(r"^\[1\] header > HTTP/1\.0 200 ok$", out, re.M), f"status line:\n{out}")
+            expect(re.search(r"^2 fetched, 0 failed", out, re.M), f"totals:\n{out}")
+            # The system's CAs do not know this one: refused, with the reason.
+            proc = run_fetch(fetch_exe, url)
+            out = proc.stdout
+            expect(proc.returncode == 1, f"fetch without --cacert: exit status {proc.returncode}\n{out}")
+            expect(re.search(r"FAILED \(.*certificate verify failed: unable to get local issuer certificate", out),
+                   f"refusal:\n{out}")
+            proc = run_fetch(fetch_exe, "--insecure", url)
+            expect(proc.returncode == 0, f"fetch --insecure: exit status {proc.returncode}\n{proc.stdout}")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=IO_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
 CHECKS = {
     "http": (check_http, 1),
     "http-malformed": (check_http_malformed, 1),
@@ -493,6 +554,7 @@ CHECKS = {
     "fetch": (check_fetch, 2),
     "fetch-overlap": (check_fetch_overlap, 2),
     "fetch-failures": (check_fetch_failures, 2),
+    "fetch-https": (check_fetch_https, 2),
 }
 
 
@@ -507,6 +569,9 @@ def main():
         return 2
     try:
         check(*args)
+    except Skip as e:
+        print(f"SKIP: {sys.argv[1]}: {e}")
+        return 77
     except (CheckFailed, OSError, subprocess.SubprocessError) as e:
         print(f"FAIL: {sys.argv[1]}: {type(e).__name__}: {e}")
         return 1

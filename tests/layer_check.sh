@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The layers' include paths keep them apart: with a layer's own directories (layer_dirs in
 # meson.build), a header of its layer or a lower one compiles and a higher layer's does not.
-# Usage: layer_check.sh SOURCE_ROOT 'runtime=DIR:DIR...' 'net=...' 'asm=...' -- COMPILER...
+# Usage: layer_check.sh SOURCE_ROOT 'runtime=DIR:DIR...' 'net=...' 'asm=...' ['tls=...'] -- COMPILER...
+# (tls only when skein is built with it: its headers need OpenSSL's.)
 set -euo pipefail
 root=$1
 shift
@@ -40,4 +41,10 @@ check net compiles net_and_runtime $'#include <skein/socket.hpp>\n#include <skei
 check asm compiles asm_header '#include "context.hpp"'
 check asm fails runtime_header '#include <skein/task.hpp>'
 check asm fails runtime_internal '#include "scheduler.hpp"'
+check net fails tls_header '#include <skein/tls.hpp>'
+if [ -n "${dirs[tls]:-}" ]; then
+  check tls compiles tls_and_below $'#include <skein/tls.hpp>\n#include <skein/socket.hpp>\n#include <skein/task.hpp>\n#include "tls_impl.hpp"'
+  check tls fails net_internal '#include "io_core.hpp"'
+  check tls fails runtime_internal '#include "scheduler.hpp"'
+fi
 exit $status

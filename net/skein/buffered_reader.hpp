@@ -1,10 +1,11 @@
-// A buffered reader over a Stream: lines and delimited records (asyncio's StreamReader.readline /
-// readuntil, Go's bufio.Reader).
+// A buffered reader over a byte stream (a Stream, a TlsStream: see StreamRef): lines and delimited records
+// (asyncio's StreamReader.readline / readuntil, Go's bufio.Reader).
 //
 // Errors: those of Stream::read, plus net_errc::too_long when no delimiter arrives within the
 // maximum length (the bytes read so far stay buffered).
 #pragma once
 
+#include <skein/byte_stream.hpp>
 #include <skein/socket.hpp>
 #include <skein/time.hpp>
 
@@ -18,8 +19,9 @@ namespace skein {
 
 class BufferedReader {
  public:
-  // Reads from `stream`, which must outlive the reader, `chunk` bytes at a time.
-  explicit BufferedReader(Stream& stream, std::size_t chunk = 16 * 1024);
+  // Reads from `stream` (a Stream, a TlsStream, ...), which must outlive the reader, `chunk` bytes
+  // at a time.
+  explicit BufferedReader(StreamRef stream, std::size_t chunk = 16 * 1024);
 
   // Returns the bytes up to and including `delimiter`. At end of stream returns what is left
   // (without a delimiter; "" once nothing is left). Throws net_errc::too_long if `max` bytes
@@ -54,7 +56,7 @@ class BufferedReader {
   // Reads more from the stream into the buffer; returns false at end of stream.
   bool fill(Deadline deadline);
 
-  Stream& stream_;
+  StreamRef stream_;
   std::size_t chunk_;
   std::vector<char> buf_;
   std::size_t begin_ = 0;

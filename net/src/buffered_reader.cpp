@@ -6,7 +6,7 @@
 
 namespace skein {
 
-BufferedReader::BufferedReader(Stream& stream, std::size_t chunk)
+BufferedReader::BufferedReader(StreamRef stream, std::size_t chunk)
     : stream_(stream), chunk_(std::max<std::size_t>(chunk, 1)) {}
 
 bool BufferedReader::fill(Deadline deadline) {
