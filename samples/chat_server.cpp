@@ -80,7 +80,7 @@ namespace cli = skein_samples::cli;
 
 constexpr const char* kUsage =
     "usage: chat_server [--host H] [--port P] [--threads N] [--queue N] [--max-line N]\n"
-    "                   [--max-clients N]\n"
+    "                   [--max-clients N] [--debug-dump[=SIG]]\n"
     "\n"
     "A line-based chat room over TCP (try it with nc). A client's first line is its nick (1 to 32\n"
     "letters, digits, '-', '_' or '.'; unique; three tries); every later line is sent to everyone\n"
@@ -97,6 +97,9 @@ constexpr const char* kUsage =
     "  --max-line N      longest line a client may send, in bytes without the line ending,\n"
     "                    32..1048576; a longer one disconnects it; default 1024\n"
     "  --max-clients N   clients in the room at once, 1..1000000; default 1024\n"
+    "  --debug-dump[=SIG]  print every fiber (what it waits for, since when, where it was\n"
+    "                      spawned) to stderr on signal SIG, SIGUSR1 (the default), SIGUSR2\n"
+    "                      or SIGQUIT, and go on serving: try kill -USR1 PID\n"
     "  -h, --help        show this help and exit\n";
 
 constexpr std::size_t kMaxNick = 32;
@@ -508,7 +511,7 @@ int main(int argc, char** argv) {
   raise_fd_limit(lim.max_clients + kPendingSlack + 16 + 4 * flags.threads);
 
   try {
-    skein::run(skein::RuntimeOptions{flags.threads}, [&] {
+    skein::run(flags.runtime_options(), [&] {
       Room room(lim.max_clients);
       skein::TaskGroup room_fiber;  // destroyed before `room`: the fiber cannot outlive it
       room_fiber.spawn(skein::FiberOptions{"room"}, [&room] { room.run(); });

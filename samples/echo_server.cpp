@@ -36,7 +36,7 @@ namespace {
 namespace cli = skein_samples::cli;
 
 constexpr const char* kUsage =
-    "usage: echo_server [--host H] [--port P] [--threads N] [--verbose]\n"
+    "usage: echo_server [--host H] [--port P] [--threads N] [--verbose] [--debug-dump[=SIG]]\n"
     "\n"
     "Echoes every byte a client sends back to it, until the client closes; one fiber per\n"
     "connection. Prints 'listening on HOST:PORT' once it accepts connections. Ctrl-C or SIGTERM\n"
@@ -47,6 +47,9 @@ constexpr const char* kUsage =
     "  --threads N   worker threads, each serving its own share of the connections;\n"
     "                default 1\n"
     "  --verbose     print 'Received ... from PEER' for every read, as the Python server does\n"
+    "  --debug-dump[=SIG]  print every fiber (what it waits for, since when, where it was\n"
+    "                      spawned) to stderr on signal SIG, SIGUSR1 (the default), SIGUSR2\n"
+    "                      or SIGQUIT, and go on serving: try kill -USR1 PID\n"
     "  -h, --help    show this help and exit\n";
 
 // Python's %r of bytes, shortened: printable ASCII as is, the rest as \xNN.
@@ -107,7 +110,7 @@ int main(int argc, char** argv) {
 
   cli::check_io_backend();
   try {
-    skein::run(skein::RuntimeOptions{flags.threads}, [&] {
+    skein::run(flags.runtime_options(), [&] {
       skein_samples::listen_and_serve(flags.host, flags.port, [verbose](skein::Stream stream) {
         handle_echo(std::move(stream), verbose);
       });

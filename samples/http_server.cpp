@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -40,6 +41,7 @@ using skein_samples::http::HttpSession;
 
 constexpr const char* kUsage =
     "usage: http_server [--host H] [--port P] [--threads N] [--idle-timeout S] [--delay-ms N]\n"
+    "                   [--debug-dump[=SIG]] [--debug-routes]\n"
     "\n"
     "Serves a small aiohttp app's routes over HTTP/1.1, one fiber per connection:\n"
     "  GET /        -> <h1>Index Page</h1>\n"
@@ -55,12 +57,60 @@ constexpr const char* kUsage =
     "                     stalls that long fails too); 0 waits forever; default 60\n"
     "  --delay-ms N       wait N ms (parking only that connection's fiber) before each\n"
     "                     response, 0..60000; default 0\n"
+    "  --debug-dump[=SIG] print every fiber (what it waits for, since when, where it was\n"
+    "                     spawned) to stderr on signal SIG, SIGUSR1 (the default), SIGUSR2\n"
+    "                     or SIGQUIT, and go on serving: try kill -USR1 PID\n"
+    "  --debug-routes     also serve GET /debug/fibers (the same listing, as text) and\n"
+    "                     GET /debug/stats (every worker's counters); without it they are 404.\n"
+    "                     They show the server's insides: not for a public address\n"
     "  -h, --help         show this help and exit\n";
 
 struct Config {
   std::chrono::duration<double> idle_timeout{60.0};
   std::chrono::milliseconds delay{0};
+  bool debug_routes = false;
 };
+
+void append_counters(std::string& out, const skein::debug::WorkerStats& w) {
+  out += std::to_string(w.fibers) + " fibers, " + std::to_string(w.switches) + " switches, " +
+         std::to_string(w.spawns) + " spawns (" + std::to_string(w.remote_spawns) + " from other threads), " +
+         std::to_string(w.yields) + " yields, " + std::to_string(w.parks) + " parks, " +
+         std::to_string(w.remote_wakeups) + " wake-ups from other threads, " + std::to_string(w.idle_sleeps) +
+         " idle sleeps (" + std::to_string(std::chrono::duration<double>(w.slept).count()) + " s), " +
+         std::to_string(w.timers_fired) + " timers fired, run queue high-water " +
+         std::to_string(w.run_queue_high_water) + "\n";
+  out += "  parks by reason:";
+  const char* sep = " ";
+  for (std::size_t r = 0; r < skein::debug::wait_reason_count; ++r) {
+    if (w.parks_by_reason[r] == 0) continue;
+    out += sep;
+    out += skein::debug::to_string(static_cast<skein::debug::WaitReason>(r));
+    out += ' ' + std::to_string(w.parks_by_reason[r]);
+    sep = ", ";
+  }
+  out += "\n";
+}
+
+// --debug-routes: GET /debug/fibers is skein::debug::dump, GET /debug/stats the counters.
+bool debug_route(std::string_view path, std::string& body) {
+  if (path == "/debug/fibers") {
+    std::ostringstream out;
+    skein::debug::dump(out);
+    body = std::move(out).str();
+    return true;
+  }
+  if (path == "/debug/stats") {
+    const skein::debug::Stats stats = skein::debug::stats();
+    for (const auto& w : stats.workers) {
+      body += "runtime " + std::to_string(w.runtime) + " worker " + std::to_string(w.worker) + ": ";
+      append_counters(body, w);
+    }
+    body += "total: ";
+    append_counters(body, stats.total);
+    return true;
+  }
+  return false;
+}
 
 // The deadline of the next read or write on a connection.
 skein::Deadline idle_deadline(const Config& config) {
@@ -88,6 +138,7 @@ void linger_close(skein::Stream& stream, std::span<char> buffer) {
 
 void handle_connection(skein::Stream stream, const Config& config) {
   HttpSession session;
+  if (config.debug_routes) session.set_extra_routes(debug_route);
   std::array<char, 16 * 1024> buffer;
   for (;;) {
     const std::size_t n = stream.read(buffer, idle_deadline(config));
@@ -123,6 +174,8 @@ int main(int argc, char** argv) {
       config.idle_timeout = std::chrono::duration<double>(cli::number("--idle-timeout", value, 0.0, 86400.0));
     } else if (cli::option("--delay-ms", i, argc, argv, value)) {
       config.delay = std::chrono::milliseconds(cli::number("--delay-ms", value, 0, 60000));
+    } else if (std::string_view(argv[i]) == "--debug-routes") {
+      config.debug_routes = true;
     } else {
       cli::unknown_argument(argv[i]);
     }
@@ -130,7 +183,7 @@ int main(int argc, char** argv) {
 
   cli::check_io_backend();
   try {
-    skein::run(skein::RuntimeOptions{flags.threads}, [&config, &flags] {
+    skein::run(flags.runtime_options(), [&config, &flags] {
       skein_samples::listen_and_serve(flags.host, flags.port, [&config](skein::Stream stream) {
         handle_connection(std::move(stream), config);
       });

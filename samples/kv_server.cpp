@@ -43,7 +43,7 @@ using skein_samples::kv::KvSession;
 using skein_samples::kv::Store;
 
 constexpr const char* kUsage =
-    "usage: kv_server [--host H] [--port P] [--threads N] [--poll-us N]\n"
+    "usage: kv_server [--host H] [--port P] [--threads N] [--poll-us N] [--debug-dump[=SIG]]\n"
     "\n"
     "A Redis-compatible key-value server (RESP2, as redis-cli and redis-benchmark speak it), one\n"
     "fiber per connection: PING ECHO SET (NX XX GET EX PX KEEPTTL) GET DEL EXISTS INCR DECR INCRBY\n"
@@ -59,6 +59,9 @@ constexpr const char* kUsage =
     "  --poll-us N   after the last request, a worker keeps polling for new ones for N microseconds\n"
     "                before it sleeps (a sleeping server costs each client send a wake-up);\n"
     "                0..100000, 0 never polls; default 50\n"
+    "  --debug-dump[=SIG]  print every fiber (what it waits for, since when, where it was\n"
+    "                      spawned) to stderr on signal SIG, SIGUSR1 (the default), SIGUSR2\n"
+    "                      or SIGQUIT, and go on serving: try kill -USR1 PID\n"
     "  -h, --help    show this help and exit\n";
 
 constexpr std::size_t kReadChunk = 16 * 1024;           // the read buffer, until a command needs more
@@ -217,7 +220,7 @@ int main(int argc, char** argv) {
   try {
     // --poll-us: each worker polls for that long after its last work before it sleeps (see
     // docs/kv_server.md, "Waking up").
-    skein::RuntimeOptions runtime{flags.threads};
+    skein::RuntimeOptions runtime = flags.runtime_options();
     runtime.spin_before_sleep = poll;
     skein::run(runtime, [&] { serve(flags.host, flags.port, *store); });
   } catch (const std::exception& e) {

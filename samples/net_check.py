@@ -3,7 +3,9 @@
 
     net_check.py http            HTTP_SERVER
     net_check.py http-malformed  HTTP_SERVER
+    net_check.py http-debug      HTTP_SERVER
     net_check.py echo            ECHO_SERVER
+    net_check.py echo-dump       ECHO_SERVER
     net_check.py fetch           HTTP_SERVER FETCH
     net_check.py fetch-overlap   HTTP_SERVER FETCH
     net_check.py fetch-failures  HTTP_SERVER FETCH
@@ -19,8 +21,10 @@ fails. Every socket has a timeout, so nothing hangs. Exits 0 when every check ho
 
 import os
 import random
+import resource
 import re
 import select
+import selectors
 import shlex
 import signal
 import socket
@@ -419,6 +423,106 @@ def check_echo(server_exe):
         expect(re.search(r"^Received b'hi\\n' from 127\.0\.0\.1:\d+$", out, re.M), f"--verbose printed {out!r}")
 
 
+def check_echo_dump(server_exe):
+    """--debug-dump: SIGUSR1 several times while 1,000 connections echo; every byte comes back."""
+    clients, size, piece = 1000, 8000, 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * clients + 64  # the server (which inherits it) and this process hold one each
+    if soft < want and (hard == resource.RLIM_INFINITY or hard >= want):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    rng = random.Random(4321)
+    with Server(server_exe, "--debug-dump") as srv:
+        conns = []
+        sel = selectors.DefaultSelector()
+        try:
+            for i in range(clients):
+                c = Conn(srv.port)
+                c.sock.setblocking(False)
+                payload = rng.randbytes(size)
+                conns.append({"sock": c.sock, "data": payload, "sent": 0, "got": bytearray()})
+                sel.register(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conns[-1])
+            # A dump with every connection's fiber parked in its first read.
+            time.sleep(0.2)
+            srv.proc.send_signal(signal.SIGUSR1)
+            signals, done = 1, 0
+            deadline = time.monotonic() + 30
+            while done < clients:
+                expect(time.monotonic() < deadline, f"echo with dumps: {done} of {clients} done after 30 s")
+                for key, events in sel.select(timeout=1.0):
+                    st = key.data
+                    if events & selectors.EVENT_WRITE and st["sent"] < size:
+                        try:
+                            st["sent"] += st["sock"].send(st["data"][st["sent"]:st["sent"] + piece])
+                        except BlockingIOError:
+                            pass
+                        if st["sent"] == size:
+                            sel.modify(st["sock"], selectors.EVENT_READ, st)
+                    if events & selectors.EVENT_READ:
+                        try:
+                            chunk = st["sock"].recv(65536)
+                        except BlockingIOError:
+                            continue
+                        expect(chunk, f"connection closed after {len(st['got'])} of {size} bytes")
+                        st["got"] += chunk
+                        if len(st["got"]) >= size:
+                            expect(bytes(st["got"]) == st["data"], "an echo differs from what was sent")
+                            sel.unregister(st["sock"])
+                            done += 1
+                            # Three more dumps while the rest are still echoing.
+                            if done in (clients // 4, clients // 2, 3 * clients // 4):
+                                srv.proc.send_signal(signal.SIGUSR1)
+                                signals += 1
+        finally:
+            sel.close()
+            for st in conns:
+                st["sock"].close()
+        # The dumps come from another thread: wait for them, then check they name the fibers.
+        deadline = time.monotonic() + 10
+        while srv.stderr_text().count("skein: ") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        text = srv.stderr_text()
+        dumps = text.count("skein: ")
+        expect(dumps >= 2, f"{signals} SIGUSR1 gave {dumps} dump(s); stderr: {text[:2000]!r}")
+        expect(re.search(r'^\d+ fibers "connection" parked: fd read', text, re.M),
+               f"no group of connection fibers parked in a read in the dumps: {text[:2000]!r}")
+        expect(re.search(r'"acceptor" parked: accept', text), f"no acceptor in the dumps: {text[:2000]!r}")
+        took = srv.stop(signal.SIGINT)
+        expect(took < 5.0, f"SIGINT took {took:.2f} s after the dumps")
+    # Without the flag SIGUSR1 keeps its default action: the process ends by it.
+    with Server(server_exe) as srv:
+        srv.stopped = True
+        srv.proc.send_signal(signal.SIGUSR1)
+        code = srv.proc.wait(timeout=IO_TIMEOUT)
+        expect(code == -signal.SIGUSR1, f"without --debug-dump, SIGUSR1 gave exit status {code}")
+
+
+def check_http_debug(server_exe):
+    """--debug-routes: GET /debug/fibers and /debug/stats; 404 without the flag."""
+    with Server(server_exe) as srv:
+        for path in ("/debug/fibers", "/debug/stats"):
+            status, _, _ = get(srv.port, path)
+            expect(status == 404, f"GET {path} without --debug-routes: {status}")
+    with Server(server_exe, "--debug-routes") as srv:
+        idle = Conn(srv.port)  # a connection whose fiber is parked in a read
+        time.sleep(0.1)
+        status, headers, body = get(srv.port, "/debug/fibers")
+        text = body.decode()
+        expect(status == 200, f"GET /debug/fibers: {status}")
+        expect(headers.get("content-type", "").startswith("text/plain"), f"GET /debug/fibers: {headers}")
+        expect(re.match(r"skein: \d+ fibers in 1 runtime\(s\)", text), f"GET /debug/fibers: {text[:500]!r}")
+        expect('"connection" running' in text, f"the requesting fiber is not shown running: {text[:2000]!r}")
+        expect(re.search(r'"connection" parked: fd read', text), f"the idle connection is not shown: {text[:2000]!r}")
+        status, _, body = get(srv.port, "/debug/stats")
+        expect(status == 200 and re.search(rb"^total: \d+ fibers, \d+ switches", body, re.M),
+               f"GET /debug/stats: {status} {body[:500]!r}")
+        c = Conn(srv.port)
+        c.send(b"POST /debug/fibers HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        status, _, _ = c.response()
+        expect(status == 405, f"POST /debug/fibers: {status}")
+        c.close()
+        idle.close()
+
+
 # ---- fetch ---------------------------------------------------------------------------------------
 
 
@@ -551,6 +655,8 @@ CHECKS = {
     "http": (check_http, 1),
     "http-malformed": (check_http_malformed, 1),
     "echo": (check_echo, 1),
+    "echo-dump": (check_echo_dump, 1),
+    "http-debug": (check_http_debug, 1),
     "fetch": (check_fetch, 2),
     "fetch-overlap": (check_fetch_overlap, 2),
     "fetch-failures": (check_fetch_failures, 2),

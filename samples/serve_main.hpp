@@ -6,6 +6,8 @@
 
 #include "cli.hpp"
 
+#include <signal.h>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -17,11 +19,12 @@
 
 namespace skein_samples {
 
-// The options every sample server takes: --host H, --port P, --threads N.
+// The options every sample server takes: --host H, --port P, --threads N, --debug-dump[=SIG].
 struct ServerFlags {
   std::string host = "127.0.0.1";
   std::uint16_t port;
   std::size_t threads = 1;
+  int dump_signal = 0;  // --debug-dump: RuntimeOptions::dump_signal
 
   explicit ServerFlags(std::uint16_t default_port) : port(default_port) {}
 
@@ -35,10 +38,32 @@ struct ServerFlags {
       port = static_cast<std::uint16_t>(cli::number("--port", value, 0, 65535));
     } else if (cli::option("--threads", i, argc, argv, value)) {
       threads = static_cast<std::size_t>(cli::number("--threads", value, 1, 256));
+    } else if (const std::string_view arg = argv[i]; arg == "--debug-dump") {
+      dump_signal = SIGUSR1;
+    } else if (arg.starts_with("--debug-dump=")) {
+      dump_signal = signal_named(arg.substr(arg.find('=') + 1));
     } else {
       return false;
     }
     return true;
+  }
+
+  // The runtime these flags ask for.
+  skein::RuntimeOptions runtime_options() const {
+    skein::RuntimeOptions options;
+    options.workers = threads;
+    options.dump_signal = dump_signal;
+    return options;
+  }
+
+ private:
+  static int signal_named(std::string_view given) {
+    std::string_view name = given;
+    if (name.starts_with("SIG")) name.remove_prefix(3);
+    if (name == "USR1") return SIGUSR1;
+    if (name == "USR2") return SIGUSR2;
+    if (name == "QUIT") return SIGQUIT;
+    cli::usage_error("--debug-dump takes SIGUSR1, SIGUSR2 or SIGQUIT, not '" + std::string(given) + "'");
   }
 };
 

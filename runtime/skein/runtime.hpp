@@ -45,6 +45,13 @@ struct RuntimeOptions {
   std::size_t main_stack_size = default_stack_size;
   // Every worker's I/O backend; SKEIN_IO=auto|epoll|io_uring overrides it (docs/io_uring.md).
   IoBackendKind io_backend = IoBackendKind::automatic;
+  // A signal (e.g. SIGQUIT or SIGUSR1) on which skein::debug::dump(std::cerr) prints every fiber of
+  // every runtime, after which everything goes on; 0 (the default) leaves signals alone. While a
+  // runtime asking for it lives, skein owns the signal's disposition (the handler only wakes a
+  // thread, which dumps); the last such runtime to end restores the one it found. Runtimes may ask
+  // for different signals. Throws invalid_argument for SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE,
+  // SIGILL or a number out of range. See docs/observability.md.
+  int dump_signal = 0;
 };
 
 namespace detail {

@@ -1,5 +1,7 @@
 #include "runtime_core.hpp"
 
+#include "debug_signal.hpp"
+
 #include <skein/runtime.hpp>
 
 #include <sched.h>
@@ -114,6 +116,12 @@ RuntimeCore::~RuntimeCore() {
   // The schedulers outlive every loop: a thread that posted the last message may still be inside
   // post() when the receiving worker has already left its loop.
   for (std::size_t i = caller_is_worker_ ? 1 : 0; i < workers_.size(); ++i) delete workers_[i];
+  release_dump_signal(dump_signal_);
+}
+
+void RuntimeCore::hold_dump_signal(int sig) {
+  detail::hold_dump_signal(sig);
+  dump_signal_ = sig;
 }
 
 void RuntimeCore::worker_main(std::size_t index, std::atomic<std::size_t>* started) {
@@ -228,6 +236,7 @@ RunScope::RunScope(const RuntimeOptions& options) {
                             "skein::run: this thread already runs a scheduler");
   core_ = std::make_unique<RuntimeCore>(options.workers, true, options.spin_before_sleep, options.idle_spin,
                                         options.io_backend);
+  core_->hold_dump_signal(options.dump_signal);
 }
 
 RunScope::~RunScope() = default;
@@ -243,7 +252,9 @@ namespace skein {
 
 Runtime::Runtime(RuntimeOptions options)
     : core_(std::make_unique<detail::RuntimeCore>(options.workers, false, options.spin_before_sleep,
-                                                  options.idle_spin, options.io_backend)) {}
+                                                  options.idle_spin, options.io_backend)) {
+  core_->hold_dump_signal(options.dump_signal);
+}
 
 Runtime::~Runtime() {
   try {

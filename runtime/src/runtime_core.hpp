@@ -82,6 +82,9 @@ class RuntimeCore {
   // 1, 2, ... in order of creation in the process (skein::debug::FiberInfo::runtime).
   std::uint64_t serial() const noexcept { return serial_; }
 
+  // RuntimeOptions::dump_signal: holds `sig` (see debug_signal.hpp) until the destructor. Once.
+  void hold_dump_signal(int sig);
+
  private:
   void stop_all() noexcept;
   void worker_main(std::size_t index, std::atomic<std::size_t>* started);
@@ -100,6 +103,7 @@ class RuntimeCore {
   std::mutex join_mutex_;
   std::vector<RemoteNode> stop_nodes_;
   std::uint64_t serial_ = 0;
+  int dump_signal_ = 0;  // held, released at the end of the destructor
 };
 
 // The runtimes alive in the process, for skein::debug: each is listed from the end of its

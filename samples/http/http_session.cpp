@@ -255,6 +255,13 @@ void HttpSession::respond() {
   }
 
   body_.clear();
+  if (extra_routes_ && extra_routes_(path, body_)) {
+    if (method != HTTP_GET && !head)
+      append_response(405, reason_phrase(405), kText, {}, false, keep_alive, "Allow: GET, HEAD\r\n");
+    else
+      append_response(200, reason_phrase(200), kText, body_, head, keep_alive);
+    return;
+  }
   if (path == "/") {
     body_ = kIndexBody;
   } else if (path.size() > 1 && path.front() == '/' && path.find('/', 1) == std::string_view::npos) {

@@ -34,8 +34,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace skein_samples::http {
 
@@ -66,6 +68,12 @@ class HttpSession {
   // Responses produced since the session began (every request answered, errors included).
   std::uint64_t responses() const noexcept { return responses_; }
 
+  // Routes consulted before the table above: given a request's path, fills `body` (text/plain)
+  // and returns true, or returns false to leave the path to the table. GET and HEAD only (405
+  // otherwise). http_server's --debug-routes.
+  using ExtraRoutes = std::function<bool(std::string_view path, std::string& body)>;
+  void set_extra_routes(ExtraRoutes routes) { extra_routes_ = std::move(routes); }
+
  private:
   static int on_message_begin(http_parser* p);
   static int on_url(http_parser* p, const char* at, std::size_t size);
@@ -88,6 +96,7 @@ class HttpSession {
   std::string decoded_;  // scratch for the decoded {name}, reused by every request
   std::string body_;     // scratch for the response body, reused by every request
   std::string out_;
+  ExtraRoutes extra_routes_;
   std::size_t header_bytes_ = 0;  // of the current request, until its headers are complete
   std::size_t body_bytes_ = 0;
   std::uint64_t responses_ = 0;
