@@ -60,6 +60,9 @@ struct IoOp {
     send,     // send(fd, buf, len, flags)
     sendmsg,  // sendmsg(fd, msg, flags)
     accept,   // accept4(fd, addr, addrlen, flags)
+    // accept4(fd, nullptr, nullptr, flags) for each connection until cancelled or failed: a
+    // completion per connection, reported to IoCore::accepted (IoBackend::multishot_accept).
+    accept_multishot,
   };
   Kind kind = poll;
   int flags = 0;
@@ -107,6 +110,9 @@ class IoBackend {
   // Asks the kernel now to cancel `s`'s operation; its completion still comes (with the result,
   // if it finished first, else -ECANCELED).
   virtual void cancel(IoOpState& s) noexcept { (void)s; }
+  // Whether submit() takes IoOp::accept_multishot: one operation accepting connection after
+  // connection, each reported by IoCore::accepted(s, result, more), `more` false on the last.
+  virtual bool multishot_accept() const noexcept { return false; }
 };
 
 // Creates the backend `kind` for `core`, watching `inbox`'s fd. On failure returns nullptr and sets
@@ -118,6 +124,10 @@ std::unique_ptr<IoBackend> make_uring_backend(IoCore& core, Inbox& inbox, int& e
 // with `why` set as make_uring_backend would. SKEIN_IO_URING_DISABLED=1 makes it say no (tests).
 // SKEIN_IO_URING_MODE=completion where the kernel lacks its opcodes makes it say no too.
 int uring_unavailable(const char*& why) noexcept;
+// Whether an io_uring backend in completion mode accepts with one multishot accept per listener
+// (Linux 5.19); SKEIN_IO_URING_MULTISHOT_ACCEPT=0 makes it use single-shot accepts (benchmarks,
+// tests of the fall-back).
+bool uring_multishot_accept() noexcept;
 // Whether an io_uring backend performs operations (completion mode, the default where the kernel
 // has the opcodes) or watches readiness with multishot polls (SKEIN_IO_URING_MODE=readiness).
 bool uring_completion_mode() noexcept;

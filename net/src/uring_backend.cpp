@@ -17,6 +17,8 @@
 #include <liburing.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -59,6 +61,7 @@ struct Probe {
   int err = 0;
   const char* why = nullptr;
   bool ops = false;  // the opcodes of completion mode are there (Linux 5.6)
+  bool multishot_accept = false;  // IORING_ACCEPT_MULTISHOT (Linux 5.19)
 };
 
 int read_io_uring_disabled() noexcept {
@@ -68,6 +71,39 @@ int read_io_uring_disabled() noexcept {
   if (std::fscanf(f, "%d", &v) != 1) v = 0;
   std::fclose(f);
   return v;
+}
+
+// Multishot accept has no opcode of its own either: a kernel before 5.19 refuses the flag with
+// EINVAL. Armed on a listening Unix socket (autobound to an abstract name) with no connection,
+// then cancelled: -ECANCELED says it was accepted.
+bool probe_multishot_accept(io_uring& ring) noexcept {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  bool ok = false;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(sa_family_t)) == 0 && ::listen(fd, 1) == 0) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_multishot_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, 1);
+    sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_cancel64(sqe, 1, 0);
+    io_uring_sqe_set_data64(sqe, 2);
+    if (io_uring_submit(&ring) >= 0) {
+      // The accept's own completion comes in any case (cancelled, or refused); earlier probes'
+      // completions may come first.
+      for (int seen = 0; seen < 8; ++seen) {
+        io_uring_cqe* cqe = nullptr;
+        if (io_uring_wait_cqe(&ring, &cqe) != 0) break;
+        const bool last = cqe->user_data == 1 && !(cqe->flags & IORING_CQE_F_MORE);
+        if (last) ok = cqe->res == -ECANCELED;
+        io_uring_cqe_seen(&ring, cqe);
+        if (last) break;
+      }
+    }
+  }
+  ::close(fd);
+  return ok;
 }
 
 Probe probe_kernel() noexcept {
@@ -115,6 +151,7 @@ Probe probe_kernel() noexcept {
       ::close(efd);
     }
   }
+  if (result.err == 0 && result.ops) result.multishot_accept = probe_multishot_accept(ring);
   io_uring_queue_exit(&ring);
   return result;
 }
@@ -126,7 +163,8 @@ const Probe& kernel_probe() noexcept {
 
 class UringBackend final : public IoBackend {
  public:
-  UringBackend(IoCore& core, Inbox& inbox, bool ops) noexcept : core_(core), inbox_(inbox), ops_(ops) {}
+  UringBackend(IoCore& core, Inbox& inbox, bool ops, bool multishot_accept) noexcept
+      : core_(core), inbox_(inbox), ops_(ops), multishot_accept_(ops && multishot_accept) {}
   UringBackend(const UringBackend&) = delete;
   UringBackend& operator=(const UringBackend&) = delete;
   ~UringBackend() override {
@@ -175,6 +213,7 @@ class UringBackend final : public IoBackend {
 
   BackendKind kind() const noexcept override { return BackendKind::io_uring; }
   bool ops() const noexcept override { return ops_; }
+  bool multishot_accept() const noexcept override { return multishot_accept_; }
 
   int submit(IoOpState& s) noexcept override {
     io_uring_sqe* sqe = get_sqe();
@@ -194,6 +233,9 @@ class UringBackend final : public IoBackend {
         break;
       case IoOp::accept:
         io_uring_prep_accept(sqe, s.fd, op.addr, op.addrlen, op.flags);
+        break;
+      case IoOp::accept_multishot:
+        io_uring_prep_multishot_accept(sqe, s.fd, nullptr, nullptr, op.flags);
         break;
     }
     io_uring_sqe_set_data(sqe, &s);
@@ -311,6 +353,10 @@ class UringBackend final : public IoBackend {
     if (ops_) {
       auto* s = reinterpret_cast<IoOpState*>(static_cast<std::uintptr_t>(data));
       const int res = cqe->res;
+      if (s->op->kind == IoOp::accept_multishot) {
+        core_.accepted(*s, res, more);  // may free s
+        return;
+      }
       s->result = s->op->kind == IoOp::poll && res >= 0
                       ? static_cast<int>(to_events(static_cast<unsigned>(res)))
                       : res;
@@ -355,6 +401,7 @@ class UringBackend final : public IoBackend {
   Inbox& inbox_;
   io_uring ring_{};
   bool ops_;  // completion mode: user_data is an IoOpState
+  bool multishot_accept_;
   bool ring_ok_ = false;
   bool taskrun_flag_ = false;
   bool skip_success_ = false;
@@ -392,9 +439,15 @@ bool uring_completion_mode() noexcept {
   return kernel_probe().ops;
 }
 
+bool uring_multishot_accept() noexcept {
+  if (const char* v = std::getenv("SKEIN_IO_URING_MULTISHOT_ACCEPT"); v && std::strcmp(v, "0") == 0) return false;
+  return kernel_probe().multishot_accept;
+}
+
 std::unique_ptr<IoBackend> make_uring_backend(IoCore& core, Inbox& inbox, int& err, const char*& why) {
   if ((err = uring_unavailable(why)) != 0) return nullptr;
-  auto backend = std::make_unique<UringBackend>(core, inbox, uring_completion_mode());
+  auto backend =
+      std::make_unique<UringBackend>(core, inbox, uring_completion_mode(), uring_multishot_accept());
   if ((err = backend->init(why)) != 0) return nullptr;
   return backend;
 }
@@ -418,6 +471,10 @@ std::unique_ptr<IoBackend> make_uring_backend(IoCore&, Inbox&, int& err, const c
 }
 
 bool uring_completion_mode() noexcept {
+  return false;
+}
+
+bool uring_multishot_accept() noexcept {
   return false;
 }
 
