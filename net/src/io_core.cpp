@@ -99,7 +99,7 @@ IoCore::~IoCore() {
     accept_queues_.erase(it);
     retire(std::move(q));
   }
-  for (int i = 0; i < 100 && !retired_.empty(); ++i) backend_->wait(Clock::now() + std::chrono::milliseconds(10));
+  for (int i = 0; i < 100 && armed_accepts_ > 0; ++i) backend_->wait(Clock::now() + std::chrono::milliseconds(10));
   mailbox_->close();
   backend_.reset();
   if (tl_io_core == this) tl_io_core = nullptr;
@@ -269,6 +269,7 @@ ssize_t IoCore::accept_queued(IoHandle& h, TimePoint deadline, const IoOp& op, d
     if (!q->armed) {
       if (const int err = backend_->submit(*q)) return -err;
       q->armed = true;
+      ++armed_accepts_;
     }
     budget_ = io_budget;  // a real wait
     q->waiter = current_fiber();
@@ -284,7 +285,10 @@ ssize_t IoCore::accept_queued(IoHandle& h, TimePoint deadline, const IoOp& op, d
 
 void IoCore::accepted(IoOpState& s, int result, bool more) noexcept {
   auto& q = static_cast<AcceptQueue&>(s);
-  if (!more) q.armed = q.stopping = false;
+  if (!more) {
+    q.armed = q.stopping = false;
+    --armed_accepts_;
+  }
   if (q.retired) {
     if (result >= 0) syscall(SYS_close, result);
     if (!more)
@@ -313,6 +317,14 @@ void IoCore::accepted(IoOpState& s, int result, bool more) noexcept {
     q.waiter = nullptr;
     unpark(f);
   }
+}
+
+void IoCore::disarm_idle_accepts() noexcept {
+  for (auto& [fd, q] : accept_queues_)
+    if (q->armed && !q->stopping && !q->waiter) {
+      backend_->cancel(*q);
+      q->stopping = true;
+    }
 }
 
 void IoCore::retire(std::unique_ptr<AcceptQueue> q) noexcept {

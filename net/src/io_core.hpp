@@ -139,10 +139,11 @@ struct IoTransfer {
 };
 
 // A listener's connections accepted ahead of its accept() calls, on a backend with multishot
-// accept (IoBackend::multishot_accept). One multishot accept is armed while a fiber waits and the
+// accept (IoBackend::multishot_accept). One multishot accept is armed when a fiber waits and the
 // queue is empty, and stays armed after: connections that arrive meanwhile are queued here. At
-// `cap` queued it is cancelled (connections then wait in the kernel's backlog, its back-pressure)
-// and armed again when an accept finds the queue empty. The kernel holds a pointer to it (as the
+// `cap` queued it is cancelled (connections then wait in the kernel's backlog, its back-pressure),
+// as it is when the worker goes to sleep with no fiber waiting in accept; it is armed again when
+// an accept finds the queue empty. The kernel holds a pointer to it (as the
 // operation's IoOpState) until the multishot's last completion, so a queue whose listener is
 // forgotten is retired, not freed, until then.
 struct AcceptQueue : IoOpState {
@@ -281,9 +282,15 @@ class IoCore final : public Driver {
   // The backend, for a backend-specific path a caller may take (none on the hot path yet).
   IoBackend& backend() noexcept { return *backend_; }
 
-  void wait_until(TimePoint deadline) noexcept override { backend_->wait(deadline); }
+  void wait_until(TimePoint deadline) noexcept override {
+    if (!accept_queues_.empty()) [[unlikely]]
+      disarm_idle_accepts();
+    backend_->wait(deadline);
+  }
   void poll() noexcept override { backend_->poll(); }
-  std::size_t waiters() const noexcept override { return fd_waiters_ + remote_waiters_; }
+  // A multishot accept in flight counts as a waiter: the worker then sleeps in the ring, which
+  // reaps its completions, and where wait_until cancels it if no fiber accepts any more.
+  std::size_t waiters() const noexcept override { return fd_waiters_ + remote_waiters_ + armed_accepts_; }
   void take_remote() noexcept override;
 
  private:
@@ -303,6 +310,10 @@ class IoCore final : public Driver {
   ssize_t accept_queued(IoHandle& h, TimePoint deadline, const IoOp& op, debug::WaitReason why) noexcept;
   // The queue of the listener `fd`, created (arming nothing yet) if absent; nullptr if out of memory.
   AcceptQueue* accept_queue(int fd, FdState& st) noexcept;
+  // Before sleeping: cancels the multishot accept of each listener no fiber waits on, so one this
+  // worker no longer accepts from (its deadline passed, its fiber went on to other work, or moved
+  // the listener to another worker) stops taking connections here and releases the listener.
+  void disarm_idle_accepts() noexcept;
   // Closes what `q` holds, wakes its waiter, and cancels its multishot: forget() and ~IoCore.
   void retire(std::unique_ptr<AcceptQueue> q) noexcept;
   // Hands `op` to the backend and parks until its completion; its result or minus an error.
@@ -341,6 +352,7 @@ class IoCore final : public Driver {
   bool multishot_ = false;  // backend_->multishot_accept(): accepts go through AcceptQueues
   std::unordered_map<int, std::unique_ptr<AcceptQueue>> accept_queues_;  // by listener fd
   std::vector<std::unique_ptr<AcceptQueue>> retired_;  // forgotten, their multishot not yet ended
+  std::size_t armed_accepts_ = 0;  // AcceptQueues (retired ones too) whose multishot is in flight
 };
 
 template <class Call>
