@@ -116,7 +116,8 @@ int main(int argc, char** argv) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) cli::usage_error("--host " + host + ": not an IPv4 address");
+  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1)
+    cli::usage_error("--host " + host + ": not an IPv4 address");
 
   const int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) die("epoll_create1", errno);
@@ -190,11 +191,11 @@ int main(int argc, char** argv) {
   const double measured = std::chrono::duration<double>(Clock::now() - t_measure).count();
   const std::uint64_t conns = done - done0;
   const double cpu1 = server_pid ? process_cpu_seconds(server_pid) : -1;
-  std::printf("churn_load: %llu connections in %.2f s: %.0f connections/s", static_cast<unsigned long long>(conns),
-              measured, static_cast<double>(conns) / measured);
+  std::printf("churn_load: %llu connections in %.2f s: %.0f connections/s",
+              static_cast<unsigned long long>(conns), measured, static_cast<double>(conns) / measured);
   if (cpu0 >= 0 && cpu1 >= 0 && conns)
-    std::printf(", server %.2f us CPU per connection (%.0f%% of a core)", (cpu1 - cpu0) * 1e6 / static_cast<double>(conns),
-                100 * (cpu1 - cpu0) / measured);
+    std::printf(", server %.2f us CPU per connection (%.0f%% of a core)",
+                (cpu1 - cpu0) * 1e6 / static_cast<double>(conns), 100 * (cpu1 - cpu0) / measured);
   std::printf("\n");
   return 0;
 }

@@ -1134,6 +1134,31 @@ TEST_SUITE("net") {
       }).join();
   }
 
+  TEST_CASE(
+      "a listener accepted from on one worker, then on another, and closed there: nothing stays behind") {
+    FdCheck fds;
+    skein::RuntimeOptions options;
+    options.workers = 2;
+    skein::Runtime rt(options);
+    rt.spawn_on(0, [&rt] {
+        skein::Listener l = skein::listen(Address::loopback(0));
+        const Address where = l.local_address();
+        skein::Stream a = skein::connect(where, 5s);
+        rt.spawn_on(1, [&l] { CHECK(l.accept(5s).is_open()); }).join();
+        skein::sleep_for(50ms);  // worker 1 goes idle: it stops accepting for this listener
+        skein::Stream b = skein::connect(where, 5s);
+        b.write_all("b", 5s);
+        skein::Stream s = l.accept(5s);
+        char c[1] = {0};
+        s.read_exact(std::span<char>(c, 1), 5s);
+        CHECK(c[0] == 'b');
+        rt.spawn_on(1, [l = std::move(l)]() mutable { l.close(); }).join();
+        // Released, though worker 0 accepted from it last: a connect is refused.
+        const std::error_code e = code_of([&] { skein::connect(where, 2s); });
+        CHECK_MESSAGE(e == std::errc::connection_refused, describe(e));
+      }).join();
+  }
+
   TEST_CASE("cancel: a connect waiting on a full accept queue throws operation_canceled" *
             doctest::test_suite("net-backlog-cancel")) {
     FdCheck fds;

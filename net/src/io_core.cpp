@@ -99,7 +99,8 @@ IoCore::~IoCore() {
     accept_queues_.erase(it);
     retire(std::move(q));
   }
-  for (int i = 0; i < 100 && armed_accepts_ > 0; ++i) backend_->wait(Clock::now() + std::chrono::milliseconds(10));
+  for (int i = 0; i < 100 && armed_accepts_ > 0; ++i)
+    backend_->wait(Clock::now() + std::chrono::milliseconds(10));
   mailbox_->close();
   backend_.reset();
   if (tl_io_core == this) tl_io_core = nullptr;
@@ -249,7 +250,8 @@ AcceptQueue* IoCore::accept_queue(int fd, FdState& st) noexcept {
   }
 }
 
-ssize_t IoCore::accept_queued(IoHandle& h, TimePoint deadline, const IoOp& op, debug::WaitReason why) noexcept {
+ssize_t IoCore::accept_queued(IoHandle& h, TimePoint deadline, const IoOp& op,
+                              debug::WaitReason why) noexcept {
   FdState& st = *h.st;
   if (st.generation != h.generation) return -io_closed;
   AcceptQueue* const q = accept_queue(h.fd, st);
@@ -274,8 +276,8 @@ ssize_t IoCore::accept_queued(IoHandle& h, TimePoint deadline, const IoOp& op, d
     budget_ = io_budget;  // a real wait
     q->waiter = current_fiber();
     ++fd_waiters_;
-    const Wake w = park(WaitFor{reason_for(Direction::read, why), static_cast<std::uintptr_t>(h.fd)}, deadline,
-                        &unlink_waiter, &q->waiter);
+    const Wake w = park(WaitFor{reason_for(Direction::read, why), static_cast<std::uintptr_t>(h.fd)},
+                        deadline, &unlink_waiter, &q->waiter);
     --fd_waiters_;
     // Forgotten meanwhile: the queue may be gone already; touch nothing of it.
     if (st.generation != h.generation) return -io_closed;

@@ -101,7 +101,7 @@ class Mailbox {
 struct FdState {
   std::uint32_t generation = 0;
   bool registered = false;
-  bool accept_queue = false;  // a listener with an AcceptQueue (multishot accept) in the core
+  bool accept_queue = false;     // a listener with an AcceptQueue (multishot accept) in the core
   bool ready[2] = {true, true};  // by Direction
   // The peer hung up or the socket failed (RDHUP/HUP/ERR): the direction stays ready for good,
   // because the event that said so may come with the last data, and no further edge follows.
@@ -149,12 +149,12 @@ struct IoTransfer {
 struct AcceptQueue : IoOpState {
   static constexpr std::size_t cap = 64;
   IoOp accept_op{IoOp::accept_multishot, 0};
-  std::deque<int> accepted;  // descriptors, or minus the errno that ended the multishot
-  Fiber* waiter = nullptr;   // the fiber parked in accept
+  std::deque<int> accepted;        // descriptors, or minus the errno that ended the multishot
+  Fiber* waiter = nullptr;         // the fiber parked in accept
   sa_family_t family = AF_UNSPEC;  // the listener's (the peer's address is not kept)
-  bool armed = false;     // the kernel holds the multishot: its last completion has not come
-  bool stopping = false;  // a cancel for it is on its way
-  bool retired = false;   // the listener was forgotten: freed at the last completion
+  bool armed = false;              // the kernel holds the multishot: its last completion has not come
+  bool stopping = false;           // a cancel for it is on its way
+  bool retired = false;            // the listener was forgotten: freed at the last completion
 };
 
 class IoCore;

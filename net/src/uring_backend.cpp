@@ -60,7 +60,7 @@ std::uint32_t to_events(unsigned mask) noexcept {
 struct Probe {
   int err = 0;
   const char* why = nullptr;
-  bool ops = false;  // the opcodes of completion mode are there (Linux 5.6)
+  bool ops = false;               // the opcodes of completion mode are there (Linux 5.6)
   bool multishot_accept = false;  // IORING_ACCEPT_MULTISHOT (Linux 5.19)
 };
 
@@ -440,7 +440,8 @@ bool uring_completion_mode() noexcept {
 }
 
 bool uring_multishot_accept() noexcept {
-  if (const char* v = std::getenv("SKEIN_IO_URING_MULTISHOT_ACCEPT"); v && std::strcmp(v, "0") == 0) return false;
+  if (const char* v = std::getenv("SKEIN_IO_URING_MULTISHOT_ACCEPT"); v && std::strcmp(v, "0") == 0)
+    return false;
   return kernel_probe().multishot_accept;
 }
 
