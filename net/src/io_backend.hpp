@@ -113,6 +113,13 @@ class IoBackend {
   // Whether submit() takes IoOp::accept_multishot: one operation accepting connection after
   // connection, each reported by IoCore::accepted(s, result, more), `more` false on the last.
   virtual bool multishot_accept() const noexcept { return false; }
+  // Driver::wake_ring and Driver::post_wake (runtime/src/driver.hpp): a ring other workers wake
+  // this one through (-1: none, the inbox's eventfd only), and posting such a wake-up.
+  virtual int wake_ring() const noexcept { return -1; }
+  virtual bool post_wake(int ring_fd) noexcept {
+    (void)ring_fd;
+    return false;
+  }
 };
 
 // Creates the backend `kind` for `core`, watching `inbox`'s fd. On failure returns nullptr and sets

@@ -83,10 +83,12 @@ void Mailbox::close() noexcept {
 
 // ---- core ---------------------------------------------------------------------------------
 
-IoCore::IoCore(Inbox& inbox, IoBackendKind backend) : mailbox_(std::make_shared<Mailbox>(inbox)) {
+IoCore::IoCore(Inbox& inbox, IoBackendKind backend)
+    : inbox_(inbox), mailbox_(std::make_shared<Mailbox>(inbox)) {
   backend_ = make_backend(*this, inbox, backend);
   ops_ = backend_->ops();
   multishot_ = ops_ && backend_->multishot_accept();
+  inbox.set_wake_ring(backend_->wake_ring());
 }
 
 IoCore::~IoCore() {
@@ -102,6 +104,7 @@ IoCore::~IoCore() {
   for (int i = 0; i < 100 && armed_accepts_ > 0; ++i)
     backend_->wait(Clock::now() + std::chrono::milliseconds(10));
   mailbox_->close();
+  inbox_.set_wake_ring(-1);
   backend_.reset();
   if (tl_io_core == this) tl_io_core = nullptr;
 }

@@ -292,6 +292,8 @@ class IoCore final : public Driver {
   // reaps its completions, and where wait_until cancels it if no fiber accepts any more.
   std::size_t waiters() const noexcept override { return fd_waiters_ + remote_waiters_ + armed_accepts_; }
   void take_remote() noexcept override;
+  int wake_ring() const noexcept override { return backend_->wake_ring(); }
+  bool post_wake(int ring_fd) noexcept override { return backend_->post_wake(ring_fd); }
 
  private:
   // current() the first time: creates the core and hands it to `s` as its driver.
@@ -342,6 +344,7 @@ class IoCore final : public Driver {
   static constexpr unsigned io_budget = 128;
   static constexpr std::size_t chunk_size = 1024;
   std::vector<std::unique_ptr<FdState[]>> chunks_;  // fd -> state, in chunks: slots never move
+  Inbox& inbox_;
   unsigned budget_ = io_budget;
   std::size_t fd_waiters_ = 0;
   std::size_t remote_waiters_ = 0;

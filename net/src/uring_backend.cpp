@@ -36,6 +36,7 @@ namespace {
 
 constexpr std::uint64_t inbox_tag = ~std::uint64_t{0};
 constexpr std::uint64_t ignore_tag = ~std::uint64_t{1};
+constexpr std::uint64_t wake_tag = ~std::uint64_t{2};  // another worker's MSG_RING wake-up
 constexpr unsigned poll_mask = POLLIN | POLLOUT | POLLRDHUP;
 constexpr unsigned sq_entries = 256;
 // Every watched descriptor can complete between two drains; overflowed completions are kept by
@@ -62,6 +63,7 @@ struct Probe {
   const char* why = nullptr;
   bool ops = false;               // the opcodes of completion mode are there (Linux 5.6)
   bool multishot_accept = false;  // IORING_ACCEPT_MULTISHOT (Linux 5.19)
+  bool msg_ring = false;          // IORING_OP_MSG_RING (Linux 5.18)
 };
 
 int read_io_uring_disabled() noexcept {
@@ -131,6 +133,7 @@ Probe probe_kernel() noexcept {
     for (const int op :
          {IORING_OP_RECV, IORING_OP_SEND, IORING_OP_SENDMSG, IORING_OP_ACCEPT, IORING_OP_ASYNC_CANCEL})
       if (!io_uring_opcode_supported(p, op)) result.ops = false;
+    result.msg_ring = io_uring_opcode_supported(p, IORING_OP_MSG_RING);
     io_uring_free_probe(p);
   } else {
     result = {ENOTSUP, "the kernel's io_uring cannot be probed for opcodes (Linux 5.6 or later is needed)"};
@@ -163,8 +166,12 @@ const Probe& kernel_probe() noexcept {
 
 class UringBackend final : public IoBackend {
  public:
-  UringBackend(IoCore& core, Inbox& inbox, bool ops, bool multishot_accept) noexcept
-      : core_(core), inbox_(inbox), ops_(ops), multishot_accept_(ops && multishot_accept) {}
+  UringBackend(IoCore& core, Inbox& inbox, bool ops, bool multishot_accept, bool msg_ring) noexcept
+      : core_(core),
+        inbox_(inbox),
+        ops_(ops),
+        multishot_accept_(ops && multishot_accept),
+        msg_ring_(msg_ring) {}
   UringBackend(const UringBackend&) = delete;
   UringBackend& operator=(const UringBackend&) = delete;
   ~UringBackend() override {
@@ -214,6 +221,18 @@ class UringBackend final : public IoBackend {
   BackendKind kind() const noexcept override { return BackendKind::io_uring; }
   bool ops() const noexcept override { return ops_; }
   bool multishot_accept() const noexcept override { return multishot_accept_; }
+  int wake_ring() const noexcept override { return msg_ring_ ? ring_.ring_fd : -1; }
+
+  bool post_wake(int ring_fd) noexcept override {
+    if (!msg_ring_) return false;
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_msg_ring(sqe, ring_fd, 0, wake_tag, 0);
+    io_uring_sqe_set_data64(sqe, ignore_tag);
+    if (skip_success_) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    // Now: the sleeper waits for it (and this worker may be about to sleep on its futex).
+    io_uring_submit(&ring_);
+    return true;
+  }
 
   int submit(IoOpState& s) noexcept override {
     io_uring_sqe* sqe = get_sqe();
@@ -340,7 +359,7 @@ class UringBackend final : public IoBackend {
   void complete(const io_uring_cqe* cqe) noexcept {
     const std::uint64_t data = cqe->user_data;
     const bool more = cqe->flags & IORING_CQE_F_MORE;
-    if (data == ignore_tag) return;
+    if (data == ignore_tag || data == wake_tag) return;  // a wake-up needs nothing more
     if (data == inbox_tag) {
       inbox_.clear_fd();  // the scheduler takes the messages itself
       if (!more) {
@@ -402,6 +421,7 @@ class UringBackend final : public IoBackend {
   io_uring ring_{};
   bool ops_;  // completion mode: user_data is an IoOpState
   bool multishot_accept_;
+  bool msg_ring_;  // other workers wake this one by MSG_RING (wake_ring)
   bool ring_ok_ = false;
   bool taskrun_flag_ = false;
   bool skip_success_ = false;
@@ -445,10 +465,17 @@ bool uring_multishot_accept() noexcept {
   return kernel_probe().multishot_accept;
 }
 
+// Whether workers wake each other by MSG_RING rather than the inbox's eventfd: where the kernel
+// has it, unless SKEIN_IO_URING_WAKE=eventfd (benchmarks).
+static bool uring_msg_ring_wake() noexcept {
+  if (const char* v = std::getenv("SKEIN_IO_URING_WAKE"); v && std::strcmp(v, "eventfd") == 0) return false;
+  return kernel_probe().msg_ring;
+}
+
 std::unique_ptr<IoBackend> make_uring_backend(IoCore& core, Inbox& inbox, int& err, const char*& why) {
   if ((err = uring_unavailable(why)) != 0) return nullptr;
-  auto backend =
-      std::make_unique<UringBackend>(core, inbox, uring_completion_mode(), uring_multishot_accept());
+  auto backend = std::make_unique<UringBackend>(core, inbox, uring_completion_mode(),
+                                                uring_multishot_accept(), uring_msg_ring_wake());
   if ((err = backend->init(why)) != 0) return nullptr;
   return backend;
 }

@@ -172,6 +172,10 @@ void Inbox::wake_sleeper() noexcept {
   if (was == on_futex) {
     syscall(SYS_futex, &state_, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
   } else if (was == in_driver) {
+    // A worker whose driver has a ring wakes a ring-driven sleeper with a completion: it saves
+    // the sleeper the eventfd's read (docs/io_uring.md has the figures).
+    if (const int ring = wake_ring_.load(std::memory_order_acquire); ring >= 0)
+      if (Scheduler* s = tl_scheduler; s && s->driver().post_wake(ring)) return;
     const std::uint64_t one = 1;
     // Cannot fail short of a bug: the counter is far from overflowing and the fd is open.
     [[maybe_unused]] const ssize_t r = ::write(eventfd_, &one, sizeof one);
