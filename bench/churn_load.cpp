@@ -11,6 +11,7 @@
 // are on the loopback, where Linux reuses them (net.ipv4.tcp_tw_reuse=2, the default).
 
 #include "cli.hpp"
+#include "process_cpu.hpp"
 
 #include <cerrno>
 #include <chrono>
@@ -31,6 +32,7 @@
 namespace {
 
 namespace cli = skein_samples::cli;
+using skein_bench::process_cpu_seconds;
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kUsage =
@@ -56,23 +58,6 @@ struct Slot {
   std::size_t sent = 0, got = 0;
   unsigned char seed = 0;
 };
-
-double process_cpu_seconds(long pid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-  std::FILE* f = std::fopen(path, "r");
-  if (!f) return -1;
-  char buf[1024];
-  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
-  std::fclose(f);
-  buf[n] = '\0';
-  const char* p = std::strrchr(buf, ')');
-  if (!p) return -1;
-  unsigned long long utime = 0, stime = 0;
-  if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
-    return -1;
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
 
 [[noreturn]] void die(const char* what, int err) {
   std::fprintf(stderr, "churn_load: %s: %s\n", what, std::strerror(err));

@@ -25,6 +25,8 @@
 
 #include <skein/time.hpp>
 
+#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -51,6 +53,23 @@ enum IoEvents : std::uint32_t {
   io_read_hup = 4,  // the peer shut its side: reads stay ready for good (EPOLLRDHUP)
   io_hup = 8,       // hang-up or error: both directions stay ready for good (EPOLLHUP/EPOLLERR)
 };
+
+// The IoEvents of a poll(2) mask or an epoll event mask: Linux gives EPOLLIN, EPOLLOUT, EPOLLRDHUP,
+// EPOLLHUP and EPOLLERR the values of their POLL* twins, so one mapping serves both backends.
+static_assert(EPOLLIN == POLLIN && EPOLLOUT == POLLOUT && EPOLLRDHUP == POLLRDHUP && EPOLLHUP == POLLHUP &&
+              EPOLLERR == POLLERR);
+inline std::uint32_t io_events_of(std::uint32_t mask) noexcept {
+  std::uint32_t e = 0;
+  if (mask & POLLIN) e |= io_readable;
+  if (mask & POLLOUT) e |= io_writable;
+  if (mask & POLLRDHUP) e |= io_read_hup;
+  if (mask & (POLLHUP | POLLERR)) e |= io_hup;
+  return e;
+}
+
+// A backend's kernel interface failed where nothing sensible can follow (the wait itself): prints
+// "skein: WHAT failed: " and strerror(err), and aborts.
+[[noreturn]] void backend_fatal(const char* what, int err) noexcept;
 
 // An operation a completion backend performs on a descriptor, on the caller's memory.
 struct IoOp {

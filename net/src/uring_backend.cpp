@@ -48,15 +48,6 @@ std::uint64_t tag(int fd, std::uint32_t generation) noexcept {
   return (std::uint64_t{generation} << 32) | static_cast<std::uint32_t>(fd);
 }
 
-std::uint32_t to_events(unsigned mask) noexcept {
-  std::uint32_t e = 0;
-  if (mask & POLLIN) e |= io_readable;
-  if (mask & POLLOUT) e |= io_writable;
-  if (mask & POLLRDHUP) e |= io_read_hup;
-  if (mask & (POLLHUP | POLLERR)) e |= io_hup;
-  return e;
-}
-
 // What the kernel allows, found once per process: 0, or the errno and a sentence saying why not.
 struct Probe {
   int err = 0;
@@ -314,7 +305,8 @@ class UringBackend final : public IoBackend {
       // One io_uring_enter: submits, then waits for a completion or the timeout (EXT_ARG).
       r = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
     }
-    if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY) fatal("io_uring_enter", -r);
+    if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+      backend_fatal("io_uring_enter", -r);
     drain();
   }
 
@@ -335,17 +327,12 @@ class UringBackend final : public IoBackend {
     bool watched = false;
   };
 
-  [[noreturn]] static void fatal(const char* what, int err) noexcept {
-    std::fprintf(stderr, "skein: %s failed: %s\n", what, std::strerror(err));
-    std::abort();
-  }
-
   // An SQE, submitting the queued ones first if the submission queue is full.
   io_uring_sqe* get_sqe() noexcept {
     for (;;) {
       if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
       const int r = io_uring_submit(&ring_);
-      if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) fatal("io_uring_submit", -r);
+      if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) backend_fatal("io_uring_submit", -r);
       if (r <= 0) io_uring_get_events(&ring_);  // room in the CQ lets the kernel take SQEs again
     }
   }
@@ -377,7 +364,7 @@ class UringBackend final : public IoBackend {
         return;
       }
       s->result = s->op->kind == IoOp::poll && res >= 0
-                      ? static_cast<int>(to_events(static_cast<unsigned>(res)))
+                      ? static_cast<int>(io_events_of(static_cast<std::uint32_t>(res)))
                       : res;
       s->done = true;
       unpark(s->fiber);
@@ -388,7 +375,7 @@ class UringBackend final : public IoBackend {
     const auto i = static_cast<std::size_t>(fd);
     if (i >= slots_.size() || !slots_[i].watched || slots_[i].generation != generation) return;  // removed
     if (cqe->res >= 0) {
-      core_.deliver(fd, generation, to_events(static_cast<unsigned>(cqe->res)));
+      core_.deliver(fd, generation, io_events_of(static_cast<std::uint32_t>(cqe->res)));
       // The kernel ended the multishot poll (a full CQ, say): watch again; the new poll reports
       // the readiness of the moment, so no edge is lost in between.
       if (!more) arm(fd, generation);
