@@ -18,6 +18,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -69,13 +70,17 @@ int read_io_uring_disabled() noexcept {
 // Multishot accept has no opcode of its own either: a kernel before 5.19 refuses the flag with
 // EINVAL. Armed on a listening Unix socket (autobound to an abstract name) with no connection,
 // then cancelled: -ECANCELED says it was accepted.
+// The raw system calls: with the hooks linked, the probe runs while the core is being installed,
+// and a hooked socket() would try to install it again.
 bool probe_multishot_accept(io_uring& ring) noexcept {
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const int fd =
+      static_cast<int>(syscall(SYS_socket, AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (fd < 0) return false;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   bool ok = false;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(sa_family_t)) == 0 && ::listen(fd, 1) == 0) {
+  if (syscall(SYS_bind, fd, reinterpret_cast<sockaddr*>(&addr), sizeof(sa_family_t)) == 0 &&
+      syscall(SYS_listen, fd, 1) == 0) {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring);
     io_uring_prep_multishot_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
     io_uring_sqe_set_data64(sqe, 1);
@@ -95,7 +100,7 @@ bool probe_multishot_accept(io_uring& ring) noexcept {
       }
     }
   }
-  ::close(fd);
+  syscall(SYS_close, fd);
   return ok;
 }
 
