@@ -25,6 +25,7 @@
 #include <boost/fiber/unbuffered_channel.hpp>
 
 #include <skein/channel.hpp>
+#include <skein/net.hpp>
 #include <skein/run.hpp>
 #include <skein/runtime.hpp>
 #include <skein/task.hpp>
@@ -54,6 +55,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 namespace {
@@ -96,17 +98,20 @@ void skein_echo(skein::Channel<int>& in, skein::Channel<int>& out) {
 
 // Ping-pong between the benchmark's fiber (worker 0) and B on worker `partner_worker`, over two
 // channels of `capacity`.
+// The same from a fiber of a runtime already running.
+void skein_ping_pong_body(benchmark::State& state, std::size_t partner_worker, std::size_t capacity) {
+  skein::Channel<int> there(capacity), back(capacity);
+  auto partner =
+      skein::spawn_on(partner_worker, skein::FiberOptions{"echo"}, [&] { skein_echo(there, back); });
+  ping(
+      state, [&](int v) { there.send(v); }, [&] { return back.recv(); });
+  there.close();
+  partner.join();
+}
+
 void skein_ping_pong(benchmark::State& state, skein::RuntimeOptions options, std::size_t partner_worker,
                      std::size_t capacity) {
-  in_skein(options, [&] {
-    skein::Channel<int> there(capacity), back(capacity);
-    auto partner =
-        skein::spawn_on(partner_worker, skein::FiberOptions{"echo"}, [&] { skein_echo(there, back); });
-    ping(
-        state, [&](int v) { there.send(v); }, [&] { return back.recv(); });
-    there.close();
-    partner.join();
-  });
+  in_skein(options, [&] { skein_ping_pong_body(state, partner_worker, capacity); });
 }
 
 void BM_skein_same_thread_unbuffered(benchmark::State& state) {
@@ -146,6 +151,51 @@ void BM_skein_cross_worker_unbuffered_spin(benchmark::State& state) {
   skein_ping_pong(state, skein::RuntimeOptions{2, std::chrono::microseconds(50)}, 1, 0);
 }
 BENCHMARK(BM_skein_cross_worker_unbuffered_spin)->UseRealTime();
+
+// Across workers that never spin and sleep in their io_uring ring (a fiber on each waits on an
+// idle socket, so its scheduler sleeps in the driver, not on its futex): every message wakes the
+// other worker by `wake` (SKEIN_IO_URING_WAKE: eventfd, or msg_ring: a completion posted
+// straight into the sleeper's ring, which saves it the eventfd's read).
+void skein_ping_pong_in_ring(benchmark::State& state, const char* wake) {
+  ::setenv("SKEIN_IO_URING_WAKE", wake, 1);
+  skein::RuntimeOptions options{2};
+  options.idle_spin = std::chrono::microseconds(0);
+  in_skein(options, [&] {
+    if (skein::io_backend() != skein::IoBackendKind::io_uring) {
+      state.SkipWithError("io_uring is unavailable");
+      return;
+    }
+    int pair[2][2];
+    for (auto& p : pair)
+      if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) < 0) {
+        state.SkipWithError("socketpair failed");
+        return;
+      }
+    auto idle = [](int fd) {
+      skein::Stream s(fd);
+      char b[1];
+      s.read(std::span<char>(b, 1));  // 0 when the benchmark closes the other end
+    };
+    auto idle1 = skein::spawn_on(1, [&] { idle(pair[1][0]); });
+    auto idle0 = skein::spawn([&] { idle(pair[0][0]); });
+    skein_ping_pong_body(state, 1, 0);
+    ::close(pair[0][1]);
+    ::close(pair[1][1]);
+    idle0.join();
+    idle1.join();
+  });
+  ::unsetenv("SKEIN_IO_URING_WAKE");
+}
+
+void BM_skein_cross_worker_in_ring_eventfd(benchmark::State& state) {
+  skein_ping_pong_in_ring(state, "eventfd");
+}
+BENCHMARK(BM_skein_cross_worker_in_ring_eventfd)->UseRealTime();
+
+void BM_skein_cross_worker_in_ring_msg_ring(benchmark::State& state) {
+  skein_ping_pong_in_ring(state, "msg_ring");
+}
+BENCHMARK(BM_skein_cross_worker_in_ring_msg_ring)->UseRealTime();
 
 // ---- std::thread + std::mutex + std::condition_variable ------------------------------------
 
@@ -325,6 +375,9 @@ const Ratio kRatios[] = {
     {"cross-worker skein (workers polling 50 us) vs std::thread queue",
      {"BM_std_thread_queue"},
      {"BM_skein_cross_worker_unbuffered_spin"}},
+    {"cross-worker skein in the io_uring ring: MSG_RING vs eventfd wake-ups (x faster)",
+     {"BM_skein_cross_worker_in_ring_eventfd"},
+     {"BM_skein_cross_worker_in_ring_msg_ring"}},
     {"same-thread vs cross-worker skein, unbuffered",
      {"BM_skein_cross_worker_unbuffered"},
      {"BM_skein_same_thread_unbuffered"}},
@@ -337,6 +390,8 @@ const Absolute kAbsolutes[] = {
     {"skein, two workers, bounded(1)", {"BM_skein_cross_worker_bounded1"}},
     {"skein, two workers, no idle spin, unbuffered", {"BM_skein_cross_worker_unbuffered_nospin"}},
     {"skein, two workers polling 50 us, unbuffered", {"BM_skein_cross_worker_unbuffered_spin"}},
+    {"skein, two workers asleep in io_uring, eventfd wake-ups", {"BM_skein_cross_worker_in_ring_eventfd"}},
+    {"skein, two workers asleep in io_uring, MSG_RING wake-ups", {"BM_skein_cross_worker_in_ring_msg_ring"}},
     {"std::thread, mutex + condvar queue", {"BM_std_thread_queue"}},
     {"std::thread, mutex + condvar queue, one core", {"BM_std_thread_queue_same_core"}},
     {"Boost.Fiber, one thread, buffered_channel(2)", {"BM_boost_fiber_buffered"}},

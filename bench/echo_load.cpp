@@ -9,6 +9,7 @@
 // set, so the client costs about what a good server costs and leaves the other core to the server.
 
 #include "cli.hpp"
+#include "process_cpu.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -39,6 +40,7 @@
 namespace {
 
 namespace cli = skein_samples::cli;
+using skein_bench::process_cpu_seconds;
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kUsage =
@@ -413,25 +415,6 @@ double cpu_seconds() {
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
-// CPU seconds (user + system) process `pid` has used, from /proc/PID/stat; -1 if unreadable.
-double process_cpu_seconds(long pid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-  std::FILE* f = std::fopen(path, "r");
-  if (!f) return -1;
-  char buf[1024];
-  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
-  std::fclose(f);
-  buf[n] = '\0';
-  // The command name may hold spaces and parentheses: fields are counted after its last ')'.
-  const char* p = std::strrchr(buf, ')');
-  if (!p) return -1;
-  unsigned long long utime = 0, stime = 0;
-  if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
-    return -1;
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 // Sleeps for `seconds`, printing a progress line each second when `progress`. False on failure.

@@ -194,4 +194,49 @@ TEST_SUITE("net-io_uring") {
     CHECK(kind == IoBackendKind::epoll);
     CHECK(got == "ping");
   }
+
+  TEST_CASE("workers asleep in their io_uring rings wake each other, by MSG_RING and by the eventfd") {
+    if (!uring_usable()) {
+      skein_test::skip("io_uring is unavailable here");
+      return;
+    }
+    for (const char* wake : {"msg_ring", "eventfd"}) {
+      CAPTURE(wake);
+      const EnvGuard env("SKEIN_IO_URING_WAKE", wake);
+      skein::RuntimeOptions options;
+      options.workers = 2;
+      options.io_backend = IoBackendKind::io_uring;
+      options.idle_spin = std::chrono::microseconds(0);  // every message finds its worker asleep
+      skein::Runtime rt(options);
+      // A fiber on each worker waits on an idle socket: the workers sleep in their rings.
+      auto p0 = skein_test::socket_pair();
+      auto p1 = skein_test::socket_pair();
+      auto idle = [](skein::Stream& s) {
+        char b[1];
+        return s.read(std::span<char>(b, 1), std::chrono::seconds(10));
+      };
+      auto idle0 = rt.spawn_on(0, [&] { return idle(p0.server); });
+      auto idle1 = rt.spawn_on(1, [&] { return idle(p1.server); });
+      skein::Channel<int> there, back;
+      auto echo = rt.spawn_on(1, [&] {
+        while (const std::optional<int> v = there.recv()) back.send(*v + 1);
+      });
+      const int last = rt.spawn_on(0, [&] {
+                           int v = 0;
+                           for (int i = 0; i < 200; ++i) {
+                             skein::sleep_for(std::chrono::microseconds(i % 3 == 0 ? 100 : 0));
+                             there.send(v);
+                             v = *back.recv();
+                           }
+                           there.close();
+                           return v;
+                         }).join();
+      CHECK(last == 200);
+      echo.join();
+      p0.client.close();
+      p1.client.close();
+      CHECK(idle0.join() == 0);
+      CHECK(idle1.join() == 0);
+    }
+  }
 }

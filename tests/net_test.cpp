@@ -867,6 +867,86 @@ TEST_SUITE("net") {
     });
   }
 
+  // With io_uring's multishot accept, connections arriving while no fiber accepts are taken into
+  // the listener's queue (up to its cap of 64, the rest staying in the kernel's backlog): these
+  // three hold on every backend, and exercise that queue on io_uring.
+  TEST_CASE("a burst of 150 connections is accepted in arrival order, none lost, past the queue's cap") {
+    FdCheck fds;
+    skein::run([] {
+      constexpr std::uint32_t n = 150;
+      skein::Listener l = skein::listen(Address::loopback(0));
+      std::vector<skein::Stream> clients;
+      auto acceptor = skein::spawn([&] {
+        std::vector<std::uint32_t> order;
+        for (std::uint32_t i = 0; i < n; ++i) {
+          skein::Stream s = l.accept(5s);
+          std::uint32_t v = 0;
+          s.read_exact(std::span<char>(reinterpret_cast<char*>(&v), sizeof v), 5s);
+          order.push_back(v);
+          if (i == 0) skein::sleep_for(100ms);  // the others arrive meanwhile: queued, then backlog
+        }
+        return order;
+      });
+      for (std::uint32_t i = 0; i < n; ++i) {
+        clients.push_back(skein::connect(l.local_address(), 5s));
+        clients.back().write_all(std::string_view(reinterpret_cast<const char*>(&i), sizeof i), 5s);
+      }
+      const std::vector<std::uint32_t> order = acceptor.join();
+      REQUIRE(order.size() == n);
+      for (std::uint32_t i = 0; i < n; ++i) CHECK(order[i] == i);
+    });
+  }
+
+  TEST_CASE("closing a listener with connections queued on it leaks no descriptor; their peers see the end") {
+    FdCheck fds;
+    skein::run([] {
+      skein::Listener l = skein::listen(Address::loopback(0));
+      std::vector<skein::Stream> clients;
+      auto first = skein::spawn([&] { return l.accept(5s); });
+      clients.push_back(skein::connect(l.local_address(), 5s));
+      skein::Stream served = first.join();
+      for (int i = 0; i < 20; ++i) clients.push_back(skein::connect(l.local_address(), 5s));
+      skein::sleep_for(50ms);  // taken into the queue, on io_uring
+      l.close();
+      for (std::size_t i = 1; i < clients.size(); ++i) {
+        char b[1];
+        std::size_t got = 1;
+        const std::error_code e = code_of([&] { got = clients[i].read(std::span<char>(b, 1), 2s); });
+        // Closed by the core (end of stream), or reset by the kernel with the listen queue.
+        CHECK_MESSAGE((e ? e == std::errc::connection_reset : got == 0), describe(e));
+      }
+    });
+  }
+
+  TEST_CASE("an accept timed out or cancelled leaves a connection that came next to the next accept") {
+    FdCheck fds;
+    skein::run([] {
+      skein::Listener l = skein::listen(Address::loopback(0));
+      auto take = [&](char want) {
+        skein::Stream s = l.accept(5s);
+        char b[1] = {0};
+        s.read_exact(std::span<char>(b, 1), 5s);
+        CHECK(b[0] == want);
+      };
+      const std::error_code timed = code_of([&] { l.accept(30ms); });
+      CHECK_MESSAGE(timed == std::errc::timed_out, describe(timed));
+      skein::Stream a = skein::connect(l.local_address(), 5s);
+      a.write_all("a", 5s);
+      skein::sleep_for(20ms);
+      take('a');
+
+      auto t = skein::spawn([&] { return code_of([&] { l.accept(5s); }); });
+      skein::sleep_for(20ms);
+      t.cancel();
+      const std::error_code cancelled = t.join();
+      CHECK_MESSAGE(cancelled == std::errc::operation_canceled, describe(cancelled));
+      skein::Stream b = skein::connect(l.local_address(), 5s);
+      b.write_all("b", 5s);
+      skein::sleep_for(20ms);
+      take('b');
+    });
+  }
+
   TEST_CASE("write_all to a peer that never reads throws timed_out") {
     FdCheck fds;
     skein::run([] {
@@ -1051,6 +1131,31 @@ TEST_SUITE("net") {
         const auto start = skein::Clock::now();
         CHECK(p.client.read(std::span<char>(buf, sizeof buf), 2s) == 0);
         CHECK(ms_since(start) < 1000);
+      }).join();
+  }
+
+  TEST_CASE(
+      "a listener accepted from on one worker, then on another, and closed there: nothing stays behind") {
+    FdCheck fds;
+    skein::RuntimeOptions options;
+    options.workers = 2;
+    skein::Runtime rt(options);
+    rt.spawn_on(0, [&rt] {
+        skein::Listener l = skein::listen(Address::loopback(0));
+        const Address where = l.local_address();
+        skein::Stream a = skein::connect(where, 5s);
+        rt.spawn_on(1, [&l] { CHECK(l.accept(5s).is_open()); }).join();
+        skein::sleep_for(50ms);  // worker 1 goes idle: it stops accepting for this listener
+        skein::Stream b = skein::connect(where, 5s);
+        b.write_all("b", 5s);
+        skein::Stream s = l.accept(5s);
+        char c[1] = {0};
+        s.read_exact(std::span<char>(c, 1), 5s);
+        CHECK(c[0] == 'b');
+        rt.spawn_on(1, [l = std::move(l)]() mutable { l.close(); }).join();
+        // Released, though worker 0 accepted from it last: a connect is refused.
+        const std::error_code e = code_of([&] { skein::connect(where, 2s); });
+        CHECK_MESSAGE(e == std::errc::connection_refused, describe(e));
       }).join();
   }
 

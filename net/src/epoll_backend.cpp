@@ -25,20 +25,6 @@ namespace {
 constexpr std::uint64_t inbox_tag = ~std::uint64_t{0};
 constexpr int max_events = 256;
 
-[[noreturn]] void fatal(const char* what) {
-  std::fprintf(stderr, "skein: %s failed: %s\n", what, std::strerror(errno));
-  std::abort();
-}
-
-std::uint32_t io_events(std::uint32_t e) noexcept {
-  std::uint32_t out = 0;
-  if (e & EPOLLIN) out |= io_readable;
-  if (e & EPOLLOUT) out |= io_writable;
-  if (e & EPOLLRDHUP) out |= io_read_hup;
-  if (e & (EPOLLHUP | EPOLLERR)) out |= io_hup;
-  return out;
-}
-
 class EpollBackend final : public IoBackend {
  public:
   EpollBackend(IoCore& core, Inbox& inbox, int epfd) noexcept : core_(core), inbox_(inbox), epfd_(epfd) {}
@@ -77,7 +63,7 @@ class EpollBackend final : public IoBackend {
  private:
   void prefetch(const epoll_event& e) const noexcept {
     if (e.data.u64 != inbox_tag)
-      core_.prefetch(static_cast<int>(static_cast<std::uint32_t>(e.data.u64)), io_events(e.events));
+      core_.prefetch(static_cast<int>(static_cast<std::uint32_t>(e.data.u64)), io_events_of(e.events));
   }
 
   void once(int timeout_ms, const timespec* timeout) noexcept {
@@ -96,7 +82,7 @@ class EpollBackend final : public IoBackend {
     }
     if (n < 0) {
       if (errno == EINTR) return;
-      fatal("epoll_wait");
+      backend_fatal("epoll_wait", errno);
     }
     // Waking a fiber writes its record, which is cold when thousands of connections take turns:
     // prefetch a few events ahead.
@@ -110,7 +96,7 @@ class EpollBackend final : public IoBackend {
         continue;
       }
       core_.deliver(static_cast<int>(static_cast<std::uint32_t>(data)),
-                    static_cast<std::uint32_t>(data >> 32), io_events(events[i].events));
+                    static_cast<std::uint32_t>(data >> 32), io_events_of(events[i].events));
     }
   }
 

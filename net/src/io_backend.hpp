@@ -25,6 +25,8 @@
 
 #include <skein/time.hpp>
 
+#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -52,6 +54,23 @@ enum IoEvents : std::uint32_t {
   io_hup = 8,       // hang-up or error: both directions stay ready for good (EPOLLHUP/EPOLLERR)
 };
 
+// The IoEvents of a poll(2) mask or an epoll event mask: Linux gives EPOLLIN, EPOLLOUT, EPOLLRDHUP,
+// EPOLLHUP and EPOLLERR the values of their POLL* twins, so one mapping serves both backends.
+static_assert(EPOLLIN == POLLIN && EPOLLOUT == POLLOUT && EPOLLRDHUP == POLLRDHUP && EPOLLHUP == POLLHUP &&
+              EPOLLERR == POLLERR);
+inline std::uint32_t io_events_of(std::uint32_t mask) noexcept {
+  std::uint32_t e = 0;
+  if (mask & POLLIN) e |= io_readable;
+  if (mask & POLLOUT) e |= io_writable;
+  if (mask & POLLRDHUP) e |= io_read_hup;
+  if (mask & (POLLHUP | POLLERR)) e |= io_hup;
+  return e;
+}
+
+// A backend's kernel interface failed where nothing sensible can follow (the wait itself): prints
+// "skein: WHAT failed: " and strerror(err), and aborts.
+[[noreturn]] void backend_fatal(const char* what, int err) noexcept;
+
 // An operation a completion backend performs on a descriptor, on the caller's memory.
 struct IoOp {
   enum Kind : std::uint8_t {
@@ -60,6 +79,9 @@ struct IoOp {
     send,     // send(fd, buf, len, flags)
     sendmsg,  // sendmsg(fd, msg, flags)
     accept,   // accept4(fd, addr, addrlen, flags)
+    // accept4(fd, nullptr, nullptr, flags) for each connection until cancelled or failed: a
+    // completion per connection, reported to IoCore::accepted (IoBackend::multishot_accept).
+    accept_multishot,
   };
   Kind kind = poll;
   int flags = 0;
@@ -107,6 +129,16 @@ class IoBackend {
   // Asks the kernel now to cancel `s`'s operation; its completion still comes (with the result,
   // if it finished first, else -ECANCELED).
   virtual void cancel(IoOpState& s) noexcept { (void)s; }
+  // Whether submit() takes IoOp::accept_multishot: one operation accepting connection after
+  // connection, each reported by IoCore::accepted(s, result, more), `more` false on the last.
+  virtual bool multishot_accept() const noexcept { return false; }
+  // Driver::wake_ring and Driver::post_wake (runtime/src/driver.hpp): a ring other workers wake
+  // this one through (-1: none, the inbox's eventfd only), and posting such a wake-up.
+  virtual int wake_ring() const noexcept { return -1; }
+  virtual bool post_wake(int ring_fd) noexcept {
+    (void)ring_fd;
+    return false;
+  }
 };
 
 // Creates the backend `kind` for `core`, watching `inbox`'s fd. On failure returns nullptr and sets
@@ -118,6 +150,10 @@ std::unique_ptr<IoBackend> make_uring_backend(IoCore& core, Inbox& inbox, int& e
 // with `why` set as make_uring_backend would. SKEIN_IO_URING_DISABLED=1 makes it say no (tests).
 // SKEIN_IO_URING_MODE=completion where the kernel lacks its opcodes makes it say no too.
 int uring_unavailable(const char*& why) noexcept;
+// Whether an io_uring backend in completion mode accepts with one multishot accept per listener
+// (Linux 5.19); SKEIN_IO_URING_MULTISHOT_ACCEPT=0 makes it use single-shot accepts (benchmarks,
+// tests of the fall-back).
+bool uring_multishot_accept() noexcept;
 // Whether an io_uring backend performs operations (completion mode, the default where the kernel
 // has the opcodes) or watches readiness with multishot polls (SKEIN_IO_URING_MODE=readiness).
 bool uring_completion_mode() noexcept;

@@ -83,13 +83,28 @@ void Mailbox::close() noexcept {
 
 // ---- core ---------------------------------------------------------------------------------
 
-IoCore::IoCore(Inbox& inbox, IoBackendKind backend) : mailbox_(std::make_shared<Mailbox>(inbox)) {
+IoCore::IoCore(Inbox& inbox, IoBackendKind backend)
+    : inbox_(inbox), mailbox_(std::make_shared<Mailbox>(inbox)) {
   backend_ = make_backend(*this, inbox, backend);
   ops_ = backend_->ops();
+  multishot_ = ops_ && backend_->multishot_accept();
+  inbox.set_wake_ring(backend_->wake_ring());
 }
 
 IoCore::~IoCore() {
+  // Listeners still open: their queued connections are closed, and their multishot accepts
+  // cancelled and waited for, since a connection the kernel accepted into a completion nobody
+  // reads would stay open until the process exits.
+  while (!accept_queues_.empty()) {
+    auto it = accept_queues_.begin();
+    std::unique_ptr<AcceptQueue> q = std::move(it->second);
+    accept_queues_.erase(it);
+    retire(std::move(q));
+  }
+  for (int i = 0; i < 100 && armed_accepts_ > 0; ++i)
+    backend_->wait(Clock::now() + std::chrono::milliseconds(10));
   mailbox_->close();
+  inbox_.set_wake_ring(-1);
   backend_.reset();
   if (tl_io_core == this) tl_io_core = nullptr;
 }
@@ -215,6 +230,130 @@ ssize_t IoCore::perform(IoHandle& h, Direction dir, TimePoint deadline, const Io
   return -wake_code(w);
 }
 
+AcceptQueue* IoCore::accept_queue(int fd, FdState& st) noexcept {
+  if (st.accept_queue) {
+    const auto it = accept_queues_.find(fd);
+    if (it != accept_queues_.end()) return it->second.get();
+  }
+  try {
+    auto q = std::make_unique<AcceptQueue>();
+    q->op = &q->accept_op;
+    q->fd = fd;
+    q->dir = Direction::read;
+    q->accept_op.flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) q->family = ss.ss_family;
+    AcceptQueue* p = q.get();
+    accept_queues_[fd] = std::move(q);
+    st.accept_queue = true;
+    return p;
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+}
+
+ssize_t IoCore::accept_queued(IoHandle& h, TimePoint deadline, const IoOp& op,
+                              debug::WaitReason why) noexcept {
+  FdState& st = *h.st;
+  if (st.generation != h.generation) return -io_closed;
+  AcceptQueue* const q = accept_queue(h.fd, st);
+  if (!q) [[unlikely]]
+    return perform(h, Direction::read, deadline, op, why);  // out of memory: a single-shot accept
+  for (;;) {
+    if (!q->accepted.empty()) {
+      const int fd = q->accepted.front();
+      q->accepted.pop_front();
+      if (fd >= 0 && op.addr) {
+        op.addr->sa_family = q->family;
+        *op.addrlen = sizeof(sa_family_t);
+      }
+      return fd;
+    }
+    if (q->waiter) return -io_busy;
+    if (!q->armed) {
+      if (const int err = backend_->submit(*q)) return -err;
+      q->armed = true;
+      ++armed_accepts_;
+    }
+    budget_ = io_budget;  // a real wait
+    q->waiter = current_fiber();
+    ++fd_waiters_;
+    const Wake w = park(WaitFor{reason_for(Direction::read, why), static_cast<std::uintptr_t>(h.fd)},
+                        deadline, &unlink_waiter, &q->waiter);
+    --fd_waiters_;
+    // Forgotten meanwhile: the queue may be gone already; touch nothing of it.
+    if (st.generation != h.generation) return -io_closed;
+    if (w != Wake::notified) return -wake_code(w);  // what came stays queued for the next accept
+  }
+}
+
+void IoCore::accepted(IoOpState& s, int result, bool more) noexcept {
+  auto& q = static_cast<AcceptQueue&>(s);
+  if (!more) {
+    q.armed = q.stopping = false;
+    --armed_accepts_;
+  }
+  if (q.retired) {
+    if (result >= 0) syscall(SYS_close, result);
+    if (!more)
+      for (auto it = retired_.begin(); it != retired_.end(); ++it)
+        if (it->get() == &q) {
+          retired_.erase(it);  // frees q
+          break;
+        }
+    return;
+  }
+  // -ECANCELED is the end of a multishot this core cancelled; any other error ended it and is
+  // reported to an accept (EMFILE: the server backs off; a transient one: the next is taken).
+  if (result >= 0 || (result != -ECANCELED && !more)) {
+    try {
+      q.accepted.push_back(result);
+    } catch (const std::bad_alloc&) {
+      if (result >= 0) syscall(SYS_close, result);  // the peer sees a reset; nothing leaks
+    }
+  }
+  if (q.armed && !q.stopping && q.accepted.size() >= AcceptQueue::cap) {
+    // Enough taken ahead of the accepts: the rest wait in the kernel's backlog.
+    backend_->cancel(q);
+    q.stopping = true;
+  }
+  if (Fiber* f = q.waiter) {
+    q.waiter = nullptr;
+    unpark(f);
+  }
+}
+
+void IoCore::disarm_idle_accepts() noexcept {
+  for (auto& [fd, q] : accept_queues_)
+    if (q->armed && !q->stopping && !q->waiter) {
+      backend_->cancel(*q);
+      q->stopping = true;
+    }
+}
+
+void IoCore::retire(std::unique_ptr<AcceptQueue> q) noexcept {
+  for (const int fd : q->accepted)
+    if (fd >= 0) syscall(SYS_close, fd);
+  q->accepted.clear();
+  if (Fiber* f = q->waiter) {
+    q->waiter = nullptr;
+    unpark(f);
+  }
+  if (!q->armed) return;  // freed here
+  if (!q->stopping) {
+    // Now, so that close() releases the listener (the multishot holds a reference to it).
+    backend_->cancel(*q);
+    q->stopping = true;
+  }
+  q->retired = true;
+  try {
+    retired_.push_back(std::move(q));
+  } catch (const std::bad_alloc&) {
+    (void)q.release();  // the kernel still holds it: leaked rather than freed under it
+  }
+}
+
 int IoCore::poll_wait(int fd, Direction dir, TimePoint deadline, bool restart) noexcept {
   pollfd p{fd, static_cast<short>(dir == Direction::read ? POLLIN : POLLOUT), 0};
   for (;;) {
@@ -238,6 +377,14 @@ void IoCore::forget(int fd) noexcept {
   if (fd < 0 || i / chunk_size >= chunks_.size()) return;
   FdState& st = chunks_[i / chunk_size][i % chunk_size];
   ++st.generation;
+  if (st.accept_queue) [[unlikely]] {
+    st.accept_queue = false;
+    if (const auto it = accept_queues_.find(fd); it != accept_queues_.end()) {
+      std::unique_ptr<AcceptQueue> q = std::move(it->second);
+      accept_queues_.erase(it);
+      retire(std::move(q));
+    }
+  }
   if (st.registered) {
     // Before close(): an fd duplicated elsewhere would otherwise stay in the interest list.
     backend_->remove(fd);

@@ -45,9 +45,11 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <system_error>
+#include <unordered_map>
 #include <vector>
 
 namespace skein::detail {
@@ -99,6 +101,7 @@ class Mailbox {
 struct FdState {
   std::uint32_t generation = 0;
   bool registered = false;
+  bool accept_queue = false;     // a listener with an AcceptQueue (multishot accept) in the core
   bool ready[2] = {true, true};  // by Direction
   // The peer hung up or the socket failed (RDHUP/HUP/ERR): the direction stays ready for good,
   // because the event that said so may come with the last data, and no further edge follows.
@@ -133,6 +136,25 @@ struct IoTransfer {
   std::size_t want;
   bool restart;
   debug::WaitReason why = debug::WaitReason::none;
+};
+
+// A listener's connections accepted ahead of its accept() calls, on a backend with multishot
+// accept (IoBackend::multishot_accept). One multishot accept is armed when a fiber waits and the
+// queue is empty, and stays armed after: connections that arrive meanwhile are queued here. At
+// `cap` queued it is cancelled (connections then wait in the kernel's backlog, its back-pressure),
+// as it is when the worker goes to sleep with no fiber waiting in accept; it is armed again when
+// an accept finds the queue empty. The kernel holds a pointer to it (as the
+// operation's IoOpState) until the multishot's last completion, so a queue whose listener is
+// forgotten is retired, not freed, until then.
+struct AcceptQueue : IoOpState {
+  static constexpr std::size_t cap = 64;
+  IoOp accept_op{IoOp::accept_multishot, 0};
+  std::deque<int> accepted;        // descriptors, or minus the errno that ended the multishot
+  Fiber* waiter = nullptr;         // the fiber parked in accept
+  sa_family_t family = AF_UNSPEC;  // the listener's (the peer's address is not kept)
+  bool armed = false;              // the kernel holds the multishot: its last completion has not come
+  bool stopping = false;           // a cancel for it is on its way
+  bool retired = false;            // the listener was forgotten: freed at the last completion
 };
 
 class IoCore;
@@ -207,8 +229,13 @@ class IoCore final : public Driver {
   static int wait(IoHandle& h, Direction dir, TimePoint deadline,
                   IoTransfer kind = IoTransfer::message()) noexcept;
 
-  // Drops `fd` before it is closed: deregisters it and wakes its waiters with io_closed.
+  // Drops `fd` before it is closed: deregisters it and wakes its waiters with io_closed. A
+  // listener's queued connections are closed and its multishot accept cancelled.
   void forget(int fd) noexcept;
+
+  // Backends: a completion of an AcceptQueue's multishot accept (`s`): `result` a descriptor or
+  // minus an errno, `more` false on its last completion.
+  void accepted(IoOpState& s, int result, bool more) noexcept;
 
   // Backends: an event for `fd` tagged with `generation` (IoEvents bits). Sets the flags and
   // unparks the waiters; stale generations are dropped.
@@ -255,10 +282,18 @@ class IoCore final : public Driver {
   // The backend, for a backend-specific path a caller may take (none on the hot path yet).
   IoBackend& backend() noexcept { return *backend_; }
 
-  void wait_until(TimePoint deadline) noexcept override { backend_->wait(deadline); }
+  void wait_until(TimePoint deadline) noexcept override {
+    if (!accept_queues_.empty()) [[unlikely]]
+      disarm_idle_accepts();
+    backend_->wait(deadline);
+  }
   void poll() noexcept override { backend_->poll(); }
-  std::size_t waiters() const noexcept override { return fd_waiters_ + remote_waiters_; }
+  // A multishot accept in flight counts as a waiter: the worker then sleeps in the ring, which
+  // reaps its completions, and where wait_until cancels it if no fiber accepts any more.
+  std::size_t waiters() const noexcept override { return fd_waiters_ + remote_waiters_ + armed_accepts_; }
   void take_remote() noexcept override;
+  int wake_ring() const noexcept override { return backend_->wake_ring(); }
+  bool post_wake(int ring_fd) noexcept override { return backend_->post_wake(ring_fd); }
 
  private:
   // current() the first time: creates the core and hands it to `s` as its driver.
@@ -270,6 +305,19 @@ class IoCore final : public Driver {
   // park_on() on a completion backend: a one-shot poll operation, so nothing of the descriptor
   // stays in the kernel once the wait ends.
   int park_poll(IoHandle& h, Direction dir, TimePoint deadline, debug::WaitReason why) noexcept;
+  // transfer() for an accept on a backend with multishot accept: the next queued connection, or
+  // parks until one comes (arming the listener's multishot accept). A deadline or cancel leaves
+  // the queue as it is, for the next accept. `op.addr`, if set, receives only the family
+  // (*op.addrlen = sizeof(sa_family_t)); the caller asks getpeername for the rest.
+  ssize_t accept_queued(IoHandle& h, TimePoint deadline, const IoOp& op, debug::WaitReason why) noexcept;
+  // The queue of the listener `fd`, created (arming nothing yet) if absent; nullptr if out of memory.
+  AcceptQueue* accept_queue(int fd, FdState& st) noexcept;
+  // Before sleeping: cancels the multishot accept of each listener no fiber waits on, so one this
+  // worker no longer accepts from (its deadline passed, its fiber went on to other work, or moved
+  // the listener to another worker) stops taking connections here and releases the listener.
+  void disarm_idle_accepts() noexcept;
+  // Closes what `q` holds, wakes its waiter, and cancels its multishot: forget() and ~IoCore.
+  void retire(std::unique_ptr<AcceptQueue> q) noexcept;
   // Hands `op` to the backend and parks until its completion; its result or minus an error.
   ssize_t perform(IoHandle& h, Direction dir, TimePoint deadline, const IoOp& op,
                   debug::WaitReason why) noexcept;
@@ -296,13 +344,18 @@ class IoCore final : public Driver {
   static constexpr unsigned io_budget = 128;
   static constexpr std::size_t chunk_size = 1024;
   std::vector<std::unique_ptr<FdState[]>> chunks_;  // fd -> state, in chunks: slots never move
+  Inbox& inbox_;
   unsigned budget_ = io_budget;
   std::size_t fd_waiters_ = 0;
   std::size_t remote_waiters_ = 0;
   std::shared_ptr<Mailbox> mailbox_;
   std::vector<std::shared_ptr<Completion>> completed_;  // scratch for take_remote
   std::unique_ptr<IoBackend> backend_;
-  bool ops_ = false;  // backend_->ops(): waits are operations, not registrations
+  bool ops_ = false;        // backend_->ops(): waits are operations, not registrations
+  bool multishot_ = false;  // backend_->multishot_accept(): accepts go through AcceptQueues
+  std::unordered_map<int, std::unique_ptr<AcceptQueue>> accept_queues_;  // by listener fd
+  std::vector<std::unique_ptr<AcceptQueue>> retired_;  // forgotten, their multishot not yet ended
+  std::size_t armed_accepts_ = 0;  // AcceptQueues (retired ones too) whose multishot is in flight
 };
 
 template <class Call>
@@ -364,6 +417,7 @@ ssize_t IoCore::transfer(IoHandle& h, Direction dir, TimePoint deadline, IoTrans
   if (!st || !h.core->ops_) [[likely]]
     return run(h, dir, deadline, kind, attempt);
   IoCore& core = *h.core;
+  if (op.kind == IoOp::accept && core.multishot_) return core.accept_queued(h, deadline, op, kind.why);
   const auto d = static_cast<std::size_t>(dir);
   for (;;) {
     // Sends always go to the backend: queued into the turn's one io_uring_enter, a send costs

@@ -8,12 +8,18 @@
 #include <skein/runtime.hpp>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <system_error>
 
 namespace skein::detail {
+
+void backend_fatal(const char* what, int err) noexcept {
+  std::fprintf(stderr, "skein: %s failed: %s\n", what, std::strerror(err));
+  std::abort();
+}
 
 namespace {
 

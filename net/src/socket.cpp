@@ -319,7 +319,15 @@ Stream Listener::accept(Address* peer, Deadline deadline) {
   if (fd < 0) throw_io(fd, Direction::read, "skein::Listener::accept");
   auto s = detail::SocketAccess::adopt<Stream>(static_cast<int>(fd));
   if (is_ip(ss.ss_family)) set_nodelay(static_cast<int>(fd));
-  if (peer) *peer = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+  if (peer) {
+    // A multishot accept (io_uring) reports only the family: the address is asked for.
+    if (len <= sizeof(sa_family_t)) {
+      len = sizeof ss;
+      if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&ss), &len) < 0)
+        len = sizeof(sa_family_t);  // the peer is gone already: its family is what is known
+    }
+    *peer = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+  }
   return s;
 }
 

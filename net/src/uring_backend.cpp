@@ -17,6 +17,9 @@
 #include <liburing.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -34,6 +37,7 @@ namespace {
 
 constexpr std::uint64_t inbox_tag = ~std::uint64_t{0};
 constexpr std::uint64_t ignore_tag = ~std::uint64_t{1};
+constexpr std::uint64_t wake_tag = ~std::uint64_t{2};  // another worker's MSG_RING wake-up
 constexpr unsigned poll_mask = POLLIN | POLLOUT | POLLRDHUP;
 constexpr unsigned sq_entries = 256;
 // Every watched descriptor can complete between two drains; overflowed completions are kept by
@@ -45,20 +49,13 @@ std::uint64_t tag(int fd, std::uint32_t generation) noexcept {
   return (std::uint64_t{generation} << 32) | static_cast<std::uint32_t>(fd);
 }
 
-std::uint32_t to_events(unsigned mask) noexcept {
-  std::uint32_t e = 0;
-  if (mask & POLLIN) e |= io_readable;
-  if (mask & POLLOUT) e |= io_writable;
-  if (mask & POLLRDHUP) e |= io_read_hup;
-  if (mask & (POLLHUP | POLLERR)) e |= io_hup;
-  return e;
-}
-
 // What the kernel allows, found once per process: 0, or the errno and a sentence saying why not.
 struct Probe {
   int err = 0;
   const char* why = nullptr;
-  bool ops = false;  // the opcodes of completion mode are there (Linux 5.6)
+  bool ops = false;               // the opcodes of completion mode are there (Linux 5.6)
+  bool multishot_accept = false;  // IORING_ACCEPT_MULTISHOT (Linux 5.19)
+  bool msg_ring = false;          // IORING_OP_MSG_RING (Linux 5.18)
 };
 
 int read_io_uring_disabled() noexcept {
@@ -68,6 +65,43 @@ int read_io_uring_disabled() noexcept {
   if (std::fscanf(f, "%d", &v) != 1) v = 0;
   std::fclose(f);
   return v;
+}
+
+// Multishot accept has no opcode of its own either: a kernel before 5.19 refuses the flag with
+// EINVAL. Armed on a listening Unix socket (autobound to an abstract name) with no connection,
+// then cancelled: -ECANCELED says it was accepted.
+// The raw system calls: with the hooks linked, the probe runs while the core is being installed,
+// and a hooked socket() would try to install it again.
+bool probe_multishot_accept(io_uring& ring) noexcept {
+  const int fd =
+      static_cast<int>(syscall(SYS_socket, AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  bool ok = false;
+  if (syscall(SYS_bind, fd, reinterpret_cast<sockaddr*>(&addr), sizeof(sa_family_t)) == 0 &&
+      syscall(SYS_listen, fd, 1) == 0) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_multishot_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, 1);
+    sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_cancel64(sqe, 1, 0);
+    io_uring_sqe_set_data64(sqe, 2);
+    if (io_uring_submit(&ring) >= 0) {
+      // The accept's own completion comes in any case (cancelled, or refused); earlier probes'
+      // completions may come first.
+      for (int seen = 0; seen < 8; ++seen) {
+        io_uring_cqe* cqe = nullptr;
+        if (io_uring_wait_cqe(&ring, &cqe) != 0) break;
+        const bool last = cqe->user_data == 1 && !(cqe->flags & IORING_CQE_F_MORE);
+        if (last) ok = cqe->res == -ECANCELED;
+        io_uring_cqe_seen(&ring, cqe);
+        if (last) break;
+      }
+    }
+  }
+  syscall(SYS_close, fd);
+  return ok;
 }
 
 Probe probe_kernel() noexcept {
@@ -95,6 +129,7 @@ Probe probe_kernel() noexcept {
     for (const int op :
          {IORING_OP_RECV, IORING_OP_SEND, IORING_OP_SENDMSG, IORING_OP_ACCEPT, IORING_OP_ASYNC_CANCEL})
       if (!io_uring_opcode_supported(p, op)) result.ops = false;
+    result.msg_ring = io_uring_opcode_supported(p, IORING_OP_MSG_RING);
     io_uring_free_probe(p);
   } else {
     result = {ENOTSUP, "the kernel's io_uring cannot be probed for opcodes (Linux 5.6 or later is needed)"};
@@ -115,6 +150,7 @@ Probe probe_kernel() noexcept {
       ::close(efd);
     }
   }
+  if (result.err == 0 && result.ops) result.multishot_accept = probe_multishot_accept(ring);
   io_uring_queue_exit(&ring);
   return result;
 }
@@ -126,7 +162,12 @@ const Probe& kernel_probe() noexcept {
 
 class UringBackend final : public IoBackend {
  public:
-  UringBackend(IoCore& core, Inbox& inbox, bool ops) noexcept : core_(core), inbox_(inbox), ops_(ops) {}
+  UringBackend(IoCore& core, Inbox& inbox, bool ops, bool multishot_accept, bool msg_ring) noexcept
+      : core_(core),
+        inbox_(inbox),
+        ops_(ops),
+        multishot_accept_(ops && multishot_accept),
+        msg_ring_(msg_ring) {}
   UringBackend(const UringBackend&) = delete;
   UringBackend& operator=(const UringBackend&) = delete;
   ~UringBackend() override {
@@ -175,6 +216,19 @@ class UringBackend final : public IoBackend {
 
   BackendKind kind() const noexcept override { return BackendKind::io_uring; }
   bool ops() const noexcept override { return ops_; }
+  bool multishot_accept() const noexcept override { return multishot_accept_; }
+  int wake_ring() const noexcept override { return msg_ring_ ? ring_.ring_fd : -1; }
+
+  bool post_wake(int ring_fd) noexcept override {
+    if (!msg_ring_) return false;
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_msg_ring(sqe, ring_fd, 0, wake_tag, 0);
+    io_uring_sqe_set_data64(sqe, ignore_tag);
+    if (skip_success_) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    // Now: the sleeper waits for it (and this worker may be about to sleep on its futex).
+    io_uring_submit(&ring_);
+    return true;
+  }
 
   int submit(IoOpState& s) noexcept override {
     io_uring_sqe* sqe = get_sqe();
@@ -194,6 +248,9 @@ class UringBackend final : public IoBackend {
         break;
       case IoOp::accept:
         io_uring_prep_accept(sqe, s.fd, op.addr, op.addrlen, op.flags);
+        break;
+      case IoOp::accept_multishot:
+        io_uring_prep_multishot_accept(sqe, s.fd, nullptr, nullptr, op.flags);
         break;
     }
     io_uring_sqe_set_data(sqe, &s);
@@ -253,7 +310,8 @@ class UringBackend final : public IoBackend {
       // One io_uring_enter: submits, then waits for a completion or the timeout (EXT_ARG).
       r = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
     }
-    if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY) fatal("io_uring_enter", -r);
+    if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+      backend_fatal("io_uring_enter", -r);
     drain();
   }
 
@@ -274,17 +332,12 @@ class UringBackend final : public IoBackend {
     bool watched = false;
   };
 
-  [[noreturn]] static void fatal(const char* what, int err) noexcept {
-    std::fprintf(stderr, "skein: %s failed: %s\n", what, std::strerror(err));
-    std::abort();
-  }
-
   // An SQE, submitting the queued ones first if the submission queue is full.
   io_uring_sqe* get_sqe() noexcept {
     for (;;) {
       if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
       const int r = io_uring_submit(&ring_);
-      if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) fatal("io_uring_submit", -r);
+      if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) backend_fatal("io_uring_submit", -r);
       if (r <= 0) io_uring_get_events(&ring_);  // room in the CQ lets the kernel take SQEs again
     }
   }
@@ -298,7 +351,7 @@ class UringBackend final : public IoBackend {
   void complete(const io_uring_cqe* cqe) noexcept {
     const std::uint64_t data = cqe->user_data;
     const bool more = cqe->flags & IORING_CQE_F_MORE;
-    if (data == ignore_tag) return;
+    if (data == ignore_tag || data == wake_tag) return;  // a wake-up needs nothing more
     if (data == inbox_tag) {
       inbox_.clear_fd();  // the scheduler takes the messages itself
       if (!more) {
@@ -311,8 +364,12 @@ class UringBackend final : public IoBackend {
     if (ops_) {
       auto* s = reinterpret_cast<IoOpState*>(static_cast<std::uintptr_t>(data));
       const int res = cqe->res;
+      if (s->op->kind == IoOp::accept_multishot) {
+        core_.accepted(*s, res, more);  // may free s
+        return;
+      }
       s->result = s->op->kind == IoOp::poll && res >= 0
-                      ? static_cast<int>(to_events(static_cast<unsigned>(res)))
+                      ? static_cast<int>(io_events_of(static_cast<std::uint32_t>(res)))
                       : res;
       s->done = true;
       unpark(s->fiber);
@@ -323,7 +380,7 @@ class UringBackend final : public IoBackend {
     const auto i = static_cast<std::size_t>(fd);
     if (i >= slots_.size() || !slots_[i].watched || slots_[i].generation != generation) return;  // removed
     if (cqe->res >= 0) {
-      core_.deliver(fd, generation, to_events(static_cast<unsigned>(cqe->res)));
+      core_.deliver(fd, generation, io_events_of(static_cast<std::uint32_t>(cqe->res)));
       // The kernel ended the multishot poll (a full CQ, say): watch again; the new poll reports
       // the readiness of the moment, so no edge is lost in between.
       if (!more) arm(fd, generation);
@@ -355,6 +412,8 @@ class UringBackend final : public IoBackend {
   Inbox& inbox_;
   io_uring ring_{};
   bool ops_;  // completion mode: user_data is an IoOpState
+  bool multishot_accept_;
+  bool msg_ring_;  // other workers wake this one by MSG_RING (wake_ring)
   bool ring_ok_ = false;
   bool taskrun_flag_ = false;
   bool skip_success_ = false;
@@ -392,9 +451,23 @@ bool uring_completion_mode() noexcept {
   return kernel_probe().ops;
 }
 
+bool uring_multishot_accept() noexcept {
+  if (const char* v = std::getenv("SKEIN_IO_URING_MULTISHOT_ACCEPT"); v && std::strcmp(v, "0") == 0)
+    return false;
+  return kernel_probe().multishot_accept;
+}
+
+// Whether workers wake each other by MSG_RING rather than the inbox's eventfd: where the kernel
+// has it, unless SKEIN_IO_URING_WAKE=eventfd (benchmarks).
+static bool uring_msg_ring_wake() noexcept {
+  if (const char* v = std::getenv("SKEIN_IO_URING_WAKE"); v && std::strcmp(v, "eventfd") == 0) return false;
+  return kernel_probe().msg_ring;
+}
+
 std::unique_ptr<IoBackend> make_uring_backend(IoCore& core, Inbox& inbox, int& err, const char*& why) {
   if ((err = uring_unavailable(why)) != 0) return nullptr;
-  auto backend = std::make_unique<UringBackend>(core, inbox, uring_completion_mode());
+  auto backend = std::make_unique<UringBackend>(core, inbox, uring_completion_mode(),
+                                                uring_multishot_accept(), uring_msg_ring_wake());
   if ((err = backend->init(why)) != 0) return nullptr;
   return backend;
 }
@@ -418,6 +491,10 @@ std::unique_ptr<IoBackend> make_uring_backend(IoCore&, Inbox&, int& err, const c
 }
 
 bool uring_completion_mode() noexcept {
+  return false;
+}
+
+bool uring_multishot_accept() noexcept {
   return false;
 }
 

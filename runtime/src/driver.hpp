@@ -26,6 +26,15 @@ class Driver {
   // Handles what other threads queued for the driver itself and announced with
   // Inbox::wake_driver() (finished blocking jobs): called on the scheduler's thread.
   virtual void take_remote() noexcept = 0;
+  // A ring other drivers may post a wake-up completion to (io_uring's MSG_RING) instead of
+  // writing the inbox's eventfd, or -1. Installed in the inbox (Inbox::set_wake_ring).
+  virtual int wake_ring() const noexcept { return -1; }
+  // On this driver's thread: posts a wake-up to `ring_fd` (another driver's wake_ring()) through
+  // this driver's own ring. False if it has none: the caller writes the eventfd instead.
+  virtual bool post_wake(int ring_fd) noexcept {
+    (void)ring_fd;
+    return false;
+  }
 };
 
 }  // namespace skein::detail

@@ -172,6 +172,10 @@ void Inbox::wake_sleeper() noexcept {
   if (was == on_futex) {
     syscall(SYS_futex, &state_, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
   } else if (was == in_driver) {
+    // A worker whose driver has a ring wakes a ring-driven sleeper with a completion: it saves
+    // the sleeper the eventfd's read (docs/io_uring.md has the figures).
+    if (const int ring = wake_ring_.load(std::memory_order_acquire); ring >= 0)
+      if (Scheduler* s = tl_scheduler; s && s->driver().post_wake(ring)) return;
     const std::uint64_t one = 1;
     // Cannot fail short of a bug: the counter is far from overflowing and the fd is open.
     [[maybe_unused]] const ssize_t r = ::write(eventfd_, &one, sizeof one);
@@ -550,7 +554,28 @@ void Scheduler::fire_timers(TimePoint now) noexcept {
   }
 }
 
+namespace {
+
+// How far CLOCK_MONOTONIC_COARSE may lag the precise clock: two of its ticks, to be safe.
+std::int64_t coarse_lag_ns() noexcept {
+  static const std::int64_t lag = [] {
+    timespec res{};
+    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) != 0) return std::int64_t{1'000'000'000};
+    return 2 * (std::int64_t{res.tv_sec} * 1'000'000'000 + res.tv_nsec);
+  }();
+  return lag;
+}
+
+}  // namespace
+
 std::size_t Scheduler::serve_due_timers() noexcept {
+  // Called every round: most find the first timer far off, which the coarse clock (a few ns,
+  // never ahead of steady_clock, at most a tick behind) tells without the precise read, which
+  // the kv_server profile found at 4 % of its CPU on the paravirtual AMD EPYC (docs/io_uring.md).
+  const std::int64_t first =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(timers_.top()->deadline.time_since_epoch())
+          .count();
+  if (coarse_clock_ns() + coarse_lag_ns() < first) return 0;
   const TimePoint now = Clock::now();
   if (timers_.top()->deadline > now) return 0;
   Fiber* mark = ready_.back();

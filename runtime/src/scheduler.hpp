@@ -192,6 +192,10 @@ class Inbox {
   // Readable while a wake-up is pending; the driver watches it and calls clear_fd() when it is.
   int fd() const noexcept { return eventfd_; }
   void clear_fd() noexcept;
+  // The consumer's driver, when it can be woken through a ring (Driver::wake_ring; -1: no longer):
+  // a producer that is a worker with a ring of its own then posts a MSG_RING completion there
+  // rather than writing the eventfd.
+  void set_wake_ring(int ring_fd) noexcept { wake_ring_.store(ring_fd, std::memory_order_release); }
 
  private:
   void wake_sleeper() noexcept;
@@ -200,6 +204,7 @@ class Inbox {
   std::atomic<bool> driver_flag_{false};     // see wake_driver()
   std::atomic<std::uint32_t> state_{awake};  // see the protocol above; the futex word
   int eventfd_ = -1;
+  std::atomic<int> wake_ring_{-1};  // see set_wake_ring()
 };
 
 class Scheduler;
