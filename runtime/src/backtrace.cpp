@@ -22,6 +22,8 @@
 
 #include <cxxabi.h>
 #include <dlfcn.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #if defined(SKEIN_HAVE_LIBDW)
 #include <dwarf.h>
@@ -525,6 +527,27 @@ Symbolizer& symbolizer() {
 
 const std::vector<SymbolFrame>& symbolize(std::uintptr_t pc) {
   return symbolizer().lookup(pc);
+}
+
+void symbolize_all(const std::uintptr_t* pcs, std::size_t n) {
+  symbolizer().prepare(pcs, n);
+}
+
+std::size_t stack_high_water(const Stack& stack, std::vector<unsigned char>& scratch) noexcept {
+  static const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  if (!stack || stack.size % page != 0 || reinterpret_cast<std::uintptr_t>(stack.lo) % page != 0) return 0;
+  const std::size_t pages = stack.size / page;
+  try {
+    if (scratch.size() < pages) scratch.resize(pages);
+  } catch (...) {
+    return 0;
+  }
+  if (mincore(stack.lo, stack.size, scratch.data()) != 0) return 0;
+  // A stack grows down: the lowest page in core is as deep as it ever went (pages stay committed
+  // until the pool trims the stack).
+  for (std::size_t i = 0; i < pages; ++i)
+    if (scratch[i] & 1) return (pages - i) * page;
+  return 0;
 }
 
 void format_backtrace(std::string& out, const std::uintptr_t* pcs, std::size_t n, const char* indent,

@@ -101,6 +101,7 @@ RuntimeCore::RuntimeCore(std::size_t workers, bool caller_is_worker,
 }
 
 RuntimeCore::~RuntimeCore() {
+  stop_hog_monitor(hog_monitor_);
   {
     RuntimeRegistry& registry = runtime_registry();
     std::lock_guard lock(registry.mutex);
@@ -228,6 +229,7 @@ RunScope::RunScope(const RuntimeOptions& options) {
                             "skein::run: this thread already runs a scheduler");
   core_ = std::make_unique<RuntimeCore>(options.workers, true, options.spin_before_sleep, options.idle_spin,
                                         options.io_backend);
+  core_->watch_hogs(options);
 }
 
 RunScope::~RunScope() = default;
@@ -243,7 +245,9 @@ namespace skein {
 
 Runtime::Runtime(RuntimeOptions options)
     : core_(std::make_unique<detail::RuntimeCore>(options.workers, false, options.spin_before_sleep,
-                                                  options.idle_spin, options.io_backend)) {}
+                                                  options.idle_spin, options.io_backend)) {
+  core_->watch_hogs(options);
+}
 
 Runtime::~Runtime() {
   try {

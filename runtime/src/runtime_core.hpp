@@ -10,12 +10,19 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 namespace skein::detail {
+
+// The loop-hog watchdog's monitor thread (runtime/src/debug.cpp).
+class HogMonitor;
+HogMonitor* start_hog_monitor(RuntimeCore& core, std::chrono::milliseconds threshold,
+                              std::function<void(const debug::HogReport&)> on_hog);
+void stop_hog_monitor(HogMonitor* monitor) noexcept;
 
 class RuntimeCore {
  public:
@@ -82,6 +89,11 @@ class RuntimeCore {
   // 1, 2, ... in order of creation in the process (skein::debug::FiberInfo::runtime).
   std::uint64_t serial() const noexcept { return serial_; }
 
+  // Starts the hog watchdog if options.hog_threshold asks for it; it stops with the runtime.
+  void watch_hogs(const RuntimeOptions& options) {
+    if (options.hog_threshold.count() > 0) hog_monitor_ = start_hog_monitor(*this, options.hog_threshold, options.on_hog);
+  }
+
  private:
   void stop_all() noexcept;
   void worker_main(std::size_t index, std::atomic<std::size_t>* started);
@@ -100,6 +112,7 @@ class RuntimeCore {
   std::mutex join_mutex_;
   std::vector<RemoteNode> stop_nodes_;
   std::uint64_t serial_ = 0;
+  HogMonitor* hog_monitor_ = nullptr;
 };
 
 // The runtimes alive in the process, for skein::debug: each is listed from the end of its
