@@ -354,19 +354,25 @@ TEST_SUITE("debug-bt") {
   TEST_CASE("a fiber running on another worker is reported running, with the stack it has then") {
     if (!bt::backtraces_available()) return;
     skein::run(skein::RuntimeOptions{2}, [] {
-      std::atomic<bool> stop{false};
-      auto busy = skein::spawn_on(1, skein::FiberOptions{"busy"},
-                                  [&] { return skein_test_hogging_here(std::chrono::seconds(20), &stop); });
+      std::atomic<bool> started{false}, stop{false};
+      auto busy = skein::spawn_on(1, skein::FiberOptions{"busy"}, [&] {
+        started = true;
+        return skein_test_hogging_here(std::chrono::seconds(20), &stop);
+      });
+      while (!started) skein::sleep_for(std::chrono::milliseconds(1));
+      // Worker 1 answers the snapshot only once its fiber stops; the signal takes that fiber's
+      // record and stack at once.
+      auto stopper = skein::spawn([&] {
+        skein::sleep_for(std::chrono::milliseconds(100));
+        stop = true;
+      });
       std::optional<skein::debug::FiberInfo> seen;
-      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-      while (!seen && std::chrono::steady_clock::now() < until) {
-        for (auto& f : skein::debug::fibers({.backtraces = true}))
-          if (f.id == busy.id() && f.state == skein::debug::FiberState::running) seen = f;
-        if (!seen) skein::sleep_for(std::chrono::milliseconds(5));
-      }
-      stop = true;
+      for (auto& f : skein::debug::fibers({.backtraces = true}))
+        if (f.id == busy.id()) seen = f;
+      stopper.join();
       busy.join();
       REQUIRE(seen);
+      CHECK(seen->state == skein::debug::FiberState::running);
       CHECK(seen->worker == 1);
       CHECK(seen->name == "busy");
       const std::string text = skein::debug::format_frames(seen->frames);
