@@ -266,9 +266,9 @@ std::vector<DebugRequest::Slot> collect(bool want_fibers, bool want_backtraces =
           own = slot;
           continue;
         }
-        // The fiber it runs right now (heartbeat 0: it runs none), captured before the request
+        // The fiber it runs right now (its heartbeat says whether it may run one), captured before the request
         // is posted: its record is the one it had at this instant. See docs/observability.md.
-        if (want_fibers && s.heartbeat() != 0) {
+        if (want_fibers && Scheduler::in_fiber(s.heartbeat())) {
           detail::RunningCapture& c = request.slots[slot].running;
           if (!s.capture_running(c, capture_timeout)) c.found = false;
         }
@@ -818,7 +818,7 @@ class HogMonitor {
       Scheduler& s = core_.worker(w);
       const std::uint64_t beat = s.heartbeat();
       Seen& last = seen[w];
-      if (beat == 0 || beat != last.heartbeat) {
+      if (!Scheduler::in_fiber(beat) || beat != last.heartbeat) {
         last = {beat, now, false};
         continue;
       }

@@ -385,7 +385,7 @@ void Scheduler::loop() {
 // one does.
 void Scheduler::idle() {
 #if SKEIN_DEBUG_RECORDS
-  heartbeat_.store(0, std::memory_order_relaxed);  // not in a fiber: nothing for the watchdog
+  heartbeat_.store(heartbeat_.load(std::memory_order_relaxed) | idle_beat, std::memory_order_relaxed);
 #endif
   if (timers_.empty() && driver_->waiters() == 0 && foreign_waits_ == 0 && live_count_ > 0 &&
       runtime_->detects_deadlock() && !inbox_.pending()) {
@@ -612,7 +612,7 @@ bool Scheduler::ask(DebugRequest* request, std::size_t slot) noexcept {
 
 void Scheduler::answer_debug(bool closing) noexcept {
   // Copying many records takes a while, between fibers: not a fiber's time.
-  heartbeat_.store(0, std::memory_order_relaxed);
+  heartbeat_.store(heartbeat_.load(std::memory_order_relaxed) | idle_beat, std::memory_order_relaxed);
   std::vector<Asked> asked;
   {
     std::lock_guard g(debug_mutex_);

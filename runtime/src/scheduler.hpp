@@ -394,12 +394,16 @@ class Scheduler {
   // `backtraces`, each suspended fiber's stack too (and the running one's, when it is the caller).
   void copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerStats* stats, bool backtraces = false) const;
 
-  // The worker's turn: a counter bumped at every fiber resumption, 0 while the loop is idle or
-  // answering skein::debug. Any thread (the hog watchdog reads it; relaxed: it is a hint, the
-  // debug signal confirms). Never changes while a fiber runs without returning to the loop.
+  // The worker's turn: a counter bumped at every fiber resumption, with idle_beat set while the
+  // loop is idle or answering skein::debug (0 before the first fiber). Any thread (the hog
+  // watchdog reads it; relaxed: a hint, which the debug signal confirms). It stays the same only
+  // while one fiber runs without returning to the loop, or the loop is idle.
+  static constexpr std::uint64_t idle_beat = std::uint64_t{1} << 63;
   std::uint64_t heartbeat() const noexcept {
     return heartbeat_.load(std::memory_order_relaxed);
   }
+  // Whether a heartbeat says a fiber may be running.
+  static bool in_fiber(std::uint64_t beat) noexcept { return beat != 0 && !(beat & idle_beat); }
   // Any thread but this worker's: interrupts the worker with the debug signal, whose handler
   // copies the fiber it runs (record and current stack) into `out`. False if the worker's loop has
   // ended, or no answer came within `timeout` (a thread that keeps the signal blocked); true
@@ -420,8 +424,9 @@ class Scheduler {
     running_ = f;
     f->state = FiberState::running;
 #if SKEIN_DEBUG_RECORDS
-    // One relaxed store per resumption: what the hog watchdog watches (docs/observability.md).
-    heartbeat_.store(++turns_, std::memory_order_relaxed);
+    // One relaxed store per resumption (the load is this thread's own last store): what the hog
+    // watchdog watches (docs/observability.md). Counting on from an idle mark keeps it monotonic.
+    heartbeat_.store((heartbeat_.load(std::memory_order_relaxed) & ~idle_beat) + 1, std::memory_order_relaxed);
 #endif
     switch_context(*home_, *f->resume_at);
     running_ = nullptr;
@@ -448,6 +453,7 @@ class Scheduler {
   bool stop_ = false;            // the runtime ended: leave the loop
   ExecContext* home_ = nullptr;  // the context running loop(): fibers switch back to it
   Fiber* running_ = nullptr;
+  std::atomic<std::uint64_t> heartbeat_{0};  // see heartbeat(); beside running_, on a line resume writes
   ReadyQueue ready_;
   NextQueue next_;
   // A round runs at most max(its ready fibers, this) fibers from next_, so a fiber that spawns or
@@ -492,8 +498,6 @@ class Scheduler {
   // The running-fiber capture (capture_running, the debug signal's handler in debug.cpp): one
   // requester at a time, and none once the loop has ended (its thread may be gone).
   friend void on_debug_signal(int, siginfo_t*, void*) noexcept;
-  std::atomic<std::uint64_t> heartbeat_{0};  // see heartbeat()
-  std::uint64_t turns_ = 0;
   pthread_t thread_;  // the thread it is bound to (its constructor's)
   std::mutex capture_mutex_;
   bool capture_open_ = true;  // under capture_mutex_
