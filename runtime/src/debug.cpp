@@ -158,7 +158,9 @@ void Scheduler::copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerSt
   out->reserve(out->size() + live_count_);
   const std::int64_t coarse = coarse_clock_ns();
   const TimePoint now = Clock::now();
-  std::vector<unsigned char> residency;
+  const std::size_t base = out->size();
+  std::vector<Stack> stacks;
+  stacks.reserve(live_count_);
   std::uintptr_t pcs[backtrace_max_frames];
   backtraces = backtraces && backtraces_available();
   for (const Fiber* f = live_; f; f = f->next_live) {
@@ -170,7 +172,7 @@ void Scheduler::copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerSt
     i.parent = f->parent_id;
     i.spawned_at = f->spawn_site;
     i.stack_size = f->stack.size;
-    i.stack_used = stack_high_water(f->stack, residency);
+    stacks.push_back(f->stack);
     i.cancel_requested = f->cancel_requested.load(std::memory_order_relaxed);
     i.shielded = f->shielded;
     i.hooked_call = f->hooked_call;
@@ -201,6 +203,10 @@ void Scheduler::copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerSt
       i.frames_truncated = frames == std::size(pcs);
     }
   }
+  // All at once: neighbouring stacks share a system call.
+  std::vector<std::size_t> used(stacks.size());
+  stack_high_waters(stacks, used.data());
+  for (std::size_t k = 0; k < used.size(); ++k) (*out)[base + k].stack_used = used[k];
 }
 
 }  // namespace skein::detail
