@@ -9,15 +9,15 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
-#include <filesystem>
-#include <functional>
-#include <mutex>
-#include <optional>
-#include <sstream>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <functional>
 #include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -280,13 +280,13 @@ TEST_SUITE("debug-bt") {
 
 // A fiber that keeps its worker busy, in a function of its own, until `stop` or `for_how_long`.
 [[gnu::noinline]] long skein_test_hogging_here(std::chrono::milliseconds for_how_long,
-                                              const std::atomic<bool>* stop = nullptr) {
-  long x = 1;
+                                               const std::atomic<bool>* stop = nullptr) {
+  unsigned long x = 1;
   const auto until = std::chrono::steady_clock::now() + for_how_long;
   while (std::chrono::steady_clock::now() < until && !(stop && stop->load(std::memory_order_relaxed)))
     x = x * 31 + 7;
   asm volatile("" ::: "memory");
-  return x;
+  return static_cast<long>(x & 0xffff);
 }
 
 namespace {
@@ -381,7 +381,8 @@ TEST_SUITE("debug-bt") {
     });
   }
 
-  TEST_CASE("a 300 ms hog is reported once, naming its fiber, with a backtrace through the hogging function") {
+  TEST_CASE(
+      "a 300 ms hog is reported once, naming its fiber, with a backtrace through the hogging function") {
     if (!bt::backtraces_available()) return;
     HogReports hogs;
     skein::RuntimeOptions options{2};
@@ -410,7 +411,9 @@ TEST_SUITE("debug-bt") {
     CHECK(contains(skein::debug::describe(r), "\"hog\" has run for "));
   }
 
-  TEST_CASE("a fiber that busy-loops but yields every millisecond is never reported, and the monitor ends with the runtime") {
+  TEST_CASE(
+      "a fiber that busy-loops but yields every millisecond is never reported, and the monitor ends with the "
+      "runtime") {
     HogReports hogs;
     const std::size_t threads_before = threads_in_process();
     {

@@ -158,7 +158,7 @@ std::string describe(const FiberInfo& f);
 // What the hog watchdog (RuntimeOptions::hog_threshold) reports: a fiber that has kept its worker
 // from its scheduler for longer than the threshold, once per such episode.
 struct HogReport {
-  FiberInfo fiber;                    // state running; frames: where it was when caught
+  FiberInfo fiber;                          // state running; frames: where it was when caught
   std::chrono::nanoseconds running_for{0};  // at least this long since it was resumed
   std::chrono::milliseconds threshold{0};
 };

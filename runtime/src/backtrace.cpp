@@ -566,7 +566,8 @@ void stack_high_waters(const std::vector<Stack>& stacks, std::size_t* used) noex
     return;
   }
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return stacks[a].lo < stacks[b].lo; });
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return stacks[a].lo < stacks[b].lo; });
   std::size_t first = 0;
   while (first < order.size()) {
     const Stack& head = stacks[order[first]];

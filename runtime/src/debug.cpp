@@ -272,8 +272,8 @@ std::vector<DebugRequest::Slot> collect(bool want_fibers, bool want_backtraces =
           own = slot;
           continue;
         }
-        // The fiber it runs right now (its heartbeat says whether it may run one), captured before the request
-        // is posted: its record is the one it had at this instant. See docs/observability.md.
+        // The fiber it runs right now (its heartbeat says whether it may run one), captured before the
+        // request is posted: its record is the one it had at this instant. See docs/observability.md.
         if (want_fibers && Scheduler::in_fiber(s.heartbeat())) {
           detail::RunningCapture& c = request.slots[slot].running;
           if (!s.capture_running(c, capture_timeout)) c.found = false;
@@ -619,7 +619,8 @@ void dump(std::ostream& out, const DumpOptions& options) {
   order.reserve(groups.size());
   for (const auto& g : groups) order.push_back(&g.second);
   std::sort(order.begin(), order.end(), [](const Group* a, const Group* b) {
-    return a->members.size() != b->members.size() ? a->members.size() > b->members.size() : a->first < b->first;
+    return a->members.size() != b->members.size() ? a->members.size() > b->members.size()
+                                                  : a->first < b->first;
   });
   if (with_stacks) {
     // Every distinct return address symbolised once, in one batch, before any is printed.

@@ -91,7 +91,8 @@ class RuntimeCore {
 
   // Starts the hog watchdog if options.hog_threshold asks for it; it stops with the runtime.
   void watch_hogs(const RuntimeOptions& options) {
-    if (options.hog_threshold.count() > 0) hog_monitor_ = start_hog_monitor(*this, options.hog_threshold, options.on_hog);
+    if (options.hog_threshold.count() > 0)
+      hog_monitor_ = start_hog_monitor(*this, options.hog_threshold, options.on_hog);
   }
 
  private:

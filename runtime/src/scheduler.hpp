@@ -223,7 +223,7 @@ struct DebugRequest;
 // What the debug signal's handler copies on a worker about the fiber it interrupted (the running
 // fiber's record and current stack), in fixed-size fields: the handler may not allocate.
 struct RunningCapture {
-  bool found = false;          // a fiber was running (false: the worker was in its loop)
+  bool found = false;           // a fiber was running (false: the worker was in its loop)
   std::uint64_t heartbeat = 0;  // the worker's turn when interrupted (Scheduler::heartbeat)
   std::uint64_t id = 0;
   std::uint64_t parent = 0;
@@ -392,7 +392,8 @@ class Scheduler {
   }
   // This thread, between fibers or from one of its own: copies its records and counters; with
   // `backtraces`, each suspended fiber's stack too (and the running one's, when it is the caller).
-  void copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerStats* stats, bool backtraces = false) const;
+  void copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerStats* stats,
+                    bool backtraces = false) const;
 
   // The worker's turn: a counter bumped at every fiber resumption, with idle_beat set while the
   // loop is idle or answering skein::debug (0 before the first fiber). Any thread (the hog
@@ -403,7 +404,9 @@ class Scheduler {
     return heartbeat_.load(std::memory_order_relaxed);
   }
   // Whether a heartbeat says a fiber may be running.
-  static bool in_fiber(std::uint64_t beat) noexcept { return beat != 0 && !(beat & idle_beat); }
+  static bool in_fiber(std::uint64_t beat) noexcept {
+    return beat != 0 && !(beat & idle_beat);
+  }
   // Any thread but this worker's: interrupts the worker with the debug signal, whose handler
   // copies the fiber it runs (record and current stack) into `out`. False if the worker's loop has
   // ended, or no answer came within `timeout` (a thread that keeps the signal blocked); true
@@ -426,7 +429,8 @@ class Scheduler {
 #if SKEIN_DEBUG_RECORDS
     // One relaxed store per resumption (the load is this thread's own last store): what the hog
     // watchdog watches (docs/observability.md). Counting on from an idle mark keeps it monotonic.
-    heartbeat_.store((heartbeat_.load(std::memory_order_relaxed) & ~idle_beat) + 1, std::memory_order_relaxed);
+    heartbeat_.store((heartbeat_.load(std::memory_order_relaxed) & ~idle_beat) + 1,
+                     std::memory_order_relaxed);
 #endif
     switch_context(*home_, *f->resume_at);
     running_ = nullptr;
@@ -500,11 +504,11 @@ class Scheduler {
   friend void on_debug_signal(int, siginfo_t*, void*) noexcept;
   pthread_t thread_;  // the thread it is bound to (its constructor's)
   std::mutex capture_mutex_;
-  bool capture_open_ = true;  // under capture_mutex_
+  bool capture_open_ = true;                     // under capture_mutex_
   std::atomic<std::uint32_t> capture_state_{0};  // 0 idle, 1 asked, 2 the handler writes, 3 written
   RunningCapture* capture_out_ = nullptr;        // written by the requester before asking
-  bool debug_open_ = true;     // the loop still runs: requests will be answered
-  bool debug_posted_ = false;  // debug_node_ is in the inbox
+  bool debug_open_ = true;                       // the loop still runs: requests will be answered
+  bool debug_posted_ = false;                    // debug_node_ is in the inbox
   RemoteNode debug_node_{nullptr, nullptr, RemoteNode::Kind::debug};
 };
 
