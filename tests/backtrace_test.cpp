@@ -6,12 +6,18 @@
 
 #include "backtrace.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <functional>
 #include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -267,5 +273,166 @@ TEST_SUITE("debug-bt") {
       const long n = fibers;
       CHECK(sum == n * (n - 1) / 2 + n / 2 + 2 * (n - n / 2));  // the values sent, plus 1 or 2 each
     });
+  }
+}
+
+// ---- the dump, the running fibers and the hog watchdog ----------------------------------------
+
+// A fiber that keeps its worker busy, in a function of its own, until `stop` or `for_how_long`.
+[[gnu::noinline]] long skein_test_hogging_here(std::chrono::milliseconds for_how_long,
+                                               const std::atomic<bool>* stop = nullptr) {
+  unsigned long x = 1;
+  const auto until = std::chrono::steady_clock::now() + for_how_long;
+  while (std::chrono::steady_clock::now() < until && !(stop && stop->load(std::memory_order_relaxed)))
+    x = x * 31 + 7;
+  asm volatile("" ::: "memory");
+  return static_cast<long>(x & 0xffff);
+}
+
+namespace {
+
+// Collects the watchdog's reports (it calls from its own thread).
+struct HogReports {
+  std::mutex mutex;
+  std::vector<skein::debug::HogReport> reports;
+  std::function<void(const skein::debug::HogReport&)> callback() {
+    return [this](const skein::debug::HogReport& r) {
+      std::lock_guard g(mutex);
+      reports.push_back(r);
+    };
+  }
+  std::vector<skein::debug::HogReport> take() {
+    std::lock_guard g(mutex);
+    return reports;
+  }
+};
+
+std::size_t threads_in_process() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_SUITE("debug-bt") {
+  TEST_CASE("a dump folds fibers parked with the same stack and prints that stack once, named") {
+    if (!bt::backtraces_available()) return;
+    skein::run([] {
+      skein::Channel<int> ch;
+      std::vector<skein::Task<int>> tasks;
+      for (int i = 0; i < 20; ++i)
+        tasks.push_back(i % 4 ? skein::spawn([&] { return skein_test_parked_in_here(ch); })
+                              : skein::spawn([&] { return skein_test_parked_elsewhere(ch); }));
+      for (int i = 0; i < 3; ++i) skein::yield();
+      std::ostringstream out;
+      skein::debug::dump(out, {.stats = false});
+      const std::string text = out.str();
+      MESSAGE(text.substr(0, 3000));
+      const auto here = text.find("\n15 fibers parked: channel recv");
+      const auto elsewhere = text.find("\n5 fibers parked: channel recv");
+      REQUIRE(here != std::string::npos);
+      REQUIRE(elsewhere != std::string::npos);
+      CHECK(here < elsewhere);  // the larger group first
+      // Each group's stack follows it, once.
+      CHECK(text.find("skein_test_parked_in_here", here) < elsewhere);
+      CHECK(text.find("skein_test_parked_elsewhere", elsewhere) != std::string::npos);
+      CHECK(text.find("skein_test_parked_in_here", elsewhere) == std::string::npos);
+      // The caller's own stack, unwound in place.
+      CHECK(text.find("\"main\" running (runtime ") != std::string::npos);
+      CHECK(text.find("DOCTEST_ANON_FUNC") != std::string::npos);
+      // Without backtraces the spawn sites fold them: the two lambdas are two lines of this file.
+      std::ostringstream plain;
+      skein::debug::dump(plain, {.stats = false, .backtraces = false});
+      CHECK(plain.str().find("skein_test_parked_in_here") == std::string::npos);
+      CHECK(plain.str().find("\n15 fibers parked: channel recv") != std::string::npos);
+      ch.close();
+      for (auto& t : tasks) t.join();
+    });
+  }
+
+  TEST_CASE("a fiber running on another worker is reported running, with the stack it has then") {
+    if (!bt::backtraces_available()) return;
+    skein::run(skein::RuntimeOptions{2}, [] {
+      std::atomic<bool> started{false}, stop{false};
+      auto busy = skein::spawn_on(1, skein::FiberOptions{"busy"}, [&] {
+        started = true;
+        return skein_test_hogging_here(std::chrono::seconds(20), &stop);
+      });
+      while (!started) skein::sleep_for(std::chrono::milliseconds(1));
+      // Worker 1 answers the snapshot only once its fiber stops; the signal takes that fiber's
+      // record and stack at once.
+      auto stopper = skein::spawn([&] {
+        skein::sleep_for(std::chrono::milliseconds(100));
+        stop = true;
+      });
+      std::optional<skein::debug::FiberInfo> seen;
+      for (auto& f : skein::debug::fibers({.backtraces = true}))
+        if (f.id == busy.id()) seen = f;
+      stopper.join();
+      busy.join();
+      REQUIRE(seen);
+      CHECK(seen->state == skein::debug::FiberState::running);
+      CHECK(seen->worker == 1);
+      CHECK(seen->name == "busy");
+      const std::string text = skein::debug::format_frames(seen->frames);
+      MESSAGE(text);
+      CHECK(contains(text, "skein_test_hogging_here"));
+    });
+  }
+
+  TEST_CASE(
+      "a 300 ms hog is reported once, naming its fiber, with a backtrace through the hogging function") {
+    if (!bt::backtraces_available()) return;
+    HogReports hogs;
+    skein::RuntimeOptions options{2};
+    options.hog_threshold = std::chrono::milliseconds(100);
+    options.on_hog = hogs.callback();
+    std::uint64_t id = 0;
+    skein::run(options, [&] {
+      auto hog = skein::spawn_on(1, skein::FiberOptions{"hog"},
+                                 [] { return skein_test_hogging_here(std::chrono::milliseconds(300)); });
+      id = hog.id();
+      hog.join();
+      skein::sleep_for(std::chrono::milliseconds(150));  // a second report would come by now
+    });
+    const auto reports = hogs.take();
+    REQUIRE(reports.size() == 1);
+    const auto& r = reports[0];
+    CHECK(r.fiber.id == id);
+    CHECK(r.fiber.name == "hog");
+    CHECK(r.fiber.worker == 1);
+    CHECK(r.fiber.state == skein::debug::FiberState::running);
+    CHECK(r.running_for >= std::chrono::milliseconds(100));
+    CHECK(contains(r.fiber.spawned_at.file_name(), "backtrace_test.cpp"));
+    const std::string text = skein::debug::format_frames(r.fiber.frames);
+    MESSAGE(skein::debug::describe(r) << "\n" << text);
+    CHECK(contains(text, "skein_test_hogging_here"));
+    CHECK(contains(skein::debug::describe(r), "\"hog\" has run for "));
+  }
+
+  TEST_CASE(
+      "a fiber that busy-loops but yields every millisecond is never reported, and the monitor ends with the "
+      "runtime") {
+    HogReports hogs;
+    const std::size_t threads_before = threads_in_process();
+    {
+      skein::RuntimeOptions options{2};
+      options.hog_threshold = std::chrono::milliseconds(50);
+      options.on_hog = hogs.callback();
+      skein::Runtime rt(options);
+      CHECK(threads_in_process() == threads_before + 3);  // two workers and the monitor
+      auto polite = rt.spawn_on(0, [] {
+        for (int i = 0; i < 300; ++i) {
+          skein_test_hogging_here(std::chrono::milliseconds(1));
+          skein::yield();
+        }
+      });
+      auto sleeper = rt.spawn_on(1, [] { skein::sleep_for(std::chrono::milliseconds(200)); });
+      polite.join();
+      sleeper.join();
+    }
+    CHECK(hogs.take().empty());
+    CHECK(threads_in_process() == threads_before);
   }
 }

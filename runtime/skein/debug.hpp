@@ -6,9 +6,11 @@
 //   auto s = skein::debug::stats();                // switches, spawns, parks by reason, sleeps, ...
 //
 // fibers(), stats() and dump() may be called from any fiber or plain thread (not from a worker's
-// own loop outside a fiber). Each worker copies its own records at its next turn between fibers,
-// so no worker is held up longer than that copy; a worker busy in a fiber that never waits delays
-// the answer until that fiber yields or parks.
+// own loop outside a fiber). Each worker copies its own records (and unwinds its own suspended
+// fibers' stacks) at its next turn between fibers, so no worker is held up longer than that copy;
+// a worker busy in a fiber that never waits delays the answer until that fiber yields or parks.
+// The fiber a worker runs when the snapshot is asked for is reported as running, with the stack
+// it had at that moment: a real-time signal (SIGRTMAX - 2) interrupts the worker to take it.
 //
 // Errors: fibers(), stats() and dump() throw only std::bad_alloc (and dump() what the stream
 // throws).
@@ -21,6 +23,7 @@
 #include <cstdint>
 #include <iosfwd>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -78,13 +81,36 @@ struct FiberInfo {
   std::uint64_t parent = 0;                          // the id of the fiber that spawned it; 0: a plain thread
   skein::SourceLocation spawned_at;                  // the spawn call (empty for spawns that pass none)
   std::size_t stack_size = 0;                        // bytes reserved for its stack
-  bool cancel_requested = false;                     // Task::cancel reached it (its next wait throws)
-  bool shielded = false;                             // in a wait a cancel does not end (ShieldGuard)
+  // Bytes of its stack ever touched: from the lowest page the kernel has committed to its top
+  // (mincore at snapshot time). A stack reused from the pool counts what earlier fibers touched
+  // until the pool gave its pages back. 0 where unknown.
+  std::size_t stack_used = 0;
+  bool cancel_requested = false;  // Task::cancel reached it (its next wait throws)
+  bool shielded = false;          // in a wait a cancel does not end (ShieldGuard)
+  // Its stack when backtraces were asked for: return addresses, innermost first (format_frames
+  // names them). Empty otherwise, for a fiber that has not started, or without backtraces_available().
+  std::vector<std::uintptr_t> frames;
+  bool frames_truncated = false;  // the stack went deeper than the frames kept (64)
+};
+
+struct SnapshotOptions {
+  bool backtraces = false;  // fill in FiberInfo::frames (a few microseconds per fiber)
 };
 
 // Every fiber of every runtime in the process, by runtime, worker and age (newest first within a
 // worker). A fiber spawned onto another worker appears once that worker has taken it in.
 std::vector<FiberInfo> fibers();
+std::vector<FiberInfo> fibers(const SnapshotOptions& options);
+
+// Whether this build can unwind fibers' stacks (skein's assembly switch or Boost.Context's, on
+// x86-64 or AArch64).
+bool backtraces_available() noexcept;
+
+// One line per frame of `frames` (as in FiberInfo::frames), each starting with `indent`:
+//   #3 0x000055d0c0a1b2c3 in handler(skein::Stream&) at samples/echo_server.cpp:42
+// with inlined calls on lines of their own. Names come from the debug information (libdw),
+// looked up once per address and cached. Not async-signal-safe.
+std::string format_frames(std::span<const std::uintptr_t> frames, std::string_view indent = "");
 
 // One worker's counters since it started. Each is written by its worker alone.
 struct WorkerStats {
@@ -115,15 +141,32 @@ Stats stats();
 struct DumpOptions {
   bool tree = false;              // also print the spawn tree (who spawned whom), fibers in groups
   bool stats = true;              // end with the totals of stats()
+  bool backtraces = true;         // each group's stack, symbolised (where backtraces_available())
   std::size_t ids_per_group = 8;  // ids listed for a folded group
 };
 
 // Prints fibers() as a readable table: a header with the totals per state and per wait reason,
-// then fibers folded by state, wait reason, name and spawn site, largest groups first, each with
-// its count, the range of waiting times and a few ids.
+// then fibers folded like Go's goroutine dump, largest groups first, each with its count, the
+// range of waiting times, a few ids and its symbolised stack. Fibers fold when they share state,
+// wait reason and stack; without a stack (backtraces off, a fiber not started yet), name and
+// spawn site instead.
 void dump(std::ostream& out, const DumpOptions& options = {});
 
 // One line describing `f`: "#12 "name" parked: channel recv on 0x... for 1.2s (worker 0, ...)".
 std::string describe(const FiberInfo& f);
+
+// What the hog watchdog (RuntimeOptions::hog_threshold) reports: a fiber that has kept its worker
+// from its scheduler for longer than the threshold, once per such episode.
+struct HogReport {
+  FiberInfo fiber;                          // state running; frames: where it was when caught
+  std::chrono::nanoseconds running_for{0};  // at least this long since it was resumed
+  std::chrono::milliseconds threshold{0};
+};
+
+// "fiber #7 "name" has run for 104ms without returning to its scheduler (runtime 1 worker 0, ...)".
+std::string describe(const HogReport& report);
+
+// The watchdog's default callback: describe(report) and the symbolised stack, to stderr.
+void print_hog_report(const HogReport& report);
 
 }  // namespace skein::debug

@@ -8,12 +8,14 @@
 // (or what the kernel said) when a worker cannot start.
 #pragma once
 
+#include <skein/debug.hpp>
 #include <skein/source_location.hpp>
 #include <skein/task.hpp>
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <type_traits>
 #include <utility>
@@ -52,6 +54,11 @@ struct RuntimeOptions {
   // for different signals. Throws invalid_argument for SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE,
   // SIGILL or a number out of range. See docs/observability.md.
   int dump_signal = 0;
+  // The loop-hog watchdog (docs/observability.md): a monitor thread reports a fiber that keeps its
+  // worker from the scheduler for longer than this, with its current backtrace, once per episode,
+  // through on_hog (default: skein::debug::print_hog_report, to stderr). 0 (the default): off.
+  std::chrono::milliseconds hog_threshold{0};
+  std::function<void(const debug::HogReport&)> on_hog = {};
 };
 
 namespace detail {

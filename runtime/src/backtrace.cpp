@@ -9,6 +9,7 @@
 
 #include <unwind.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +23,8 @@
 
 #include <cxxabi.h>
 #include <dlfcn.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #if defined(SKEIN_HAVE_LIBDW)
 #include <dwarf.h>
@@ -525,6 +528,86 @@ Symbolizer& symbolizer() {
 
 const std::vector<SymbolFrame>& symbolize(std::uintptr_t pc) {
   return symbolizer().lookup(pc);
+}
+
+void symbolize_all(const std::uintptr_t* pcs, std::size_t n) {
+  symbolizer().prepare(pcs, n);
+}
+
+std::size_t stack_high_water(const Stack& stack, std::vector<unsigned char>& scratch) noexcept {
+  static const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  if (!stack || stack.size % page != 0 || reinterpret_cast<std::uintptr_t>(stack.lo) % page != 0) return 0;
+  const std::size_t pages = stack.size / page;
+  try {
+    if (scratch.size() < pages) scratch.resize(pages);
+  } catch (...) {
+    return 0;
+  }
+  if (mincore(stack.lo, stack.size, scratch.data()) != 0) return 0;
+  // A stack grows down: the lowest page in core is as deep as it ever went (pages stay committed
+  // until the pool trims the stack).
+  for (std::size_t i = 0; i < pages; ++i)
+    if (scratch[i] & 1) return (pages - i) * page;
+  return 0;
+}
+
+void stack_high_waters(const std::vector<Stack>& stacks, std::size_t* used) noexcept {
+  static const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  // Runs of stacks in address order, each run [lo, hi) at most one guard page between neighbours
+  // and at most 64 MiB long, one mincore each; a run the kernel refuses (a gap not mapped) falls
+  // back to one call per stack.
+  constexpr std::size_t max_run = std::size_t{64} << 20;
+  std::vector<std::size_t> order;
+  std::vector<unsigned char> scratch;
+  try {
+    order.resize(stacks.size());
+  } catch (...) {
+    for (std::size_t i = 0; i < stacks.size(); ++i) used[i] = stack_high_water(stacks[i], scratch);
+    return;
+  }
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return stacks[a].lo < stacks[b].lo; });
+  std::size_t first = 0;
+  while (first < order.size()) {
+    const Stack& head = stacks[order[first]];
+    const auto lo = reinterpret_cast<std::uintptr_t>(head.lo);
+    std::uintptr_t hi = lo + head.size;
+    std::size_t end = first + 1;
+    while (end < order.size()) {
+      const Stack& s = stacks[order[end]];
+      const auto s_lo = reinterpret_cast<std::uintptr_t>(s.lo);
+      if (s_lo < hi || s_lo > hi + page || s_lo + s.size - lo > max_run) break;
+      hi = s_lo + s.size;
+      ++end;
+    }
+    bool done = false;
+    if (lo % page == 0 && hi % page == 0 && lo != 0) {
+      const std::size_t pages = (hi - lo) / page;
+      try {
+        if (scratch.size() < pages) scratch.resize(pages);
+        done = mincore(reinterpret_cast<void*>(lo), hi - lo, scratch.data()) == 0;
+      } catch (...) {
+      }
+      if (done) {
+        for (std::size_t k = first; k < end; ++k) {
+          const Stack& s = stacks[order[k]];
+          const std::size_t from = (reinterpret_cast<std::uintptr_t>(s.lo) - lo) / page;
+          const std::size_t n = s.size / page;
+          std::size_t bytes = 0;
+          for (std::size_t p = 0; p < n; ++p)
+            if (scratch[from + p] & 1) {
+              bytes = (n - p) * page;
+              break;
+            }
+          used[order[k]] = bytes;
+        }
+      }
+    }
+    if (!done)
+      for (std::size_t k = first; k < end; ++k) used[order[k]] = stack_high_water(stacks[order[k]], scratch);
+    first = end;
+  }
 }
 
 void format_backtrace(std::string& out, const std::uintptr_t* pcs, std::size_t n, const char* indent,

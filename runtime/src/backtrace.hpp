@@ -63,6 +63,19 @@ struct SymbolFrame {
 // of the process. Thread-safe; not async-signal-safe (it allocates and takes a lock).
 const std::vector<SymbolFrame>& symbolize(std::uintptr_t pc);
 
+// Symbolises, all at once, those of `pcs` not in the cache yet (from a fiber: on one helper
+// thread, for libdw's deep stack), so that symbolize() then serves them all from the cache.
+void symbolize_all(const std::uintptr_t* pcs, std::size_t n);
+
+// Bytes of `stack` ever touched, as the kernel knows it: from the lowest committed page to the
+// top (mincore). `scratch` is reused between calls. 0 if the kernel does not say.
+std::size_t stack_high_water(const Stack& stack, std::vector<unsigned char>& scratch) noexcept;
+
+// The same for many stacks at once, into used[i] for stacks[i]: stacks that lie next to each
+// other (the slots of a slab, a guard page apart) share one mincore call, a hundred times
+// cheaper than one call each.
+void stack_high_waters(const std::vector<Stack>& stacks, std::size_t* used) noexcept;
+
 // Appends one line per frame, numbered from 0, to `out`, each prefixed by `indent`:
 //   #3 0x000055d0c0a1b2c3 in my_handler(skein::Stream&) at samples/echo_server.cpp:42
 // Inlined calls get a line (and a number) of their own, marked "(inlined)". `pcs` as returned by

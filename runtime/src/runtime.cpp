@@ -103,6 +103,7 @@ RuntimeCore::RuntimeCore(std::size_t workers, bool caller_is_worker,
 }
 
 RuntimeCore::~RuntimeCore() {
+  stop_hog_monitor(hog_monitor_);
   {
     RuntimeRegistry& registry = runtime_registry();
     std::lock_guard lock(registry.mutex);
@@ -237,6 +238,7 @@ RunScope::RunScope(const RuntimeOptions& options) {
   core_ = std::make_unique<RuntimeCore>(options.workers, true, options.spin_before_sleep, options.idle_spin,
                                         options.io_backend);
   core_->hold_dump_signal(options.dump_signal);
+  core_->watch_hogs(options);
 }
 
 RunScope::~RunScope() = default;
@@ -254,6 +256,7 @@ Runtime::Runtime(RuntimeOptions options)
     : core_(std::make_unique<detail::RuntimeCore>(options.workers, false, options.spin_before_sleep,
                                                   options.idle_spin, options.io_backend)) {
   core_->hold_dump_signal(options.dump_signal);
+  core_->watch_hogs(options);
 }
 
 Runtime::~Runtime() {

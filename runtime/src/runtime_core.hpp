@@ -10,12 +10,19 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 namespace skein::detail {
+
+// The loop-hog watchdog's monitor thread (runtime/src/debug.cpp).
+class HogMonitor;
+HogMonitor* start_hog_monitor(RuntimeCore& core, std::chrono::milliseconds threshold,
+                              std::function<void(const debug::HogReport&)> on_hog);
+void stop_hog_monitor(HogMonitor* monitor) noexcept;
 
 class RuntimeCore {
  public:
@@ -84,6 +91,11 @@ class RuntimeCore {
 
   // RuntimeOptions::dump_signal: holds `sig` (see debug_signal.hpp) until the destructor. Once.
   void hold_dump_signal(int sig);
+  // Starts the hog watchdog if options.hog_threshold asks for it; it stops with the runtime.
+  void watch_hogs(const RuntimeOptions& options) {
+    if (options.hog_threshold.count() > 0)
+      hog_monitor_ = start_hog_monitor(*this, options.hog_threshold, options.on_hog);
+  }
 
  private:
   void stop_all() noexcept;
@@ -104,6 +116,7 @@ class RuntimeCore {
   std::vector<RemoteNode> stop_nodes_;
   std::uint64_t serial_ = 0;
   int dump_signal_ = 0;  // held, released at the end of the destructor
+  HogMonitor* hog_monitor_ = nullptr;
 };
 
 // The runtimes alive in the process, for skein::debug: each is listed from the end of its

@@ -244,6 +244,12 @@ Scheduler::Scheduler(RuntimeCore& runtime, std::size_t index) : runtime_(&runtim
   prepare_fiber_thread();
   idle_spin_max_ = runtime.idle_spin();
   driver_ = std::make_unique<PollDriver>(inbox_);
+  thread_ = pthread_self();
+  // Worker threads block asynchronous signals; the debug signal must reach them.
+  sigset_t debug_set;
+  sigemptyset(&debug_set);
+  sigaddset(&debug_set, debug_signal());
+  pthread_sigmask(SIG_UNBLOCK, &debug_set, nullptr);
   tl_scheduler = this;
 }
 
@@ -371,12 +377,20 @@ void Scheduler::loop() {
     idle();
   }
   answer_debug(true);
+  {
+    // This thread may end now: no more debug signals to it.
+    std::lock_guard g(capture_mutex_);
+    capture_open_ = false;
+  }
 }
 
 // Nothing is ready: spin a little if messages have been arriving, then sleep until the next
 // timer, I/O or a message: on the inbox's futex while no fiber waits on I/O, in the driver while
 // one does.
 void Scheduler::idle() {
+#if SKEIN_DEBUG_RECORDS
+  heartbeat_.store(heartbeat_.load(std::memory_order_relaxed) | idle_beat, std::memory_order_relaxed);
+#endif
   if (timers_.empty() && driver_->waiters() == 0 && foreign_waits_ == 0 && live_count_ > 0 &&
       runtime_->detects_deadlock() && !inbox_.pending()) {
     recover_deadlock();
@@ -622,6 +636,8 @@ bool Scheduler::ask(DebugRequest* request, std::size_t slot) noexcept {
 }
 
 void Scheduler::answer_debug(bool closing) noexcept {
+  // Copying many records takes a while, between fibers: not a fiber's time.
+  heartbeat_.store(heartbeat_.load(std::memory_order_relaxed) | idle_beat, std::memory_order_relaxed);
   std::vector<Asked> asked;
   {
     std::lock_guard g(debug_mutex_);
@@ -632,58 +648,11 @@ void Scheduler::answer_debug(bool closing) noexcept {
   for (const Asked& a : asked) {
     DebugRequest::Slot& slot = a.request->slots[a.slot];
     try {
-      copy_records(a.request->want_fibers ? &slot.fibers : nullptr, &slot.stats);
+      copy_records(a.request->want_fibers ? &slot.fibers : nullptr, &slot.stats, a.request->want_backtraces);
     } catch (...) {
       // Out of memory while copying: the slot keeps what was copied.
     }
     a.request->pending.add(-1);  // never below zero: the requester added one for this slot
-  }
-}
-
-void Scheduler::copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerStats* stats) const {
-  const std::uint64_t runtime = runtime_->serial();
-  *stats = counters_;
-  stats->runtime = runtime;
-  stats->worker = index_;
-  stats->fibers = live_count_;
-  stats->parks = 0;
-  for (const std::uint64_t n : counters_.parks_by_reason) stats->parks += n;
-  // Every resumption ends in a park, a yield or the fiber's end: counting those three is cheaper
-  // than counting switches. (Fibers that ended = started - live.)
-  stats->switches = stats->parks + stats->yields + (stats->spawns - live_count_);
-  if (!out) return;
-  out->reserve(out->size() + live_count_);
-  const std::int64_t coarse = coarse_clock_ns();
-  const TimePoint now = Clock::now();
-  for (const Fiber* f = live_; f; f = f->next_live) {
-    debug::FiberInfo& i = out->emplace_back();
-    i.id = f->id;
-    i.runtime = runtime;
-    i.worker = index_;
-    i.name = f->name;
-    i.parent = f->parent_id;
-    i.spawned_at = f->spawn_site;
-    i.stack_size = f->stack.size;
-    i.cancel_requested = f->cancel_requested.load(std::memory_order_relaxed);
-    i.shielded = f->shielded;
-    i.hooked_call = f->hooked_call;
-    switch (f->state) {
-      case FiberState::ready:
-        i.state = debug::FiberState::ready;
-        break;
-      case FiberState::running:
-      case FiberState::done:  // only the caller's own fiber runs while its worker copies
-        i.state = debug::FiberState::running;
-        break;
-      case FiberState::parked:
-        i.state = debug::FiberState::parked;
-        i.reason = f->wait_reason;
-        i.detail = f->wait_detail;
-        i.waiting = std::chrono::nanoseconds(coarse > f->wait_since ? coarse - f->wait_since : 0);
-        if (f->timer_slot != Fiber::no_timer)
-          i.deadline = std::chrono::duration_cast<std::chrono::nanoseconds>(f->deadline - now);
-        break;
-    }
   }
 }
 

@@ -20,6 +20,9 @@
 #include <mutex>
 #include <vector>
 
+#include <pthread.h>
+#include <signal.h>
+
 // Wait reasons, park times and the workers' counters (docs/observability.md). Always on; a build
 // with -Ddebug_records=false leaves them out, only to measure what they cost.
 #ifndef SKEIN_DEBUG_RECORDS
@@ -222,6 +225,27 @@ inline std::int64_t coarse_clock_ns() noexcept {
 // and counters into its slot at its next turn, then counts `pending` down.
 struct DebugRequest;
 
+// What the debug signal's handler copies on a worker about the fiber it interrupted (the running
+// fiber's record and current stack), in fixed-size fields: the handler may not allocate.
+struct RunningCapture {
+  bool found = false;           // a fiber was running (false: the worker was in its loop)
+  std::uint64_t heartbeat = 0;  // the worker's turn when interrupted (Scheduler::heartbeat)
+  std::uint64_t id = 0;
+  std::uint64_t parent = 0;
+  skein::SourceLocation spawned_at;
+  char name[64] = {};  // cut to 63 bytes
+  Stack stack{};
+  bool cancel_requested = false;
+  bool shielded = false;
+  const char* hooked_call = nullptr;
+  std::size_t frames = 0;
+  std::uintptr_t pcs[64] = {};
+};
+
+// The real-time signal a worker is interrupted with to capture the fiber it runs (the hog
+// watchdog's, and snapshots' for the running fibers): SIGRTMAX - 2. Its handler only unwinds.
+int debug_signal() noexcept;
+
 // The scheduler bound to this thread, or nullptr.
 inline constinit thread_local Scheduler* tl_scheduler = nullptr;
 
@@ -368,9 +392,31 @@ class Scheduler {
   // answers what is queued and refuses later requests. Idempotent.
   void close_debug() noexcept {
     answer_debug(true);
+    std::lock_guard g(capture_mutex_);
+    capture_open_ = false;
   }
-  // This thread, between fibers or from one of its own: copies its records and counters.
-  void copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerStats* stats) const;
+  // This thread, between fibers or from one of its own: copies its records and counters; with
+  // `backtraces`, each suspended fiber's stack too (and the running one's, when it is the caller).
+  void copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerStats* stats,
+                    bool backtraces = false) const;
+
+  // The worker's turn: a counter bumped at every fiber resumption, with idle_beat set while the
+  // loop is idle or answering skein::debug (0 before the first fiber). Any thread (the hog
+  // watchdog reads it; relaxed: a hint, which the debug signal confirms). It stays the same only
+  // while one fiber runs without returning to the loop, or the loop is idle.
+  static constexpr std::uint64_t idle_beat = std::uint64_t{1} << 63;
+  std::uint64_t heartbeat() const noexcept {
+    return heartbeat_.load(std::memory_order_relaxed);
+  }
+  // Whether a heartbeat says a fiber may be running.
+  static bool in_fiber(std::uint64_t beat) noexcept {
+    return beat != 0 && !(beat & idle_beat);
+  }
+  // Any thread but this worker's: interrupts the worker with the debug signal, whose handler
+  // copies the fiber it runs (record and current stack) into `out`. False if the worker's loop has
+  // ended, or no answer came within `timeout` (a thread that keeps the signal blocked); true
+  // otherwise, `out.found` saying whether a fiber was running. Runtime/src/debug.cpp.
+  bool capture_running(RunningCapture& out, std::chrono::milliseconds timeout) noexcept;
 
   // Replaces the idle-time driver (the I/O layer installs its own).
   void set_driver(std::unique_ptr<Driver> driver) noexcept {
@@ -385,6 +431,12 @@ class Scheduler {
     SKEIN_ASSERT_STATE(f, FiberState::ready, "resume");
     running_ = f;
     f->state = FiberState::running;
+#if SKEIN_DEBUG_RECORDS
+    // One relaxed store per resumption (the load is this thread's own last store): what the hog
+    // watchdog watches (docs/observability.md). Counting on from an idle mark keeps it monotonic.
+    heartbeat_.store((heartbeat_.load(std::memory_order_relaxed) & ~idle_beat) + 1,
+                     std::memory_order_relaxed);
+#endif
     switch_context(*home_, *f->resume_at);
     running_ = nullptr;
     if (f->state == FiberState::done) finish(f);
@@ -410,6 +462,7 @@ class Scheduler {
   bool stop_ = false;            // the runtime ended: leave the loop
   ExecContext* home_ = nullptr;  // the context running loop(): fibers switch back to it
   Fiber* running_ = nullptr;
+  std::atomic<std::uint64_t> heartbeat_{0};  // see heartbeat(); beside running_, on a line resume writes
   ReadyQueue ready_;
   NextQueue next_;
   // A round runs at most max(its ready fibers, this) fibers from next_, so a fiber that spawns or
@@ -451,8 +504,16 @@ class Scheduler {
     std::size_t slot;
   };
   std::vector<Asked> debug_asked_;
-  bool debug_open_ = true;     // the loop still runs: requests will be answered
-  bool debug_posted_ = false;  // debug_node_ is in the inbox
+  // The running-fiber capture (capture_running, the debug signal's handler in debug.cpp): one
+  // requester at a time, and none once the loop has ended (its thread may be gone).
+  friend void on_debug_signal(int, siginfo_t*, void*) noexcept;
+  pthread_t thread_;  // the thread it is bound to (its constructor's)
+  std::mutex capture_mutex_;
+  bool capture_open_ = true;                     // under capture_mutex_
+  std::atomic<std::uint32_t> capture_state_{0};  // 0 idle, 1 asked, 2 the handler writes, 3 written
+  RunningCapture* capture_out_ = nullptr;        // written by the requester before asking
+  bool debug_open_ = true;                       // the loop still runs: requests will be answered
+  bool debug_posted_ = false;                    // debug_node_ is in the inbox
   RemoteNode debug_node_{nullptr, nullptr, RemoteNode::Kind::debug};
 };
 
@@ -462,8 +523,10 @@ struct DebugRequest {
   struct Slot {
     std::vector<debug::FiberInfo> fibers;
     debug::WorkerStats stats;
+    RunningCapture running;  // the fiber the worker ran when asked (running.found), by the signal
   };
   bool want_fibers = true;
+  bool want_backtraces = false;
   std::vector<Slot> slots;
   WaitGroup pending;
 };
