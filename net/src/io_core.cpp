@@ -304,6 +304,13 @@ void IoCore::accepted(IoOpState& s, int result, bool more) noexcept {
         }
     return;
   }
+  // -EINVAL: the listener stopped listening (shut down, or closed everywhere): what it queued
+  // will not be accepted here, and its peers learn so now.
+  if (result == -EINVAL && !more) {
+    for (const int fd : q.accepted)
+      if (fd >= 0) syscall(SYS_close, fd);
+    q.accepted.clear();
+  }
   // -ECANCELED is the end of a multishot this core cancelled; any other error ended it and is
   // reported to an accept (EMFILE: the server backs off; a transient one: the next is taken).
   if (result >= 0 || (result != -ECANCELED && !more)) {

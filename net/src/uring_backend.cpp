@@ -225,9 +225,11 @@ class UringBackend final : public IoBackend {
     io_uring_prep_msg_ring(sqe, ring_fd, 0, wake_tag, 0);
     io_uring_sqe_set_data64(sqe, ignore_tag);
     if (skip_success_) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-    // Now: the sleeper waits for it (and this worker may be about to sleep on its futex).
-    io_uring_submit(&ring_);
-    return true;
+    // Now: the sleeper waits for it (and this worker may be about to sleep on its futex). Not
+    // submitted (the ring busy): the caller writes the eventfd instead; the MSG_RING left queued
+    // only wakes the sleeper once more later.
+    const int r = io_uring_submit(&ring_);
+    return r >= 0 && io_uring_sq_ready(&ring_) == 0;
   }
 
   int submit(IoOpState& s) noexcept override {

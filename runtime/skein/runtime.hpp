@@ -52,7 +52,8 @@ struct RuntimeOptions {
   // runtime asking for it lives, skein owns the signal's disposition (the handler only wakes a
   // thread, which dumps); the last such runtime to end restores the one it found. Runtimes may ask
   // for different signals. Throws invalid_argument for SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE,
-  // SIGILL or a number out of range. See docs/observability.md.
+  // SIGILL, SIGRTMAX - 2 (skein's own, docs/observability.md) or a number out of range. SIGINT and
+  // SIGTERM are accepted, but a Server's serve() takes those through a signalfd, so they stop it.
   int dump_signal = 0;
   // The loop-hog watchdog (docs/observability.md): a monitor thread reports a fiber that keeps its
   // worker from the scheduler for longer than this, with its current backtrace, once per episode,

@@ -38,14 +38,16 @@ static_assert(std::atomic<int>::is_always_lock_free && std::atomic<unsigned>::is
 
 void on_dump_signal(int sig) {
   const int saved = errno;
-  handlers_inside.fetch_add(1, std::memory_order_acq_rel);
-  const int fd = write_end.load(std::memory_order_acquire);
+  // seq_cst on both sides (here and in stop_thread): a store then a load of the other flag, which
+  // weaker orders would let both sides miss.
+  handlers_inside.fetch_add(1, std::memory_order_seq_cst);
+  const int fd = write_end.load(std::memory_order_seq_cst);
   if (fd >= 0) {
     const auto byte = static_cast<unsigned char>(sig);
     // Non-blocking: with the pipe full, a dump is pending anyway.
     [[maybe_unused]] const ssize_t n = ::write(fd, &byte, 1);
   }
-  handlers_inside.fetch_sub(1, std::memory_order_acq_rel);
+  handlers_inside.fetch_sub(1, std::memory_order_seq_cst);
   errno = saved;
 }
 
@@ -93,8 +95,8 @@ DumpSignals& dump_signals() {
 // Closes the pipe once no handler is inside it, then lets the thread go: joined, unless the
 // caller is a worker, which the thread may be waiting on in dump() (it then ends by itself).
 void stop_thread(DumpSignals& s) noexcept {
-  const int fd = write_end.exchange(-1, std::memory_order_acq_rel);
-  while (handlers_inside.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  const int fd = write_end.exchange(-1, std::memory_order_seq_cst);
+  while (handlers_inside.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
   ::close(fd);
   if (Scheduler::current())
     s.thread.detach();
@@ -107,7 +109,7 @@ void stop_thread(DumpSignals& s) noexcept {
 void hold_dump_signal(int sig) {
   if (sig == 0) return;
   if (sig < 1 || sig >= NSIG || sig == SIGKILL || sig == SIGSTOP || sig == SIGSEGV || sig == SIGBUS ||
-      sig == SIGFPE || sig == SIGILL)
+      sig == SIGFPE || sig == SIGILL || sig == debug_signal())
     fail(EINVAL, "signal " + std::to_string(sig) + " cannot be used");
   DumpSignals& s = dump_signals();
   std::lock_guard lock(s.mutex);
@@ -129,7 +131,9 @@ void hold_dump_signal(int sig) {
     struct sigaction action {};
     action.sa_handler = on_dump_signal;
     sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESTART;
+    // SA_ONSTACK: the handler may interrupt a fiber near its guard page; workers have an
+    // alternate signal stack.
+    action.sa_flags = SA_RESTART | SA_ONSTACK;
     if (::sigaction(sig, &action, &h.previous) != 0) {
       const int err = errno;
       if (s.total == 0) stop_thread(s);

@@ -70,12 +70,14 @@ int pick_by_server_name(SSL* ssl, int* alert, void* arg) noexcept {
   try {
     std::optional<TlsContext> picked = c->pick(name);
     if (picked && picked->native_handle() != c->ctx) {
-      // Its certificate, chain and key on this connection; this context's callbacks (ALPN) stay.
+      // Its certificate, chain and key on this connection, in place of every certificate of this
+      // context (of any key type); this context's other settings (ALPN, verification) stay.
       SSL_CTX* p = picked->native_handle();
       X509* cert = SSL_CTX_get0_certificate(p);
       EVP_PKEY* key = SSL_CTX_get0_privatekey(p);
       STACK_OF(X509)* chain = nullptr;
       SSL_CTX_get0_chain_certs(p, &chain);
+      SSL_certs_clear(ssl);
       if (!cert || !key || SSL_use_certificate(ssl, cert) != 1 || SSL_use_PrivateKey(ssl, key) != 1 ||
           SSL_set1_chain(ssl, chain) != 1) {
         *alert = SSL_AD_INTERNAL_ERROR;

@@ -257,7 +257,10 @@ void TlsStreamImpl::handshake(Deadline deadline) {
   constexpr const char* what = "skein::TlsStream::handshake";
   if (broken) throw_broken(what);
   try {
-    drive([this] { return SSL_do_handshake(ssl); }, deadline, what);
+    // 0: the peer's close_notify came before the handshake ended, which is no session at all.
+    if (drive([this] { return SSL_do_handshake(ssl); }, deadline, what) == 0)
+      throw std::system_error(make_error_code(tls_errc::handshake_failed),
+                              std::string(what) + ": the peer closed the session during the handshake");
     flush(deadline, what);  // the last flight (a client's Finished, a server's tickets)
   } catch (...) {
     broken = failed = true;
@@ -288,6 +291,11 @@ std::size_t TlsStreamImpl::write(std::string_view data, Deadline deadline) {
   flush(deadline, what);  // records of earlier calls first; nothing of `data` is sealed yet
   const std::size_t len = std::min(data.size(), write_chunk);
   const int n = drive([&] { return SSL_write(ssl, data.data(), static_cast<int>(len)); }, deadline, what);
+  if (n == 0) {  // the peer's close_notify ended a handshake SSL_write had to finish: nothing sent
+    broken = true;
+    throw std::system_error(std::make_error_code(std::errc::broken_pipe),
+                            std::string(what) + ": the peer closed the TLS session");
+  }
   try {
     flush(deadline, what);
   } catch (...) {
