@@ -153,13 +153,28 @@ TEST_SUITE("debug-signal") {
   TEST_CASE("skein::run dumps on its signal from inside a fiber's wait") {
     CaptureStderr err;
     const bool seen = skein::run(options_with(SIGUSR1), [&] {
-      // worker 0 is this thread, which takes the signal; it answers the dump once this fiber sleeps.
-      ::raise(SIGUSR1);
-      for (auto until = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < until;) {
-        if (err.count("\"main\" parked: sleep") > 0) return true;
+      // A thread of its own sends the signals: a dump asked for while this fiber runs shows it
+      // running, so it waits parked, and every dump meanwhile should find it asleep.
+      std::atomic<bool> stop{false};
+      std::thread sender([&] {
+        sigset_t usr1;
+        sigemptyset(&usr1);
+        sigaddset(&usr1, SIGUSR1);
+        pthread_sigmask(SIG_UNBLOCK, &usr1, nullptr);  // a worker's thread mask blocks it
+        while (!stop) {
+          ::raise(SIGUSR1);  // handled on this thread before raise returns
+          std::this_thread::sleep_for(100ms);
+        }
+      });
+      bool found = false;
+      for (auto until = std::chrono::steady_clock::now() + 10s;
+           !found && std::chrono::steady_clock::now() < until;) {
         skein::sleep_for(5ms);
+        found = err.count("\"main\" parked: sleep") > 0;
       }
-      return false;
+      stop = true;
+      sender.join();  // before the runtime ends and gives SIGUSR1 back its default
+      return found;
     });
     CHECK(seen);
   }
