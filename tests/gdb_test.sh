@@ -5,6 +5,11 @@
 #
 #   gdb_test.sh GDB_TARGET SKEIN_GDB_PY [B_SANITIZE] [CONTEXT]
 #
+# In a cross build (meson test sets MESON_EXE_WRAPPER, e.g. `qemu-aarch64 -L SYSROOT`) the target
+# runs under the wrapper's gdb stub (`-g PORT`) and gdb-multiarch connects to it: the live session
+# only, as gdb cannot place a position-independent program in qemu-user's core files (they carry
+# no auxiliary vector).
+#
 # Exits 77 (skipped) where gdb or its Python is missing.
 set -u
 target=$1
@@ -12,17 +17,31 @@ script=$2
 sanitize=${3:-none}
 context=${4:-asm}
 
-if ! command -v gdb >/dev/null 2>&1; then
-  echo "gdb is not installed: skipped"
+# shellcheck disable=SC2086
+set -- ${MESON_EXE_WRAPPER:-}
+wrapper="$*"
+gdb=gdb
+sysroot=
+if [ -n "$wrapper" ]; then
+  gdb=gdb-multiarch
+  while [ $# -gt 0 ]; do
+    [ "$1" = -L ] && [ $# -gt 1 ] && sysroot=$2
+    shift
+  done
+fi
+
+if ! command -v "$gdb" >/dev/null 2>&1; then
+  echo "$gdb is not installed: skipped"
   exit 77
 fi
-if ! gdb -nx -batch -ex 'python import gdb.unwinder' >/dev/null 2>&1; then
-  echo "this gdb has no Python (or no gdb.unwinder): skipped"
+if ! "$gdb" -nx -batch -ex 'python import gdb.unwinder' >/dev/null 2>&1; then
+  echo "this $gdb has no Python (or no gdb.unwinder): skipped"
   exit 77
 fi
 
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+stub_pid=
+trap '[ -n "$stub_pid" ] && kill "$stub_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
 failures=0
 
 fail() {
@@ -105,9 +124,19 @@ bt -frame-arguments none
 EOF
 }
 
+# Under a wrapper: the target waits in the wrapper's gdb stub on a free loopback port.
+if [ -n "$wrapper" ]; then
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # shellcheck disable=SC2086
+  $wrapper -g "$port" "$target" > "$tmp/stub.txt" 2>&1 &
+  stub_pid=$!
+  sleep 1
+fi
+
 # Live: stop at the target's breakpoint, look, write a core file.
 {
   echo 'set pagination off'
+  [ -n "$sysroot" ] && echo "set sysroot $sysroot"
   echo "source $script"
   # Before the process exists, then before its first runtime.
   cat <<'EOF'
@@ -117,8 +146,16 @@ try:
 except gdb.error as e:
     print(e)
 end
-break main
-run
+EOF
+  if [ -n "$wrapper" ]; then
+    echo "target remote 127.0.0.1:$port"
+    echo 'break main'
+    echo 'continue'
+  else
+    echo 'break main'
+    echo 'run'
+  fi
+  cat <<'EOF'
 python
 try:
     gdb.execute("skein fibers")
@@ -131,25 +168,27 @@ EOF
   commands
   # gcore stops copying a mapping at its first unreadable page; the sanitizers' shadow memory
   # would also make it huge. Only plain builds write one.
-  [ "$sanitize" = none ] && echo "generate-core-file $tmp/core"
+  [ "$sanitize" = none ] && [ -z "$wrapper" ] && echo "generate-core-file $tmp/core"
   echo 'kill'
 } > "$tmp/live.gdb"
 start=$(date +%s)
-gdb -nx -batch -x "$tmp/live.gdb" --args "$target" > "$tmp/live.txt" 2>&1 </dev/null
-echo "live session (context $context, sanitizer $sanitize):"
+"$gdb" -nx -batch -x "$tmp/live.gdb" --args "$target" > "$tmp/live.txt" 2>&1 </dev/null
+echo "live session (context $context, sanitizer $sanitize${wrapper:+, under $wrapper}):"
 cat "$tmp/live.txt"
 check "$tmp/live.txt" live
 expect "$tmp/live.txt" 'skein: no process or core file to look at' "live: skein fibers before run"
 expect "$tmp/live.txt" 'skein: no skein runtime has been created in this process yet' "live: skein fibers at main"
 
-if [ "$sanitize" = none ]; then
+if [ -n "$wrapper" ]; then
+  echo "core file session: left out under $wrapper"
+elif [ "$sanitize" = none ]; then
   if [ -s "$tmp/core" ]; then
     commands > "$tmp/core.gdb"
-    gdb -nx -batch -x "$tmp/core.gdb" "$target" "$tmp/core" > "$tmp/core.txt" 2>&1 </dev/null
+    "$gdb" -nx -batch -x "$tmp/core.gdb" "$target" "$tmp/core" > "$tmp/core.txt" 2>&1 </dev/null
     echo "core file session:"
     cat "$tmp/core.txt"
     check "$tmp/core.txt" core
-    expect "$tmp/core.txt" '(a core file: waiting times are' "core: skein fibers says its times are lower bounds"
+    expect "$tmp/core.txt" '(not a live local process: waiting times are' "core: skein fibers says its times are lower bounds"
   else
     fail "gdb wrote no core file"
   fi

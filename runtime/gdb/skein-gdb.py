@@ -790,8 +790,9 @@ class _FibersCommand(gdb.Command):
     """List every fiber of every skein runtime, with what it waits on and since when.
 Columns: id, worker, state, what it waits on, for how long, name, parent and spawn site.
 Usage: skein fibers [TEXT]   (only the fibers whose line contains TEXT)
-Waiting times of a live process are the host's clock minus the park's start; in a core file they
-are measured to the workers' last clock reading (shown as >=, a lower bound)."""
+Waiting times of a live local process are the host's clock minus the park's start; in a core file
+or a remote process (gdbserver, qemu-user's stub) they are measured to the workers' last clock
+reading (shown as >=, a lower bound)."""
 
     def __init__(self):
         super().__init__("skein fibers", gdb.COMMAND_STACK)
@@ -829,7 +830,7 @@ are measured to the workers' last clock reading (shown as >=, a lower bound)."""
             if not text or text in line:
                 gdb.write(line + "\n")
         if not exact and any(f.state == 2 for f in fibers):
-            gdb.write("(a core file: waiting times are up to the workers' last clock reading, lower bounds)\n")
+            gdb.write("(not a live local process: waiting times are up to the workers' last clock reading, lower bounds)\n")
 
 
 class _BtCommand(gdb.Command):
