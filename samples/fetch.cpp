@@ -797,8 +797,9 @@ int main(int argc, char** argv) {
   std::printf("%zu fetched, %zu failed, %llu bytes in %.3f s (the fetches one after another: %.3f s)\n",
               results.size() - failed, failed, static_cast<unsigned long long>(bytes), elapsed, sum);
   std::printf(
-      "%u connections opened for %u requests (%u on a reused connection, %u retried), %u redirects "
+      "%u connection%s opened for %u request%s (%u on a reused connection, %u retried), %u redirect%s "
       "followed\n",
-      opened, requests, reuses, retries, redirects);
+      opened, opened == 1 ? "" : "s", requests, requests == 1 ? "" : "s", reuses, retries, redirects,
+      redirects == 1 ? "" : "s");
   return failed == 0 ? 0 : 1;
 }
