@@ -430,10 +430,32 @@ class ResponseReader {
   std::string error_;  // a callback's failure (the output file), thrown by feed()
 };
 
-// The https settings every fetch shares: one TLS context (its session cache too).
-struct TlsSettings {
+// The https settings every fetch shares: one TLS context (its session cache too), made when the
+// first https URL needs it (loading the system's CAs is most of a plain run's start-up time).
+class TlsSettings {
+ public:
+  TlsSettings(std::string cacert, bool insecure) : cacert_(std::move(cacert)), insecure_(insecure) {}
+
 #if SKEIN_SAMPLES_TLS
-  std::optional<skein::TlsContext> context;
+  // The context; throws std::system_error if the CAs cannot be loaded. Any thread or fiber.
+  const skein::TlsContext& context() {
+    std::lock_guard lock(mutex_);  // held while loading: a fiber never parks in there
+    if (!context_) {
+      skein::TlsContext c = skein::TlsContext::client();
+      if (!cacert_.empty()) c.clear_trust().trust_ca_file(cacert_);
+      if (insecure_) c.disable_verification();
+      context_ = std::move(c);
+    }
+    return *context_;
+  }
+#endif
+
+ private:
+  std::string cacert_;
+  bool insecure_;
+#if SKEIN_SAMPLES_TLS
+  std::mutex mutex_;
+  std::optional<skein::TlsContext> context_;
 #endif
 };
 
@@ -465,7 +487,7 @@ struct Origin {
 // Every origin's connections. Lives inside skein::run: its sockets are closed there.
 class Pool {
  public:
-  Pool(std::size_t per_host, const TlsSettings& tls) : per_host_(per_host), tls_(tls) {}
+  Pool(std::size_t per_host, TlsSettings& tls) : per_host_(per_host), tls_(tls) {}
 
   Origin& origin(const std::string& key) {
     std::lock_guard lock(mutex_);
@@ -483,7 +505,7 @@ class Pool {
     if (!quiet) std::printf("[%zu] connected to %s (connection %u)\n", index, c->peer.c_str(), c->number);
 #if SKEIN_SAMPLES_TLS
     if (url.tls()) {
-      c->secure.emplace(std::move(*c->plain), *tls_.context, url.host);
+      c->secure.emplace(std::move(*c->plain), tls_.context(), url.host);
       c->plain.reset();
       c->secure->handshake(deadline);
       if (!quiet)
@@ -501,7 +523,7 @@ class Pool {
 
  private:
   std::size_t per_host_;
-  const TlsSettings& tls_;
+  TlsSettings& tls_;
   std::mutex mutex_;  // guards origins_; never held across a wait
   std::map<std::string, std::unique_ptr<Origin>> origins_;
   std::atomic<unsigned> opened_{0};
@@ -572,6 +594,12 @@ void exchange(Connection& c, const Url& url, ResponseReader& reader, skein::Dead
                               "\r\nUser-Agent: skein-fetch\r\nAccept: */*\r\n\r\n";
   stream.write_all(request, deadline);
   std::array<char, 16 * 1024> buffer;
+  const auto closed = [&](const char* how) {
+    throw std::runtime_error(
+        std::string(got_bytes ? "the server closed the connection before the response was complete"
+                              : "the server closed the connection without a response") +
+        how);
+  };
   while (!reader.complete()) {
     std::size_t n = 0;
     try {
@@ -580,17 +608,16 @@ void exchange(Connection& c, const Url& url, ResponseReader& reader, skein::Dead
 #if SKEIN_SAMPLES_TLS
       // Many servers end a body that runs to the close without TLS's close_notify; as for a plain
       // connection, the close is then the only end such a body has.
-      if (!(e.code() == skein::tls_errc::truncated && reader.headers_done() && reader.eof_body())) throw;
+      if (e.code() != skein::tls_errc::truncated) throw;
+      if (!(reader.headers_done() && reader.eof_body())) closed(" (TLS: no close_notify)");
 #else
       throw;
 #endif
     }
+    if (n == 0 && !(reader.headers_done() && reader.eof_body())) closed("");
     if (n > 0) got_bytes = true;
-    const std::size_t used = reader.feed(buffer.data(), n);  // n == 0 tells the parser the stream ended
-    if (n == 0 && !reader.complete())
-      throw std::runtime_error(got_bytes ? "the server closed the connection before the response was complete"
-                                         : "the server closed the connection without a response");
-    if (reader.complete() && used < n) leftover = true;  // unasked-for bytes: do not reuse
+    const std::size_t used = reader.feed(buffer.data(), n);  // n == 0 ends a body that runs to the close
+    if (reader.complete() && used < n) leftover = true;      // unasked-for bytes: do not reuse
   }
 }
 
@@ -653,9 +680,9 @@ Result fetch(std::size_t index, const Url& first, const Options& options, Pool& 
       ++result.redirects;
       if (!options.quiet) std::printf("[%zu] redirect %d -> %s\n", index, reader.status(), url.text.c_str());
     }
-    if (out && !out->commit()) throw std::runtime_error(out->error());
     result.ok = reader.status() < 400;
     if (!result.ok) result.error = "HTTP status " + std::to_string(reader.status());
+    if (result.ok && out && !out->commit()) throw std::runtime_error(out->error());
     if (!options.follow && is_redirect(reader.status()) && !options.quiet)
       std::printf("[%zu] redirect %d to %s not followed (-L follows redirects)\n", index, reader.status(),
                   reader.location().c_str());
@@ -730,15 +757,19 @@ int main(int argc, char** argv) {
     std::fclose(f);
     std::remove(probe.c_str());
   }
-  TlsSettings tls;
+  TlsSettings tls{std::string(cacert), insecure};
 #if SKEIN_SAMPLES_TLS
-  try {
-    tls.context = skein::TlsContext::client();
-    if (!cacert.empty()) tls.context->clear_trust().trust_ca_file(std::string(cacert));
-    if (insecure) tls.context->disable_verification();
-  } catch (const std::system_error& e) {
-    std::fprintf(stderr, "fetch: %s\n", e.what());
-    return 1;
+  // A bad --cacert is an error before anything is fetched when https URLs are given; otherwise it
+  // fails the first redirect to one.
+  bool any_https = false;
+  for (const Url& t : targets) any_https = any_https || t.tls();
+  if (any_https) {
+    try {
+      tls.context();
+    } catch (const std::system_error& e) {
+      std::fprintf(stderr, "fetch: %s\n", e.what());
+      return 1;
+    }
   }
 #else
   if (!cacert.empty() || insecure) cli::usage_error("--cacert and --insecure need skein built with TLS");
