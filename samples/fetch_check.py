@@ -7,7 +7,7 @@
     fetch_check.py bodies      FETCH   Content-Length, chunked, 'Connection: close', EOF-delimited,
                                        HTTP/1.0, 1xx interim responses, empty bodies
     fetch_check.py redirects   FETCH   -L through 301/302/303/307/308 with relative and absolute
-                                       Locations, --max-redirs, a loop, no -L
+                                       Locations, to another origin, --max-redirs, a loop, no -L
     fetch_check.py retry       FETCH   a server that closes every kept-alive connection after one
                                        response: the next request goes again on a new connection
     fetch_check.py https       FETCH   keep-alive, bodies, the retry and redirects over TLS with a
@@ -177,6 +177,8 @@ class TestServer:
                 5: (308, "/len/1000"),                                  # absolute path
             }[step]
             self._redirect(sock, status, location)
+        elif kind == "away":  # to another origin: /away/PORT -> http://127.0.0.1:PORT/len/50
+            self._redirect(sock, 302, f"http://127.0.0.1:{arg}/len/50")
         elif kind == "loop":
             self._redirect(sock, 302, "/loop")
         elif kind == "status":
@@ -325,11 +327,18 @@ def check_redirects(fetch_exe):
         expect(loops == 11, f"a loop with the default of 10 redirects sent {loops} requests")
         t = totals(out)
         expect(t["opened"] == 1 and t["requests"] == 17 and t["redirects"] == 15, f"totals {t}\n{out}")
-        out = run_fetch(fetch_exe, "--location", "--max-redirs=1", f"{base}/chain/1", f"{base}/chain/5",
-                        expect_code=1)
+        # --max-redirs; and a redirect to another origin, which gets a connection of its own.
+        with TestServer() as other:
+            out = run_fetch(fetch_exe, "--location", "--max-redirs=1", f"{base}/chain/1", f"{base}/chain/5",
+                            f"{base}/away/{other.port}", expect_code=1)
+            expect(other.connections == 1 and [t for _, t in other.requests] == ["/len/50"],
+                   f"the other origin saw {other.connections} connections, requests {other.requests}")
         expect(re.search(r"^  \[1\] .*  FAILED \(too many redirects \(more than 1\)\)", out, re.M),
                f"--max-redirs 1:\n{out}")
         check_ok(out, 2, f"{base}/chain/5", 1000, r"connection \d \((new|reused)\), 1 redirect")
+        check_ok(out, 3, f"{base}/away/{other.port}", 50, r"connection \d \(new\), 1 redirect")
+        expect(re.search(rf"^\[3\] redirect 302 -> http://127\.0\.0\.1:{other.port}/len/50$", out, re.M),
+               f"redirect to the other origin:\n{out}")
         # Without -L a redirect is the result.
         out = run_fetch(fetch_exe, f"{base}/chain/1")
         line = summary_line(out, 1)
