@@ -309,7 +309,8 @@ class ResponseReader {
   std::size_t feed(const char* data, std::size_t size) {
     std::size_t used = execute(data, size);
     while (complete_ && parser_.status_code / 100 == 1 && parser_.status_code != 101) {
-      reset();  // a 1xx: the real response follows
+      reset();                        // a 1xx: the real response follows
+      if (used == size) return used;  // in a later read (0 bytes would tell the parser "end of stream")
       used += execute(data + used, size - used);
     }
     return used;
