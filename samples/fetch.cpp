@@ -522,6 +522,30 @@ class Pool {
     return opened_.load();
   }
 
+  // Closes the idle connections, an https one with close_notify (the server then knows nothing was
+  // cut off); a peer that no longer reads is not waited for long.
+  void close_idle() {
+    std::vector<std::unique_ptr<Connection>> idle;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& [key, origin] : origins_) {
+        std::lock_guard idle_lock(origin->mutex);
+        for (auto& c : origin->idle) idle.push_back(std::move(c));
+        origin->idle.clear();
+      }
+    }
+#if SKEIN_SAMPLES_TLS
+    for (auto& c : idle) {
+      if (!c->secure) continue;
+      try {
+        c->secure->shutdown(std::chrono::milliseconds(200));
+      } catch (const std::exception&) {
+        // The server closed it already: nothing to tell it.
+      }
+    }
+#endif
+  }
+
  private:
   std::size_t per_host_;
   TlsSettings& tls_;
@@ -790,6 +814,7 @@ int main(int argc, char** argv) {
                          [&targets, &options, &pool, i] { return fetch(i + 1, targets[i], options, pool); }));
       }
       auto all = skein::join_all(tasks);  // asyncio.wait: every fetch runs at once
+      pool.close_idle();
       opened = pool.opened();
       return all;
     });
