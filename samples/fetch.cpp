@@ -705,9 +705,10 @@ Result fetch(std::size_t index, const Url& first, const Options& options, Pool& 
       ++result.redirects;
       if (!options.quiet) std::printf("[%zu] redirect %d -> %s\n", index, reader.status(), url.text.c_str());
     }
-    result.ok = reader.status() < 400;
+    const bool good = reader.status() < 400;
+    if (good && out && !out->commit()) throw std::runtime_error(out->error());
+    result.ok = good;
     if (!result.ok) result.error = "HTTP status " + std::to_string(reader.status());
-    if (result.ok && out && !out->commit()) throw std::runtime_error(out->error());
     if (!options.follow && is_redirect(reader.status()) && !options.quiet)
       std::printf("[%zu] redirect %d to %s not followed (-L follows redirects)\n", index, reader.status(),
                   reader.location().c_str());
