@@ -453,7 +453,7 @@ class TlsSettings {
 
  private:
   std::string cacert_;
-  bool insecure_;
+  [[maybe_unused]] bool insecure_;  // unused without TLS
 #if SKEIN_SAMPLES_TLS
   std::mutex mutex_;
   std::optional<skein::TlsContext> context_;
@@ -548,8 +548,8 @@ class Pool {
 
  private:
   std::size_t per_host_;
-  TlsSettings& tls_;
-  std::mutex mutex_;  // guards origins_; never held across a wait
+  [[maybe_unused]] TlsSettings& tls_;  // unused without TLS
+  std::mutex mutex_;                   // guards origins_; never held across a wait
   std::map<std::string, std::unique_ptr<Origin>> origins_;
   std::atomic<unsigned> opened_{0};
 };
