@@ -543,10 +543,10 @@ def check_fetch(server_exe, fetch_exe):
         for i in (1, 2, 3):
             expect(re.search(rf"^\[{i}\] header > HTTP/1\.1 200 OK$", out, re.M), f"[{i}] status line:\n{out}")
             expect(re.search(rf"^\[{i}\] header > Content-Type: text/html", out, re.M), f"[{i}] headers:\n{out}")
-            expect(re.search(rf"^\[{i}\] header > Connection: close$", out, re.M), f"[{i}] Connection:\n{out}")
         expect(re.search(r"^\[1\] header > Content-Length: 19$", out, re.M), f"[1] length:\n{out}")
         expect(re.search(r"^\[3\] header > Content-Length: 25$", out, re.M), f"[3] length:\n{out}")
-        expect(re.search(rf"^  \[1\] {re.escape(base)}/  200 OK  19 bytes  [0-9.]+ s$", out, re.M),
+        expect(re.search(rf"^  \[1\] {re.escape(base)}/  200 OK  19 bytes  [0-9.]+ s  connection \d+ \((new|reused)\)$",
+                         out, re.M),
                f"summary [1]:\n{out}")
         expect(re.search(rf"^  \[2\] {re.escape(base)}/world  200 OK  21 bytes", out, re.M), f"summary [2]:\n{out}")
         expect(re.search(r"^3 fetched, 0 failed, 65 bytes in [0-9.]+ s", out, re.M), f"totals:\n{out}")
