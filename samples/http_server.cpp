@@ -16,6 +16,10 @@
 // HTTP logic, samples/http/), write the responses, and stop when the session says so or the peer
 // goes away. Reads and writes park only that fiber, so thousands of connections share one thread.
 // Unlike the Python, {name} is HTML-escaped: "/%3Cscript%3E" must not put a script on the page.
+//
+// With --tls-cert and --tls-key the same app is served over TLS (ALPN http/1.1): the connection's
+// fiber runs the handshake, then the same loop over the TlsStream (the loop is a template, so the
+// plain path stays calls on the Stream itself).
 
 #include <skein/skein.hpp>
 
@@ -41,9 +45,9 @@ using skein_samples::http::HttpSession;
 
 constexpr const char* kUsage =
     "usage: http_server [--host H] [--port P] [--threads N] [--idle-timeout S] [--delay-ms N]\n"
-    "                   [--debug-dump[=SIG]] [--debug-routes]\n"
+    "                   [--tls-cert FILE --tls-key FILE] [--debug-dump[=SIG]] [--debug-routes]\n"
     "\n"
-    "Serves a small aiohttp app's routes over HTTP/1.1, one fiber per connection:\n"
+    "Serves a small aiohttp app's routes over HTTP/1.1 (or HTTPS), one fiber per connection:\n"
     "  GET /        -> <h1>Index Page</h1>\n"
     "  GET /{name}  -> <h1>Hello, {name}</h1>\n"
     "Prints 'listening on HOST:PORT' once it accepts connections. Ctrl-C or SIGTERM stops it: it\n"
@@ -57,6 +61,11 @@ constexpr const char* kUsage =
     "                     stalls that long fails too); 0 waits forever; default 60\n"
     "  --delay-ms N       wait N ms (parking only that connection's fiber) before each\n"
     "                     response, 0..60000; default 0\n"
+    "  --tls-cert FILE    serve HTTPS (ALPN http/1.1) with this certificate chain (PEM, leaf\n"
+    "                     first); needs --tls-key. A client has 10 s to complete its handshake;\n"
+    "                     a failed handshake drops only that connection (the first few are\n"
+    "                     logged to stderr, the rest counted in /debug/stats)\n"
+    "  --tls-key FILE     the certificate's private key (PEM)\n"
     "  --debug-dump[=SIG] print every fiber (what it waits for, since when, where it was\n"
     "                     spawned) to stderr on signal SIG, SIGUSR1 (the default), SIGUSR2\n"
     "                     or SIGQUIT, and go on serving: try kill -USR1 PID\n"
@@ -107,6 +116,10 @@ bool debug_route(std::string_view path, std::string& body) {
     }
     body += "total: ";
     append_counters(body, stats.total);
+    const auto& tls = skein_samples::tls_counters;
+    body += "tls: " + std::to_string(tls.handshakes.load(std::memory_order_relaxed)) + " handshakes (" +
+            std::to_string(tls.resumed.load(std::memory_order_relaxed)) + " resumed), " +
+            std::to_string(tls.failed.load(std::memory_order_relaxed)) + " failed\n";
     return true;
   }
   return false;
@@ -118,12 +131,24 @@ skein::Deadline idle_deadline(const Config& config) {
   return skein::Deadline(config.idle_timeout);
 }
 
+// Ends the sending direction: a FIN, or close_notify and then a FIN.
+void end_writes(skein::Stream& stream) {
+  stream.shutdown(skein::Shutdown::write);
+}
+#if SKEIN_SAMPLES_TLS
+void end_writes(skein::TlsStream& stream) {
+  stream.shutdown(std::chrono::seconds(2));
+  stream.stream().shutdown(skein::Shutdown::write);
+}
+#endif
+
 // Closes gracefully after an error response: stop writing, then read and drop what the peer still
 // sends for a moment. Closing with unread bytes in the socket makes the kernel send a reset, which
 // can destroy our response in the peer's receive queue before it has read it.
-void linger_close(skein::Stream& stream, std::span<char> buffer) {
+template <class S>
+void linger_close(S& stream, std::span<char> buffer) {
   try {
-    stream.shutdown(skein::Shutdown::write);
+    end_writes(stream);
     const skein::Deadline until(std::chrono::seconds(2));
     std::size_t drained = 0;
     while (drained < 1024 * 1024) {
@@ -136,7 +161,9 @@ void linger_close(skein::Stream& stream, std::span<char> buffer) {
   }
 }
 
-void handle_connection(skein::Stream stream, const Config& config) {
+// One connection, plain (skein::Stream) or TLS (skein::TlsStream).
+template <class S>
+void handle_connection(S& stream, const Config& config) {
   HttpSession session;
   if (config.debug_routes) session.set_extra_routes(debug_route);
   std::array<char, 16 * 1024> buffer;
@@ -164,6 +191,7 @@ int main(int argc, char** argv) {
   cli::program = "http_server";
   Config config;
   skein_samples::ServerFlags flags(8080);
+  flags.offer_tls({"http/1.1"});
   for (int i = 1; i < argc; ++i) {
     std::string_view value;
     if (cli::is_help(argv[i])) {
@@ -181,12 +209,12 @@ int main(int argc, char** argv) {
     }
   }
 
+  flags.finish();
+
   cli::check_io_backend();
   try {
     skein::run(flags.runtime_options(), [&config, &flags] {
-      skein_samples::listen_and_serve(flags.host, flags.port, [&config](skein::Stream stream) {
-        handle_connection(std::move(stream), config);
-      });
+      skein_samples::listen_and_serve(flags, [&config](auto& stream) { handle_connection(stream, config); });
     });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "http_server: %s\n", e.what());
