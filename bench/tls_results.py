@@ -20,7 +20,7 @@ import time
 
 PARTS = ("keepalive", "pipelined", "full", "resume")
 UNIT = {"keepalive": "request", "pipelined": "request", "full": "handshake", "resume": "handshake"}
-SERVERS = ("nginx", "http_server")
+SERVERS = ("nginx", "http_server", "http_server-epoll")  # http_server: its default backend
 
 
 def wrk_result(path):
@@ -94,13 +94,16 @@ def main():
 
     table = []
     for part in PARTS:
-        n, s = medians[part]["nginx"], medians[part]["http_server"]
-        if n["rate"] is None and s["rate"] is None:
+        n, s, e = (medians[part][x] for x in SERVERS)
+        if n["rate"] is None and s["rate"] is None and e["rate"] is None:
             continue
         table.append({"part": part, "unit": UNIT[part], "nginx_per_s": n["rate"], "http_server_per_s": s["rate"],
                       "rate_ratio": ratio(s["rate"], n["rate"]), "nginx_cpu_us": n["cost_us"],
                       "http_server_cpu_us": s["cost_us"], "cpu_ratio": ratio(s["cost_us"], n["cost_us"]),
-                      "nginx_resumed": n.get("reused_fraction"), "http_server_resumed": s.get("reused_fraction")})
+                      "http_server_epoll_per_s": e["rate"], "epoll_rate_ratio": ratio(e["rate"], n["rate"]),
+                      "http_server_epoll_cpu_us": e["cost_us"], "epoll_cpu_ratio": ratio(e["cost_us"], n["cost_us"]),
+                      "nginx_resumed": n.get("reused_fraction"), "http_server_resumed": s.get("reused_fraction"),
+                      "http_server_epoll_resumed": e.get("reused_fraction")})
 
     targets = []
     for ka in (row for row in table if row["part"] in ("keepalive", "pipelined")):
@@ -115,7 +118,7 @@ def main():
     rs = next((row for row in table if row["part"] == "resume"), None)
     if rs:
         for server in SERVERS:
-            v = rs[f"{server}_resumed"]
+            v = rs[f"{server.replace('-', '_')}_resumed"]
             targets.append({"what": f"{server} resumes the offered sessions (lowest share over runs)",
                             "target": ">= 0.9", "value": v,
                             "verdict": "not measured" if v is None else ("PASS" if v >= 0.9 else "MISS")})
@@ -153,19 +156,25 @@ def main():
     fr = lambda x: f"{x:.2f}x" if x else "-"
     fc = lambda x: f"{x:.1f}" if x else "-"
     fp = lambda x: f"{100 * x:.0f}%" if x is not None else "-"
-    print(f"\nTLS 1.3 {setup.get('suite', '')} {setup.get('group', '')}, {setup.get('key', '')} certificate;"
-          f" negotiated: nginx '{setup.get('negotiated_nginx', '')}', http_server '{setup.get('negotiated_http_server', '')}'")
-    print(f"  {'part':<10} {'nginx/s':>10} {'http_server/s':>14} {'ratio':>7}   {'nginx us':>9} {'skein us':>9} {'ratio':>7}   resumed (nginx, skein)")
+    print(f"\nTLS 1.3 {setup.get('suite', '')} {setup.get('group', '')}, {setup.get('key', '')} certificate; negotiated:"
+          f" nginx '{setup.get('negotiated_nginx', '')}', http_server '{setup.get('negotiated_http_server', '')}',"
+          f" http_server-epoll '{setup.get('negotiated_http_server_epoll', '')}'")
+    print("  rates per second, and the server's CPU time per request or handshake in us (lower is better);")
+    print("  ratios against nginx. http_server: its default backend; -epoll: SKEIN_IO=epoll")
+    print(f"  {'part':<10} {'nginx':>9} {'http_server':>11} {'ratio':>6} {'-epoll':>9} {'ratio':>6}  |"
+          f" {'nginx':>6} {'skein':>6} {'ratio':>6} {'epoll':>6} {'ratio':>6}  resumed")
     for row in table:
-        res = f"{fp(row['nginx_resumed'])}, {fp(row['http_server_resumed'])}" if row["part"] == "resume" else ""
-        print(f"  {row['part']:<10} {fmt(row['nginx_per_s']):>10} {fmt(row['http_server_per_s']):>14} {fr(row['rate_ratio']):>7}"
-              f"   {fc(row['nginx_cpu_us']):>9} {fc(row['http_server_cpu_us']):>9} {fr(row['cpu_ratio']):>7}   {res}")
-    print("  (us: the server's CPU time per request or handshake, from /proc/PID/stat; lower is better)")
+        res = (f"{fp(row['nginx_resumed'])}, {fp(row['http_server_resumed'])}, {fp(row['http_server_epoll_resumed'])}"
+               if row["part"] == "resume" else "")
+        print(f"  {row['part']:<10} {fmt(row['nginx_per_s']):>9} {fmt(row['http_server_per_s']):>11} {fr(row['rate_ratio']):>6}"
+              f" {fmt(row['http_server_epoll_per_s']):>9} {fr(row['epoll_rate_ratio']):>6}  |"
+              f" {fc(row['nginx_cpu_us']):>6} {fc(row['http_server_cpu_us']):>6} {fr(row['cpu_ratio']):>6}"
+              f" {fc(row['http_server_epoll_cpu_us']):>6} {fr(row['epoll_cpu_ratio']):>6}  {res}")
     low = [r for r in good if r.get("server_cpu_share") is not None and r["wall_s"] > 0
            and max(r["server_cpu_share"], r["client_cpu_s"] / r["wall_s"]) < 0.8]
     if low:
-        print("  ! kept with neither side at 80% of its core (other load on the machine): "
-              + ", ".join(f"{r['part']} {r['server']} rep {r['rep']}" for r in low))
+        print(f"  ! {len(low)} of {len(good)} runs kept with neither side at 80% of its core (other load on the"
+              " machine): compare the CPU-per-request figures, which such sharing distorts far less")
     print("\nTargets:")
     for t in targets:
         print(f"  {t['verdict']:<12} {t['what']} {t['target']}  (measured {t['value']})")
