@@ -150,6 +150,16 @@ class Load {
     if (ep_ < 0) die("epoll_create1");
   }
 
+  ~Load() {
+    for (Conn& c : conns_) {
+      if (c.ssl) release(c);
+      SSL_SESSION_free(c.session);
+    }
+    close(ep_);
+  }
+  Load(const Load&) = delete;
+  Load& operator=(const Load&) = delete;
+
   int run() {
     const Clock::time_point begin = Clock::now();
     for (std::size_t i = 0; i < conns_.size(); ++i) start(i);
@@ -499,8 +509,11 @@ int main(int argc, char** argv) {
   SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
   // Sessions live in the connections (SSL_get1_session), not in OpenSSL's cache.
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-  Load load(o, ctx);
-  const int status = load.run();
+  int status;
+  {
+    Load load(o, ctx);
+    status = load.run();
+  }
   SSL_CTX_free(ctx);
   return status;
 }
