@@ -14,7 +14,8 @@
 // Here a connection is echoed until the peer closes it, not for one message only, and the
 // "Received" line is printed only with --verbose (it would dominate a benchmark). The handler is
 // the plain blocking loop: read into a buffer, write back what was read; each read and write parks
-// only this connection's fiber.
+// only this connection's fiber. With --tls-cert and --tls-key the same loop runs over TLS, after the
+// handshake in the connection's fiber.
 
 #include <skein/skein.hpp>
 
@@ -36,21 +37,29 @@ namespace {
 namespace cli = skein_samples::cli;
 
 constexpr const char* kUsage =
-    "usage: echo_server [--host H] [--port P] [--threads N] [--verbose] [--debug-dump[=SIG]]\n"
+    "usage: echo_server [--host H] [--port P] [--threads N] [--tls-cert FILE --tls-key FILE]\n"
+    "                   [--verbose] [--debug-dump[=SIG]]\n"
     "\n"
     "Echoes every byte a client sends back to it, until the client closes; one fiber per\n"
-    "connection. Prints 'listening on HOST:PORT' once it accepts connections. Ctrl-C or SIGTERM\n"
-    "stops it: it stops accepting, gives open connections a second to finish, and exits 0.\n"
+    "connection, over TCP or TLS. Prints 'listening on HOST:PORT' once it accepts connections.\n"
+    "Ctrl-C or SIGTERM stops it: it stops accepting, gives open connections a second to finish,\n"
+    "and exits 0.\n"
     "\n"
-    "  --host H      address to listen on, an IP literal or a name; default 127.0.0.1\n"
-    "  --port P      TCP port, 0..65535 (0 picks a free one); default 8888\n"
-    "  --threads N   worker threads, each serving its own share of the connections;\n"
-    "                default 1\n"
-    "  --verbose     print 'Received ... from PEER' for every read, as the Python server does\n"
+    "  --host H            address to listen on, an IP literal or a name; default 127.0.0.1\n"
+    "  --port P            TCP port, 0..65535 (0 picks a free one); default 8888\n"
+    "  --threads N         worker threads, each serving its own share of the connections;\n"
+    "                      default 1\n"
+    "  --tls-cert FILE     speak TLS with this certificate chain (PEM, leaf first); needs\n"
+    "                      --tls-key. A client has 10 s to complete its handshake; a failed\n"
+    "                      handshake drops only that connection (the first few are logged to\n"
+    "                      stderr). A client's close_notify is answered with one\n"
+    "  --tls-key FILE      the certificate's private key (PEM)\n"
+    "  --verbose           print 'Received ... from PEER' for every read, as the Python\n"
+    "                      server does\n"
     "  --debug-dump[=SIG]  print every fiber (what it waits for, since when, where it was\n"
     "                      spawned) to stderr on signal SIG, SIGUSR1 (the default), SIGUSR2\n"
     "                      or SIGQUIT, and go on serving: try kill -USR1 PID\n"
-    "  -h, --help    show this help and exit\n";
+    "  -h, --help          show this help and exit\n";
 
 // Python's %r of bytes, shortened: printable ASCII as is, the rest as \xNN.
 std::string repr(std::string_view data) {
@@ -76,9 +85,12 @@ std::string repr(std::string_view data) {
   return out;
 }
 
-void handle_echo(skein::Stream stream, bool verbose) {
+// One connection, plain (skein::Stream) or TLS (skein::TlsStream).
+template <class S>
+void handle_echo(S& stream, bool verbose) {
   std::array<char, 16 * 1024> buffer;
-  const std::string peer = verbose ? stream.peer_address().to_string() : std::string();
+  const std::string peer =
+      verbose ? skein_samples::socket_of(stream).peer_address().to_string() : std::string();
   for (;;) {
     const std::size_t n = stream.read(buffer);
     if (n == 0) return;  // the peer closed
@@ -95,6 +107,7 @@ void handle_echo(skein::Stream stream, bool verbose) {
 int main(int argc, char** argv) {
   cli::program = "echo_server";
   skein_samples::ServerFlags flags(8888);
+  flags.offer_tls();
   bool verbose = false;
   for (int i = 1; i < argc; ++i) {
     if (cli::is_help(argv[i])) {
@@ -108,12 +121,12 @@ int main(int argc, char** argv) {
     }
   }
 
+  flags.finish();
+
   cli::check_io_backend();
   try {
     skein::run(flags.runtime_options(), [&] {
-      skein_samples::listen_and_serve(flags.host, flags.port, [verbose](skein::Stream stream) {
-        handle_echo(std::move(stream), verbose);
-      });
+      skein_samples::listen_and_serve(flags, [verbose](auto& stream) { handle_echo(stream, verbose); });
     });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "echo_server: %s\n", e.what());

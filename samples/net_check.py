@@ -10,6 +10,8 @@
     net_check.py fetch-overlap   HTTP_SERVER FETCH
     net_check.py fetch-failures  HTTP_SERVER FETCH
     net_check.py fetch-https     HTTP_SERVER FETCH   (against `openssl s_server -www`; exit 77 without it)
+    net_check.py http-tls        HTTP_SERVER         (--tls-cert/--tls-key; exit 77 without openssl or curl)
+    net_check.py echo-tls        ECHO_SERVER         (--tls-cert/--tls-key; exit 77 without openssl)
 
 NET_CHECK_SERVER_ARGS (environment) adds arguments to every server, e.g. '--threads 4'.
 
@@ -27,7 +29,9 @@ import select
 import selectors
 import shlex
 import signal
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -595,22 +599,33 @@ def check_fetch_failures(server_exe, fetch_exe):
         silent.close()
 
 
+def require_tools(*tools):
+    for tool in tools:
+        if shutil.which(tool) is None:
+            raise Skip(f"the {tool} command is not installed")
+
+
+def make_test_pki(d):
+    """A throwaway CA (d/ca.pem) and a leaf for localhost and 127.0.0.1 signed by it (d/leaf.pem,
+    d/leaf.key), EC P-256, valid for a day, made with the openssl command."""
+    def sh(*cmd):
+        proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
+        expect(proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    sh("openssl", "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+       "-subj", "/CN=net_check CA")
+    sh("openssl", "req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost")
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    sh("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+       "-out", "leaf.pem", "-days", "1", "-extfile", "ext.cnf")
+
+
 def check_fetch_https(server_exe, fetch_exe):
     del server_exe  # the server here is OpenSSL's own
-    if subprocess.run(["openssl", "version"], capture_output=True).returncode != 0:
-        raise Skip("the openssl command is not installed")
+    require_tools("openssl")
     with tempfile.TemporaryDirectory() as d:
-        def sh(*cmd):
-            proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
-            expect(proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}")
-        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-        sh("openssl", "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-           "-subj", "/CN=net_check CA")
-        sh("openssl", "req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost")
-        with open(os.path.join(d, "ext.cnf"), "w") as f:
-            f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        sh("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-           "-out", "leaf.pem", "-days", "1", "-extfile", "ext.cnf")
+        make_test_pki(d)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -651,6 +666,202 @@ def check_fetch_https(server_exe, fetch_exe):
                 server.wait()
 
 
+# ---- the servers over TLS ------------------------------------------------------------------------
+
+
+def tls_server(exe, d, *args):
+    return Server(exe, "--tls-cert", os.path.join(d, "leaf.pem"), "--tls-key", os.path.join(d, "leaf.key"), *args)
+
+
+def tls_client_context(d):
+    return ssl.create_default_context(cafile=os.path.join(d, "ca.pem"))
+
+
+def tls_conn(port, context, host="localhost"):
+    raw = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
+    return context.wrap_socket(raw, server_hostname=host)
+
+
+def tls_counters(port, context):
+    """(handshakes, resumed, failed) from the server's /debug/stats (this request's handshake included)."""
+    with urllib.request.urlopen(f"https://localhost:{port}/debug/stats", timeout=IO_TIMEOUT,
+                                context=context) as r:
+        text = r.read().decode()
+    m = re.search(r"^tls: (\d+) handshakes \((\d+) resumed\), (\d+) failed$", text, re.M)
+    expect(m, f"/debug/stats has no tls line: {text[-500:]!r}")
+    return tuple(int(g) for g in m.groups())
+
+
+def run_tool(*cmd, input=None):
+    try:
+        return subprocess.run(cmd, input=input, capture_output=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise CheckFailed(f"{cmd[0]} did not finish within 30 s")
+
+
+def expect_refused(port):
+    """A client speaking plain HTTP to the TLS port: the connection ends, with no HTTP answer."""
+    c = Conn(port)
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    got = b""
+    try:
+        while True:
+            piece = c.sock.recv(4096)
+            if not piece:
+                break
+            got += piece
+    except ConnectionResetError:
+        pass
+    c.close()
+    expect(b"HTTP/" not in got, f"plain HTTP to the TLS port was answered: {got[:200]!r}")
+
+
+def check_http_tls(server_exe):
+    require_tools("openssl", "curl")
+    with tempfile.TemporaryDirectory() as d:
+        make_test_pki(d)
+        ca = os.path.join(d, "ca.pem")
+        context = tls_client_context(d)
+        with tls_server(server_exe, d, "--debug-routes") as srv:
+            port = srv.port
+            # A client that connects and says nothing holds only its own fiber meanwhile.
+            silent = Conn(port)
+            base = f"https://localhost:{port}"
+            handshakes = tls_counters(port, context)[0]
+            # curl: two URLs, one connection (keep-alive), one handshake, ALPN http/1.1.
+            proc = run_tool("curl", "-sS", "-v", "--cacert", ca, base + "/", base + "/world")
+            err = proc.stderr.decode("utf-8", "replace")
+            expect(proc.returncode == 0, f"curl: exit status {proc.returncode}: {err}")
+            expect(proc.stdout == b"<h1>Index Page</h1><h1>Hello, world</h1>", f"curl got {proc.stdout!r}")
+            expect(re.search(r"ALPN.*server accepted.*http/1\.1", err), f"curl: no ALPN http/1.1:\n{err}")
+            expect("Re-using existing connection" in err, f"curl did not reuse the connection:\n{err}")
+            after = tls_counters(port, context)[0]
+            expect(after == handshakes + 2, f"curl's two URLs took {after - handshakes - 1} handshakes, not 1")
+            # An IP address in the URL, verified against the certificate's IP SAN.
+            proc = run_tool("curl", "-sS", "--cacert", ca, f"https://127.0.0.1:{port}/%3Cb%3E")
+            expect(proc.stdout == b"<h1>Hello, &lt;b&gt;</h1>", f"curl https://127.0.0.1: {proc.stdout!r}")
+            # Python's client, with certificate verification.
+            with urllib.request.urlopen(base + "/urllib", timeout=IO_TIMEOUT, context=context) as r:
+                expect(r.status == 200 and r.read() == b"<h1>Hello, urllib</h1>", "urllib over TLS")
+
+            # openssl s_client: ALPN http/1.1, then a resumed session (TLS 1.3 ticket, TLS 1.2 id).
+            request = b"GET /sclient HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            for version in ("-tls1_3", "-tls1_2"):
+                sess = os.path.join(d, "session" + version + ".pem")
+                common = ["openssl", "s_client", version, "-connect", f"127.0.0.1:{port}", "-alpn", "http/1.1",
+                          "-CAfile", ca, "-verify_return_error", "-servername", "localhost", "-ign_eof"]
+                for resume in (False, True):
+                    proc = run_tool(*common, *(["-sess_in", sess] if resume else ["-sess_out", sess]),
+                                    input=request)
+                    out = proc.stdout.decode("utf-8", "replace")
+                    expect(proc.returncode == 0, f"s_client {version}: exit {proc.returncode}: {out[-1500:]}")
+                    expect("ALPN protocol: http/1.1" in out, f"s_client {version}: no ALPN http/1.1:\n{out}")
+                    expect("<h1>Hello, sclient</h1>" in out, f"s_client {version}: no response:\n{out}")
+                    want = "Reused, " if resume else "New, "
+                    expect(want in out, f"s_client {version}: expected a '{want}' session:\n{out}")
+            expect(tls_counters(port, context)[1] >= 2, "the server counted no resumed handshakes")
+
+            # Plain HTTP to the TLS port: refused, logged, counted; the server goes on.
+            failed = tls_counters(port, context)[2]
+            expect_refused(port)
+            expect(tls_counters(port, context)[2] == failed + 1, "the plain-HTTP client was not counted as failed")
+            # A client that does not trust the certificate: its handshake fails, the server goes on.
+            proc = run_tool("curl", "-sS", base + "/")
+            expect(proc.returncode != 0, "curl without --cacert trusted the test CA")
+            # Many TLS connections at once, each with a request of its own.
+            conns = [tls_conn(port, context) for _ in range(50)]
+            for i, c in enumerate(conns):
+                c.sendall(f"GET /t{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            for i, c in enumerate(conns):
+                data = b""
+                want = f"<h1>Hello, t{i}</h1>".encode()
+                while not data.endswith(want):
+                    piece = c.recv(4096)
+                    expect(piece, f"TLS connection {i} of 50 closed early: {data!r}")
+                    data += piece
+                c.close()
+            proc = run_tool("curl", "-sS", "--cacert", ca, base + "/after")
+            expect(proc.stdout == b"<h1>Hello, after</h1>", f"a request after the failures: {proc.stdout!r}")
+
+            took = srv.stop(signal.SIGINT)
+            expect(took < 5.0, f"SIGINT took {took:.2f} s with a silent TLS client connected")
+            silent.close()
+            err = srv.stderr_text()
+            lines = err.splitlines()
+            expect(lines and all(re.match(r"http_server: TLS handshake with 127\.0\.0\.1:\d+ failed: ", line)
+                                 for line in lines), f"unexpected stderr: {err!r}")
+            expect("http request" in err, f"the plain-HTTP client's failure is not named: {err!r}")
+
+
+def tls_echo(port, context, data, piece=65536, close_notify=True):
+    """Sends `data` in pieces over one TLS connection, reading each echo back; returns them joined."""
+    c = tls_conn(port, context)
+    got = bytearray()
+    for i in range(0, len(data), piece):
+        chunk = data[i:i + piece]
+        c.sendall(chunk)
+        want = len(got) + len(chunk)
+        while len(got) < want:
+            more = c.recv(want - len(got))
+            expect(more, f"the echo ended after {len(got)} of {len(data)} bytes")
+            got += more
+    if close_notify:
+        # unwrap() sends close_notify and returns once the server's own arrives.
+        c = c.unwrap()
+    c.close()
+    return bytes(got)
+
+
+def check_echo_tls(server_exe):
+    require_tools("openssl")
+    rng = random.Random(2468)
+    with tempfile.TemporaryDirectory() as d:
+        make_test_pki(d)
+        context = tls_client_context(d)
+        with tls_server(server_exe, d) as srv:
+            port = srv.port
+            c = tls_conn(port, context)
+            expect(c.version() in ("TLSv1.2", "TLSv1.3"), f"TLS version {c.version()}")
+            expect(c.selected_alpn_protocol() is None, "echo_server chose an ALPN protocol")
+            c.sendall(b"hello")
+            expect(c.recv(100) == b"hello", "echo of 'hello' over TLS")
+            c.close()
+            # 1 MiB of random bytes, exactly.
+            data = rng.randbytes(1024 * 1024)
+            expect(tls_echo(port, context, data) == data, "echo of 1 MiB over TLS differs")
+            # Several clients at once, some ending without close_notify.
+            results = {}
+
+            def client(i):
+                payload = rng.randbytes(20000 + 997 * i)
+                try:
+                    ok = tls_echo(port, context, payload, piece=4093, close_notify=i % 2 == 0) == payload
+                    results[i] = "ok" if ok else "differs"
+                except (OSError, CheckFailed) as e:
+                    results[i] = f"{type(e).__name__}: {e}"
+
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(IO_TIMEOUT * 2)
+            bad = {i: r for i, r in results.items() if r != "ok"}
+            expect(len(results) == 16 and not bad, f"concurrent TLS echoes: {len(bad)} of 16 failed: {bad}")
+            # A plain client and garbage: refused; the next TLS client is served.
+            expect_refused(port)
+            g = Conn(port)
+            g.send(rng.randbytes(3000))
+            expect(g.at_eof(), "garbage to the TLS port: the connection stays open")
+            g.close()
+            expect(tls_echo(port, context, b"after") == b"after", "a TLS echo after the refused clients")
+            took = srv.stop(signal.SIGINT)
+            expect(took < 5.0, f"SIGINT took {took:.2f} s")
+            err = srv.stderr_text()
+            lines = err.splitlines()
+            expect(len(lines) == 2 and all(re.match(r"echo_server: TLS handshake with 127\.0\.0\.1:\d+ failed: ", line)
+                                           for line in lines), f"unexpected stderr: {err!r}")
+
+
 CHECKS = {
     "http": (check_http, 1),
     "http-malformed": (check_http_malformed, 1),
@@ -661,6 +872,8 @@ CHECKS = {
     "fetch-overlap": (check_fetch_overlap, 2),
     "fetch-failures": (check_fetch_failures, 2),
     "fetch-https": (check_fetch_https, 2),
+    "http-tls": (check_http_tls, 1),
+    "echo-tls": (check_echo_tls, 1),
 }
 
 

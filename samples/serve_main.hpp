@@ -184,17 +184,12 @@ namespace detail {
 
 // One line for each of the first few handshake failures, then only the count: a scanner or a
 // plain-HTTP client must not flood stderr.
-inline void log_handshake_failure(const skein::Stream& socket, const std::system_error& e) {
+inline void log_handshake_failure(const std::optional<skein::Address>& peer, const std::system_error& e) {
   constexpr std::uint64_t logged = 10;
   const std::uint64_t n = tls_counters.failed.fetch_add(1, std::memory_order_relaxed) + 1;
   if (n > logged) return;
-  std::string peer;
-  try {
-    peer = socket.peer_address().to_string();
-  } catch (const std::system_error&) {
-    peer = "a peer that left";
-  }
-  std::fprintf(stderr, "%s: TLS handshake with %s failed: %s%s\n", cli::program, peer.c_str(), e.what(),
+  std::fprintf(stderr, "%s: TLS handshake with %s failed: %s%s\n", cli::program,
+               peer ? peer->to_string().c_str() : "a peer that left", e.what(),
                n == logged ? " (further failures are counted, not shown)" : "");
 }
 
@@ -202,13 +197,19 @@ inline void log_handshake_failure(const skein::Stream& socket, const std::system
 // stream, and sends close_notify when it returns. A failed handshake ends only this connection.
 template <class Handle>
 void serve_tls(skein::Stream plain, const skein::TlsContext& context, const Handle& handle) {
+  // Taken now: a peer whose handshake fails has often hung up by the time it is logged.
+  std::optional<skein::Address> peer;
+  try {
+    peer = plain.peer_address();
+  } catch (const std::system_error&) {
+  }
   skein::TlsStream stream(std::move(plain), context);
   try {
     stream.handshake(tls_handshake_timeout);
   } catch (const std::system_error& e) {
     // The server stopping (a cancel) is not the client's failure.
     if (e.code() == std::errc::operation_canceled) throw;
-    log_handshake_failure(stream.stream(), e);
+    log_handshake_failure(peer, e);
     return;
   }
   tls_counters.handshakes.fetch_add(1, std::memory_order_relaxed);
