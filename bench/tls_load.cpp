@@ -193,6 +193,7 @@ class Load {
     const double server_cpu =
         server0 >= 0 && o_.server_pid > 0 ? process_cpu_seconds(o_.server_pid) - server0 : -1;
     const double client_cpu = self_cpu_seconds() - client0;
+    drain(events);
     return report(measuring ? wall : 0, server_cpu, client_cpu);
   }
 
@@ -208,6 +209,7 @@ class Load {
     c.started = Clock::now();
     c.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c.fd < 0) die("socket");
+    ++active_;
     const int one = 1;
     setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c.ssl = SSL_new(ctx_);
@@ -279,6 +281,7 @@ class Load {
               count(c, false);
               if (++c.responses == o_.pipeline) {
                 c.responses = 0;
+                if (draining_) return finish(i);
                 c.started = Clock::now();
                 c.state = State::writing;
                 break;
@@ -351,7 +354,7 @@ class Load {
     }
     SSL_shutdown(c.ssl);  // sends close_notify; the server's own is not waited for
     release(c);
-    start(i);
+    if (!draining_) start(i);
   }
 
   // A response completed on c: counted if it ended in the measured time.
@@ -365,7 +368,7 @@ class Load {
       first_ = "ok";
     }
     const Clock::time_point now = Clock::now();
-    if (measure_from_ == Clock::time_point{} || now < measure_from_) return;
+    if (measure_from_ == Clock::time_point{} || now < measure_from_ || draining_) return;
     ++totals_.completed;
     if (reused) ++totals_.reused;
     totals_.latency_us.push_back(static_cast<std::uint32_t>(
@@ -375,7 +378,7 @@ class Load {
   void fail(std::uint32_t i, const std::string& why) {
     Conn& c = conns_[i];
     ERR_clear_error();
-    if (measure_from_ != Clock::time_point{}) ++totals_.failed;
+    if (measure_from_ != Clock::time_point{} && !draining_) ++totals_.failed;
     ++failed_all_;
     if (first_error_.empty()) first_error_ = why;
     if (o_.resume) {  // a session the server refused is not offered again
@@ -383,7 +386,21 @@ class Load {
       c.session = nullptr;
     }
     release(c);
-    start(i);
+    if (!draining_) start(i);
+  }
+
+  // After the measured time: no new connections, and up to 2 s for those under way to finish as
+  // a client would (close_notify after the response), so that the servers see no handshake cut
+  // short by the end of the run.
+  void drain(std::vector<epoll_event>& events) {
+    draining_ = true;
+    const Clock::time_point until = Clock::now() + std::chrono::seconds(2);
+    while (active_ > 0 && Clock::now() < until) {
+      const int n = epoll_wait(ep_, events.data(), static_cast<int>(events.size()), 100);
+      if (n < 0 && errno != EINTR) die("epoll_wait");
+      for (int k = 0; k < n; ++k)
+        drive(events[static_cast<std::size_t>(k)].data.u32, events[static_cast<std::size_t>(k)].events);
+    }
   }
 
   void release(Conn& c) {
@@ -391,6 +408,7 @@ class Load {
     c.ssl = nullptr;
     close(c.fd);  // also removes it from the epoll set
     c.fd = -1;
+    --active_;
   }
 
   int report(double wall, double server_cpu, double client_cpu) {
@@ -449,6 +467,8 @@ class Load {
   int ep_ = -1;
   Totals totals_;
   std::uint64_t ok_since_start_ = 0, failed_all_ = 0;
+  int active_ = 0;  // connections open
+  bool draining_ = false;
   Clock::time_point measure_from_{};
   std::string first_, first_version_ = "?", first_cipher_ = "?", first_group_ = "?", first_error_;
 };
