@@ -244,6 +244,34 @@ TEST_SUITE("tls") {
     });
   }
 
+  TEST_CASE("a TLS 1.2 server resumes by session ticket and by session id from its cache") {
+    FdCheck fds;
+    skein::run([] {
+      TlsContext sctx = server_ctx();
+      for (const bool tickets : {true, false}) {
+        CAPTURE(tickets);
+        TlsContext cctx = client_ctx();
+        cctx.set_max_version(skein::TlsVersion::tls1_2);
+        // Without tickets the client offers the session id, which the server finds in its cache.
+        if (!tickets) SSL_CTX_set_options(cctx.native_handle(), SSL_OP_NO_TICKET);
+        for (int round = 0; round < 3; ++round) {
+          CAPTURE(round);
+          TlsPair t = tls_pair(sctx, cctx);
+          CHECK(t.client.version() == "TLSv1.2");
+          CHECK(t.client.session_reused() == (round > 0));
+          CHECK(t.server.session_reused() == (round > 0));
+          const bool ticket = SSL_SESSION_has_ticket(SSL_get_session(t.client.native_handle())) == 1;
+          CHECK(ticket == tickets);
+          // Half of the connections end without close_notify: the session stays resumable.
+          if (round % 2 == 0) {
+            t.client.shutdown(5s);
+            t.server.shutdown(5s);
+          }
+        }
+      }
+    });
+  }
+
   TEST_CASE("ALPN picks the server's first protocol the client offers; SNI picks the server's certificate") {
     FdCheck fds;
     skein::run([] {

@@ -158,8 +158,9 @@ SSL_SESSION* TlsContextImpl::take_session(const std::string& h) {
     sessions.erase(it);
     return nullptr;
   }
-  SSL_SESSION_up_ref(s);
-  return s;
+  // A copy: the connection's session is marked unresumable if that connection fails, and the
+  // cached one must outlive that (a TLS 1.2 resumption brings no new session to replace it).
+  return SSL_SESSION_dup(s);
 }
 
 void TlsContextImpl::keep_session(const std::string& h, SSL_SESSION* session) {

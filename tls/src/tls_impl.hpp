@@ -31,7 +31,7 @@ struct TlsContextImpl {
   std::unordered_map<std::string, SSL_SESSION*> sessions;
 
   ~TlsContextImpl();
-  // Client: the cached session for `host` with a reference for the caller, or nullptr.
+  // Client: a copy of the cached session for `host` (the caller frees it), or nullptr.
   SSL_SESSION* take_session(const std::string& host);
   // Client: keeps `session` (whose reference it takes over) for `host`.
   void keep_session(const std::string& host, SSL_SESSION* session);

@@ -152,6 +152,10 @@ TlsStreamImpl::TlsStreamImpl(Stream s, std::shared_ptr<TlsContextImpl> c, std::s
 }
 
 TlsStreamImpl::~TlsStreamImpl() {
+  // OpenSSL drops the session of a connection freed without close_notify from the server's cache
+  // (and marks it unresumable). Ending without it is how most connections end (HTTP closes after
+  // the body); only a failure says something about the session, and fail() has dropped it then.
+  if (ssl && handshake_done && !failed) SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN);
   SSL_free(ssl);
 }
 
