@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       return 0;
     } else if (cli::option("--connections", i, argc, argv, value)) {
-      o.connections = cli::number<std::size_t>("--connections", value, 1, 100000);
+      o.connections = cli::number<std::size_t>("--connections", value, 2, 100000);
     } else if (cli::option("--bulk-mib", i, argc, argv, value)) {
       o.bulk_mib = cli::number<std::size_t>("--bulk-mib", value, 1, 1 << 20);
     } else if (cli::option("--release-buffers", i, argc, argv, value)) {
@@ -166,6 +166,7 @@ int main(int argc, char** argv) {
   close(to_child[0]);
 
   int status = 0;
+  bool complete = true;
   skein::run([&] {
     skein::TlsContext ctx = skein::TlsContext::server();
     ctx.use_certificate_chain(cert.cert).use_private_key(cert.key);
@@ -200,6 +201,7 @@ int main(int argc, char** argv) {
       }
       const double wall = std::chrono::duration<double>(skein::Clock::now() - start).count();
       const double cpu = cpu_seconds() - cpu0;
+      complete = got == total;
       c.write_all("k", 10s);
       std::printf("%s, release buffers %s: received %zu MiB, %.0f MiB/s, server CPU %.3f s (%.2f ms/MiB)\n",
                   o.plain ? "plain" : "TLS", release, got >> 20, static_cast<double>(got >> 20) / wall, cpu,
@@ -247,5 +249,9 @@ int main(int argc, char** argv) {
   close(to_child[1]);
   kill(child, SIGKILL);
   waitpid(child, &status, 0);
+  if (!complete) {
+    std::fputs("tls_memory: the transfer ended early\n", stderr);
+    return 1;
+  }
   return 0;
 }
