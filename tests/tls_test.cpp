@@ -244,6 +244,34 @@ TEST_SUITE("tls") {
     });
   }
 
+  TEST_CASE("a TLS 1.2 server resumes by session ticket and by session id from its cache") {
+    FdCheck fds;
+    skein::run([] {
+      TlsContext sctx = server_ctx();
+      for (const bool tickets : {true, false}) {
+        CAPTURE(tickets);
+        TlsContext cctx = client_ctx();
+        cctx.set_max_version(skein::TlsVersion::tls1_2);
+        // Without tickets the client offers the session id, which the server finds in its cache.
+        if (!tickets) SSL_CTX_set_options(cctx.native_handle(), SSL_OP_NO_TICKET);
+        for (int round = 0; round < 3; ++round) {
+          CAPTURE(round);
+          TlsPair t = tls_pair(sctx, cctx);
+          CHECK(t.client.version() == "TLSv1.2");
+          CHECK(t.client.session_reused() == (round > 0));
+          CHECK(t.server.session_reused() == (round > 0));
+          const bool ticket = SSL_SESSION_has_ticket(SSL_get_session(t.client.native_handle())) == 1;
+          CHECK(ticket == tickets);
+          // Half of the connections end without close_notify: the session stays resumable.
+          if (round % 2 == 0) {
+            t.client.shutdown(5s);
+            t.server.shutdown(5s);
+          }
+        }
+      }
+    });
+  }
+
   TEST_CASE("ALPN picks the server's first protocol the client offers; SNI picks the server's certificate") {
     FdCheck fds;
     skein::run([] {
@@ -703,5 +731,56 @@ TEST_SUITE("tls") {
       const std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
       CHECK_MESSAGE(contains(got, "HELLO CLIENT"), got);
     });
+  }
+
+  TEST_CASE("interop: `openssl s_client` resumes its sessions with a skein server") {
+    if (!have_openssl_command()) {
+      MESSAGE("the openssl command is not installed: skipped");
+      return;
+    }
+    FdCheck fds;
+    TempDir dir;
+    std::ofstream(dir.file("ca.pem")) << pki().ca.pem();
+    for (const bool tls13 : {true, false}) {
+      CAPTURE(tls13);
+      skein::run([&] {
+        TlsContext sctx = server_ctx();
+        skein::Listener l = skein::listen(Address::loopback(0));
+        const std::string out = dir.file("out.txt");
+        const std::string base =
+            "openssl s_client -connect 127.0.0.1:" + std::to_string(l.local_address().port()) +
+            " -servername localhost -CAfile " + dir.file("ca.pem") + " -verify_return_error ";
+        // TLS 1.3: s_client's -reconnect drops the connection before the ticket arrives, so a
+        // second run resumes with the session the first one saved. TLS 1.2: one connection, then
+        // five more resuming its session.
+        const std::string cmd = tls13 ? base + "-tls1_3 -ign_eof -sess_out " + dir.file("session.pem") +
+                                            " < /dev/null > " + out + " 2>&1 && " + base +
+                                            "-tls1_3 -ign_eof -sess_in " + dir.file("session.pem") +
+                                            " < /dev/null >> " + out + " 2>&1"
+                                      : base + "-tls1_2 -reconnect < /dev/null > " + out + " 2>&1";
+        const int connections = tls13 ? 2 : 6;
+        auto client =
+            skein::spawn([&] { return skein::run_blocking([&] { return std::system(cmd.c_str()); }); });
+        int resumed = 0;
+        for (int i = 0; i < connections; ++i) {
+          TlsStream s(l.accept(10s), sctx);
+          s.handshake(10s);
+          if (s.session_reused()) ++resumed;
+          try {  // a reconnecting client may be gone already
+            s.write_all("x\n", 5s);
+            s.shutdown(5s);
+            char b[64];
+            while (s.read(std::span<char>(b, sizeof b), 10s) > 0) {
+            }
+          } catch (const std::system_error&) {
+          }
+        }
+        const int status = client.join();
+        std::ifstream in(out);
+        const std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        CHECK_MESSAGE((WIFEXITED(status) && WEXITSTATUS(status) == 0), got);
+        CHECK_MESSAGE(resumed == connections - 1, got);
+      });
+    }
   }
 }

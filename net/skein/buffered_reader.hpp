@@ -17,7 +17,7 @@
 
 namespace skein {
 
-class BufferedReader {
+class BufferedReader : public ByteReads<BufferedReader> {
  public:
   // Reads from `stream` (a Stream, a TlsStream, ...), which must outlive the reader, `chunk` bytes
   // at a time.
@@ -35,19 +35,9 @@ class BufferedReader {
   std::size_t read(std::span<char> buf, Deadline deadline = {});
   // Reads exactly buf.size() bytes; throws net_errc::end_of_stream if the stream ends first.
   void read_exact(std::span<char> buf, Deadline deadline = {});
-  // The same on byte buffers.
-  std::size_t read(std::span<std::byte> buf, Deadline deadline = {}) {
-    return read(detail::as_chars(buf), deadline);
-  }
-  std::size_t read(std::span<unsigned char> buf, Deadline deadline = {}) {
-    return read(detail::as_chars(buf), deadline);
-  }
-  void read_exact(std::span<std::byte> buf, Deadline deadline = {}) {
-    read_exact(detail::as_chars(buf), deadline);
-  }
-  void read_exact(std::span<unsigned char> buf, Deadline deadline = {}) {
-    read_exact(detail::as_chars(buf), deadline);
-  }
+  // The same on byte buffers (<skein/byte_stream.hpp>).
+  using ByteReads<BufferedReader>::read;
+  using ByteReads<BufferedReader>::read_exact;
 
   // The bytes read from the stream but not yet returned.
   std::string_view buffered() const noexcept { return {buf_.data() + begin_, end_ - begin_}; }

@@ -18,6 +18,70 @@
 
 namespace skein {
 
+namespace detail {
+// Byte buffers as the char buffers the calls take (char may alias any object).
+inline std::span<char> as_chars(std::span<std::byte> b) noexcept {
+  return {reinterpret_cast<char*>(b.data()), b.size()};
+}
+inline std::span<char> as_chars(std::span<unsigned char> b) noexcept {
+  return {reinterpret_cast<char*>(b.data()), b.size()};
+}
+inline std::string_view as_view(std::span<const std::byte> b) noexcept {
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+inline std::string_view as_view(std::span<const unsigned char> b) noexcept {
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+}  // namespace detail
+
+// The byte-buffer forms (std::byte and unsigned char spans) of a stream's read() and
+// read_exact(), for a class D whose own take std::span<char>: `class D : public ByteReads<D>`,
+// with `using ByteReads<D>::read; using ByteReads<D>::read_exact;` beside its own. Each does what
+// the char form does.
+template <class D>
+class ByteReads {
+ public:
+  std::size_t read(std::span<std::byte> buf, Deadline deadline = {}) {
+    return self().read(detail::as_chars(buf), deadline);
+  }
+  std::size_t read(std::span<unsigned char> buf, Deadline deadline = {}) {
+    return self().read(detail::as_chars(buf), deadline);
+  }
+  void read_exact(std::span<std::byte> buf, Deadline deadline = {}) {
+    self().read_exact(detail::as_chars(buf), deadline);
+  }
+  void read_exact(std::span<unsigned char> buf, Deadline deadline = {}) {
+    self().read_exact(detail::as_chars(buf), deadline);
+  }
+
+ private:
+  D& self() noexcept { return static_cast<D&>(*this); }
+};
+
+// The same for write() and write_all() taking std::string_view, and for both directions.
+template <class D>
+class ByteWrites {
+ public:
+  std::size_t write(std::span<const std::byte> data, Deadline deadline = {}) {
+    return self().write(detail::as_view(data), deadline);
+  }
+  std::size_t write(std::span<const unsigned char> data, Deadline deadline = {}) {
+    return self().write(detail::as_view(data), deadline);
+  }
+  void write_all(std::span<const std::byte> data, Deadline deadline = {}) {
+    self().write_all(detail::as_view(data), deadline);
+  }
+  void write_all(std::span<const unsigned char> data, Deadline deadline = {}) {
+    self().write_all(detail::as_view(data), deadline);
+  }
+
+ private:
+  D& self() noexcept { return static_cast<D&>(*this); }
+};
+
+template <class D>
+class ByteReadsWrites : public ByteReads<D>, public ByteWrites<D> {};
+
 // What a StreamRef can refer to: read() returns at least one byte (0 at end of stream or for an
 // empty buffer), write() writes at least one (0 only for empty data), both take a Deadline.
 template <class S>

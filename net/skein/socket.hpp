@@ -20,6 +20,7 @@
 #pragma once
 
 #include <skein/address.hpp>
+#include <skein/byte_stream.hpp>
 #include <skein/net_error.hpp>
 #include <skein/time.hpp>
 
@@ -31,20 +32,6 @@ namespace skein {
 
 namespace detail {
 struct SocketAccess;
-
-// Byte buffers as the char buffers the calls take (char may alias any object).
-inline std::span<char> as_chars(std::span<std::byte> b) noexcept {
-  return {reinterpret_cast<char*>(b.data()), b.size()};
-}
-inline std::span<char> as_chars(std::span<unsigned char> b) noexcept {
-  return {reinterpret_cast<char*>(b.data()), b.size()};
-}
-inline std::string_view as_view(std::span<const std::byte> b) noexcept {
-  return {reinterpret_cast<const char*>(b.data()), b.size()};
-}
-inline std::string_view as_view(std::span<const unsigned char> b) noexcept {
-  return {reinterpret_cast<const char*>(b.data()), b.size()};
-}
 }  // namespace detail
 
 // An owned, non-blocking socket descriptor. Move-only; the destructor closes it.
@@ -81,7 +68,7 @@ class Socket {
 enum class Shutdown { read = SHUT_RD, write = SHUT_WR, both = SHUT_RDWR };
 
 // A connected stream: TCP or Unix-domain.
-class Stream : public Socket {
+class Stream : public Socket, public ByteReadsWrites<Stream> {
  public:
   using Socket::Socket;
 
@@ -96,31 +83,11 @@ class Stream : public Socket {
   // Writes all of each buffer in turn, gathering them into as few system calls as it can.
   void write_all(std::span<const std::string_view> parts, Deadline deadline = {});
 
-  // The same calls on byte buffers.
-  std::size_t read(std::span<std::byte> buf, Deadline deadline = {}) {
-    return read(detail::as_chars(buf), deadline);
-  }
-  std::size_t read(std::span<unsigned char> buf, Deadline deadline = {}) {
-    return read(detail::as_chars(buf), deadline);
-  }
-  void read_exact(std::span<std::byte> buf, Deadline deadline = {}) {
-    read_exact(detail::as_chars(buf), deadline);
-  }
-  void read_exact(std::span<unsigned char> buf, Deadline deadline = {}) {
-    read_exact(detail::as_chars(buf), deadline);
-  }
-  std::size_t write(std::span<const std::byte> data, Deadline deadline = {}) {
-    return write(detail::as_view(data), deadline);
-  }
-  std::size_t write(std::span<const unsigned char> data, Deadline deadline = {}) {
-    return write(detail::as_view(data), deadline);
-  }
-  void write_all(std::span<const std::byte> data, Deadline deadline = {}) {
-    write_all(detail::as_view(data), deadline);
-  }
-  void write_all(std::span<const unsigned char> data, Deadline deadline = {}) {
-    write_all(detail::as_view(data), deadline);
-  }
+  // The same calls on byte buffers (<skein/byte_stream.hpp>).
+  using ByteReads<Stream>::read;
+  using ByteReads<Stream>::read_exact;
+  using ByteWrites<Stream>::write;
+  using ByteWrites<Stream>::write_all;
   // Ends one or both directions: the peer's reads see end of stream after a write shutdown.
   void shutdown(Shutdown how = Shutdown::write);
 

@@ -136,7 +136,7 @@ class TlsContext {
 
 // TLS over a connected Stream, in the context's role. Move-only; the destructor closes the socket
 // without close_notify (call shutdown() first for an orderly end).
-class TlsStream {
+class TlsStream : public ByteReadsWrites<TlsStream> {
  public:
   TlsStream() noexcept;
   // Takes over `stream`. A client stream sends `host` as SNI (unless it is an IP address) and
@@ -169,31 +169,11 @@ class TlsStream {
   // Closes the socket without close_notify. Idempotent.
   void close() noexcept;
 
-  // The same calls on byte buffers.
-  std::size_t read(std::span<std::byte> buf, Deadline deadline = {}) {
-    return read(detail::as_chars(buf), deadline);
-  }
-  std::size_t read(std::span<unsigned char> buf, Deadline deadline = {}) {
-    return read(detail::as_chars(buf), deadline);
-  }
-  void read_exact(std::span<std::byte> buf, Deadline deadline = {}) {
-    read_exact(detail::as_chars(buf), deadline);
-  }
-  void read_exact(std::span<unsigned char> buf, Deadline deadline = {}) {
-    read_exact(detail::as_chars(buf), deadline);
-  }
-  std::size_t write(std::span<const std::byte> data, Deadline deadline = {}) {
-    return write(detail::as_view(data), deadline);
-  }
-  std::size_t write(std::span<const unsigned char> data, Deadline deadline = {}) {
-    return write(detail::as_view(data), deadline);
-  }
-  void write_all(std::span<const std::byte> data, Deadline deadline = {}) {
-    write_all(detail::as_view(data), deadline);
-  }
-  void write_all(std::span<const unsigned char> data, Deadline deadline = {}) {
-    write_all(detail::as_view(data), deadline);
-  }
+  // The same calls on byte buffers (<skein/byte_stream.hpp>).
+  using ByteReads<TlsStream>::read;
+  using ByteReads<TlsStream>::read_exact;
+  using ByteWrites<TlsStream>::write;
+  using ByteWrites<TlsStream>::write_all;
 
   // After the handshake: the protocol ALPN chose ("" if none), the negotiated version ("TLSv1.3"),
   // the cipher suite, whether a cached session was resumed, the SNI name a server was asked for

@@ -31,7 +31,7 @@ struct TlsContextImpl {
   std::unordered_map<std::string, SSL_SESSION*> sessions;
 
   ~TlsContextImpl();
-  // Client: the cached session for `host` with a reference for the caller, or nullptr.
+  // Client: a copy of the cached session for `host` (the caller frees it), or nullptr.
   SSL_SESSION* take_session(const std::string& host);
   // Client: keeps `session` (whose reference it takes over) for `host`.
   void keep_session(const std::string& host, SSL_SESSION* session);
@@ -61,6 +61,8 @@ struct TlsStreamImpl {
   std::size_t in_begin = 0;
   std::size_t in_end = 0;
   bool eof = false;  // the socket reported end of stream
+  // The last receive was short: the next asks for a little (an idle stream holds little).
+  bool small_receives = true;
   // Ciphertext OpenSSL produced: it appends to `out`; flush() swaps it into `sending` and sends
   // that, so a send in flight (io_uring's on this very memory) never sees its buffer move.
   std::vector<char> out;

@@ -21,8 +21,12 @@ namespace skein {
 
 namespace {
 
-// Bytes asked of the socket per receive: a full record (16 KiB and its header) and then some.
+// Bytes asked of the socket per receive while the peer sends much: a full record (16 KiB and its
+// header) and then some.
 constexpr std::size_t receive_chunk = 32 * 1024;
+// ... and while it sends little (requests, an idle connection, which parks with this much): a
+// receive that fills it asks for receive_chunk next, one that gets less than it asks for this again.
+constexpr std::size_t small_receive = 2 * 1024;
 // Plaintext sealed per write() at most: the ciphertext waiting to be sent stays bounded.
 constexpr std::size_t write_chunk = 64 * 1024;
 
@@ -152,6 +156,10 @@ TlsStreamImpl::TlsStreamImpl(Stream s, std::shared_ptr<TlsContextImpl> c, std::s
 }
 
 TlsStreamImpl::~TlsStreamImpl() {
+  // OpenSSL drops the session of a connection freed without close_notify from the server's cache
+  // (and marks it unresumable). Ending without it is how most connections end (HTTP closes after
+  // the body); only a failure says something about the session, and fail() has dropped it then.
+  if (ssl && handshake_done && !failed) SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN);
   SSL_free(ssl);
 }
 
@@ -160,19 +168,28 @@ void TlsStreamImpl::throw_broken(const char* what) const {
 }
 
 void TlsStreamImpl::fill(Deadline deadline) {
+  const std::size_t want = small_receives ? small_receive : receive_chunk;
   if (in_begin == in_end) {
     in_begin = in_end = 0;
-  } else if (in.size() - in_end < receive_chunk && in_begin > 0) {
+    // Empty: OpenSSL is not reading it. A connection going quiet gives its large buffer back.
+    if (small_receives && in.capacity() > small_receive) std::vector<char>().swap(in);
+  } else if (in.size() - in_end < want && in_begin > 0) {
     std::memmove(in.data(), in.data() + in_begin, in_end - in_begin);
     in_end -= in_begin;
     in_begin = 0;
   }
-  if (in.size() - in_end < receive_chunk) in.resize(in_end + receive_chunk);
-  const std::size_t n = stream.read(std::span<char>(in.data() + in_end, in.size() - in_end), deadline);
-  if (n == 0)
+  if (in.size() - in_end < want) in.resize(in_end + want);
+  const std::size_t room = in.size() - in_end;
+  const std::size_t n = stream.read(std::span<char>(in.data() + in_end, room), deadline);
+  if (n == 0) {
     eof = true;
-  else
-    in_end += n;
+    return;
+  }
+  in_end += n;
+  if (n == room)
+    small_receives = false;
+  else if (n < small_receive)
+    small_receives = true;
 }
 
 void TlsStreamImpl::flush(Deadline deadline, const char* what) {
