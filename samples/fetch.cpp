@@ -80,7 +80,9 @@ constexpr const char* kUsage =
     "  --max-redirs N     with -L: fail a URL that redirects more than N times, 0..1000; default 10\n"
     "  --per-host N       at most N connections open to one origin at a time, 1..256; default 6\n"
     "  --timeout S        give up on a URL after S seconds from its first request (connects,\n"
-    "                     handshakes, requests, responses and redirects), 0.001..3600; default 30\n"
+    "                     handshakes, requests, responses and redirects; waiting for a free\n"
+    "                     connection to its host before that is not counted), 0.001..3600;\n"
+    "                     default 30\n"
     "  --output-dir DIR   save each URL's body (the last response's, after redirects) as\n"
     "                     DIR/INDEX-NAME, NAME being the last segment of the URL's path (index.html\n"
     "                     if it has none); a failed URL leaves no file\n"
@@ -218,6 +220,13 @@ std::string resolve(const Url& base, std::string_view ref) {
 
 bool is_redirect(int status) {
   return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
+
+// Seconds as a person writes them: 30, 0.5, 3600.
+std::string seconds_text(double seconds) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", seconds);
+  return text;
 }
 
 // The file a URL's body goes to: DIR/INDEX-NAME, NAME the last segment of its path.
@@ -359,6 +368,7 @@ class ResponseReader {
         ResponseReader& r = self(p);
         r.print_status_line();
         if (r.in_value_) r.end_line();
+        r.in_value_ = false;  // what follows a chunked body's last chunk are trailers
         r.headers_done_ = true;
         const unsigned status = p->status_code;
         r.eof_body_ = !(p->flags & F_CHUNKED) && p->content_length == ULLONG_MAX && status / 100 != 1 &&
@@ -368,7 +378,9 @@ class ResponseReader {
           r.error_ = r.out_->error();
           return -1;
         }
-        return 0;
+        // 1 tells the parser there is no body: these statuses have none even when a
+        // Content-Length or a Transfer-Encoding says otherwise (RFC 9110, 6.4.1).
+        return status / 100 == 1 || status == 204 || status == 304 ? 1 : 0;
       };
       s.on_body = [](http_parser* p, const char* at, std::size_t n) {
         ResponseReader& r = self(p);
@@ -381,7 +393,10 @@ class ResponseReader {
         return 0;
       };
       s.on_message_complete = [](http_parser* p) {
-        self(p).complete_ = true;
+        ResponseReader& r = self(p);
+        if (r.in_value_) r.end_line();  // the last trailer
+        r.in_value_ = false;
+        r.complete_ = true;
         http_parser_pause(p, 1);  // a response ends here, whatever follows
         return 0;
       };
@@ -403,9 +418,9 @@ class ResponseReader {
                   parser_.status_code, reason_.c_str());
   }
   void end_line() {
-    if (!quiet_) std::printf("[%zu] header > %s\n", index_, line_.c_str());
+    if (!quiet_) std::printf("[%zu] %s > %s\n", index_, headers_done_ ? "trailer" : "header", line_.c_str());
     constexpr std::string_view name = "location: ";
-    if (line_.size() >= name.size()) {
+    if (!headers_done_ && line_.size() >= name.size()) {
       bool match = true;
       for (std::size_t i = 0; i < name.size(); ++i) match = match && lower(line_[i]) == name[i];
       if (match) location_ = line_.substr(name.size());
@@ -714,7 +729,7 @@ Result fetch(std::size_t index, const Url& first, const Options& options, Pool& 
                   reader.location().c_str());
   } catch (const std::system_error& e) {
     result.error = e.code() == std::errc::timed_out
-                       ? "timed out after " + std::to_string(options.timeout.count()).substr(0, 5) + " s"
+                       ? "timed out after " + seconds_text(options.timeout.count()) + " s"
                        : e.what();
   } catch (const std::exception& e) {
     result.error = e.what();

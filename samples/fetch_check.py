@@ -67,6 +67,7 @@ class TestServer:
         self.lock = threading.Lock()
         self.connections = 0
         self.requests = []  # (connection number, target) in the order they arrived
+        self.failures = []  # what a server thread found wrong with a request, for the main thread
         self.threads = []
         self.acceptor = threading.Thread(target=self._accept, daemon=True)
         self.acceptor.start()
@@ -80,8 +81,10 @@ class TestServer:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         self.close()
+        if exc_type is None and self.failures:
+            raise CheckFailed("the test server: " + "; ".join(self.failures))
         return False
 
     def _accept(self):
@@ -120,6 +123,9 @@ class TestServer:
                     return
         except (OSError, ssl.SSLError, ValueError):
             return
+        except CheckFailed as e:
+            with self.lock:
+                self.failures.append(str(e))
         finally:
             sock.close()
 
@@ -161,6 +167,8 @@ class TestServer:
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + data)
         elif kind == "nocontent":
             sock.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        elif kind == "notmodified":  # a 304 has no body, whatever its Content-Length says
+            sock.sendall(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n")
         elif kind == "rude":  # sized, no 'Connection: close', and closed right after
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + data)
             return False
@@ -193,9 +201,11 @@ class TestServer:
                      % (status, location.encode(), len(text), text))
 
 
-def run_fetch(fetch_exe, *args, expect_code=0, timeout=30):
+def run_fetch(fetch_exe, *args, expect_code=0, timeout=40):
+    # fetch's own --timeout well inside ours, so that a hung URL is reported by fetch.
     try:
-        proc = subprocess.run(WRAPPER + [fetch_exe, *args], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(WRAPPER + [fetch_exe, "--timeout", "15", *args], capture_output=True, text=True,
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
         raise CheckFailed(f"fetch {' '.join(args)} did not finish within {timeout} s")
     expect(proc.returncode == expect_code,
@@ -213,7 +223,7 @@ def summary_line(out, index):
 def check_ok(out, index, url, size, how):
     """URL `index` succeeded with `size` body bytes; `how` matches the rest of its summary line."""
     line = summary_line(out, index)
-    expect(re.fullmatch(rf"{re.escape(url)}  2\d\d [\w ]+  {size} bytes  [0-9.]+ s  {how}", line),
+    expect(re.fullmatch(rf"{re.escape(url)}  [23]\d\d [\w ]+  {size} bytes  [0-9.]+ s  {how}", line),
            f"[{index}] expected {size} bytes, '{how}'; got: {line}\n{out}")
 
 
@@ -279,6 +289,7 @@ def check_bodies(fetch_exe):
                 ("interim/30", 30, r"connection 3 \(new\)"),
                 ("http10/40", 40, r"connection 3 \(reused\)"),
                 ("nocontent", 0, r"connection 4 \(new\)"),
+                ("notmodified", 0, r"connection 4 \(reused\)"),
                 ("chunked/0", 0, r"connection 4 \(reused\)"),
                 ("eof/0", 0, r"connection 4 \(reused\)")]
         urls = [f"{base}/{p}" for p, _, _ in plan]
@@ -288,6 +299,8 @@ def check_bodies(fetch_exe):
         for i, (p, n, how) in enumerate(plan):
             check_ok(out, i + 1, urls[i], n, how)
         expect(re.search(r"^\[5\] header > HTTP/1\.1 103 Early Hints$", out, re.M), f"the 103 is not shown:\n{out}")
+        expect(re.search(r"^\[1\] trailer > X-Trailer: done$", out, re.M), f"the trailer is not shown:\n{out}")
+        expect(not re.search(r"^\[\d+\] (header|trailer) > $", out, re.M), f"an empty header line:\n{out}")
         t = totals(out)
         expect(t["opened"] == 4 and t["retried"] == 0 and server.connections == 4,
                f"expected 4 connections and no retry; fetch {t}, server {server.connections}\n{out}")
@@ -302,7 +315,8 @@ def check_bodies(fetch_exe):
                             r"response was complete\)  [0-9.]+ s  connection \d+ \(reused\)", line),
                f"[2]: {line}\n{out}")
         expect(re.search(r"^  \[3\] .*  FAILED \(HTTP status 404\)", out, re.M), f"404:\n{out}")
-        print("bodies: chunked, EOF-delimited, Connection: close, HTTP/1.0, 103, 204 and empty ones byte for byte")
+        print("bodies: chunked (with a trailer), EOF-delimited, Connection: close, HTTP/1.0, 103, 204, 304 "
+              "with a Content-Length and empty ones byte for byte")
 
 
 def check_redirects(fetch_exe):
