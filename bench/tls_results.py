@@ -12,11 +12,14 @@ as KEY=VALUE lines. Exits 1 when a run failed.
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
+
+# Beside this file: its wrk parser is the HTTP benchmarks'.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import net_results  # noqa: E402
 
 PARTS = ("keepalive", "pipelined", "full", "resume")
 UNIT = {"keepalive": "request", "pipelined": "request", "full": "handshake", "resume": "handshake"}
@@ -24,20 +27,10 @@ SERVERS = ("nginx", "http_server", "http_server-epoll")  # http_server: its defa
 
 
 def wrk_result(path):
-    text = open(path).read()
-    r = {"output": text}
-    m = re.search(r"^Requests/sec:\s*([0-9.]+)", text, re.M)
-    r["per_s"] = float(m.group(1)) if m else None
-    m = re.search(r"^\s*(\d+) requests in", text, re.M)
-    r["requests"] = int(m.group(1)) if m else None
-    m = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
-    r["non_2xx"] = int(m.group(1)) if m else 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    r["socket_errors"] = sum(map(int, m.groups())) if m else 0
-    for q in ("50", "99"):
-        m = re.search(rf"^\s*{q}%\s+([0-9.]+)(us|ms|s)\s*$", text, re.M)
-        if m:
-            r[f"latency_p{q}_us"] = float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+    """net_results' reading of a wrk output, in this report's field names."""
+    r = net_results.wrk_result(path)
+    r["per_s"] = r.pop("requests_per_s")
+    r["socket_errors"] = sum(r["socket_errors"].values())
     return r
 
 

@@ -52,7 +52,7 @@ constexpr const char* kUsage =
     "  --tls-cert FILE     speak TLS with this certificate chain (PEM, leaf first); needs\n"
     "                      --tls-key. A client has 10 s to complete its handshake; a failed\n"
     "                      handshake drops only that connection (the first few are logged to\n"
-    "                      stderr). A client's close_notify is answered with one\n"
+    "                      stderr). A client's close_notify is answered with one.\n"
     "  --tls-key FILE      the certificate's private key (PEM)\n"
     "  --verbose           print 'Received ... from PEER' for every read, as the Python\n"
     "                      server does\n"

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -97,11 +98,6 @@ struct ServerFlags {
 #else
     cli::usage_error("--tls-cert: this build has no TLS (skein was built without OpenSSL 3)");
 #endif
-  }
-
-  // True if the connections are served over TLS (after finish()).
-  bool tls() const noexcept {
-    return !tls_cert.empty();
   }
 
   // The runtime these flags ask for.
@@ -232,7 +228,7 @@ void serve_tls(skein::Stream plain, const skein::TlsContext& context, const Hand
 }  // namespace detail
 #endif
 
-// listen_and_serve with `flags`' address, over TLS if flags.tls(): `handle(stream)` serves one
+// listen_and_serve with `flags`' address, over TLS if --tls-cert was given: `handle(stream)` serves one
 // connection, called with a skein::Stream& as accepted or, with TLS, a skein::TlsStream& whose
 // handshake is done (so `handle` is generic: [](auto& stream) {...}). The plain path calls it on
 // the Stream itself: no indirection is added to its reads and writes. Call flags.finish() first.
@@ -246,6 +242,9 @@ void listen_and_serve(const ServerFlags& flags, Handle handle) {
     return;
   }
 #endif
+  // A server that took --tls-cert but never called finish() would otherwise serve plain text.
+  if (!flags.tls_cert.empty())
+    throw std::logic_error("listen_and_serve: --tls-cert given, finish() not called");
   listen_and_serve(flags.host, flags.port, [handle](skein::Stream stream) { handle(stream); });
 }
 
