@@ -410,7 +410,8 @@ class Scheduler {
   static constexpr std::uint64_t idle_beat = std::uint64_t{1} << 63;
   std::uint64_t heartbeat() const noexcept {
     if (!SKEIN_DEBUG_RECORDS) return 0;
-    return std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(heartbeat_)).load(std::memory_order_relaxed);
+    return std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(heartbeat_))
+        .load(std::memory_order_relaxed);
   }
   // Whether a heartbeat says a fiber may be running.
   static bool in_fiber(std::uint64_t beat) noexcept {
