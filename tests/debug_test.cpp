@@ -373,7 +373,7 @@ TEST_SUITE("debug") {
       skein::Event event;
       auto waiter = skein::spawn([&] { event.wait(); });
       skein::spawn_on(1, [&] {
-        skein::sleep_for(5ms);
+        skein::sleep_for(25ms);  // longer than a tick of the coarse clock that times sleeps
         event.set();
       }).join();
       waiter.join();
