@@ -402,9 +402,9 @@ class Scheduler {
   void copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerStats* stats,
                     bool backtraces = false) const;
 
-  // The worker's turn: a counter the loop bumps before every fiber it resumes (and once per
-  // round), with idle_beat set while the loop is idle or answering skein::debug (0 before the
-  // loop starts). Any thread (the hog watchdog reads it; relaxed: a hint, which the debug signal
+  // The worker's turn: a counter the loop bumps before every fiber it resumes (the count of
+  // resumptions), with idle_beat set while the loop is idle or answering skein::debug (0 before
+  // the first fiber). Any thread (the hog watchdog reads it; relaxed: a hint, which the debug signal
   // confirms). It stays the same only while one fiber runs without returning to the loop, or the
   // loop is idle. Always 0 in a build without the records.
   static constexpr std::uint64_t idle_beat = std::uint64_t{1} << 63;
@@ -498,8 +498,8 @@ class Scheduler {
   Inbox inbox_;                      // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
   // CLOCK_MONOTONIC_COARSE as last read, or 0 (stale): what parks record as their start. The
-  // loop marks it stale every timer_check_interval resumptions and after each sleep; the next
-  // park reads it again, so loops that only yield never read it.
+  // loop marks it stale every timer_check_interval resumptions and reads it after each sleep; a
+  // park that finds it stale reads it again, so loops that only yield never read it.
   std::int64_t coarse_now_ = 0;
   // Written by this worker only; read by this worker when it answers a debug request.
   debug::WorkerStats counters_;
