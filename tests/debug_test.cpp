@@ -373,7 +373,7 @@ TEST_SUITE("debug") {
       skein::Event event;
       auto waiter = skein::spawn([&] { event.wait(); });
       skein::spawn_on(1, [&] {
-        skein::sleep_for(5ms);
+        skein::sleep_for(25ms);  // longer than a tick of the coarse clock that times sleeps
         event.set();
       }).join();
       waiter.join();
@@ -394,6 +394,38 @@ TEST_SUITE("debug") {
       CHECK(after.total.run_queue_high_water >= 1);
       CHECK(after.total.fibers == 1);  // main
     });
+  }
+
+  TEST_CASE("yields and switches on one worker are counted exactly, seen from a fiber or another thread") {
+    std::optional<skein::debug::Stats> inside;
+    std::uint64_t inside_parks = 0;
+    skein::run(skein::RuntimeOptions{1}, [&] {
+      const auto before = skein::debug::stats();
+      constexpr int fibers = 7, rounds = 13;
+      std::vector<skein::Task<void>> tasks;
+      for (int i = 0; i < fibers; ++i)
+        tasks.push_back(skein::spawn([] {
+          for (int r = 0; r < rounds; ++r) skein::yield();
+        }));
+      for (auto& t : tasks) t.join();
+      const auto after = skein::debug::stats();
+      CHECK(after.total.yields - before.total.yields == fibers * rounds);
+      // Each child's turns end in its yields and its end; main's in its parks.
+      CHECK(after.total.switches - before.total.switches ==
+            fibers * (rounds + 1) + (after.total.parks - before.total.parks));
+      // From a plain thread meanwhile (the worker answers between fibers while main sleeps).
+      std::atomic<bool> done{false};
+      std::thread other([&] {
+        inside = skein::debug::stats();
+        done.store(true);
+      });
+      while (!done.load()) skein::sleep_for(1ms);
+      other.join();
+      inside_parks = after.total.parks;
+      CHECK(inside->total.yields == after.total.yields);
+    });
+    REQUIRE(inside);
+    CHECK(inside->total.parks >= inside_parks);
   }
 
   TEST_CASE("a hook names the libc call its fiber waits in") {

@@ -430,7 +430,7 @@ class _Reader:
     def clock(self):
         """(now in ns of CLOCK_MONOTONIC_COARSE, now in ns of CLOCK_MONOTONIC, exact): the host's
         clocks when the process runs on this machine; else the workers' last reading of the coarse
-        clock, which is the latest time the process is known to have reached (a lower bound)."""
+        clock (0 where marked stale), a lower bound of the latest time the process reached."""
         conn = getattr(self.inf, "connection", None)
         if conn is not None and conn.type == "native" and self.inf.pid:
             return (
@@ -730,6 +730,9 @@ def _site_text(site):
 def _fiber_lines(reader):
     fibers = reader.fibers()
     coarse, mono, exact = reader.clock()
+    if not exact:
+        # A worker's reading may be marked stale (0); the latest park started no earlier either.
+        coarse = max([coarse] + [f.since for f in fibers if f.state == 2 and f.since])
     many = len({f.runtime for f in fibers}) > 1
     rows = []
     for f in fibers:

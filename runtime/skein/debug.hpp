@@ -125,7 +125,7 @@ struct WorkerStats {
   std::uint64_t remote_wakeups = 0;        // wake-ups of its fibers sent by other threads
   std::uint64_t remote_spawns = 0;         // fibers other threads started on it (spawn_on)
   std::uint64_t idle_sleeps = 0;           // times it slept in the kernel with nothing to run
-  std::chrono::nanoseconds slept{0};       // the time those sleeps took
+  std::chrono::nanoseconds slept{0};       // the time those sleeps took (at the coarse clock's tick)
   std::uint64_t timers_fired = 0;          // waits ended by their deadline
   std::uint64_t run_queue_high_water = 0;  // the most fibers ready at the start of a round
 };

@@ -44,7 +44,7 @@ void on_debug_signal(int, siginfo_t*, void* context) noexcept {
   std::uint32_t asked = 1;
   if (s && s->capture_state_.compare_exchange_strong(asked, 2, std::memory_order_acquire)) {
     RunningCapture& c = *s->capture_out_;
-    c.heartbeat = s->heartbeat_.load(std::memory_order_relaxed);
+    c.heartbeat = s->heartbeat();
     // The context on the CPU says whether a fiber runs: the loop's own is the thread's. (A
     // coroutine runs inside the scheduler's running fiber.) Set before each switch's jump.
     const ExecContext* on_cpu = tl_running;
@@ -151,9 +151,14 @@ void Scheduler::copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerSt
   stats->fibers = live_count_;
   stats->parks = 0;
   for (const std::uint64_t n : counters_.parks_by_reason) stats->parks += n;
-  // Every resumption ends in a park, a yield or the fiber's end: counting those three is cheaper
-  // than counting switches. (Fibers that ended = started - live.)
-  stats->switches = stats->parks + stats->yields + (stats->spawns - live_count_);
+#if SKEIN_DEBUG_RECORDS
+  // Every resumption ends in a park, a yield or the fiber's end, except the caller's own while it
+  // runs: the turns the loop counts anyway (heartbeat_) give the switches, and the yields are what
+  // the parks and the ends leave of them. (Fibers that ended = started - live.)
+  const std::uint64_t resumed = heartbeat_ & ~idle_beat;
+  stats->switches = resumed - (running_ != nullptr && tl_scheduler == this ? 1 : 0);
+  stats->yields = stats->switches - stats->parks - (stats->spawns - live_count_);
+#endif
   if (!out) return;
   out->reserve(out->size() + live_count_);
   const std::int64_t coarse = coarse_clock_ns();
@@ -771,7 +776,7 @@ void dump(std::ostream& out, const DumpOptions& options) {
 namespace skein::detail {
 
 // One thread per runtime that asked for it: every quarter of the threshold it reads each worker's
-// heartbeat (its turn counter, bumped at every resumption, 0 while idle); a turn that has not
+// heartbeat (its turn counter, bumped before every resumption, marked while idle); a turn that has not
 // changed for the threshold means one fiber has kept its worker from the scheduler that long.
 // The debug signal then takes that fiber's record and current stack on its own thread; the report
 // goes out once per turn (episode), when the signal confirms the same turn is still on.

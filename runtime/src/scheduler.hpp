@@ -294,9 +294,6 @@ class Scheduler {
     Fiber* f = running_;
     SKEIN_ASSERT_STATE(f, FiberState::running, "yield");
     f->state = FiberState::ready;
-#if SKEIN_DEBUG_RECORDS
-    ++counters_.yields;
-#endif
     ready_.push(f);
     ExecContext& here = running_context();
     f->resume_at = &here;
@@ -308,6 +305,13 @@ class Scheduler {
                                            bool unlink_on_wake = false, WaitFor why = {}) noexcept {
     Fiber* f = running_;
     SKEIN_ASSERT_STATE(f, FiberState::running, "park");
+#if SKEIN_DEBUG_RECORDS
+    // Written before the cancel check, while `why` is still in registers (later it would be
+    // spilled across the calls below); a wait that ends before it starts leaves a stale reason
+    // that nothing reads: it is meaningful only while the fiber is parked.
+    f->wait_reason = why.reason;
+    f->wait_detail = why.detail;
+#endif
     if (f->cancel_requested.load(std::memory_order_relaxed) && !f->shielded &&
         !f->claimed.exchange(true, std::memory_order_acquire)) {
       // Cancelled already: the wait ends before it starts, and leaves whatever list the waiter
@@ -321,17 +325,15 @@ class Scheduler {
     f->wake = Wake::notified;
 #if SKEIN_DEBUG_RECORDS
     // The clock as read at most timer_check_interval resumptions (or one sleep) ago: a clock
-    // read per park would cost more than the rest of the record (docs/observability.md).
-    f->wait_reason = why.reason;
-    f->wait_detail = why.detail;
+    // read per park would cost more than the rest of the record (docs/observability.md). Zero
+    // marks the reading stale (the coarse clock counts from boot: never zero).
 #if SKEIN_DEBUG_PARK_CLOCK
     f->wait_since = coarse_clock_ns();
 #else
-    if (coarse_stale_) [[unlikely]] {
-      coarse_now_ = coarse_clock_ns();
-      coarse_stale_ = false;
-    }
-    f->wait_since = coarse_now_;
+    std::int64_t since = coarse_now_;
+    if (since == 0) [[unlikely]]
+      since = coarse_now_ = coarse_clock_ns();
+    f->wait_since = since;
 #endif
     ++counters_.parks_by_reason[static_cast<std::size_t>(why.reason)];
 #else
@@ -400,13 +402,16 @@ class Scheduler {
   void copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerStats* stats,
                     bool backtraces = false) const;
 
-  // The worker's turn: a counter bumped at every fiber resumption, with idle_beat set while the
-  // loop is idle or answering skein::debug (0 before the first fiber). Any thread (the hog
-  // watchdog reads it; relaxed: a hint, which the debug signal confirms). It stays the same only
-  // while one fiber runs without returning to the loop, or the loop is idle.
+  // The worker's turn: a counter the loop bumps before every fiber it resumes (the count of
+  // resumptions), with idle_beat set while the loop is idle or answering skein::debug (0 before
+  // the first fiber). Any thread (the hog watchdog reads it; relaxed: a hint, which the debug signal
+  // confirms). It stays the same only while one fiber runs without returning to the loop, or the
+  // loop is idle. Always 0 in a build without the records.
   static constexpr std::uint64_t idle_beat = std::uint64_t{1} << 63;
   std::uint64_t heartbeat() const noexcept {
-    return heartbeat_.load(std::memory_order_relaxed);
+    if (!SKEIN_DEBUG_RECORDS) return 0;
+    return std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(heartbeat_))
+        .load(std::memory_order_relaxed);
   }
   // Whether a heartbeat says a fiber may be running.
   static bool in_fiber(std::uint64_t beat) noexcept {
@@ -431,12 +436,6 @@ class Scheduler {
     SKEIN_ASSERT_STATE(f, FiberState::ready, "resume");
     running_ = f;
     f->state = FiberState::running;
-#if SKEIN_DEBUG_RECORDS
-    // One relaxed store per resumption (the load is this thread's own last store): what the hog
-    // watchdog watches (docs/observability.md). Counting on from an idle mark keeps it monotonic.
-    heartbeat_.store((heartbeat_.load(std::memory_order_relaxed) & ~idle_beat) + 1,
-                     std::memory_order_relaxed);
-#endif
     switch_context(*home_, *f->resume_at);
     running_ = nullptr;
     if (f->state == FiberState::done) finish(f);
@@ -448,6 +447,7 @@ class Scheduler {
   std::size_t serve_due_timers() noexcept;
   void drain_inbox() noexcept;
   void idle();
+  void idle_step();  // idle() without the watchdog's idle mark
   // Spins (no system call) for up to idle_spin_, or until the next timer, watching the inbox;
   // true if a message came or the timer fell due. Adapts idle_spin_ to what it found.
   bool spin_for_message(TimePoint next_timer) noexcept;
@@ -462,7 +462,14 @@ class Scheduler {
   bool stop_ = false;            // the runtime ended: leave the loop
   ExecContext* home_ = nullptr;  // the context running loop(): fibers switch back to it
   Fiber* running_ = nullptr;
-  std::atomic<std::uint64_t> heartbeat_{0};  // see heartbeat(); beside running_, on a line resume writes
+  // See heartbeat(). Also the loop's turn count, whose every timer_check_interval-th turn looks
+  // at the timers: the watchdog's heartbeat is the counter the loop keeps anyway, no extra store.
+  // Plain, so the loop reads it as it read the countdown; written through set_heartbeat(), and
+  // read by other threads through an atomic_ref (heartbeat()): never a data race.
+  alignas(std::atomic_ref<std::uint64_t>::required_alignment) std::uint64_t heartbeat_ = 0;
+  void set_heartbeat(std::uint64_t beat) noexcept {
+    std::atomic_ref<std::uint64_t>(heartbeat_).store(beat, std::memory_order_relaxed);
+  }
   ReadyQueue ready_;
   NextQueue next_;
   // A round runs at most max(its ready fibers, this) fibers from next_, so a fiber that spawns or
@@ -473,9 +480,9 @@ class Scheduler {
   // A round of the ready queue looks at the clock every this many resumptions while timers are
   // pending, so a due timer waits for at most that many other fibers, not for the whole round
   // (docs/architecture.md, "Timer lateness"). A clock read costs about two switches: every 16th
-  // resumption keeps it under 1 ns of a switch's cost.
+  // resumption keeps it under 1 ns of a switch's cost. Counted by heartbeat_ (a power of two).
   static constexpr unsigned timer_check_interval = 16;
-  unsigned until_timer_check_ = timer_check_interval;
+  static_assert((timer_check_interval & (timer_check_interval - 1)) == 0);
   Fiber* live_ = nullptr;  // every started, unfinished fiber (through prev_live/next_live)
   std::size_t live_count_ = 0;
   std::uint64_t spawned_ = 0;         // fibers spawned from this worker (for their ids)
@@ -490,11 +497,10 @@ class Scheduler {
   TimePoint busy_until_{};           // poll rather than sleep until then
   Inbox inbox_;                      // before driver_: the driver watches its fd
   std::unique_ptr<Driver> driver_;
-  // CLOCK_MONOTONIC_COARSE as last read: what parks record as their start. The loop marks it
-  // stale every timer_check_interval resumptions and after each sleep; the next park reads it
-  // again, so loops that only yield never read it.
-  std::int64_t coarse_now_ = coarse_clock_ns();
-  bool coarse_stale_ = false;
+  // CLOCK_MONOTONIC_COARSE as last read, or 0 (stale): what parks record as their start. The
+  // loop marks it stale every timer_check_interval resumptions and reads it after each sleep; a
+  // park that finds it stale reads it again, so loops that only yield never read it.
+  std::int64_t coarse_now_ = 0;
   // Written by this worker only; read by this worker when it answers a debug request.
   debug::WorkerStats counters_;
   // Debug requests from other threads (see ask()), under debug_mutex_.
