@@ -783,4 +783,52 @@ TEST_SUITE("tls") {
       });
     }
   }
+
+  TEST_CASE("a session whose connection failed is not resumed: truncation or a fatal alert") {
+    skein::run([] {
+      TlsContext sctx = server_ctx();
+      for (const bool alert : {false, true}) {
+        for (const bool tickets : {true, false}) {
+          CAPTURE(alert);
+          CAPTURE(tickets);
+          TlsContext cctx = client_ctx();
+          cctx.set_max_version(skein::TlsVersion::tls1_2);
+          if (!tickets) SSL_CTX_set_options(cctx.native_handle(), SSL_OP_NO_TICKET);
+          {
+            TlsPair t = tls_pair(sctx, cctx);
+            t.client.shutdown(5s);
+            t.server.shutdown(5s);
+          }
+          {
+            StreamPair p = connected_pair(Address::loopback(0));
+            const int sfd = p.server.fd();
+            TlsPair t{TlsStream(std::move(p.client), cctx, "localhost"),
+                      TlsStream(std::move(p.server), sctx)};
+            auto server = skein::spawn([&] { t.server.handshake(5s); });
+            t.client.handshake(5s);
+            server.join();
+            REQUIRE(t.client.session_reused());
+            char b[16];
+            if (alert) {
+              // A garbage application-data record: the client fails with a fatal alert (bad MAC).
+              const char junk[] =
+                  "\x17\x03\x03\x00\x20"
+                  "0123456789abcdef0123456789abcdef";
+              REQUIRE(::write(sfd, junk, sizeof junk - 1) == static_cast<ssize_t>(sizeof junk - 1));
+              CHECK(code_of([&] { (void)t.client.read(std::span<char>(b, sizeof b), 5s); }) ==
+                    tls_errc::protocol_error);
+            } else {
+              // The server's socket goes without close_notify: the client reads a truncation.
+              t.server.close();
+              CHECK(code_of([&] { (void)t.client.read(std::span<char>(b, sizeof b), 5s); }) ==
+                    tls_errc::truncated);
+            }
+          }
+          TlsPair t = tls_pair(sctx, cctx);
+          CHECK_FALSE(t.client.session_reused());
+          CHECK_FALSE(t.server.session_reused());
+        }
+      }
+    });
+  }
 }

@@ -4,6 +4,10 @@
 //
 // The stream's own calls stay direct: only code that goes through a StreamRef pays one indirect
 // call per read or write. Errors are those of the referenced stream's calls (docs/errors.md).
+//
+// Also ByteReads, ByteWrites and ByteReadsWrites: mixins (CRTP) that give a stream with char
+// read/write calls their std::byte and unsigned char forms, written once for Stream, TlsStream
+// and BufferedReader.
 #pragma once
 
 #include <skein/net_error.hpp>

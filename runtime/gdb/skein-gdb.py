@@ -733,6 +733,7 @@ def _fiber_lines(reader):
     if not exact:
         # A worker's reading may be marked stale (0); the latest park started no earlier either.
         coarse = max([coarse] + [f.since for f in fibers if f.state == 2 and f.since])
+        mono = coarse  # the same lower bound, a coarse tick apart at most: deadlines are "~"
     many = len({f.runtime for f in fibers}) > 1
     rows = []
     for f in fibers:
@@ -747,8 +748,10 @@ def _fiber_lines(reader):
                 since = ">=" + _duration(coarse - f.since)
             elif f.since:
                 since = "?"
-            if f.deadline is not None:
+            if f.deadline is not None and (exact or mono):
                 what += ", deadline in %s%s" % ("" if exact else "~", _duration(f.deadline - mono))
+            elif f.deadline is not None:
+                what += ", deadline in ?"  # no clock reading anywhere in the core
         elif f.state == 1:
             what = "on thread %d" % f.thread.num if f.thread is not None else ""
         flags = []

@@ -153,9 +153,9 @@ void Scheduler::copy_records(std::vector<debug::FiberInfo>* out, debug::WorkerSt
   for (const std::uint64_t n : counters_.parks_by_reason) stats->parks += n;
 #if SKEIN_DEBUG_RECORDS
   // Every resumption ends in a park, a yield or the fiber's end, except the caller's own while it
-  // runs: the turns the loop counts anyway (heartbeat_) give the switches, and the yields are what
+  // runs: the turns the loop counts anyway (own_heartbeat()) give the switches, and the yields are what
   // the parks and the ends leave of them. (Fibers that ended = started - live.)
-  const std::uint64_t resumed = heartbeat_ & ~idle_beat;
+  const std::uint64_t resumed = own_heartbeat() & ~idle_beat;
   stats->switches = resumed - (running_ != nullptr && tl_scheduler == this ? 1 : 0);
   stats->yields = stats->switches - stats->parks - (stats->spawns - live_count_);
 #endif

@@ -332,7 +332,7 @@ void Scheduler::loop() {
       // The turn of the fiber about to be resumed (see heartbeat()), stored only when one is:
       // the count of resumptions, from which stats() derives the yields. Relaxed, and this
       // thread is its only writer: a plain load and store, as the countdown it replaced was.
-      const std::uint64_t turn = heartbeat_ + 1;
+      const std::uint64_t turn = own_heartbeat() + 1;
       if (turn % timer_check_interval == 0) {
 #if SKEIN_DEBUG_RECORDS
         coarse_now_ = 0;
@@ -394,7 +394,7 @@ void Scheduler::loop() {
 void Scheduler::idle() {
 #if SKEIN_DEBUG_RECORDS
   // Marked idle for the watchdog meanwhile; the turn is the same after (no fiber ran).
-  const std::uint64_t beat = heartbeat_;
+  const std::uint64_t beat = own_heartbeat();
   set_heartbeat(beat | idle_beat);
   idle_step();
   set_heartbeat(beat);
@@ -655,7 +655,7 @@ bool Scheduler::ask(DebugRequest* request, std::size_t slot) noexcept {
 
 void Scheduler::answer_debug(bool closing) noexcept {
   // Copying many records takes a while, between fibers: not a fiber's time.
-  const std::uint64_t beat = heartbeat_;
+  const std::uint64_t beat = own_heartbeat();
   set_heartbeat(beat | idle_beat);
   std::vector<Asked> asked;
   {

@@ -410,8 +410,7 @@ class Scheduler {
   static constexpr std::uint64_t idle_beat = std::uint64_t{1} << 63;
   std::uint64_t heartbeat() const noexcept {
     if (!SKEIN_DEBUG_RECORDS) return 0;
-    return std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(heartbeat_))
-        .load(std::memory_order_relaxed);
+    return own_heartbeat();
   }
   // Whether a heartbeat says a fiber may be running.
   static bool in_fiber(std::uint64_t beat) noexcept {
@@ -464,11 +463,17 @@ class Scheduler {
   Fiber* running_ = nullptr;
   // See heartbeat(). Also the loop's turn count, whose every timer_check_interval-th turn looks
   // at the timers: the watchdog's heartbeat is the counter the loop keeps anyway, no extra store.
-  // Plain, so the loop reads it as it read the countdown; written through set_heartbeat(), and
-  // read by other threads through an atomic_ref (heartbeat()): never a data race.
+  // Every access goes through an atomic_ref, as C++20 asks of an object that one refers to:
+  // written by the worker (set_heartbeat), read by it (own_heartbeat) and by other threads
+  // (heartbeat()). Relaxed, so each is the plain load or store it was. (close_debug() reads it
+  // from the destroying thread, after the worker was joined.)
   alignas(std::atomic_ref<std::uint64_t>::required_alignment) std::uint64_t heartbeat_ = 0;
   void set_heartbeat(std::uint64_t beat) noexcept {
     std::atomic_ref<std::uint64_t>(heartbeat_).store(beat, std::memory_order_relaxed);
+  }
+  std::uint64_t own_heartbeat() const noexcept {
+    return std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(heartbeat_))
+        .load(std::memory_order_relaxed);
   }
   ReadyQueue ready_;
   NextQueue next_;

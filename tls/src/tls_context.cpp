@@ -160,9 +160,12 @@ SSL_SESSION* TlsContextImpl::take_session(const std::string& h) {
     sessions.erase(it);
     return nullptr;
   }
-  // A copy: the connection's session is marked unresumable if that connection fails, and the
-  // cached one must outlive that (a TLS 1.2 resumption brings no new session to replace it).
-  return SSL_SESSION_dup(s);
+  // The cached object itself, shared with the connection: if that connection fails, OpenSSL marks
+  // it unresumable here too, and the next connection makes a full handshake (RFC 5246, 7.2.2: a
+  // failed connection's session must not be resumed). A connection that merely ends without
+  // close_notify keeps it resumable (TlsStream's destructor marks such an end orderly).
+  SSL_SESSION_up_ref(s);
+  return s;
 }
 
 void TlsContextImpl::keep_session(const std::string& h, SSL_SESSION* session) {
