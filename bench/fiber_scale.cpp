@@ -191,14 +191,16 @@ PhaseResult run_phase(const char* label, skein::GuardMode mode, long n) {
         if (r.spawned % kProgressEvery == 0) progress(label, "spawned", r.spawned, n);
       }
       t_spawned = std::chrono::steady_clock::now();
-      // All fibers start in the next scheduler round, and this fiber, queued behind them, resumes
-      // in that same round, before the scheduler looks at timers: every fiber is parked when it
-      // measures, however long the round takes. The deadline only has to be late enough that
-      // they really sleep: starting a fiber costs a fraction of spawning it (no mmap, no page
-      // fault), so a quarter of the spawn time is margin enough and keeps the idle wait short.
+      // The spawned fibers start over the next scheduler rounds (a round starts a bounded number
+      // of new fibers, for fairness), so this fiber yields until every one has run up to its
+      // sleep, then measures. The deadline only has to be late enough that they really sleep:
+      // starting a fiber costs a fraction of spawning it (no mmap, no page fault), so a quarter
+      // of the spawn time is margin enough and keeps the idle wait short.
       deadline = skein::deadline_after(std::max<std::chrono::steady_clock::duration>(
           std::chrono::milliseconds(100), (t_spawned - t0) / 4));
-      skein::yield();
+      do {
+        skein::yield();
+      } while (alive + finished < r.spawned && skein::Clock::now() < deadline);
       t_started = std::chrono::steady_clock::now();
       r.after = Memory::now();
       r.alive_at_measure = alive;
