@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import socket
 import ssl
 import subprocess
@@ -32,21 +33,12 @@ import sys
 import tempfile
 import threading
 
+# The other sample checks' verdicts and their test PKI, from beside this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from net_check import CheckFailed, Skip, expect, make_test_pki  # noqa: E402
+
 WRAPPER = shlex.split(os.environ.get("MESON_EXE_WRAPPER", ""))
 IO_TIMEOUT = 10.0
-
-
-class CheckFailed(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def expect(condition, message):
-    if not condition:
-        raise CheckFailed(message)
 
 
 def body(path, size):
@@ -384,21 +376,10 @@ def check_retry(fetch_exe):
 
 
 def check_https(fetch_exe):
-    if subprocess.run(["openssl", "version"], capture_output=True).returncode != 0:
+    if shutil.which("openssl") is None:
         raise Skip("the openssl command is not installed")
     with tempfile.TemporaryDirectory() as d:
-        def sh(*cmd):
-            proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
-            expect(proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}")
-        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-        with open(os.path.join(d, "ext.cnf"), "w") as f:
-            f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        for ca in ("ca", "other"):
-            sh("openssl", "req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "1",
-               "-subj", f"/CN=fetch_check {ca}")
-        sh("openssl", "req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost")
-        sh("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-           "-out", "leaf.pem", "-days", "1", "-extfile", "ext.cnf")
+        make_test_pki(d, other_cas=("other",))
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(os.path.join(d, "leaf.pem"), os.path.join(d, "leaf.key"))
         with TestServer(ctx) as server, tempfile.TemporaryDirectory() as out_dir:

@@ -605,15 +605,17 @@ def require_tools(*tools):
             raise Skip(f"the {tool} command is not installed")
 
 
-def make_test_pki(d):
+def make_test_pki(d, other_cas=()):
     """A throwaway CA (d/ca.pem) and a leaf for localhost and 127.0.0.1 signed by it (d/leaf.pem,
-    d/leaf.key), EC P-256, valid for a day, made with the openssl command."""
+    d/leaf.key), EC P-256, valid for a day, made with the openssl command; and a CA d/NAME.pem for
+    each name in `other_cas`, which signed nothing."""
     def sh(*cmd):
         proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
         expect(proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    sh("openssl", "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-       "-subj", "/CN=net_check CA")
+    for ca in ("ca", *other_cas):
+        sh("openssl", "req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "1",
+           "-subj", f"/CN=test {ca}")
     sh("openssl", "req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost")
     with open(os.path.join(d, "ext.cnf"), "w") as f:
         f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
