@@ -311,6 +311,10 @@ void Scheduler::loop() {
   home_ = &running_context();
   spin_ = runtime_->spin_before_sleep();
   std::size_t due = 0;  // timer fibers at the front of ready_: they run before next_
+  // The turn whose timer check was made. A turn ends only when a fiber is resumed, so one that
+  // found none (the round ended) would otherwise check again at the top of every later pass
+  // until one ran; the round's end looks at the timers anyway.
+  std::uint64_t timers_checked_turn = 0;
   for (;;) {
     if (spin_.count() > 0 && !(ready_.empty() && next_.empty())) busy_until_ = Clock::now() + spin_;
     // One round: the fibers ready now. Those they make ready run next round, after timers,
@@ -333,7 +337,8 @@ void Scheduler::loop() {
       // the count of resumptions, from which stats() derives the yields. Relaxed, and this
       // thread is its only writer: a plain load and store, as the countdown it replaced was.
       const std::uint64_t turn = own_heartbeat() + 1;
-      if (turn % timer_check_interval == 0) {
+      if (turn % timer_check_interval == 0 && turn != timers_checked_turn) {
+        timers_checked_turn = turn;
 #if SKEIN_DEBUG_RECORDS
         coarse_now_ = 0;
 #endif
