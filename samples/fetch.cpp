@@ -62,7 +62,9 @@ constexpr const char* kUsage =
     "to it, and at most --per-host of them are open per origin at a time (the other requests to it\n"
     "wait for one). A kept-alive connection that the server closed while it was idle is noticed by\n"
     "the next request on it, which is sent once more on a new connection if no byte of its response\n"
-    "had arrived. Bodies may be sized by Content-Length, chunked, or end when the server closes.\n"
+    "had arrived, or if the response is '408 Request Timeout' (the server gave up on the idle\n"
+    "connection before the request came; it was not processed). A 408 on a new connection is the\n"
+    "URL's result. Bodies may be sized by Content-Length, chunked, or end when the server closes.\n"
     "\n"
     "Prints what happens to each URL as it happens, prefixed by its index ('[2] connected to\n"
     "127.0.0.1:80 (connection 1)', '[2] header > Content-Length: 19'), then a summary: per URL the\n"
@@ -615,7 +617,7 @@ struct Result {
   int redirects = 0;
   unsigned connection = 0;  // the connection of its last request
   bool reused = false;      // ... and whether that one had served a request before
-  bool retried = false;     // a reused connection failed, the request went again on a new one
+  bool retried = false;     // a reused connection failed or answered 408, the request went again
   unsigned requests = 0;    // requests sent, retries included
   unsigned reuses = 0;      // of which on a kept-alive connection
 };
@@ -626,9 +628,10 @@ bool is_timeout(const std::exception& e) {
 }
 
 // Sends the request and reads its response into `reader`; `got_bytes` says whether any byte of
-// the response arrived (a kept-alive connection that fails before then may be retried).
+// the response arrived (a kept-alive connection that fails before then may be retried). With
+// `stop_at_408`, a 408's headers end the exchange: its body is of no use, the request goes again.
 void exchange(Connection& c, const Url& url, ResponseReader& reader, skein::Deadline deadline,
-              bool& got_bytes, bool& leftover) {
+              bool stop_at_408, bool& got_bytes, bool& leftover) {
   const skein::StreamRef stream = c.stream();
   const std::string request = "GET " + url.path + " HTTP/1.1\r\nHost: " + url.authority +
                               "\r\nUser-Agent: skein-fetch\r\nAccept: */*\r\n\r\n";
@@ -658,6 +661,7 @@ void exchange(Connection& c, const Url& url, ResponseReader& reader, skein::Dead
     if (n > 0) got_bytes = true;
     const std::size_t used = reader.feed(buffer.data(), n);  // n == 0 ends a body that runs to the close
     if (reader.complete() && used < n) leftover = true;      // unasked-for bytes: do not reuse
+    if (stop_at_408 && reader.headers_done() && reader.status() == 408) return;
   }
 }
 
@@ -691,15 +695,30 @@ Result fetch(std::size_t index, const Url& first, const Options& options, Pool& 
         reader.reset();
         bool got_bytes = false;
         bool leftover = false;
+        // A server may close a kept-alive connection whenever it is idle, or first answer it with
+        // a 408 Request Timeout: the request meets the close, or gets the 408 that was waiting.
+        // Either way it was not processed, so it goes again, once, on a new connection; on a new
+        // one, a 408 is the server's answer to this request.
+        const bool may_retry = reused && !retry;
+        std::optional<std::string> failure;  // why the exchange failed, when it may be retried
         try {
-          exchange(*lease.connection(), url, reader, deadline, got_bytes, leftover);
+          exchange(*lease.connection(), url, reader, deadline, may_retry, got_bytes, leftover);
         } catch (const std::exception& e) {
-          // A server may close a kept-alive connection whenever it is idle; the request then
-          // meets the close. Nothing of it was answered, so it goes again, once, on a new one.
-          if (!reused || got_bytes || retry || is_timeout(e)) throw;
-          if (!options.quiet)
-            std::printf("[%zu] connection %u failed before any response (%s): retrying on a new connection\n",
-                        index, lease.connection()->number, e.what());
+          if (!may_retry || (got_bytes && reader.status() != 408) || is_timeout(e)) throw;
+          failure = e.what();
+        }
+        if (may_retry && (failure || reader.status() == 408)) {
+          if (!options.quiet) {
+            if (reader.status() == 408)
+              std::printf(
+                  "[%zu] connection %u answered 408 Request Timeout (it had been idle): retrying on a "
+                  "new connection\n",
+                  index, lease.connection()->number);
+            else
+              std::printf(
+                  "[%zu] connection %u failed before any response (%s): retrying on a new connection\n",
+                  index, lease.connection()->number, failure->c_str());
+          }
           lease.drop();
           result.retried = true;
           continue;

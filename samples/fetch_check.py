@@ -10,7 +10,10 @@
                                        Locations, to another origin, --max-redirs, a loop, no -L
     fetch_check.py retry       FETCH   a server that closes every kept-alive connection after one
                                        response: the next request goes again on a new connection
-    fetch_check.py https       FETCH   keep-alive, bodies, the retry and redirects over TLS with a
+    fetch_check.py retry-408   FETCH   a server that answers a reused connection with 408 Request
+                                       Timeout and closes it: the request goes again, once, on a
+                                       new connection; a 408 on a new connection is the result
+    fetch_check.py https       FETCH   keep-alive, bodies, both retries and redirects over TLS with a
                                        CA made by `openssl` at test time, and a certificate from
                                        another CA refused (exit 77 without the openssl command)
 
@@ -98,6 +101,7 @@ class TestServer:
             if self.tls:
                 sock = self.tls.wrap_socket(sock, server_side=True)
             buf = b""
+            served = 0  # requests answered on this connection
             while True:
                 while b"\r\n\r\n" not in buf:
                     chunk = sock.recv(65536)
@@ -110,7 +114,8 @@ class TestServer:
                 headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
                 with self.lock:
                     self.requests.append((number, target))
-                keep = self._respond(sock, method, target, headers)
+                keep = self._respond(sock, method, target, headers, served)
+                served += 1
                 if not keep:
                     return
         except (OSError, ssl.SSLError, ValueError):
@@ -121,8 +126,9 @@ class TestServer:
         finally:
             sock.close()
 
-    def _respond(self, sock, method, target, headers):
-        """Answers one request; returns whether the connection stays open for another."""
+    def _respond(self, sock, method, target, headers, served):
+        """Answers one request, the connection's `served`+1-th; returns whether the connection
+        stays open for another."""
         expect(method == "GET", f"fetch sent {method}")
         expect("host" in headers, f"no Host header: {headers}")
         path = target.split("?")[0]
@@ -164,6 +170,14 @@ class TestServer:
         elif kind == "rude":  # sized, no 'Connection: close', and closed right after
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + data)
             return False
+        elif kind == "stale" and served > 0:  # a server that timed the idle connection out
+            self._timeout(sock)
+            return False
+        elif kind == "stale":  # the first request on its connection: as len
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + data)
+        elif kind == "timeout":  # always 408
+            self._timeout(sock)
+            return False
         elif kind == "cut":  # promises `size` bytes, sends half, closes
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + data[:size // 2])
             return False
@@ -186,6 +200,11 @@ class TestServer:
         else:
             sock.sendall(b"HTTP/1.1 500 Unknown\r\nContent-Length: 0\r\n\r\n")
         return True
+
+    def _timeout(self, sock):
+        text = b"idle too long"
+        sock.sendall(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(text), text))
 
     def _redirect(self, sock, status, location):
         text = b"moved to " + location.encode()
@@ -375,6 +394,48 @@ def check_retry(fetch_exe):
         print("retry: 3 requests that met a closed kept-alive connection went again on new ones")
 
 
+def check_retry_408(fetch_exe):
+    with TestServer() as server:
+        base = server.base()
+        # One connection at a time. /stale answers a connection's first request and times out any
+        # later one (408 and close); /timeout always does. The retry of [7] meets a 408 too: the
+        # request goes again only once.
+        plan = [("len/10", r"connection 1 \(new\)"),
+                ("stale/2000", r"connection 2 \(new\), retried"),
+                ("stale/30", r"connection 3 \(new\), retried"),
+                ("close/5", r"connection 3 \(reused\)"),
+                ("timeout", r"connection 4 \(new\)"),
+                ("len/7", r"connection 5 \(new\)"),
+                ("timeout", r"connection 6 \(new\), retried")]
+        urls = [f"{base}/{p}" for p, _ in plan]
+        with tempfile.TemporaryDirectory() as d:
+            out = run_fetch(fetch_exe, "--per-host", "1", "--output-dir", d, *urls, expect_code=1)
+            check_files(d, {"1-10": body("/len/10", 10), "2-2000": body("/stale/2000", 2000),
+                            "3-30": body("/stale/30", 30), "4-5": body("/close/5", 5), "6-7": body("/len/7", 7)})
+        for i, (p, how) in enumerate(plan):
+            if p == "timeout":
+                line = summary_line(out, i + 1)
+                expect(re.fullmatch(rf"{re.escape(urls[i])}  FAILED \(HTTP status 408\)  [0-9.]+ s  {how}", line),
+                       f"[{i + 1}] expected a 408, '{how}'; got: {line}\n{out}")
+            else:
+                n = int(p.split("/")[1])
+                check_ok(out, i + 1, urls[i], n, how)
+        for i, stale in ((2, 1), (3, 2), (7, 5)):
+            expect(re.search(rf"^\[{i}\] connection {stale} answered 408 Request Timeout \(it had been idle\): "
+                             r"retrying on a new connection$", out, re.M), f"no 408 retry line for [{i}]:\n{out}")
+        expect(len(re.findall(r"answered 408", out)) == 3, f"a 408 on a new connection was retried:\n{out}")
+        t = totals(out)
+        # The bytes of the two 408s reported count too (their files are removed).
+        expect(t["fetched"] == 5 and t["failed"] == 2 and t["opened"] == 6 and t["requests"] == 10
+               and t["reused"] == 4 and t["retried"] == 3
+               and t["bytes"] == 10 + 2000 + 30 + 5 + 7 + 2 * len(b"idle too long"), f"totals {t}\n{out}")
+        targets = [t for _, t in server.requests]
+        expect(server.connections == 6 and len(targets) == 10,
+               f"server: {server.connections} connections, requests {server.requests} (expected 6 and 10)")
+        print("retry-408: 3 requests answered 408 on a reused connection went again on new ones (once each); "
+              "a 408 on a new connection is the URL's result")
+
+
 def check_https(fetch_exe):
     if shutil.which("openssl") is None:
         raise Skip("the openssl command is not installed")
@@ -387,34 +448,38 @@ def check_https(fetch_exe):
             # One connection at a time. Connection 1: kept alive over sized, chunked and an
             # EOF-delimited body (ended by close_notify). Connection 2: kept alive, then closed by
             # the server after /rude without a word; the next request meets the close and goes
-            # again on connection 3, which then carries a chain of redirects.
+            # again on connection 3, whose next request is answered 408 Request Timeout: it goes
+            # again on connection 4, which then carries a chain of redirects.
             plan = [("len/1", 1, r"connection 1 \(new\)"),
                     ("chunked/70000", 70000, r"connection 1 \(reused\)"),
                     ("eof/3000", 3000, r"connection 1 \(reused\)"),
                     ("len/2", 2, r"connection 2 \(new\)"),
                     ("rude/5", 5, r"connection 2 \(reused\)"),
                     ("len/3", 3, r"connection 3 \(new\), retried"),
-                    ("chain/1", 1000, r"connection 3 \(reused\), 5 redirects")]
+                    ("stale/6", 6, r"connection 4 \(new\), retried"),
+                    ("chain/1", 1000, r"connection 4 \(reused\), 5 redirects")]
             urls = [f"{base}/{p}" for p, _, _ in plan]
             out = run_fetch(fetch_exe, "--cacert", os.path.join(d, "ca.pem"), "-L", "--per-host", "1",
                             "--output-dir", out_dir, *urls)
             expected = {f"{i + 1}-{p.split('/')[-1]}": body("/" + p, n) for i, (p, n, _) in enumerate(plan)}
-            expected["7-1"] = body("/len/1000", 1000)
+            expected["8-1"] = body("/len/1000", 1000)
             check_files(out_dir, expected)
             for i, (p, n, how) in enumerate(plan):
                 check_ok(out, i + 1, urls[i], n, how)
             expect(re.search(r"^\[1\] TLS TLSv1\.3 \S+, server /CN=localhost$", out, re.M), f"TLS line:\n{out}")
             t = totals(out)
-            expect(t["opened"] == 3 and t["requests"] == 13 and t["retried"] == 1 and t["redirects"] == 5,
+            expect(t["opened"] == 4 and t["requests"] == 15 and t["retried"] == 2 and t["redirects"] == 5,
                    f"totals {t}\n{out}")
-            expect(server.connections == 3 and len(server.requests) == 12,
-                   f"server: {server.connections} connections, {len(server.requests)} requests (expected 3 and 12)")
+            expect(server.connections == 4 and len(server.requests) == 14,
+                   f"server: {server.connections} connections, {len(server.requests)} requests (expected 4 and 14)")
+            expect(re.search(r"^\[7\] connection 3 answered 408 Request Timeout", out, re.M), f"no 408 retry:\n{out}")
             # A certificate from a CA that is not trusted: refused, with OpenSSL's reason.
             out = run_fetch(fetch_exe, "--cacert", os.path.join(d, "other.pem"), f"{base}/len/1", expect_code=1)
             expect(re.search(r"^  \[1\] .*  FAILED \(.*certificate verify failed: unable to get local issuer "
                              r"certificate.*\)", out, re.M), f"untrusted certificate:\n{out}")
             expect(not re.search(r"header >", out), f"a response was read over a refused connection:\n{out}")
-    print("https: keep-alive, chunked, close_notify, retry and redirects over TLS; an untrusted certificate refused")
+    print("https: keep-alive, chunked, close_notify, both retries and redirects over TLS; an untrusted certificate "
+          "refused")
 
 
 CHECKS = {
@@ -422,6 +487,7 @@ CHECKS = {
     "bodies": check_bodies,
     "redirects": check_redirects,
     "retry": check_retry,
+    "retry-408": check_retry_408,
     "https": check_https,
 }
 
