@@ -30,19 +30,16 @@ using skein_bench::die;
 inline sockaddr_in parse_listen_args(int argc, char** argv, const char* usage) {
   std::string host = "127.0.0.1";
   int port = 0;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view value;
-    if (cli::is_help(argv[i])) {
-      std::fputs(usage, stdout);
-      std::exit(0);
-    } else if (cli::option("--port", i, argc, argv, value)) {
+  skein_bench::parse_args(argc, argv, usage, [&](int& i, std::string_view& value) {
+    if (cli::option("--port", i, argc, argv, value)) {
       port = cli::number("--port", value, 0, 65535);
     } else if (cli::option("--host", i, argc, argv, value)) {
       host = value;
     } else {
-      cli::unknown_argument(argv[i]);
+      return false;
     }
-  }
+    return true;
+  });
   return skein_bench::ipv4_address(host, port);
 }
 

@@ -1,6 +1,7 @@
 // load_cli.hpp: the command line bench/'s network programs share, on top of samples/cli.hpp (whose
 // error conventions it keeps: a bad argument prints "PROG: MESSAGE" and the --help hint, exit 2).
-// The load generators (echo_load, churn_load, tls_load) take the same core options, parsed here:
+// parse_args is the samples' argument loop with its --help; the load generators (echo_load,
+// churn_load, tls_load) take the same core options besides, parsed by parse_load_args:
 //
 //   skein_bench::LoadOptions o;  // or a struct derived from it, for the program's own options
 //   skein_bench::parse_load_args(argc, argv, kUsage, o, [&](int& i, std::string_view& value) {
@@ -65,19 +66,28 @@ struct LoadOptions {
   sockaddr_in addr{};              // host:port, set by parse_load_args
 };
 
-// Parses argv into `o`: -h/--help prints `usage` and exits 0. An argument that is none of
-// LoadOptions' goes to own(i, value), which returns true if it took argv[i] (by cli::option, which
-// steps i past a value, or by comparing it). Anything else, a bad value or a missing --port is a
-// usage error.
+// Parses argv in samples/cli.hpp's way: -h/--help prints `usage` and exits 0; any other argument
+// goes to take(i, value), which returns true if it took argv[i] (by cli::option, which steps i past
+// a value and sets `value`, or by comparing it); an argument it does not take is a usage error.
+template <class Take>
+void parse_args(int argc, char** argv, const char* usage, Take&& take) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view value;
+    if (skein_samples::cli::is_help(argv[i])) {
+      std::fputs(usage, stdout);
+      std::exit(0);
+    }
+    if (!take(i, value)) skein_samples::cli::unknown_argument(argv[i]);
+  }
+}
+
+// parse_args for a load generator: LoadOptions' options go to `o`, any other argument to own(i,
+// value) as to parse_args' take. A missing --port is a usage error too.
 template <class Own>
 void parse_load_args(int argc, char** argv, const char* usage, LoadOptions& o, Own&& own) {
   namespace cli = skein_samples::cli;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view value;
-    if (cli::is_help(argv[i])) {
-      std::fputs(usage, stdout);
-      std::exit(0);
-    } else if (cli::option("--port", i, argc, argv, value)) {
+  parse_args(argc, argv, usage, [&](int& i, std::string_view& value) {
+    if (cli::option("--port", i, argc, argv, value)) {
       o.port = cli::number("--port", value, 1, 65535);
     } else if (cli::option("--host", i, argc, argv, value)) {
       o.host = value;
@@ -92,10 +102,11 @@ void parse_load_args(int argc, char** argv, const char* usage, LoadOptions& o, O
     } else if (o.takes_json && cli::option("--json", i, argc, argv, value)) {
       o.json = value;
       if (o.json.empty()) cli::usage_error("--json needs a file name");
-    } else if (!own(i, value)) {
-      cli::unknown_argument(argv[i]);
+    } else {
+      return own(i, value);
     }
-  }
+    return true;
+  });
   if (o.port < 0) cli::usage_error("--port is required");
   o.addr = ipv4_address(o.host, o.port);
 }
