@@ -10,8 +10,7 @@
 // One thread, one level-triggered epoll set. The client closes first, so its TIME_WAIT sockets
 // are on the loopback, where Linux reuses them (net.ipv4.tcp_tw_reuse=2, the default).
 
-#include "cli.hpp"
-#include "process_cpu.hpp"
+#include "load_cli.hpp"
 
 #include <cerrno>
 #include <chrono>
@@ -22,7 +21,6 @@
 #include <string_view>
 #include <vector>
 
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -32,6 +30,7 @@
 namespace {
 
 namespace cli = skein_samples::cli;
+using skein_bench::die;
 using skein_bench::process_cpu_seconds;
 using Clock = std::chrono::steady_clock;
 
@@ -59,50 +58,24 @@ struct Slot {
   unsigned char seed = 0;
 };
 
-[[noreturn]] void die(const char* what, int err) {
-  std::fprintf(stderr, "churn_load: %s: %s\n", what, std::strerror(err));
-  std::exit(1);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   cli::program = "churn_load";
-  std::string host = "127.0.0.1";
-  int port = -1;
+  skein_bench::LoadOptions o;
+  o.takes_json = false;
   int slots = 32;
-  double seconds = 5, warmup = 1;
   std::size_t size = 64;
-  long server_pid = 0;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view value;
-    if (cli::is_help(argv[i])) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (cli::option("--port", i, argc, argv, value)) {
-      port = cli::number("--port", value, 1, 65535);
-    } else if (cli::option("--host", i, argc, argv, value)) {
-      host = std::string(value);
-    } else if (cli::option("--slots", i, argc, argv, value)) {
+  skein_bench::parse_load_args(argc, argv, kUsage, o, [&](int& i, std::string_view& value) {
+    if (cli::option("--slots", i, argc, argv, value)) {
       slots = cli::number("--slots", value, 1, 1000);
-    } else if (cli::option("--seconds", i, argc, argv, value)) {
-      seconds = cli::number("--seconds", value, 0.1, 3600.0);
-    } else if (cli::option("--warmup", i, argc, argv, value)) {
-      warmup = cli::number("--warmup", value, 0.0, 600.0);
     } else if (cli::option("--size", i, argc, argv, value)) {
       size = cli::number<std::size_t>("--size", value, 1, 65536);
-    } else if (cli::option("--server-pid", i, argc, argv, value)) {
-      server_pid = cli::number("--server-pid", value, 1L, 1L << 30);
     } else {
-      cli::usage_error(std::string("unknown argument '") + argv[i] + "'");
+      return false;
     }
-  }
-  if (port < 0) cli::usage_error("--port is required");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1)
-    cli::usage_error("--host " + host + ": not an IPv4 address");
+    return true;
+  });
 
   const int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) die("epoll_create1", errno);
@@ -117,7 +90,8 @@ int main(int argc, char** argv) {
     setsockopt(s.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     s.sent = s.got = 0;
     ++s.seed;
-    if (::connect(s.fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0 && errno != EINPROGRESS)
+    if (::connect(s.fd, reinterpret_cast<const sockaddr*>(&o.addr), sizeof o.addr) < 0 &&
+        errno != EINPROGRESS)
       die("connect", errno);
     epoll_event ev{};
     ev.events = EPOLLOUT;
@@ -127,8 +101,8 @@ int main(int argc, char** argv) {
   for (std::size_t i = 0; i < slot.size(); ++i) start(i);
 
   const auto t0 = Clock::now();
-  const auto t_measure = t0 + std::chrono::duration<double>(warmup);
-  const auto t_end = t_measure + std::chrono::duration<double>(seconds);
+  const auto t_measure = t0 + std::chrono::duration<double>(o.warmup);
+  const auto t_end = t_measure + std::chrono::duration<double>(o.seconds);
   bool measuring = false;
   std::uint64_t done0 = 0;
   double cpu0 = -1;
@@ -138,7 +112,7 @@ int main(int argc, char** argv) {
     if (!measuring && now >= t_measure) {
       measuring = true;
       done0 = done;
-      if (server_pid) cpu0 = process_cpu_seconds(server_pid);
+      if (o.server_pid) cpu0 = process_cpu_seconds(o.server_pid);
     }
     if (now >= t_end) break;
     const int n = epoll_wait(ep, evs, 256, 100);
@@ -175,7 +149,7 @@ int main(int argc, char** argv) {
   }
   const double measured = std::chrono::duration<double>(Clock::now() - t_measure).count();
   const std::uint64_t conns = done - done0;
-  const double cpu1 = server_pid ? process_cpu_seconds(server_pid) : -1;
+  const double cpu1 = o.server_pid ? process_cpu_seconds(o.server_pid) : -1;
   std::printf("churn_load: %llu connections in %.2f s: %.0f connections/s",
               static_cast<unsigned long long>(conns), measured, static_cast<double>(conns) / measured);
   if (cpu0 >= 0 && cpu1 >= 0 && conns)

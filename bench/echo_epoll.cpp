@@ -216,14 +216,7 @@ int main(int argc, char** argv) {
   // Signals arrive as readable data on an fd in the same epoll set: no handler, no races.
   const int sfd = baseline::stop_signal_fd(SFD_NONBLOCK | SFD_CLOEXEC);
 
-  const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (lfd < 0) die("socket");
-  const int one = 1;
-  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) die(("bind " + host).c_str());
-  if (listen(lfd, SOMAXCONN) < 0) die("listen");
-  socklen_t len = sizeof addr;
-  if (getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len) < 0) die("getsockname");
+  const int lfd = baseline::listen_socket(addr, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
 
   auto server = std::make_unique<Server>(lfd, sfd);  // the heap: it holds a 64 KiB buffer
   std::printf("listening on %s:%u\n", host.c_str(), ntohs(addr.sin_port));

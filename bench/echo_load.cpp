@@ -8,8 +8,7 @@
 // Each thread (one by default) drives its share of the connections from one level-triggered epoll
 // set, so the client costs about what a good server costs and leaves the other core to the server.
 
-#include "cli.hpp"
-#include "process_cpu.hpp"
+#include "load_cli.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -29,7 +28,6 @@
 #include <thread>
 #include <vector>
 
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -41,6 +39,7 @@ namespace {
 
 namespace cli = skein_samples::cli;
 using skein_bench::process_cpu_seconds;
+using skein_bench::self_cpu_seconds;
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kUsage =
@@ -73,16 +72,11 @@ constexpr int kConnectAttempts = 6;
 constexpr auto kConnectStall = std::chrono::seconds(2);  // a dropped SYN: give up and retry
 constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
 
-struct Options {
-  std::string host = "127.0.0.1";
-  int port = -1;
+struct Options : skein_bench::LoadOptions {
+  Options() { seconds = 10; }
   int connections = 100;
-  double seconds = 10;
   std::size_t size = 64;
-  double warmup = 1;
   int threads = 1;
-  long server_pid = 0;
-  std::string json;
 };
 
 // ---- the run's shared state ----------------------------------------------------------------
@@ -410,13 +404,6 @@ class Worker {
 
 // ---- main thread ---------------------------------------------------------------------------
 
-double cpu_seconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
 // Sleeps for `seconds`, printing a progress line each second when `progress`. False on failure.
 bool run_for(double seconds, const char* label, bool progress,
              const std::vector<std::unique_ptr<Worker>>& workers) {
@@ -466,42 +453,18 @@ void raise_fd_limit(int connections) {
 int main(int argc, char** argv) {
   cli::program = "echo_load";
   Options opt;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view value;
-    if (cli::is_help(argv[i])) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (cli::option("--port", i, argc, argv, value)) {
-      opt.port = cli::number("--port", value, 1, 65535);
-    } else if (cli::option("--host", i, argc, argv, value)) {
-      opt.host = value;
-    } else if (cli::option("--connections", i, argc, argv, value)) {
+  skein_bench::parse_load_args(argc, argv, kUsage, opt, [&](int& i, std::string_view& value) {
+    if (cli::option("--connections", i, argc, argv, value)) {
       opt.connections = cli::number("--connections", value, 1, 100000);
-    } else if (cli::option("--seconds", i, argc, argv, value)) {
-      opt.seconds = cli::number("--seconds", value, 0.1, 3600.0);
     } else if (cli::option("--size", i, argc, argv, value)) {
       opt.size = cli::number<std::size_t>("--size", value, 1, 1 << 20);
-    } else if (cli::option("--warmup", i, argc, argv, value)) {
-      opt.warmup = cli::number("--warmup", value, 0.0, 600.0);
     } else if (cli::option("--threads", i, argc, argv, value)) {
       opt.threads = cli::number("--threads", value, 1, 64);
-    } else if (cli::option("--server-pid", i, argc, argv, value)) {
-      opt.server_pid = cli::number("--server-pid", value, 1L, 1L << 30);
-      if (process_cpu_seconds(opt.server_pid) < 0)
-        cli::usage_error("--server-pid " + std::to_string(opt.server_pid) + ": no such process to read");
-    } else if (cli::option("--json", i, argc, argv, value)) {
-      opt.json = value;
-      if (opt.json.empty()) cli::usage_error("--json needs a file name");
     } else {
-      cli::unknown_argument(argv[i]);
+      return false;
     }
-  }
-  if (opt.port < 0) cli::usage_error("--port is required");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(opt.port));
-  if (inet_pton(AF_INET, opt.host.c_str(), &addr.sin_addr) != 1)
-    cli::usage_error("--host must be an IPv4 address, not '" + opt.host + "'");
+    return true;
+  });
   opt.threads = std::min(opt.threads, opt.connections);
   raise_fd_limit(opt.connections);
 
@@ -509,7 +472,7 @@ int main(int argc, char** argv) {
   std::vector<std::thread> threads;
   for (int t = 0, first = 0; t < opt.threads; ++t) {
     const int count = opt.connections / opt.threads + (t < opt.connections % opt.threads ? 1 : 0);
-    workers.push_back(std::make_unique<Worker>(opt, addr, first, count));
+    workers.push_back(std::make_unique<Worker>(opt, opt.addr, first, count));
     first += count;
   }
   const auto ramp_start = Clock::now();
@@ -529,14 +492,14 @@ int main(int argc, char** argv) {
   double measured_s = 0, cpu_s = 0, server_cpu_s = -1;
   phase.store(kWarmup);
   if (!failed.load() && run_for(opt.warmup, "warm-up", progress, workers)) {
-    const double cpu0 = cpu_seconds();
+    const double cpu0 = self_cpu_seconds();
     const double server0 = opt.server_pid ? process_cpu_seconds(opt.server_pid) : -1;
     const auto t0 = Clock::now();
     phase.store(kMeasure);
     run_for(opt.seconds, "run", progress, workers);
     phase.store(kStop);
     measured_s = std::chrono::duration<double>(Clock::now() - t0).count();
-    cpu_s = cpu_seconds() - cpu0;
+    cpu_s = self_cpu_seconds() - cpu0;
     const double server1 = opt.server_pid ? process_cpu_seconds(opt.server_pid) : -1;
     if (server0 >= 0 && server1 >= 0) server_cpu_s = server1 - server0;
   }
@@ -574,11 +537,8 @@ int main(int argc, char** argv) {
   if (errors) std::fprintf(stderr, "echo_load: error: %s\n", first_error.c_str());
 
   if (!opt.json.empty()) {
-    std::FILE* f = std::fopen(opt.json.c_str(), "w");
-    if (!f) {
-      std::fprintf(stderr, "echo_load: cannot write %s: %s\n", opt.json.c_str(), std::strerror(errno));
-      return 1;
-    }
+    std::FILE* f = skein_bench::open_json(opt.json);
+    if (!f) return 1;
     std::string err_json;
     for (char ch : first_error) {
       if (ch == '"' || ch == '\\') err_json += '\\';

@@ -83,14 +83,7 @@ int main(int argc, char** argv) {
   // signals wait on the signalfd for the accept loop.
   const int sfd = baseline::stop_signal_fd(SFD_CLOEXEC);
 
-  const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (lfd < 0) die("socket");
-  const int one = 1;
-  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) die(("bind " + host).c_str());
-  if (listen(lfd, SOMAXCONN) < 0) die("listen");
-  socklen_t len = sizeof addr;
-  if (getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len) < 0) die("getsockname");
+  const int lfd = baseline::listen_socket(addr, SOCK_STREAM | SOCK_CLOEXEC);
   std::printf("listening on %s:%u\n", host.c_str(), ntohs(addr.sin_port));
   std::fflush(stdout);
 
@@ -109,6 +102,7 @@ int main(int argc, char** argv) {
       if (errno == EMFILE || errno == ENFILE) usleep(1000);  // let connections end, not spin
       continue;
     }
+    const int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     try {
       std::thread(serve, fd).detach();

@@ -152,4 +152,40 @@ inline bool add_variant(const char* program, std::span<const std::string_view> k
   return false;
 }
 
+// The options both programs take besides their sizes: --variant NAME (repeatable), --json-line.
+struct CommonArgs {
+  std::vector<std::string_view> variants;  // chosen, in the order given; none: all
+  bool json_line = false;
+};
+
+// Takes argv[i] (stepping i past a value) and returns true if it is -h/--help, --variant NAME or
+// --json-line. --help prints usage(argv[0]) and exits 0; an unknown variant exits 2.
+inline bool take_common_arg(const char* program, std::span<const std::string_view> known,
+                            void (*usage)(const char*), int& i, int argc, char** argv, CommonArgs& args) {
+  const std::string_view a = argv[i];
+  if (a == "--help" || a == "-h") {
+    usage(argv[0]);
+    std::exit(0);
+  }
+  if (a == "--variant" && i + 1 < argc) {
+    if (!add_variant(program, known, argv[++i], args.variants)) std::exit(2);
+    return true;
+  }
+  if (a == "--json-line") {
+    args.json_line = true;
+    return true;
+  }
+  return false;
+}
+
+// Runs the chosen variants, or all of `known` in order when none was chosen: a single one in this
+// process, several each in a child of its own (run_each_in_child). Returns the exit status.
+inline int run_variants(const char* program, std::span<const std::string_view> known,
+                        std::vector<std::string_view> chosen,
+                        const std::function<int(std::string_view)>& run) {
+  if (chosen.empty()) chosen.assign(known.begin(), known.end());
+  if (chosen.size() == 1) return run(chosen[0]);
+  return run_each_in_child(program, chosen, run);
+}
+
 }  // namespace fiber_bench

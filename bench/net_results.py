@@ -7,7 +7,10 @@ MANIFEST has one tab-separated line per run: kind server connections rep status 
 server_exit wall_s backend_seen requests. Server ids are the anchors (echo_epoll, echo_threads,
 nginx, redis-server) and skein's samples as BASE-BACKEND (skein-epoll, http_server-io_uring,
 kv_server-nopoll-epoll, ...). The setup (programs, options) comes in BENCH_NET_SETUP as KEY=VALUE
-lines. Exits 1 when a run failed.
+lines. Exits 1 when a run failed, 2 on a bad command line.
+
+bench/tls_results.py takes its command line, wrk parser, medians, ratios and machine description
+from here.
 """
 
 import csv
@@ -24,6 +27,62 @@ BACKENDS = ("epoll", "io_uring", "io_uring_poll")  # io_uring: completion mode; 
 ANCHOR = {"echo": "echo_epoll", "http": "nginx", "kv": "redis-server"}
 SKEIN = {"echo": "skein", "http": "http_server", "kv": "kv_server"}
 UNIT = {"echo": "message", "http": "request", "kv": "request"}
+
+
+def command_line(doc, setup_var):
+    """(manifest, out_json, quick, setup) from a results script's MANIFEST OUT_JSON QUICK(0|1), with
+    setup from the KEY=VALUE lines of the environment variable setup_var. -h or --help prints doc and
+    exits 0; a bad command line prints what is wrong and the usage, and exits 2."""
+    prog, args = os.path.basename(sys.argv[0]), sys.argv[1:]
+    if args[:1] in (["-h"], ["--help"]):
+        print(doc.strip())
+        sys.exit(0)
+    problem = None
+    if len(args) != 3:
+        problem = f"expected 3 arguments, got {len(args)}"
+    elif args[2] not in ("0", "1"):
+        problem = f"QUICK must be 0 or 1, not {args[2]!r}"
+    elif not os.path.isfile(args[0]):
+        problem = f"no manifest {args[0]!r}"
+    if problem:
+        print(f"{prog}: {problem}\nusage: {prog} MANIFEST OUT_JSON QUICK(0|1)   (--help for more)", file=sys.stderr)
+        sys.exit(2)
+    setup = dict(line.split("=", 1) for line in os.environ.get(setup_var, "").splitlines() if "=" in line)
+    return args[0], args[1], args[2] == "1", setup
+
+
+def median(xs):
+    """The median of xs; None when there are none."""
+    return statistics.median(xs) if xs else None
+
+
+def ratio(a, b):
+    """a / b to three places; None unless both are there and nonzero."""
+    return round(a / b, 3) if a and b else None
+
+
+def sh(cmd):
+    """What a shell command prints (a tool's version), stripped; "" when it fails."""
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:
+        return ""
+
+
+def machine(loadavg_var, **tools):
+    """The results' "machine": CPUs, kernel, date, the load averages at the start (from the environment
+    variable loadavg_var) and now, then each tool's version as its shell command prints it."""
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    return {"nproc": os.cpu_count(), "cpu": cpu_model, "kernel": platform.release(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "loadavg_at_start": os.environ.get(loadavg_var, "").split()[:3],
+            "loadavg_at_end": open("/proc/loadavg").read().split()[:3],
+            **{name: sh(cmd) for name, cmd in tools.items()}}
+
+
+def write_json(dest, result):
+    with open(dest, "w") as f:
+        json.dump(result, f, indent=1)
 
 
 def split_id(server):
@@ -93,8 +152,7 @@ def read_runs(manifest):
 
 
 def main():
-    manifest, dest, quick = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    setup = dict(line.split("=", 1) for line in os.environ.get("BENCH_NET_SETUP", "").splitlines() if "=" in line)
+    manifest, dest, quick, setup = command_line(__doc__, "BENCH_NET_SETUP")
     runs = read_runs(manifest)
     good = [r for r in runs if r["status"] in ("ok", "http-errors")]
 
@@ -112,15 +170,12 @@ def main():
     for kind in medians.values():
         for group in kind.values():
             for m in group.values():
-                m["rate"] = statistics.median(m["rates"]) if m["rates"] else None
-                m["cost_us"] = statistics.median(m["costs"]) if m["costs"] else None
+                m["rate"] = median(m["rates"])
+                m["cost_us"] = median(m["costs"])
                 m["backend_seen"] = sorted(m["backend_seen"])
 
     def get(kind, group, server, field):
         return medians.get(kind, {}).get(str(group), {}).get(server, {}).get(field)
-
-    def ratio(a, b):
-        return round(a / b, 3) if a and b else None
 
     # Each skein server against its anchor, per group: throughput (skein/anchor, higher is better)
     # and CPU per message or request (skein/anchor, lower is better).
@@ -202,24 +257,13 @@ def main():
             target(b, f"{label}: requests/s / redis-server's", rq("kv", 50, f"{kv}-{b}", "throughput"),
                    ">=", 1.0, uring)
 
-    def sh(cmd):
-        try:
-            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
-        except Exception:
-            return ""
-
-    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
     failures = [r for r in runs if r["status"] not in ("ok", "superseded", "http-errors")
                 or (r["status"] == "ok" and r["backend"] and r["server_exit"] not in (0, None))]
     result = {
         "benchmark": "scripts/bench-net",
         "quick": quick,
-        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model, "kernel": platform.release(),
-                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "loadavg_at_start": os.environ.get("BENCH_NET_LOADAVG", "").split()[:3],
-                    "loadavg_at_end": open("/proc/loadavg").read().split()[:3],
-                    "gcc": sh("gcc -dumpfullversion"), "nginx": sh("nginx -v 2>&1"), "wrk": sh("wrk -v 2>&1 | head -n1"),
-                    "redis_server": sh("redis-server --version")},
+        "machine": machine("BENCH_NET_LOADAVG", gcc="gcc -dumpfullversion", nginx="nginx -v 2>&1",
+                           wrk="wrk -v 2>&1 | head -n1", redis_server="redis-server --version"),
         "setup": {"servers_on_core": 0, "load_on_core": 1, "echo_message_bytes": 64,
                   "echo": "bench/echo_load --connections N --size 64", "http": "wrk -t1 -c256",
                   "kv": "redis-benchmark -t set,get -c 50 -n N (kv_server --threads 1; -nopoll: --poll-us 0)",
@@ -234,8 +278,7 @@ def main():
         "failed_runs": len(failures),
         "runs": runs,
     }
-    with open(dest, "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(dest, result)
 
     fr = lambda x: f"{x:.2f}x" if x else "-"
     fn = lambda x: f"{x:,.0f}" if x else "-"

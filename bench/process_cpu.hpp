@@ -1,10 +1,11 @@
-// The CPU time another process has used, for the load generators' --server-pid: the server's own
-// cost, which the client's limits cannot cap.
+// CPU time, for the load generators: another process's, for --server-pid (the server's own cost,
+// which the client's limits cannot cap), and the load generator's own.
 #pragma once
 
 #include <cstdio>
 #include <cstring>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 namespace skein_bench {
@@ -26,6 +27,14 @@ inline double process_cpu_seconds(long pid) {
   if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
     return -1;
   return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// CPU seconds (user + system) this process has used, all its threads.
+inline double self_cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 }  // namespace skein_bench

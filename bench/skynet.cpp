@@ -178,28 +178,19 @@ bool power_of_ten(long long n) {
 
 int main(int argc, char** argv) {
   long long leaves = kDefaultLeaves;
-  bool json_line = false;
-  std::vector<std::string_view> variants;
+  fiber_bench::CommonArgs args;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
-    const bool has_value = i + 1 < argc;
-    if (a == "--help" || a == "-h") {
-      usage(argv[0]);
-      return 0;
-    } else if (a == "--leaves" && has_value && fiber_bench::parse_count(argv[i + 1], leaves) &&
+    if (fiber_bench::take_common_arg("skynet", kVariants, usage, i, argc, argv, args)) {
+    } else if (a == "--leaves" && i + 1 < argc && fiber_bench::parse_count(argv[i + 1], leaves) &&
                power_of_ten(leaves)) {
       ++i;
-    } else if (a == "--variant" && has_value) {
-      if (!fiber_bench::add_variant("skynet", kVariants, argv[++i], variants)) return 2;
-    } else if (a == "--json-line") {
-      json_line = true;
     } else {
       std::fprintf(stderr, "skynet: bad argument '%s' (see --help; --leaves takes a power of 10)\n", argv[i]);
       return 2;
     }
   }
-  if (variants.empty()) variants.assign(std::begin(kVariants), std::end(kVariants));
-  if (variants.size() == 1) return run_variant(variants[0], leaves, json_line);
-  return fiber_bench::run_each_in_child(
-      "skynet", variants, [&](std::string_view v) { return run_variant(v, leaves, json_line); });
+  return fiber_bench::run_variants("skynet", kVariants, args.variants, [&](std::string_view v) {
+    return run_variant(v, leaves, args.json_line);
+  });
 }

@@ -12,8 +12,7 @@
 // so the client's cost is little more than its half of the cryptography. The certificate is not
 // verified (the benchmark's servers use a throw-away one); the handshake's signature still is.
 
-#include "cli.hpp"
-#include "process_cpu.hpp"
+#include "load_cli.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -26,21 +25,21 @@
 #include <string_view>
 #include <vector>
 
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/objects.h>
 #include <openssl/ssl.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 namespace {
 
 namespace cli = skein_samples::cli;
+using skein_bench::die;
 using skein_bench::process_cpu_seconds;
+using skein_bench::self_cpu_seconds;
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kUsage =
@@ -74,21 +73,15 @@ constexpr const char* kUsage =
     "  --json FILE         also write the results as JSON to FILE\n"
     "  -h, --help          show this help and exit\n";
 
-struct Options {
-  std::string host = "127.0.0.1";
-  int port = -1;
+struct Options : skein_bench::LoadOptions {
   bool resume = false;
   bool keepalive = false;  // --mode keepalive: one connection per slot, request after request
   int connections = 32;
   int pipeline = 1;
-  double seconds = 5;
-  double warmup = 1;
   std::string server_name = "localhost";
   std::string path = "/";
   std::string ciphersuites = "TLS_AES_128_GCM_SHA256";
   std::string groups = "X25519";
-  long server_pid = 0;
-  std::string json;
 };
 
 enum class State { connecting, handshaking, writing, reading };
@@ -119,13 +112,6 @@ std::string ssl_errors() {
   return out;
 }
 
-double self_cpu_seconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
 std::string json_escape(std::string_view s) {
   std::string out;
   for (const char c : s) {
@@ -142,10 +128,6 @@ class Load {
     const std::string one =
         "GET " + o.path + " HTTP/1.1\r\nHost: " + o.server_name + "\r\nUser-Agent: tls_load\r\n\r\n";
     for (int k = 0; k < (o.keepalive ? o.pipeline : 1); ++k) request_ += one;
-    addr_.sin_family = AF_INET;
-    addr_.sin_port = htons(static_cast<std::uint16_t>(o.port));
-    if (inet_pton(AF_INET, o.host.c_str(), &addr_.sin_addr) != 1)
-      cli::usage_error("--host must be an IPv4 address");
     ep_ = epoll_create1(EPOLL_CLOEXEC);
     if (ep_ < 0) die("epoll_create1");
   }
@@ -198,11 +180,6 @@ class Load {
   }
 
  private:
-  [[noreturn]] static void die(const char* what) {
-    std::fprintf(stderr, "tls_load: %s: %s\n", what, std::strerror(errno));
-    std::exit(1);
-  }
-
   void start(std::size_t i) {
     Conn& c = conns_[i];
     c.in.clear();
@@ -224,7 +201,7 @@ class Load {
     ev.events = EPOLLIN | EPOLLOUT | EPOLLET;
     ev.data.u32 = static_cast<std::uint32_t>(i);
     if (epoll_ctl(ep_, EPOLL_CTL_ADD, c.fd, &ev) != 0) die("epoll_ctl");
-    if (connect(c.fd, reinterpret_cast<const sockaddr*>(&addr_), sizeof addr_) == 0) {
+    if (connect(c.fd, reinterpret_cast<const sockaddr*>(&o_.addr), sizeof o_.addr) == 0) {
       c.state = State::handshaking;
       drive(static_cast<std::uint32_t>(i), 0);
     } else if (errno == EINPROGRESS) {
@@ -436,11 +413,8 @@ class Load {
     std::printf("\n");
     if (!first_error_.empty()) std::fprintf(stderr, "tls_load: first failure: %s\n", first_error_.c_str());
     if (!o_.json.empty()) {
-      std::FILE* f = std::fopen(o_.json.c_str(), "w");
-      if (!f) {
-        std::fprintf(stderr, "tls_load: cannot write %s: %s\n", o_.json.c_str(), std::strerror(errno));
-        return 1;
-      }
+      std::FILE* f = skein_bench::open_json(o_.json);
+      if (!f) return 1;
       std::fprintf(
           f,
           "{\"mode\": \"%s\", \"connections\": %d, \"seconds\": %.3f, \"completed\": %llu, "
@@ -463,7 +437,6 @@ class Load {
   SSL_CTX* ctx_;
   std::vector<Conn> conns_;
   std::string request_;
-  sockaddr_in addr_{};
   int ep_ = -1;
   Totals totals_;
   std::uint64_t ok_since_start_ = 0, failed_all_ = 0;
@@ -478,26 +451,14 @@ class Load {
 int main(int argc, char** argv) {
   cli::program = "tls_load";
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view value;
-    if (cli::is_help(argv[i])) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (cli::option("--port", i, argc, argv, value)) {
-      o.port = cli::number("--port", value, 1, 65535);
-    } else if (cli::option("--host", i, argc, argv, value)) {
-      o.host = value;
-    } else if (cli::option("--mode", i, argc, argv, value)) {
+  skein_bench::parse_load_args(argc, argv, kUsage, o, [&](int& i, std::string_view& value) {
+    if (cli::option("--mode", i, argc, argv, value)) {
       if (value != "full" && value != "resume" && value != "keepalive")
         cli::usage_error("--mode takes full, resume or keepalive");
       o.resume = value == "resume";
       o.keepalive = value == "keepalive";
     } else if (cli::option("--connections", i, argc, argv, value)) {
       o.connections = cli::number("--connections", value, 1, 10000);
-    } else if (cli::option("--seconds", i, argc, argv, value)) {
-      o.seconds = cli::number("--seconds", value, 0.1, 3600.0);
-    } else if (cli::option("--warmup", i, argc, argv, value)) {
-      o.warmup = cli::number("--warmup", value, 0.0, 600.0);
     } else if (cli::option("--server-name", i, argc, argv, value)) {
       o.server_name = value;
     } else if (cli::option("--path", i, argc, argv, value)) {
@@ -509,15 +470,11 @@ int main(int argc, char** argv) {
       o.pipeline = cli::number("--pipeline", value, 1, 64);
     } else if (cli::option("--groups", i, argc, argv, value)) {
       o.groups = value;
-    } else if (cli::option("--server-pid", i, argc, argv, value)) {
-      o.server_pid = cli::number("--server-pid", value, 1L, 1L << 30);
-    } else if (cli::option("--json", i, argc, argv, value)) {
-      o.json = value;
     } else {
-      cli::unknown_argument(argv[i]);
+      return false;
     }
-  }
-  if (o.port < 0) cli::usage_error("--port is required");
+    return true;
+  });
 
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
   if (!ctx || SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) != 1 ||

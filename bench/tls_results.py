@@ -6,20 +6,19 @@
 MANIFEST has one tab-separated line per run: part server rep status file server_cpu_s wall_s
 client_cpu_s attempt. part is keepalive (FILE: wrk's output), pipelined, full or resume (FILE:
 tls_load's JSON), or all (a server that did not start or serve the page). The setup comes in BENCH_TLS_SETUP
-as KEY=VALUE lines. Exits 1 when a run failed.
+as KEY=VALUE lines. Exits 1 when a run failed, 2 on a bad command line.
 """
 
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 
-# Beside this file: its wrk parser is the HTTP benchmarks'.
+# Beside this file: the HTTP benchmarks' results script, whose command line, wrk parser, medians,
+# ratios and machine description this report shares.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import net_results  # noqa: E402
+from net_results import median, ratio  # noqa: E402
 
 PARTS = ("keepalive", "pipelined", "full", "resume")
 UNIT = {"keepalive": "request", "pipelined": "request", "full": "handshake", "resume": "handshake"}
@@ -64,8 +63,7 @@ def read_runs(manifest):
 
 
 def main():
-    manifest, dest, quick = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    setup = dict(line.split("=", 1) for line in os.environ.get("BENCH_TLS_SETUP", "").splitlines() if "=" in line)
+    manifest, dest, quick, setup = net_results.command_line(__doc__, "BENCH_TLS_SETUP")
     runs = read_runs(manifest)
     good = [r for r in runs if r["status"] in ("ok", "http-errors")]
 
@@ -75,15 +73,11 @@ def main():
             rs = [r for r in good if r["part"] == part and r["server"] == server]
             rates = [r["rate"] for r in rs if r["rate"] is not None]
             costs = [r["cost_us"] for r in rs if r["cost_us"] is not None]
-            m = {"rate": statistics.median(rates) if rates else None,
-                 "cost_us": statistics.median(costs) if costs else None, "rates": rates, "costs": costs}
+            m = {"rate": median(rates), "cost_us": median(costs), "rates": rates, "costs": costs}
             if part == "resume":
                 fr = [r["reused_fraction"] for r in rs if r.get("reused_fraction") is not None]
                 m["reused_fraction"] = min(fr) if fr else None
             medians.setdefault(part, {})[server] = m
-
-    def ratio(a, b):
-        return round(a / b, 3) if a and b else None
 
     # Each skein run set against nginx's run of the same part in the same repetition, the median of
     # those ratios: drift in other load on the machine cancels within the pair.
@@ -133,21 +127,10 @@ def main():
                             "target": ">= 0.9", "value": v,
                             "verdict": "not measured" if v is None else ("PASS" if v >= 0.9 else "MISS")})
 
-    def sh(cmd):
-        try:
-            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
-        except Exception:
-            return ""
-
-    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
     result = {
         "benchmark": "scripts/bench-tls",
         "quick": quick,
-        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model, "kernel": platform.release(),
-                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "loadavg_at_start": os.environ.get("BENCH_TLS_LOADAVG", "").split()[:3],
-                    "loadavg_at_end": open("/proc/loadavg").read().split()[:3],
-                    "openssl": sh("openssl version"), "wrk": sh("wrk -v 2>&1 | head -n1")},
+        "machine": net_results.machine("BENCH_TLS_LOADAVG", openssl="openssl version", wrk="wrk -v 2>&1 | head -n1"),
         "setup": dict(setup, commands={
             "keepalive": f"wrk -t1 -c{setup.get('wrk_connections', '?')} -d{setup.get('seconds', '?')}s --latency https://127.0.0.1:PORT/",
             "pipelined": f"tls_load --mode keepalive --connections {setup.get('wrk_connections', '?')} --pipeline {setup.get('pipeline', '?')} --seconds {setup.get('seconds', '?')} --warmup {setup.get('load_warmup', '?')} --server-pid PID",
@@ -159,8 +142,7 @@ def main():
         "targets": targets,
         "runs": runs,
     }
-    with open(dest, "w") as f:
-        json.dump(result, f, indent=1)
+    net_results.write_json(dest, result)
 
     fmt = lambda x: f"{x:,.0f}" if x else "-"
     fr = lambda x: f"{x:.2f}x" if x else "-"

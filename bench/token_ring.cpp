@@ -133,22 +133,15 @@ void usage(const char* argv0) {
 
 int main(int argc, char** argv) {
   long long fibers = kDefaultFibers, hops = kDefaultHops;
-  bool json_line = false;
-  std::vector<std::string_view> variants;
+  fiber_bench::CommonArgs args;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     const bool has_value = i + 1 < argc;
-    if (a == "--help" || a == "-h") {
-      usage(argv[0]);
-      return 0;
+    if (fiber_bench::take_common_arg("token_ring", kVariants, usage, i, argc, argv, args)) {
     } else if (a == "--fibers" && has_value && fiber_bench::parse_count(argv[i + 1], fibers) && fibers >= 2) {
       ++i;
     } else if (a == "--hops" && has_value && fiber_bench::parse_count(argv[i + 1], hops)) {
       ++i;
-    } else if (a == "--variant" && has_value) {
-      if (!fiber_bench::add_variant("token_ring", kVariants, argv[++i], variants)) return 2;
-    } else if (a == "--json-line") {
-      json_line = true;
     } else {
       std::fprintf(stderr, "token_ring: bad argument '%s' (see --help)\n", argv[i]);
       return 2;
@@ -157,8 +150,7 @@ int main(int argc, char** argv) {
   if (fibers % 2 != 0)
     std::fprintf(stderr,
                  "token_ring: note: with an odd number of fibers one hop per lap stays on a worker\n");
-  if (variants.empty()) variants.assign(std::begin(kVariants), std::end(kVariants));
-  if (variants.size() == 1) return run_variant(variants[0], fibers, hops, json_line);
-  return fiber_bench::run_each_in_child(
-      "token_ring", variants, [&](std::string_view v) { return run_variant(v, fibers, hops, json_line); });
+  return fiber_bench::run_variants("token_ring", kVariants, args.variants, [&](std::string_view v) {
+    return run_variant(v, fibers, hops, args.json_line);
+  });
 }
