@@ -1,0 +1,748 @@
+// Probes written from the public headers and the docs only, as a user combines the calls.
+#include <skein/skein.hpp>
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Pair {
+  skein::Stream a, b;
+};
+
+Pair make_pair() {
+  skein::Listener l = skein::listen(skein::Address::loopback(0));
+  skein::Stream a = skein::connect(l.local_address(), 5s);
+  skein::Stream b = l.accept(5s);
+  return {std::move(a), std::move(b)};
+}
+
+std::errc code_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::system_error& e) {
+    if (e.code().category() == std::generic_category()) return static_cast<std::errc>(e.code().value());
+    return std::errc::not_supported;
+  }
+  return std::errc{};
+}
+
+}  // namespace
+
+TEST_SUITE("outsider") {
+  TEST_CASE("a read with a zero or negative timeout still returns data that is already there") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      a.write_all("hello");
+      skein::sleep_for(20ms);
+      char buf[16];
+      std::size_t n = 0;
+      CHECK(code_of([&] { n = b.read(buf, 0s); }) == std::errc{});
+      CHECK(std::string(buf, n) == "hello");
+      a.write_all("again");
+      skein::sleep_for(20ms);
+      CHECK(code_of([&] { n = b.read(buf, -5s); }) == std::errc{});
+      CHECK(std::string(buf, n) == "again");
+      CHECK(code_of([&] { b.read(buf, 0s); }) == std::errc::timed_out);
+      CHECK(code_of([&] { b.read(buf, -1s); }) == std::errc::timed_out);
+      a.write_all("later");
+      skein::sleep_for(20ms);
+      n = b.read(buf, 1s);
+      CHECK(std::string(buf, n) == "later");
+    });
+  }
+
+  TEST_CASE("reads that time out in a loop lose no byte of a stream arriving meanwhile") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      constexpr int total = 200000;
+      auto writer = skein::spawn([&] {
+        std::string chunk;
+        for (int i = 0; i < total;) {
+          chunk.clear();
+          for (int k = 0; k < 997 && i < total; ++k, ++i) chunk.push_back(static_cast<char>(i % 251));
+          a.write_all(chunk);
+          if (i % 7 == 0)
+            skein::sleep_for(1ms);
+          else
+            skein::yield();
+        }
+        a.shutdown();
+      });
+      int got = 0, timeouts = 0;
+      bool ok = true;
+      char buf[700];
+      for (;;) {
+        std::size_t n = 0;
+        try {
+          n = b.read(buf, std::chrono::microseconds(got % 3 == 0 ? 0 : 50));
+        } catch (const std::system_error& e) {
+          REQUIRE(e.code() == std::errc::timed_out);
+          ++timeouts;
+          continue;
+        }
+        if (n == 0) break;
+        for (std::size_t k = 0; k < n; ++k, ++got)
+          if (buf[k] != static_cast<char>(got % 251)) ok = false;
+      }
+      writer.join();
+      CHECK(ok);
+      CHECK(got == total);
+      MESSAGE("timeouts: " << timeouts);
+    });
+  }
+
+  TEST_CASE("cancelled reads lose no byte of a stream arriving meanwhile") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      constexpr int total = 100000;
+      std::atomic<int> got{0};
+      bool ok = true;
+      bool eof = false;
+      int cancels = 0;
+      auto writer = skein::spawn([&] {
+        std::string chunk;
+        for (int i = 0; i < total;) {
+          chunk.clear();
+          for (int k = 0; k < 331 && i < total; ++k, ++i) chunk.push_back(static_cast<char>(i % 251));
+          a.write_all(chunk);
+          skein::yield();
+        }
+        a.shutdown();
+      });
+      while (!eof) {
+        auto reader = skein::spawn([&] {
+          char buf[500];
+          for (;;) {
+            std::size_t n = b.read(buf);
+            if (n == 0) {
+              eof = true;
+              return;
+            }
+            for (std::size_t k = 0; k < n; ++k, ++got)
+              if (buf[k] != static_cast<char>(got % 251)) ok = false;
+          }
+        });
+        skein::yield();
+        reader.cancel();
+        try {
+          reader.join();
+        } catch (const std::system_error& e) {
+          CHECK(e.code() == std::errc::operation_canceled);
+          ++cancels;
+        }
+      }
+      writer.join();
+      CHECK(ok);
+      CHECK(got == total);
+      MESSAGE("cancels: " << cancels);
+    });
+  }
+
+  TEST_CASE("zero-length reads and writes return 0 at once") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      char buf[1];
+      CHECK(b.read(std::span<char>(buf, 0)) == 0);
+      CHECK(a.write("") == 0);
+      a.write_all("");
+      b.read_exact(std::span<char>(buf, 0));
+      std::vector<std::string_view> parts{"", "", ""};
+      a.write_all(parts);
+      a.write_all(std::span<const std::string_view>());
+      a.write_all("x");
+      CHECK(b.read(buf) == 1);
+    });
+  }
+
+  TEST_CASE("write_all with more parts than IOV_MAX sends them all in order") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      std::vector<std::string> store;
+      for (int i = 0; i < 3000; ++i) store.push_back(std::to_string(i) + (i % 5 == 0 ? "" : ","));
+      store[7] = "";
+      std::vector<std::string_view> parts(store.begin(), store.end());
+      std::string expect;
+      for (auto& s : store) expect += s;
+      auto w = skein::spawn([&] {
+        a.write_all(parts);
+        a.shutdown();
+      });
+      std::string got;
+      char buf[4096];
+      while (std::size_t n = b.read(buf)) got.append(buf, n);
+      w.join();
+      CHECK(got == expect);
+    });
+  }
+
+  TEST_CASE("a 64 MiB write_all arrives whole") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      std::string big(64 << 20, '\0');
+      for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 7) >> 3);
+      auto w = skein::spawn([&] {
+        a.write_all(big);
+        a.shutdown();
+      });
+      std::string got;
+      got.reserve(big.size());
+      std::vector<char> buf(1 << 20);
+      while (std::size_t n = b.read(buf)) got.append(buf.data(), n);
+      w.join();
+      CHECK(got.size() == big.size());
+      CHECK(got == big);
+    });
+  }
+
+  TEST_CASE("shutdown of the write side: the peer reads end of stream and can still answer") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      a.write_all("q");
+      a.shutdown(skein::Shutdown::write);
+      char buf[8];
+      CHECK(b.read(buf, 2s) == 1);
+      CHECK(b.read(buf, 2s) == 0);
+      CHECK(b.read(buf, 2s) == 0);
+      b.write_all("answer");
+      b.shutdown();
+      std::string got;
+      std::size_t n;
+      while ((n = a.read(buf, 2s)) != 0) got.append(buf, n);
+      CHECK(got == "answer");
+      CHECK(code_of([&] { a.write_all("more"); }) == std::errc::broken_pipe);
+    });
+  }
+
+  TEST_CASE("shutdown of the read side: a read returns end of stream at once") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      b.shutdown(skein::Shutdown::read);
+      char buf[8];
+      std::size_t n = 99;
+      CHECK(code_of([&] { n = b.read(buf, 2s); }) == std::errc{});
+      CHECK(n == 0);
+    });
+  }
+
+  TEST_CASE("closing a stream from another fiber wakes its reader with closed") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      auto r = skein::spawn([&] {
+        char buf[8];
+        b.read(buf, 5s);
+      });
+      skein::sleep_for(20ms);
+      b.close();
+      try {
+        r.join();
+        FAIL("read returned");
+      } catch (const std::system_error& e) {
+        CHECK(e.code() == skein::net_errc::closed);
+      }
+    });
+  }
+
+  TEST_CASE("closing a stream from another fiber wakes its blocked writer with closed") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      auto w = skein::spawn([&] {
+        std::string big(32 << 20, 'x');
+        a.write_all(big, 5s);
+      });
+      skein::sleep_for(50ms);
+      a.close();
+      try {
+        w.join();
+        FAIL("write returned");
+      } catch (const std::system_error& e) {
+        CHECK(e.code() == skein::net_errc::closed);
+      }
+    });
+  }
+
+  TEST_CASE("a write with a zero timeout on a full socket times out and the stream stays usable") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      std::string big(8 << 20, 'y');
+      std::size_t sent = 0;
+      for (;;) {
+        try {
+          sent += a.write(big, 0s);
+        } catch (const std::system_error& e) {
+          CHECK(e.code() == std::errc::timed_out);
+          break;
+        }
+      }
+      auto r = skein::spawn([&] {
+        std::size_t got = 0;
+        std::vector<char> buf(1 << 16);
+        while (std::size_t n = b.read(buf)) got += n;
+        return got;
+      });
+      a.write_all("tail");
+      sent += 4;
+      a.shutdown();
+      CHECK(r.join() == sent);
+    });
+  }
+
+  TEST_CASE("a Stream accepted on one worker and moved to a fiber on another worker still works") {
+    skein::run(skein::RuntimeOptions{2}, [] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      skein::Stream c = skein::connect(l.local_address(), 5s);
+      skein::Stream s = l.accept(5s);
+      // Used on worker 0 first.
+      c.write_all("one");
+      char buf[16];
+      CHECK(s.read(buf, 2s) == 3);
+      auto t = skein::spawn_on(1, [&s] {
+        char b2[16];
+        std::string got;
+        while (got.size() < 3) got.append(b2, s.read(b2, 2s));
+        s.write_all("back");
+        return got;
+      });
+      skein::sleep_for(20ms);
+      c.write_all("two");
+      std::string r;
+      CHECK_NOTHROW(r = t.join());
+      CHECK(r == "two");
+      std::string back;
+      while (back.size() < 4) back.append(buf, c.read(buf, 2s));
+      CHECK(back == "back");
+    });
+  }
+
+  TEST_CASE("a Stream first used on another worker, never on its own") {
+    skein::run(skein::RuntimeOptions{2}, [] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      skein::Stream c = skein::connect(l.local_address(), 5s);
+      skein::Stream s = l.accept(5s);
+      auto t = skein::spawn_on(1, [s = std::move(s)]() mutable {
+        char b2[16];
+        std::size_t n = s.read(b2, 2s);
+        s.write_all(std::string_view(b2, n));
+        return n;
+      });
+      skein::sleep_for(20ms);
+      c.write_all("hey");
+      CHECK(t.join() == 3);
+      char buf[8];
+      CHECK(c.read(buf, 2s) == 3);
+    });
+  }
+
+  TEST_CASE("accept with a zero timeout takes a connection already queued") {
+    skein::run([] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      CHECK(code_of([&] { l.accept(0s); }) == std::errc::timed_out);
+      skein::Stream c = skein::connect(l.local_address(), 5s);
+      skein::sleep_for(20ms);
+      skein::Stream s;
+      CHECK(code_of([&] { s = l.accept(0s); }) == std::errc{});
+      CHECK(s.is_open());
+      skein::Stream c2 = skein::connect(l.local_address(), 5s);
+      skein::sleep_for(20ms);
+      skein::Stream s2;
+      CHECK(code_of([&] { s2 = l.accept(-1s); }) == std::errc{});
+      CHECK(s2.is_open());
+    });
+  }
+
+  TEST_CASE("closing a listener from another fiber wakes its acceptor with closed") {
+    skein::run([] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      auto t = skein::spawn([&] { l.accept(5s); });
+      skein::sleep_for(20ms);
+      l.close();
+      try {
+        t.join();
+        FAIL("accept returned");
+      } catch (const std::system_error& e) {
+        CHECK(e.code() == skein::net_errc::closed);
+      }
+    });
+  }
+
+  TEST_CASE("cancel during accept, then accept again on the same listener") {
+    skein::run([] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      auto t = skein::spawn([&] { l.accept(5s); });
+      skein::sleep_for(20ms);
+      t.cancel();
+      CHECK(code_of([&] { t.join(); }) == std::errc::operation_canceled);
+      skein::Stream c = skein::connect(l.local_address(), 5s);
+      skein::Stream s;
+      CHECK(code_of([&] { s = l.accept(2s); }) == std::errc{});
+      c.write_all("z");
+      char b[2];
+      CHECK(s.read(b, 2s) == 1);
+    });
+  }
+
+  TEST_CASE("connections queued while nobody accepts are all accepted later") {
+    skein::run([] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      // An accept that times out first, leaving the listener's state armed on io_uring.
+      CHECK(code_of([&] { l.accept(10ms); }) == std::errc::timed_out);
+      std::vector<skein::Stream> cs;
+      for (int i = 0; i < 50; ++i) cs.push_back(skein::connect(l.local_address(), 5s));
+      skein::sleep_for(20ms);
+      int n = 0;
+      for (int i = 0; i < 50; ++i) {
+        skein::Stream s;
+        if (code_of([&] { s = l.accept(1s); }) == std::errc{}) ++n;
+      }
+      CHECK(n == 50);
+    });
+  }
+
+  TEST_CASE(
+      "a connect to a closed port is refused, and connect with an expired deadline times out or connects") {
+    skein::run([] {
+      std::uint16_t port;
+      {
+        skein::Listener l = skein::listen(skein::Address::loopback(0));
+        port = l.local_address().port();
+      }
+      CHECK(code_of([&] { skein::connect(skein::Address::loopback(port), 2s); }) ==
+            std::errc::connection_refused);
+      CHECK(code_of([&] { skein::connect("localhost", port, 2s); }) == std::errc::connection_refused);
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      const std::errc e = code_of([&] { skein::connect(l.local_address(), 0s); });
+      CHECK((e == std::errc{} || e == std::errc::timed_out));
+    });
+  }
+
+  TEST_CASE("a UDP socket sends and receives an empty datagram") {
+    skein::run([] {
+      auto a = skein::UdpSocket::bind(skein::Address::loopback(0));
+      auto b = skein::UdpSocket::bind(skein::Address::loopback(0));
+      CHECK(a.send_to("", b.local_address(), 1s) == 0);
+      a.send_to("after", b.local_address(), 1s);
+      char buf[16];
+      skein::Address from;
+      std::size_t n = 99;
+      CHECK(code_of([&] { n = b.receive_from(buf, &from, 1s); }) == std::errc{});
+      CHECK(n == 0);
+      CHECK(from.port() == a.local_address().port());
+      n = b.receive_from(buf, 1s);
+      CHECK(std::string(buf, n) == "after");
+      // truncation
+      a.send_to("0123456789", b.local_address(), 1s);
+      n = b.receive_from(std::span<char>(buf, 4), 1s);
+      CHECK(std::string(buf, n) == "0123");
+      a.send_to("x", b.local_address(), 1s);
+      n = b.receive_from(buf, 1s);
+      CHECK(std::string(buf, n) == "x");
+    });
+  }
+
+  TEST_CASE("a UDP receive with a zero-length buffer consumes one datagram") {
+    skein::run([] {
+      auto a = skein::UdpSocket::bind(skein::Address::loopback(0));
+      auto b = skein::UdpSocket::bind(skein::Address::loopback(0));
+      a.send_to("first", b.local_address(), 1s);
+      a.send_to("second", b.local_address(), 1s);
+      skein::sleep_for(10ms);
+      char buf[16];
+      std::size_t n = 99;
+      CHECK(code_of([&] { n = b.receive_from(std::span<char>(buf, 0), 1s); }) == std::errc{});
+      CHECK(n == 0);
+      n = b.receive_from(buf, 1s);
+      CHECK(std::string(buf, n) == "second");
+    });
+  }
+
+  TEST_CASE("a TimeoutScope bounds a read and an expired one stops the next read too") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      char buf[8];
+      {
+        skein::TimeoutScope t(30ms);
+        CHECK(code_of([&] { b.read(buf); }) == std::errc::timed_out);
+        CHECK(t.expired());
+      }
+      a.write_all("x");
+      CHECK(b.read(buf, 1s) == 1);
+    });
+  }
+
+  TEST_CASE("BufferedReader: too_long keeps the bytes, end of stream returns the rest") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      a.write_all("abcdefghij\nrest");
+      a.shutdown();
+      skein::BufferedReader r(b);
+      try {
+        r.read_line(4, 1s);
+        FAIL("no too_long");
+      } catch (const std::system_error& e) {
+        CHECK(e.code() == skein::net_errc::too_long);
+      }
+      CHECK(r.read_line(100, 1s) == "abcdefghij\n");
+      CHECK(r.read_line(100, 1s) == "rest");
+      CHECK(r.read_line(100, 1s) == "");
+    });
+  }
+
+  TEST_CASE("closing a channel wakes every waiting sender and receiver, on other workers too") {
+    skein::run(skein::RuntimeOptions{2}, [] {
+      skein::Channel<int> full(1);
+      full.send(1);
+      skein::Channel<int> empty;
+      std::vector<skein::Task<std::errc>> senders;
+      std::vector<skein::Task<bool>> receivers;
+      for (int i = 0; i < 6; ++i) {
+        senders.push_back(skein::spawn_on(i % 2, [&] { return code_of([&] { full.send(2); }); }));
+        receivers.push_back(skein::spawn_on(i % 2, [&] { return empty.recv().has_value(); }));
+      }
+      skein::sleep_for(30ms);
+      full.close();
+      empty.close();
+      for (auto& t : senders) CHECK(t.join() == std::errc::broken_pipe);
+      for (auto& t : receivers) CHECK(t.join() == false);
+      CHECK(full.recv() == 1);
+      CHECK(!full.recv());
+      CHECK(code_of([&] { full.try_send(3); }) == std::errc::broken_pipe);
+    });
+  }
+
+  TEST_CASE("a select waiting on a channel that closes gets nullopt") {
+    skein::run([] {
+      skein::Channel<int> ch;
+      skein::Channel<int> other;
+      auto t = skein::spawn([&] {
+        bool got_null = false;
+        std::size_t i = skein::select(skein::on_recv(ch, [&](std::optional<int> v) { got_null = !v; }),
+                                      skein::on_recv(other, [](std::optional<int>) {}));
+        return i == 0 && got_null;
+      });
+      skein::sleep_for(10ms);
+      ch.close();
+      CHECK(t.join());
+      // a send case on a closed channel throws
+      CHECK(code_of([&] { skein::select(skein::on_send(ch, 1), skein::on_timeout(10ms)); }) ==
+            std::errc::broken_pipe);
+      CHECK(skein::select(skein::on_recv(other, [](std::optional<int>) {}), skein::on_timeout(0s)) == 1);
+      CHECK(skein::select(skein::on_recv(other, [](std::optional<int>) {}), skein::on_timeout(-1s)) == 1);
+    });
+  }
+
+  TEST_CASE("recv_for and send_for with zero and negative durations do not wait") {
+    skein::run([] {
+      skein::Channel<int> ch(1);
+      CHECK(!ch.recv_for(0s));
+      CHECK(!ch.recv_for(-1s));
+      CHECK(ch.send_for(1, 0s));
+      CHECK(!ch.send_for(2, -1s));
+      CHECK(ch.recv_for(0s) == 1);
+      skein::Channel<int> rendezvous;
+      auto r = skein::spawn([&] { return rendezvous.recv(); });
+      skein::sleep_for(10ms);
+      CHECK(rendezvous.send_for(5, 0s));  // a receiver waits: no wait needed
+      CHECK(r.join() == 5);
+    });
+  }
+
+  TEST_CASE("a TaskGroup whose children fail: first failure rethrown, others cancelled, group reusable") {
+    skein::run([] {
+      skein::TaskGroup g;
+      std::atomic<int> cancelled{0};
+      for (int i = 0; i < 5; ++i)
+        g.spawn([&] {
+          try {
+            skein::sleep_for(5s);
+          } catch (const std::system_error&) {
+            ++cancelled;
+            throw;
+          }
+        });
+      g.spawn([] {
+        skein::sleep_for(10ms);
+        throw std::runtime_error("first");
+      });
+      g.spawn([] {
+        skein::sleep_for(20ms);
+        throw std::logic_error("second");
+      });
+      const auto t0 = skein::Clock::now();
+      try {
+        g.join();
+        FAIL("no exception");
+      } catch (const std::runtime_error& e) {
+        CHECK(std::string(e.what()) == "first");
+      }
+      CHECK(skein::Clock::now() - t0 < 2s);
+      CHECK(cancelled == 5);
+      auto t = g.spawn([] { return 7; });
+      g.join();
+      CHECK(t.join() == 7);
+    });
+  }
+
+  TEST_CASE("a TaskGroup across workers: a failure on one worker cancels children on another") {
+    skein::run(skein::RuntimeOptions{2}, [] {
+      skein::TaskGroup g;
+      for (int i = 0; i < 4; ++i) g.spawn_on(i % 2, [] { skein::sleep_for(5s); });
+      g.spawn_on(1, [] {
+        skein::sleep_for(10ms);
+        throw std::runtime_error("boom");
+      });
+      const auto t0 = skein::Clock::now();
+      CHECK_THROWS_AS(g.join(), std::runtime_error);
+      CHECK(skein::Clock::now() - t0 < 2s);
+    });
+  }
+
+  TEST_CASE("a TaskGroup left by an exception cancels and waits for its children") {
+    skein::run([] {
+      std::atomic<int> ended{0};
+      try {
+        skein::TaskGroup g;
+        for (int i = 0; i < 3; ++i)
+          g.spawn([&] {
+            struct E {
+              std::atomic<int>& n;
+              ~E() { ++n; }
+            } e{ended};
+            skein::sleep_for(5s);
+          });
+        skein::yield();
+        throw std::runtime_error("leave");
+      } catch (const std::runtime_error&) {
+      }
+      CHECK(ended == 3);
+    });
+  }
+
+  TEST_CASE("a cancelled TaskGroup join: children cancelled, join throws operation_canceled") {
+    skein::run([] {
+      skein::TaskGroup g;
+      std::atomic<int> ended{0};
+      auto joiner = skein::spawn([&] {
+        for (int i = 0; i < 3; ++i)
+          g.spawn([&] {
+            try {
+              skein::sleep_for(5s);
+            } catch (...) {
+              ++ended;
+              throw;
+            }
+          });
+        g.join();
+      });
+      skein::sleep_for(10ms);
+      joiner.cancel();
+      CHECK(code_of([&] { joiner.join(); }) == std::errc::operation_canceled);
+      CHECK(ended == 3);
+    });
+  }
+
+  TEST_CASE("gather with a cancelled task rethrows operation_canceled after all finished") {
+    skein::run([] {
+      auto a = skein::spawn([] {
+        skein::sleep_for(20ms);
+        return 1;
+      });
+      auto b = skein::spawn([] {
+        skein::sleep_for(5s);
+        return 2;
+      });
+      auto c = skein::spawn([] { return 3; });
+      b.cancel();
+      CHECK(code_of([&] { skein::gather(a, b, c); }) == std::errc::operation_canceled);
+      CHECK(!a.valid());
+      CHECK(!c.valid());
+      // a task cancelled before it started
+      auto d = skein::spawn([] { return 4; });
+      d.cancel();
+      CHECK(code_of([&] { d.join(); }) == std::errc::operation_canceled);
+      // join_all with one cancelled
+      std::vector<skein::Task<int>> ts;
+      for (int i = 0; i < 4; ++i)
+        ts.push_back(skein::spawn([i] {
+          skein::sleep_for(std::chrono::milliseconds(i * 5));
+          return i;
+        }));
+      ts[2].cancel();
+      CHECK(code_of([&] { skein::join_all(ts); }) == std::errc::operation_canceled);
+    });
+  }
+
+  TEST_CASE("run() inside run() throws operation_not_permitted; run() twice in a row works") {
+    CHECK(skein::run([] { return 1; }) == 1);
+    CHECK(skein::run([] { return 2; }) == 2);
+    skein::run([] {
+      CHECK(code_of([] { skein::run([] { return 0; }); }) == std::errc::operation_not_permitted);
+      CHECK(code_of([] { skein::run(skein::RuntimeOptions{2}, [] { return 0; }); }) ==
+            std::errc::operation_not_permitted);
+    });
+    CHECK(skein::run(skein::RuntimeOptions{2}, [] { return 3; }) == 3);
+    // run() from a thread while another thread is in run()
+    std::thread th([] { CHECK(skein::run([] { return 5; }) == 5); });
+    CHECK(skein::run([] {
+            skein::sleep_for(10ms);
+            return 4;
+          }) == 4);
+    th.join();
+  }
+
+  TEST_CASE("with_timeout and sleeps with zero, negative, huge and NaN durations") {
+    skein::run([] {
+      CHECK(code_of([] { skein::sleep_for(0s); }) == std::errc{});
+      CHECK(code_of([] { skein::sleep_for(-1s); }) == std::errc{});
+      CHECK(code_of([] { skein::sleep_for(std::chrono::duration<double>(-INFINITY)); }) == std::errc{});
+      CHECK(code_of([] { skein::sleep_for(std::chrono::duration<double>(NAN)); }) ==
+            std::errc::invalid_argument);
+      CHECK(skein::with_timeout(std::chrono::hours::max(), [] { return 1; }) == 1);
+      CHECK(skein::with_timeout(std::chrono::duration<double>(INFINITY), [] { return 1; }) == 1);
+      CHECK(code_of([] { skein::with_timeout(10ms, [] { skein::sleep_for(5s); }); }) == std::errc::timed_out);
+      CHECK(code_of([] { skein::with_timeout(std::chrono::duration<double>(NAN), [] {}); }) ==
+            std::errc::invalid_argument);
+      auto t = skein::spawn([] { skein::sleep_for(5s); });
+      CHECK(!t.wait_for(0s));
+      CHECK(!t.wait_for(-1s));
+      CHECK(code_of([&] { t.join_for(0s); }) == std::errc::timed_out);
+      CHECK(t.valid());
+      t.cancel();
+      CHECK(code_of([&] { t.join(); }) == std::errc::operation_canceled);
+    });
+  }
+
+  TEST_CASE("a fiber cancelled inside with_timeout: the caller's cancel wins over timed_out") {
+    skein::run([] {
+      auto t =
+          skein::spawn([] { return code_of([] { skein::with_timeout(5s, [] { skein::sleep_for(5s); }); }); });
+      skein::sleep_for(10ms);
+      t.cancel();
+      CHECK(t.join() == std::errc::operation_canceled);
+    });
+  }
+
+  TEST_CASE("cancel of a fiber blocked in write_all on another worker") {
+    skein::run(skein::RuntimeOptions{2}, [] {
+      auto [a, b] = make_pair();
+      auto w = skein::spawn_on(1, [&a] {
+        std::string big(16 << 20, 'x');
+        a.write_all(big);
+      });
+      skein::sleep_for(50ms);
+      w.cancel();
+      CHECK(code_of([&] { w.join(); }) == std::errc::operation_canceled);
+    });
+  }
+
+}  // TEST_SUITE
