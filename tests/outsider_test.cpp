@@ -745,4 +745,55 @@ TEST_SUITE("outsider") {
     });
   }
 
+
+TEST_CASE("a Stream handed back and forth between workers, parking on each, keeps working") {
+  skein::run(skein::RuntimeOptions{2}, [] {
+    auto [a, b] = make_pair();
+    for (int round = 0; round < 6; ++round) {
+      const std::size_t w = round % 2;
+      auto t = skein::spawn_on(w, [&b, round] {
+        char buf[16];
+        const std::size_t n = b.read(buf, 2s);  // parks: the writer writes later
+        b.write_all(std::string_view(buf, n));
+        return std::to_string(round) == std::string(buf, n);
+      });
+      skein::sleep_for(20ms);
+      a.write_all(std::to_string(round));
+      bool ok = false;
+      CHECK(code_of([&] { ok = t.join(); }) == std::errc{});
+      CHECK(ok);
+      char buf[16];
+      CHECK(a.read(buf, 2s) == std::to_string(round).size());
+    }
+  });
+}
+
+TEST_CASE("a Listener whose accept timed out on one worker accepts on another while the first is busy") {
+  skein::run(skein::RuntimeOptions{2}, [] {
+    skein::Listener l = skein::listen(skein::Address::loopback(0));
+    const skein::Address addr = l.local_address();
+    CHECK(code_of([&] { l.accept(10ms); }) == std::errc::timed_out);
+    std::atomic<bool> stop{false};
+    auto acceptor = skein::spawn_on(1, [&] {
+      int n = 0;
+      for (int i = 0; i < 3; ++i) {
+        skein::Stream s;
+        if (code_of([&] { s = l.accept(2s); }) == std::errc{}) ++n;
+      }
+      stop = true;
+      return n;
+    });
+    auto clients = skein::spawn_on(1, [&] {
+      std::vector<skein::Stream> cs;
+      skein::sleep_for(20ms);
+      for (int i = 0; i < 3; ++i) cs.push_back(skein::connect(addr, 2s));
+      while (!stop) skein::sleep_for(5ms);
+    });
+    // This worker stays busy (never sleeps) until the acceptor is done.
+    while (!stop) skein::yield();
+    CHECK(acceptor.join() == 3);
+    clients.join();
+  });
+}
+
 }  // TEST_SUITE
