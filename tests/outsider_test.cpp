@@ -1,5 +1,10 @@
 // Probes written from the public headers and the docs only, as a user combines the calls.
 #include <skein/skein.hpp>
+#if SKEIN_TEST_TLS
+#include <skein/tls.hpp>
+
+#include "tls_pki.hpp"
+#endif
 
 #include <doctest/doctest.h>
 
@@ -745,55 +750,219 @@ TEST_SUITE("outsider") {
     });
   }
 
-
-TEST_CASE("a Stream handed back and forth between workers, parking on each, keeps working") {
-  skein::run(skein::RuntimeOptions{2}, [] {
-    auto [a, b] = make_pair();
-    for (int round = 0; round < 6; ++round) {
-      const std::size_t w = round % 2;
-      auto t = skein::spawn_on(w, [&b, round] {
+  TEST_CASE("a Stream handed back and forth between workers, parking on each, keeps working") {
+    skein::run(skein::RuntimeOptions{2}, [] {
+      auto [a, b] = make_pair();
+      for (int round = 0; round < 6; ++round) {
+        const std::size_t w = round % 2;
+        auto t = skein::spawn_on(w, [&b, round] {
+          char buf[16];
+          const std::size_t n = b.read(buf, 2s);  // parks: the writer writes later
+          b.write_all(std::string_view(buf, n));
+          return std::to_string(round) == std::string(buf, n);
+        });
+        skein::sleep_for(20ms);
+        a.write_all(std::to_string(round));
+        bool ok = false;
+        CHECK(code_of([&] { ok = t.join(); }) == std::errc{});
+        CHECK(ok);
         char buf[16];
-        const std::size_t n = b.read(buf, 2s);  // parks: the writer writes later
-        b.write_all(std::string_view(buf, n));
-        return std::to_string(round) == std::string(buf, n);
+        CHECK(a.read(buf, 2s) == std::to_string(round).size());
+      }
+    });
+  }
+
+  TEST_CASE("a Listener whose accept timed out on one worker accepts on another while the first is busy") {
+    skein::run(skein::RuntimeOptions{2}, [] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      const skein::Address addr = l.local_address();
+      CHECK(code_of([&] { l.accept(10ms); }) == std::errc::timed_out);
+      std::atomic<bool> stop{false};
+      auto acceptor = skein::spawn_on(1, [&] {
+        int n = 0;
+        for (int i = 0; i < 3; ++i) {
+          skein::Stream s;
+          if (code_of([&] { s = l.accept(2s); }) == std::errc{}) ++n;
+        }
+        stop = true;
+        return n;
+      });
+      auto clients = skein::spawn_on(1, [&] {
+        std::vector<skein::Stream> cs;
+        skein::sleep_for(20ms);
+        for (int i = 0; i < 3; ++i) cs.push_back(skein::connect(addr, 2s));
+        while (!stop) skein::sleep_for(5ms);
+      });
+      // This worker stays busy (never sleeps) until the acceptor is done.
+      while (!stop) skein::yield();
+      CHECK(acceptor.join() == 3);
+      clients.join();
+    });
+  }
+
+  TEST_CASE(
+      "closing a stream while another fiber reads it: the peer sees end of stream, the buffer is left "
+      "alone") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      std::vector<char> buf(64, '.');
+      auto r = skein::spawn([&] { b.read(buf, 5s); });
+      skein::sleep_for(20ms);
+      b.close();
+      CHECK(code_of([&] { r.join(); }) == std::errc::not_supported);  // net_errc::closed
+      char tmp[8];
+      std::size_t n = 99;
+      CHECK(code_of([&] { n = a.read(tmp, 1s); }) == std::errc{});
+      CHECK(n == 0);
+      code_of([&] { a.write_all("EVIL"); });
+      skein::sleep_for(20ms);
+      CHECK(std::string(buf.data(), 4) == "....");
+    });
+  }
+
+  TEST_CASE("closing a stream while another fiber writes it: the peer sees the connection end") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      std::string big(32 << 20, 'x');
+      auto w = skein::spawn([&] { a.write_all(big, 5s); });
+      skein::sleep_for(50ms);
+      a.close();
+      CHECK(code_of([&] { w.join(); }) == std::errc::not_supported);  // net_errc::closed
+      std::vector<char> tmp(1 << 20);
+      std::size_t total = 0;
+      std::errc e{};
+      for (;;) {
+        std::size_t n = 0;
+        e = code_of([&] { n = b.read(tmp, 2s); });
+        if (e != std::errc{} || n == 0) break;
+        total += n;
+      }
+      CHECK(e == std::errc{});  // end of stream, not a timeout
+      CHECK(total < big.size());
+    });
+  }
+
+#if SKEIN_TEST_TLS
+  namespace {
+  struct TlsPair {
+    skein::TlsStream client, server;
+  };
+  // A handshaken pair over loopback, the server with a certificate of a throwaway CA.
+  TlsPair make_tls_pair() {
+    static const skein_test::TestCa ca;
+    static const skein_test::CertKey leaf = ca.issue("localhost", "DNS:localhost,IP:127.0.0.1");
+    skein::TlsContext sctx = skein::TlsContext::server();
+    sctx.use_certificate_chain(leaf.cert).use_private_key(leaf.key);
+    skein::TlsContext cctx = skein::TlsContext::client();
+    cctx.clear_trust().trust_ca(ca.pem());
+    auto [a, b] = make_pair();
+    skein::TlsStream server(std::move(b), sctx);
+    auto hs = skein::spawn([&server] { server.handshake(5s); });
+    skein::TlsStream client(std::move(a), cctx, "localhost");
+    client.handshake(5s);
+    hs.join();
+    return {std::move(client), std::move(server)};
+  }
+  }  // namespace
+
+  TEST_CASE("TLS: reads that time out or are cancelled in a loop lose no byte") {
+    skein::run([] {
+      auto [c, s] = make_tls_pair();
+      constexpr int total = 300000;
+      auto writer = skein::spawn([&c] {
+        std::string chunk;
+        for (int i = 0; i < total;) {
+          chunk.clear();
+          for (int k = 0; k < 1499 && i < total; ++k, ++i) chunk.push_back(static_cast<char>(i % 251));
+          c.write_all(chunk);
+          skein::yield();
+        }
+        c.shutdown(2s);
+      });
+      int got = 0, interrupted = 0;
+      bool ok = true, eof = false;
+      while (!eof) {
+        auto reader = skein::spawn([&] {
+          char buf[777];
+          for (;;) {
+            const std::size_t n = s.read(buf, std::chrono::microseconds(got % 2 ? 30 : 0));
+            if (n == 0) {
+              eof = true;
+              return;
+            }
+            for (std::size_t k = 0; k < n; ++k, ++got)
+              if (buf[k] != static_cast<char>(got % 251)) ok = false;
+          }
+        });
+        if (interrupted % 2) skein::yield();
+        if (interrupted % 3 == 0) reader.cancel();
+        const std::errc e = code_of([&] { reader.join(); });
+        if (e != std::errc{}) {
+          REQUIRE((e == std::errc::operation_canceled || e == std::errc::timed_out));
+          ++interrupted;
+        }
+      }
+      writer.join();
+      CHECK(ok);
+      CHECK(got == total);
+    });
+  }
+
+  TEST_CASE("TLS: zero-length calls, shutdown then read and write") {
+    skein::run([] {
+      auto [c, s] = make_tls_pair();
+      char buf[16];
+      CHECK(s.read(std::span<char>(buf, 0), 1s) == 0);
+      CHECK(c.write("", 1s) == 0);
+      c.write_all("", 1s);
+      c.write_all("x", 1s);
+      CHECK(s.read(buf, 1s) == 1);
+      c.shutdown(1s);
+      CHECK(s.read(buf, 1s) == 0);
+      CHECK(s.read(buf, 1s) == 0);
+      s.write_all("after", 1s);
+      std::size_t n = 0;
+      CHECK(code_of([&] { n = c.read(buf, 1s); }) == std::errc{});
+      CHECK(std::string(buf, n) == "after");
+      CHECK(code_of([&] { c.write_all("more", 1s); }) == std::errc::broken_pipe);
+    });
+  }
+
+  TEST_CASE("TLS: a stream handed to a fiber on another worker between calls") {
+    skein::run(skein::RuntimeOptions{2}, [] {
+      auto [c, s] = make_tls_pair();
+      c.write_all("one", 1s);
+      char buf[16];
+      CHECK(s.read(buf, 1s) == 3);
+      auto t = skein::spawn_on(1, [&s] {
+        char b2[16];
+        const std::size_t n = s.read(b2, 2s);
+        s.write_all(std::string_view(b2, n), 2s);
+        return n;
       });
       skein::sleep_for(20ms);
-      a.write_all(std::to_string(round));
-      bool ok = false;
-      CHECK(code_of([&] { ok = t.join(); }) == std::errc{});
-      CHECK(ok);
-      char buf[16];
-      CHECK(a.read(buf, 2s) == std::to_string(round).size());
-    }
-  });
-}
+      c.write_all("two", 1s);
+      CHECK(t.join() == 3);
+      CHECK(c.read(buf, 2s) == 3);
+    });
+  }
 
-TEST_CASE("a Listener whose accept timed out on one worker accepts on another while the first is busy") {
-  skein::run(skein::RuntimeOptions{2}, [] {
-    skein::Listener l = skein::listen(skein::Address::loopback(0));
-    const skein::Address addr = l.local_address();
-    CHECK(code_of([&] { l.accept(10ms); }) == std::errc::timed_out);
-    std::atomic<bool> stop{false};
-    auto acceptor = skein::spawn_on(1, [&] {
-      int n = 0;
-      for (int i = 0; i < 3; ++i) {
-        skein::Stream s;
-        if (code_of([&] { s = l.accept(2s); }) == std::errc{}) ++n;
-      }
-      stop = true;
-      return n;
+  TEST_CASE("TLS: a 16 MiB write_all arrives whole") {
+    skein::run([] {
+      auto [c, s] = make_tls_pair();
+      std::string big(16 << 20, '\0');
+      for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 13 >> 5);
+      auto w = skein::spawn([&] {
+        c.write_all(big, 10s);
+        c.shutdown(2s);
+      });
+      std::string got;
+      std::vector<char> buf(100000);
+      while (std::size_t n = s.read(buf, 10s)) got.append(buf.data(), n);
+      w.join();
+      CHECK(got == big);
     });
-    auto clients = skein::spawn_on(1, [&] {
-      std::vector<skein::Stream> cs;
-      skein::sleep_for(20ms);
-      for (int i = 0; i < 3; ++i) cs.push_back(skein::connect(addr, 2s));
-      while (!stop) skein::sleep_for(5ms);
-    });
-    // This worker stays busy (never sleeps) until the acceptor is done.
-    while (!stop) skein::yield();
-    CHECK(acceptor.join() == 3);
-    clients.join();
-  });
-}
+  }
+#endif
 
 }  // TEST_SUITE
