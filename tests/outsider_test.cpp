@@ -13,6 +13,8 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <future>
+#include <stdexcept>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -44,6 +46,30 @@ std::errc code_of(const std::function<void()>& f) {
 }
 
 }  // namespace
+
+#if SKEIN_TEST_TLS
+namespace {
+struct TlsPair {
+  skein::TlsStream client, server;
+};
+// A handshaken pair over loopback, the server with a certificate of a throwaway CA.
+TlsPair make_tls_pair() {
+  static const skein_test::TestCa ca;
+  static const skein_test::CertKey leaf = ca.issue("localhost", "DNS:localhost,IP:127.0.0.1");
+  skein::TlsContext sctx = skein::TlsContext::server();
+  sctx.use_certificate_chain(leaf.cert).use_private_key(leaf.key);
+  skein::TlsContext cctx = skein::TlsContext::client();
+  cctx.clear_trust().trust_ca(ca.pem());
+  auto [a, b] = make_pair();
+  skein::TlsStream server(std::move(b), sctx);
+  auto hs = skein::spawn([&server] { server.handshake(5s); });
+  skein::TlsStream client(std::move(a), cctx, "localhost");
+  client.handshake(5s);
+  hs.join();
+  return {std::move(client), std::move(server)};
+}
+}  // namespace
+#endif
 
 TEST_SUITE("outsider") {
   TEST_CASE("a read with a zero or negative timeout still returns data that is already there") {
@@ -842,28 +868,228 @@ TEST_SUITE("outsider") {
     });
   }
 
-#if SKEIN_TEST_TLS
-  namespace {
-  struct TlsPair {
-    skein::TlsStream client, server;
-  };
-  // A handshaken pair over loopback, the server with a certificate of a throwaway CA.
-  TlsPair make_tls_pair() {
-    static const skein_test::TestCa ca;
-    static const skein_test::CertKey leaf = ca.issue("localhost", "DNS:localhost,IP:127.0.0.1");
-    skein::TlsContext sctx = skein::TlsContext::server();
-    sctx.use_certificate_chain(leaf.cert).use_private_key(leaf.key);
-    skein::TlsContext cctx = skein::TlsContext::client();
-    cctx.clear_trust().trust_ca(ca.pem());
-    auto [a, b] = make_pair();
-    skein::TlsStream server(std::move(b), sctx);
-    auto hs = skein::spawn([&server] { server.handshake(5s); });
-    skein::TlsStream client(std::move(a), cctx, "localhost");
-    client.handshake(5s);
-    hs.join();
-    return {std::move(client), std::move(server)};
+  TEST_CASE("Server: stop before serve returns at once; a second concurrent serve is refused") {
+    skein::run([] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      {
+        skein::Server srv;
+        srv.stop();
+        const auto t0 = skein::Clock::now();
+        CHECK(code_of([&] { srv.serve(l, [](skein::Stream) {}); }) == std::errc{});
+        CHECK(skein::Clock::now() - t0 < 1s);
+      }
+      skein::Server srv;
+      auto t = skein::spawn([&] { srv.serve(l, [](skein::Stream) {}); });
+      skein::sleep_for(10ms);
+      CHECK(code_of([&] { srv.serve(l, [](skein::Stream) {}); }) == std::errc::operation_in_progress);
+      srv.stop();
+      CHECK(code_of([&] { t.join(); }) == std::errc{});
+    });
   }
-  }  // namespace
+
+  TEST_CASE("Server: a handler that throws ends only its connection; on_error sees it") {
+    skein::run([] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      const skein::Address addr = l.local_address();
+      std::atomic<int> errors{0};
+      skein::ServeOptions o;
+      o.on_error = [&](const skein::Address&, std::exception_ptr) { ++errors; };
+      o.grace_period = 0ms;
+      skein::Server srv(o);
+      auto t = skein::spawn([&] {
+        srv.serve(l, [](skein::Stream s) {
+          char b[8];
+          const std::size_t n = s.read(b, 2s);
+          if (n && b[0] == 'x') throw std::runtime_error("handler");
+          s.write_all(std::string_view(b, n));
+        });
+      });
+      {
+        skein::Stream c = skein::connect(addr, 2s);
+        c.write_all("x");
+        char b[8];
+        CHECK(c.read(b, 2s) == 0);
+      }
+      {
+        skein::Stream c = skein::connect(addr, 2s);
+        c.write_all("ok");
+        char b[8];
+        CHECK(c.read(b, 2s) == 2);
+      }
+      srv.stop();
+      t.join();
+      CHECK(errors == 1);
+    });
+  }
+
+  TEST_CASE("Server: max_connections 1 serves a second client once the first leaves") {
+    skein::run([] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      const skein::Address addr = l.local_address();
+      skein::ServeOptions o;
+      o.max_connections = 1;
+      skein::Server srv(o);
+      auto t = skein::spawn([&] {
+        srv.serve(l, [](skein::Stream s) {
+          char b[8];
+          while (std::size_t n = s.read(b, 5s)) s.write_all(std::string_view(b, n));
+        });
+      });
+      skein::Stream c1 = skein::connect(addr, 2s);
+      c1.write_all("1");
+      char b[8];
+      CHECK(c1.read(b, 2s) == 1);
+      skein::Stream c2 = skein::connect(addr, 2s);  // queued in the backlog
+      c2.write_all("2");
+      CHECK(code_of([&] { c2.read(b, 100ms); }) == std::errc::timed_out);
+      c1.close();
+      CHECK(code_of([&] { c2.read(b, 2s); }) == std::errc{});
+      srv.stop();
+      c2.close();
+      t.join();
+    });
+  }
+
+  TEST_CASE("Server: max_connections 0 is refused or serves nothing, without hanging stop") {
+    skein::run([] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      skein::ServeOptions o;
+      o.max_connections = 0;
+      skein::Server srv(o);
+      auto t = skein::spawn([&] { return code_of([&] { srv.serve(l, [](skein::Stream) {}); }); });
+      skein::sleep_for(20ms);
+      srv.stop();
+      bool done = false;
+      CHECK(code_of([&] { done = t.wait_for(2s); }) == std::errc{});
+      CHECK(done);
+      if (done) CHECK(t.join() == std::errc{});
+    });
+  }
+
+  TEST_CASE("Server: a cancelled serve() throws operation_canceled and ends its handlers") {
+    skein::run([] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      const skein::Address addr = l.local_address();
+      skein::Server srv;
+      auto t = skein::spawn([&] {
+        srv.serve(l, [](skein::Stream s) {
+          char b[8];
+          s.read(b);
+        });
+      });
+      skein::Stream c = skein::connect(addr, 2s);
+      skein::sleep_for(20ms);
+      CHECK(srv.active() == 1);
+      t.cancel();
+      const auto t0 = skein::Clock::now();
+      CHECK(code_of([&] { t.join(); }) == std::errc::operation_canceled);
+      CHECK(skein::Clock::now() - t0 < 1s);
+      char b[8];
+      CHECK(c.read(b, 2s) == 0);
+    });
+  }
+
+  TEST_CASE("serve(address) on two workers with port 0, stopped from another fiber") {
+    skein::run(skein::RuntimeOptions{2}, [] {
+      for (auto dist : {skein::Distribution::reuse_port, skein::Distribution::acceptor}) {
+        skein::Promise<skein::Address> bound;
+        skein::ServeOptions o;
+        o.distribution = dist;
+        o.on_listening = [&](const skein::Address& a) { bound.set_value(a); };
+        skein::Server srv(o);
+        auto t = skein::spawn([&] {
+          srv.serve(skein::Address::loopback(0), [](skein::Stream s) {
+            char b[64];
+            while (std::size_t n = s.read(b, 5s)) s.write_all(std::string_view(b, n));
+          });
+        });
+        const skein::Address addr = bound.get_future().get();
+        std::vector<skein::Stream> cs;
+        for (int i = 0; i < 8; ++i) {
+          cs.push_back(skein::connect(addr, 2s));
+          cs.back().write_all("ping");
+          char b[8];
+          CHECK(cs.back().read(b, 2s) == 4);
+        }
+        srv.stop();
+        cs.clear();
+        CHECK(code_of([&] { t.join(); }) == std::errc{});
+      }
+    });
+  }
+
+  TEST_CASE("run_blocking: the job's exception, a cancel while it runs, and a resolve failure") {
+    skein::run([] {
+      CHECK_THROWS_AS(skein::run_blocking([]() -> int { throw std::out_of_range("job"); }),
+                      std::out_of_range);
+      std::atomic<bool> finished{false};
+      auto t = skein::spawn([&] {
+        skein::run_blocking([&] {
+          std::this_thread::sleep_for(50ms);
+          finished = true;
+        });
+        skein::sleep_for(1s);
+      });
+      skein::sleep_for(10ms);
+      t.cancel();
+      CHECK(code_of([&] { t.join(); }) == std::errc::operation_canceled);
+      CHECK(finished);
+      CHECK(code_of([] { skein::resolve("no-such-host.invalid", 80, 5s); }) != std::errc{});
+      CHECK(code_of([] { skein::connect("no-such-host.invalid", 80, 5s); }) != std::errc{});
+    });
+  }
+
+  TEST_CASE("sync primitives with zero and negative timeouts do not wait and answer correctly") {
+    skein::run([] {
+      skein::Event e;
+      CHECK(!e.wait_for(0s));
+      e.set();
+      CHECK(e.wait_for(0s));
+      CHECK(e.wait_for(-1s));
+      skein::Semaphore sem(1);
+      CHECK(sem.try_acquire_for(0s));
+      CHECK(!sem.try_acquire_for(-1s));
+      sem.release();
+      skein::Mutex m;
+      CHECK(m.try_lock_for(0s));
+      CHECK(code_of([&] { m.try_lock_for(0s); }) == std::errc::resource_deadlock_would_occur);
+      m.unlock();
+      skein::Promise<int> p;
+      auto f = p.get_future();
+      CHECK(!f.wait_for(0s));
+      p.set_value(3);
+      CHECK(f.wait_for(0s));
+      CHECK(f.get() == 3);
+      skein::Future<int> broken;
+      {
+        skein::Promise<int> q;
+        broken = q.get_future();
+      }
+      try {
+        broken.get();
+        FAIL("no error");
+      } catch (const std::future_error& fe) {
+        CHECK(fe.code() == std::future_errc::broken_promise);
+      }
+      skein::WaitGroup wg;
+      CHECK(code_of([&] { wg.done(); }) == std::errc::invalid_argument);
+      CHECK(wg.wait_for(0s));
+    });
+  }
+
+  TEST_CASE("a Runtime fed from a plain thread: join, cancel, a bad worker index, spawns after shutdown") {
+    skein::Runtime rt(skein::RuntimeOptions{2});
+    auto t = rt.spawn_on(1, [] { return skein::this_worker(); });
+    CHECK(t.join() == 1);
+    CHECK(code_of([&] { rt.spawn_on(2, [] {}); }) == std::errc::invalid_argument);
+    auto slow = rt.spawn_on(0, [] { skein::sleep_for(10s); });
+    slow.cancel();
+    CHECK(code_of([&] { slow.join(); }) == std::errc::operation_canceled);
+    rt.shutdown();
+    CHECK(code_of([&] { rt.spawn_on(0, [] {}); }) == std::errc::operation_not_permitted);
+  }
+
+#if SKEIN_TEST_TLS
 
   TEST_CASE("TLS: reads that time out or are cancelled in a loop lose no byte") {
     skein::run([] {
