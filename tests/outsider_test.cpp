@@ -8,6 +8,8 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/mman.h>
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -1087,6 +1089,34 @@ TEST_SUITE("outsider") {
     CHECK(code_of([&] { slow.join(); }) == std::errc::operation_canceled);
     rt.shutdown();
     CHECK(code_of([&] { rt.spawn_on(0, [] {}); }) == std::errc::operation_not_permitted);
+  }
+
+  TEST_CASE("a read into a 4 GiB buffer returns the bytes there, and a 4 GiB write sends some") {
+    // Each call's length reaches the kernel whole or capped, never cut to 32 bits (4 GiB would be 0:
+    // a read would report end of stream, a write would send nothing and write_all spin).
+    constexpr std::size_t size = std::size_t{4} << 30;
+    void* const mem =
+        mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) {
+      MESSAGE("SKIP: no 4 GiB of address space");
+      return;
+    }
+    skein::run([mem, size] {
+      auto [a, b] = make_pair();
+      const std::span<char> huge(static_cast<char*>(mem), size);
+      auto r = skein::spawn([&] { return b.read(huge, 2s); });  // parks first: an operation on io_uring
+      skein::sleep_for(10ms);
+      a.write_all("hi");
+      std::size_t n = 0;
+      CHECK(code_of([&] { n = r.join(); }) == std::errc{});
+      CHECK(n == 2);
+      CHECK(std::string_view(huge.data(), 2) == "hi");
+      std::size_t sent = 0;
+      CHECK(code_of([&] { sent = a.write(std::string_view(huge.data(), size), 2s); }) == std::errc{});
+      CHECK(sent > 0);
+      CHECK(sent < size);
+    });
+    munmap(mem, size);
   }
 
 #if SKEIN_TEST_TLS
