@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <functional>
 #include <future>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -1162,6 +1164,124 @@ TEST_SUITE("outsider") {
       CHECK(sent < size);
     });
     munmap(mem, size);
+  }
+
+  TEST_CASE("a second reader of one stream gets device_or_resource_busy on both backends") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      auto r1 = skein::spawn([&] {
+        char buf[8];
+        return b.read(buf, 2s);
+      });
+      skein::sleep_for(10ms);
+      char buf[8];
+      CHECK(code_of([&] { b.read(buf, 1s); }) == std::errc::device_or_resource_busy);
+      a.write_all("x");
+      CHECK(r1.join() == 1);
+    });
+  }
+
+  TEST_CASE("Unix-domain streams: connect, peer addresses, a path too long, an abstract name") {
+    skein::run([] {
+      const std::string path = "/tmp/skein-outsider-" + std::to_string(getpid()) + ".sock";
+      ::unlink(path.c_str());
+      {
+        skein::Listener l = skein::listen(skein::Address::unix_path(path));
+        skein::Stream c = skein::connect(skein::Address::unix_path(path), 2s);
+        skein::Address peer;
+        skein::Stream s = l.accept(&peer, 2s);
+        c.write_all("u");
+        char b[2];
+        CHECK(s.read(b, 1s) == 1);
+        CHECK(l.local_address().to_string().find(path) != std::string::npos);
+        MESSAGE("unix peer: '" << peer.to_string() << "', stream peer: '" << s.peer_address().to_string()
+                               << "'");
+      }
+      ::unlink(path.c_str());
+      CHECK(code_of([] { skein::Address::unix_path(std::string(200, 'p')); }) != std::errc{});
+      const std::string abstract = "@skein-outsider-" + std::to_string(getpid());
+      CHECK(code_of([&] {
+              skein::Listener l = skein::listen(skein::Address::unix_path(abstract));
+              skein::Stream c = skein::connect(skein::Address::unix_path(abstract), 2s);
+              skein::Stream s = l.accept(2s);
+              c.write_all("a");
+              char b[2];
+              CHECK(s.read(b, 1s) == 1);
+              CHECK(l.local_address().to_string().find(abstract) != std::string::npos);
+            }) == std::errc{});
+    });
+  }
+
+  TEST_CASE("Address parsing: bad literals throw, IPv6 forms print back") {
+    CHECK(code_of([] { skein::Address::ip("256.1.1.1", 1); }) != std::errc{});
+    CHECK(code_of([] { skein::Address::ip("1.2.3", 1); }) != std::errc{});
+    CHECK(code_of([] { skein::Address::ip("", 1); }) != std::errc{});
+    CHECK(code_of([] { skein::Address::ip("localhost", 1); }) != std::errc{});
+    CHECK(skein::Address::ip("::1", 80).to_string() == "[::1]:80");
+    CHECK(skein::Address::ip("[::1]", 80).port() == 80);
+    CHECK(skein::Address::ip("::ffff:1.2.3.4", 5).port() == 5);
+    CHECK(skein::Address::ip("127.0.0.1", 65535).to_string() == "127.0.0.1:65535");
+    MESSAGE("fe80::1%lo: " << code_of([] { MESSAGE(skein::Address::ip("fe80::1%lo", 1).to_string()); }));
+    CHECK(skein::Address().empty());
+  }
+
+  TEST_CASE("write_all of many large parts over a slow reader arrives whole, in order") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      std::vector<std::string> store;
+      for (int i = 0; i < 300; ++i)
+        store.push_back(std::string(7000 + i * 13, static_cast<char>('A' + i % 26)));
+      std::vector<std::string_view> parts(store.begin(), store.end());
+      std::string expect;
+      for (auto& s : store) expect += s;
+      auto w = skein::spawn([&] {
+        a.write_all(parts, 10s);
+        a.shutdown();
+      });
+      std::string got;
+      char buf[3000];
+      while (std::size_t n = b.read(buf, 10s)) {
+        got.append(buf, n);
+        if (got.size() % 7 == 0) skein::yield();
+      }
+      w.join();
+      CHECK(got.size() == expect.size());
+      CHECK(got == expect);
+    });
+  }
+
+  TEST_CASE("a huge or infinite deadline on a read is no deadline") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      auto r = skein::spawn([&] {
+        char buf[4];
+        std::size_t n = b.read(buf, std::chrono::hours::max());
+        n += b.read(buf, std::chrono::duration<double>(INFINITY));
+        n += b.read(buf, skein::no_deadline);
+        return n;
+      });
+      for (int i = 0; i < 3; ++i) {
+        skein::sleep_for(5ms);
+        a.write_all("x");
+      }
+      CHECK(r.join() == 3);
+    });
+  }
+
+  TEST_CASE("skein::debug::dump while fibers wait on sockets, on both backends") {
+    skein::run(skein::RuntimeOptions{2}, [] {
+      auto [a, b] = make_pair();
+      auto r = skein::spawn([&] {
+        char buf[4];
+        return b.read(buf, 2s);
+      });
+      skein::sleep_for(10ms);
+      std::ostringstream out;
+      skein::debug::dump(out);
+      CHECK(out.str().find("read") != std::string::npos);
+      a.write_all("x");
+      CHECK(r.join() == 1);
+    });
   }
 
 #if SKEIN_TEST_TLS
