@@ -1194,8 +1194,8 @@ TEST_SUITE("outsider") {
         char b[2];
         CHECK(s.read(b, 1s) == 1);
         CHECK(l.local_address().to_string().find(path) != std::string::npos);
-        MESSAGE("unix peer: '" << peer.to_string() << "', stream peer: '" << s.peer_address().to_string()
-                               << "'");
+        CHECK(peer.family() == AF_UNIX);
+        CHECK(s.peer_address().family() == AF_UNIX);
       }
       ::unlink(path.c_str());
       CHECK(code_of([] { skein::Address::unix_path(std::string(200, 'p')); }) != std::errc{});
@@ -1221,7 +1221,7 @@ TEST_SUITE("outsider") {
     CHECK(skein::Address::ip("[::1]", 80).port() == 80);
     CHECK(skein::Address::ip("::ffff:1.2.3.4", 5).port() == 5);
     CHECK(skein::Address::ip("127.0.0.1", 65535).to_string() == "127.0.0.1:65535");
-    MESSAGE("fe80::1%lo: " << code_of([] { MESSAGE(skein::Address::ip("fe80::1%lo", 1).to_string()); }));
+    CHECK(skein::Address::ip("fe80::1%lo", 1).to_string() == "[fe80::1%lo]:1");
     CHECK(skein::Address().empty());
   }
 
