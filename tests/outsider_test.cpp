@@ -1284,6 +1284,47 @@ TEST_SUITE("outsider") {
     });
   }
 
+  TEST_CASE("a connect right after the listener was closed is refused, also after an accept timed out") {
+    skein::run([] {
+      for (int armed = 0; armed < 2; ++armed) {
+        skein::Listener l = skein::listen(skein::Address::loopback(0));
+        const skein::Address addr = l.local_address();
+        if (armed) CHECK(code_of([&] { l.accept(10ms); }) == std::errc::timed_out);
+        l.close();
+        const std::errc e = code_of([&] { skein::connect(addr, 1s); });
+        CAPTURE(armed);
+        CHECK(e == std::errc::connection_refused);
+      }
+    });
+  }
+
+  TEST_CASE("calls on an empty or closed socket throw bad_file_descriptor") {
+    skein::run([] {
+      skein::Stream s;
+      char b[4];
+      CHECK(code_of([&] { s.read(b); }) == std::errc::bad_file_descriptor);
+      CHECK(code_of([&] { s.write("x"); }) == std::errc::bad_file_descriptor);
+      CHECK(code_of([&] { s.shutdown(); }) == std::errc::bad_file_descriptor);
+      CHECK(code_of([&] { s.local_address(); }) == std::errc::bad_file_descriptor);
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      l.close();
+      l.close();
+      CHECK(code_of([&] { l.accept(10ms); }) == std::errc::bad_file_descriptor);
+    });
+  }
+
+  TEST_CASE("a listener released and closed by hand after an accept timed out refuses connections") {
+    skein::run([] {
+      skein::Listener l = skein::listen(skein::Address::loopback(0));
+      const skein::Address addr = l.local_address();
+      CHECK(code_of([&] { l.accept(10ms); }) == std::errc::timed_out);
+      ::close(l.release());
+      // no pause: the connect comes before this worker next sleeps
+      const std::errc e = code_of([&] { skein::connect(addr, 1s); });
+      CHECK(e == std::errc::connection_refused);
+    });
+  }
+
 #if SKEIN_TEST_TLS
 
   TEST_CASE("TLS: reads that time out or are cancelled in a loop lose no byte") {
