@@ -1325,6 +1325,48 @@ TEST_SUITE("outsider") {
     });
   }
 
+  TEST_CASE(
+      "writes that time out or are cancelled in a loop: the peer gets exactly the bytes reported sent") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      constexpr std::size_t total = 6 << 20;
+      std::string data(total, '\0');
+      for (std::size_t i = 0; i < total; ++i) data[i] = static_cast<char>(i % 253);
+      std::size_t sent = 0;
+      int interrupted = 0;
+      auto reader = skein::spawn([&] {
+        std::string got;
+        std::vector<char> buf(50000);
+        while (std::size_t n = b.read(buf, 10s)) {
+          got.append(buf.data(), n);
+          if (got.size() % 3 == 0) skein::sleep_for(1ms);
+        }
+        return got;
+      });
+      while (sent < total) {
+        auto w = skein::spawn([&] {
+          for (;;) {
+            const std::size_t chunk = std::min<std::size_t>(total - sent, 300000);
+            sent += a.write(std::string_view(data).substr(sent, chunk), std::chrono::microseconds(200));
+            if (sent == total) return;
+          }
+        });
+        if (interrupted % 2) skein::yield();
+        if (interrupted % 3 == 0) w.cancel();
+        const std::errc e = code_of([&] { w.join(); });
+        if (e != std::errc{}) {
+          REQUIRE((e == std::errc::operation_canceled || e == std::errc::timed_out));
+          ++interrupted;
+        }
+      }
+      a.shutdown();
+      const std::string got = reader.join();
+      CHECK(got.size() == total);
+      CHECK(got == data);
+      MESSAGE("interrupted writes: " << interrupted);
+    });
+  }
+
 #if SKEIN_TEST_TLS
 
   TEST_CASE("TLS: reads that time out or are cancelled in a loop lose no byte") {
