@@ -1367,6 +1367,54 @@ TEST_SUITE("outsider") {
     });
   }
 
+  TEST_CASE("a connected UDP socket to a closed port: refused once, then a plain timeout") {
+    skein::run([] {
+      std::uint16_t port;
+      {
+        auto tmp = skein::UdpSocket::bind(skein::Address::loopback(0));
+        port = tmp.local_address().port();
+      }
+      auto u = skein::UdpSocket::bind(skein::Address::loopback(0));
+      u.connect(skein::Address::loopback(port));
+      u.send("ping", 1s);
+      char buf[8];
+      const auto t0 = skein::Clock::now();
+      CHECK(code_of([&] { u.receive(buf, 1s); }) == std::errc::connection_refused);
+      CHECK(code_of([&] { u.receive(buf, 50ms); }) == std::errc::timed_out);
+      CHECK(skein::Clock::now() - t0 < 900ms);
+    });
+  }
+
+  TEST_CASE("a generator reading a socket, its consumer cancelled mid-read") {
+    skein::run([] {
+      auto [a, b] = make_pair();
+      auto consumer = skein::spawn([&b] {
+        skein::Generator<std::string> lines([&b](skein::Yield<std::string>& yield) {
+          skein::BufferedReader r(b);
+          for (;;) {
+            std::string l = r.read_line(100, 5s);
+            if (l.empty()) return;
+            yield(std::move(l));
+          }
+        });
+        int n = 0;
+        for (const std::string& l : lines) {
+          CHECK(l == "line\n");
+          ++n;
+        }
+        return n;
+      });
+      a.write_all("line\nline\n");
+      skein::sleep_for(20ms);
+      consumer.cancel();
+      CHECK(code_of([&] { consumer.join(); }) == std::errc::operation_canceled);
+      // The stream is consistent afterwards: nothing of a later line was taken.
+      a.write_all("next\n");
+      char buf[8];
+      CHECK(b.read(buf, 1s) == 5);
+    });
+  }
+
 #if SKEIN_TEST_TLS
 
   TEST_CASE("TLS: reads that time out or are cancelled in a loop lose no byte") {
@@ -1467,6 +1515,32 @@ TEST_SUITE("outsider") {
       CHECK(got == big);
     });
   }
+
+  TEST_CASE("BufferedReader over TLS: lines split across records, read_exact after a timeout") {
+    skein::run([] {
+      auto [c, s] = make_tls_pair();
+      skein::BufferedReader r(s, 7);
+      auto w = skein::spawn([&c] {
+        c.write_all("alpha\nbe");
+        skein::sleep_for(30ms);
+        c.write_all("ta\ngamma");
+        skein::sleep_for(30ms);
+        c.write_all("12345");
+        c.shutdown(1s);
+      });
+      CHECK(r.read_line(100, 1s) == "alpha\n");
+      CHECK(code_of([&] { r.read_line(100, 5ms); }) == std::errc::timed_out);
+      CHECK(r.read_line(100, 1s) == "beta\n");
+      char five[5];
+      r.read_exact(std::span<char>(five, 5), 1s);
+      CHECK(std::string_view(five, 5) == "gamma");
+      r.read_exact(std::span<char>(five, 5), 1s);
+      CHECK(std::string_view(five, 5) == "12345");
+      CHECK(r.read_line(100, 1s) == "");
+      w.join();
+    });
+  }
+
 #endif
 
 }  // TEST_SUITE
