@@ -1489,6 +1489,23 @@ TEST_SUITE("outsider") {
     });
   }
 
+  TEST_CASE("a plain thread cancels a fiber parked in a read on a Runtime's worker") {
+    skein::Runtime rt(skein::RuntimeOptions{2});
+    skein::Promise<void> parked;
+    auto t = rt.spawn_on(1, [&parked] {
+      auto [a, b] = make_pair();
+      parked.set_value();
+      char buf[4];
+      b.read(buf, 10s);
+    });
+    parked.get_future().wait();
+    std::this_thread::sleep_for(20ms);
+    const auto t0 = skein::Clock::now();
+    t.cancel();
+    CHECK(code_of([&] { t.join(); }) == std::errc::operation_canceled);
+    CHECK(skein::Clock::now() - t0 < 2s);
+  }
+
 #if SKEIN_TEST_TLS
 
   TEST_CASE("TLS: reads that time out or are cancelled in a loop lose no byte") {
