@@ -1506,6 +1506,31 @@ TEST_SUITE("outsider") {
     CHECK(skein::Clock::now() - t0 < 2s);
   }
 
+  TEST_CASE("a Stream whose read timed out on one worker reads on another while the first is busy") {
+    skein::run(skein::RuntimeOptions{2}, [] {
+      auto [a, b] = make_pair();
+      char buf[8];
+      CHECK(code_of([&] { b.read(buf, 10ms); }) == std::errc::timed_out);
+      std::atomic<bool> stop{false};
+      auto reader = skein::spawn_on(1, [&] {
+        std::string got;
+        char b2[8];
+        while (got.size() < 3) got.append(b2, b.read(b2, 2s));
+        stop = true;
+        return got;
+      });
+      auto writer = skein::spawn_on(1, [&] {
+        skein::sleep_for(20ms);
+        a.write_all("abc");
+      });
+      while (!stop) skein::yield();  // this worker stays busy
+      std::string got;
+      CHECK(code_of([&] { got = reader.join(); }) == std::errc{});
+      CHECK(got == "abc");
+      writer.join();
+    });
+  }
+
 #if SKEIN_TEST_TLS
 
   TEST_CASE("TLS: reads that time out or are cancelled in a loop lose no byte") {
