@@ -136,9 +136,18 @@ Address Socket::local_address() const {
 
 // ---- Stream -------------------------------------------------------------------------------
 
+namespace {
+// The most one call moves: Linux's own cap on a read or write (MAX_RW_COUNT, INT_MAX rounded down
+// to a page). An io_uring operation carries its length in 32 bits, so a 4 GiB buffer would reach
+// the kernel as 0 bytes (a read reporting end of stream, a write sending nothing); capped here,
+// the direct call and the operation ask for the same length.
+constexpr std::size_t max_transfer = 0x7ffff000;
+}  // namespace
+
 std::size_t Stream::read(std::span<char> buf, Deadline deadline) {
   require_open(fd_, "skein::Stream::read");
   if (buf.empty()) return 0;
+  buf = buf.first(std::min(buf.size(), max_transfer));
   IoHandle h = io_handle(*this);
   detail::IoOp op{detail::IoOp::recv};
   op.buf = buf.data();
@@ -161,6 +170,7 @@ void Stream::read_exact(std::span<char> buf, Deadline deadline) {
 std::size_t Stream::write(std::string_view data, Deadline deadline) {
   require_open(fd_, "skein::Stream::write");
   if (data.empty()) return 0;
+  data = data.substr(0, max_transfer);
   IoHandle h = io_handle(*this);
   // MSG_NOSIGNAL: a closed peer is EPIPE for this call, not SIGPIPE for the process.
   detail::IoOp op{detail::IoOp::send, MSG_NOSIGNAL};
