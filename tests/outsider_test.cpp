@@ -93,15 +93,11 @@ TEST_SUITE("outsider") {
     });
   }
 
-  // Fails on epoll (and io_uring readiness mode): a short read marks the socket drained, and a call whose
-  // deadline has passed then reports timed_out without asking the kernel, although the bytes have been queued
-  // for 20 ms (a worker with no fiber waiting on I/O sleeps without asking epoll, so no event can have said
-  // so, whether the descriptor is registered or not). io_uring returns them. Fix (net/src/io_core.hpp,
-  // IoCore::run): when the direction is not known ready and the deadline has passed, make the call once
-  // anyway before parking (a flag, so EAGAIN then parks and times out). Zero timeouts are how a caller polls;
-  // the answer must not depend on hidden state.
-  TEST_CASE("a read with an expired deadline returns data that came after a short read" *
-            doctest::skip(true)) {
+  // A short read marks the socket drained, and a worker with no fiber waiting on I/O sleeps without
+  // asking epoll, so no event says the bytes queued since have come: a call whose deadline has
+  // passed asks the kernel once before it reports timed_out. Zero timeouts are how a caller
+  // polls; the answer must not depend on hidden state.
+  TEST_CASE("a read with an expired deadline returns data that came after a short read") {
     skein::run([] {
       auto [a, b] = make_pair();
       a.write_all("hello");
@@ -413,13 +409,10 @@ TEST_SUITE("outsider") {
     });
   }
 
-  // Fails on io_uring (completion mode): an accept whose deadline has passed arms the listener's
-  // multishot accept and parks, timing out before the kernel could answer, so a connection queued
-  // in the backlog for 20 ms is not taken (and the multishot is disarmed again before the worker
-  // sleeps, so every other such poll fails). epoll accepts it. Fix (net/src/io_core.cpp,
-  // IoCore::accept_queued): with an empty queue and the deadline passed, make one direct
-  // accept4 (the listener is non-blocking) instead of arming and parking.
-  TEST_CASE("accept with an expired deadline takes a connection already queued" * doctest::skip(true)) {
+  // On io_uring an accept whose deadline has passed arms the listener's multishot accept and
+  // times out before the kernel answers: the core then asks with one direct accept4, so a
+  // connection waiting in the backlog is taken, as on epoll.
+  TEST_CASE("accept with an expired deadline takes a connection already queued") {
     skein::run([] {
       skein::Listener l = skein::listen(skein::Address::loopback(0));
       for (int i = 0; i < 3; ++i) {
@@ -838,16 +831,11 @@ TEST_SUITE("outsider") {
     });
   }
 
-  // Fails on io_uring (completion mode): the first worker's accept armed the listener's multishot
-  // accept, which stays armed while that worker is busy (it is disarmed only before the worker
-  // sleeps), so the kernel hands the connections to the first worker's queue, where nobody takes
-  // them; the second worker's accepts time out (three times 2 s). docs/threading.md says a socket
-  // may move to another worker between operations. Fix (net/src/io_core.cpp): cancel a listener's
-  // multishot as soon as its last waiter leaves (deadline or cancel), and hand connections already
-  // queued on a worker back to whichever worker accepts next (a per-listener queue shared by the
-  // workers, under a lock), or at least accept directly when this worker's queue is not armed.
-  TEST_CASE("a Listener whose accept timed out on one worker accepts on another while the first is busy" *
-            doctest::skip(true)) {
+  // On io_uring the first worker's accept armed the listener's multishot accept; were it left
+  // armed while that worker stays busy, the kernel would hand the connections to that worker's
+  // queue, where nobody takes them (docs/threading.md lets a socket move between workers between
+  // operations). An accept that leaves without a connection cancels its multishot at once.
+  TEST_CASE("a Listener whose accept timed out on one worker accepts on another while the first is busy") {
     skein::run(skein::RuntimeOptions{2}, [] {
       skein::Listener l = skein::listen(skein::Address::loopback(0));
       const skein::Address addr = l.local_address();
@@ -1415,8 +1403,8 @@ TEST_SUITE("outsider") {
     });
   }
 
-  TEST_CASE("a write with an expired deadline sends once the peer has drained the buffer" *
-            doctest::skip(true)) {
+  // The write side of the same: the buffer drained while no event could say so.
+  TEST_CASE("a write with an expired deadline sends once the peer has drained the buffer") {
     skein::run([] {
       auto [a, b] = make_pair();
       std::string big(8 << 20, 'y');

@@ -284,7 +284,28 @@ ssize_t IoCore::accept_queued(IoHandle& h, TimePoint deadline, const IoOp& op,
     --fd_waiters_;
     // Forgotten meanwhile: the queue may be gone already; touch nothing of it.
     if (st.generation != h.generation) return -io_closed;
-    if (w != Wake::notified) return -wake_code(w);  // what came stays queued for the next accept
+    if (w != Wake::notified) {
+      // What came stays queued for the next accept on this worker, but no more comes: the
+      // multishot stops now rather than when this worker next sleeps, since a busy worker might
+      // not sleep for long while the listener is accepted from elsewhere.
+      if (q->armed && !q->stopping) {
+        backend_->cancel(*q);
+        q->stopping = true;
+      }
+      // A deadline that passed (a zero timeout, how callers poll) may have ended the wait just as
+      // the multishot took a connection that was waiting, or before it could: take what it
+      // queued (collecting its completions first), else ask the kernel directly once.
+      if (w == Wake::timed_out || w == Wake::expired) {
+        if (q->accepted.empty()) {
+          backend_->poll();
+          if (st.generation != h.generation) return -io_closed;
+        }
+        if (!q->accepted.empty()) continue;  // taken at the top of the loop
+        const long fd = syscall(SYS_accept4, h.fd, op.addr, op.addrlen, op.flags);
+        if (fd >= 0) return fd;
+      }
+      return -wake_code(w);
+    }
   }
 }
 

@@ -362,8 +362,10 @@ template <class Call>
 ssize_t IoCore::run(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer kind, Call attempt) noexcept {
   const auto d = static_cast<std::size_t>(dir);
   FdState* const st = h.st;
+  bool attempted = false;
   for (;;) {
     if (!st || st->ready[d]) {
+      attempted = true;
       ssize_t result;
       const Attempt a = try_call(h, d, kind, attempt, result);
       if (a == Attempt::done) return result;
@@ -371,7 +373,17 @@ ssize_t IoCore::run(IoHandle& h, Direction dir, TimePoint deadline, IoTransfer k
     }
     const int w =
         st ? h.core->park_on(h, dir, deadline, kind.why) : poll_wait(h.fd, dir, deadline, kind.restart);
-    if (w != 0) return -w;
+    if (w == 0) continue;
+    // A deadline that passed before the call was ever made (a zero timeout, how callers poll):
+    // the flag says not ready, but the kernel may have data an event has not reported yet (a
+    // worker with no fiber waiting on I/O sleeps without asking), so ask it once.
+    if (!attempted && st && (w == io_timed_out || w == io_expired) && st->generation == h.generation) {
+      attempted = true;
+      st->ready[d] = true;
+      ssize_t result;
+      if (try_call(h, d, kind, attempt, result) == Attempt::done) return result;
+    }
+    return -w;
   }
 }
 
