@@ -42,7 +42,7 @@ def command_line(doc, setup_var):
         problem = f"expected 3 arguments, got {len(args)}"
     elif args[2] not in ("0", "1"):
         problem = f"QUICK must be 0 or 1, not {args[2]!r}"
-    elif not os.path.isfile(args[0]):
+    elif not os.path.exists(args[0]):
         problem = f"no manifest {args[0]!r}"
     if problem:
         print(f"{prog}: {problem}\nusage: {prog} MANIFEST OUT_JSON QUICK(0|1)   (--help for more)", file=sys.stderr)

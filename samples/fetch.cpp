@@ -336,6 +336,8 @@ class ResponseReader {
   // A redirect that is to be followed (with -L): its body has been read and dropped.
   bool redirecting() const noexcept { return redirecting_; }
   int status() const noexcept { return status_printed_ ? static_cast<int>(parser_.status_code) : 0; }
+  // The status code as far as the status line has been parsed (0 before), headers or not.
+  int status_code() const noexcept { return static_cast<int>(parser_.status_code); }
   const std::string& reason() const noexcept { return reason_; }
   const std::string& location() const noexcept { return location_; }
   std::uint64_t body_bytes() const noexcept { return body_bytes_; }
@@ -704,12 +706,12 @@ Result fetch(std::size_t index, const Url& first, const Options& options, Pool& 
         try {
           exchange(*lease.connection(), url, reader, deadline, may_retry, got_bytes, leftover);
         } catch (const std::exception& e) {
-          if (!may_retry || (got_bytes && reader.status() != 408) || is_timeout(e)) throw;
+          if (!may_retry || (got_bytes && reader.status_code() != 408) || is_timeout(e)) throw;
           failure = e.what();
         }
-        if (may_retry && (failure || reader.status() == 408)) {
+        if (may_retry && (failure || reader.status_code() == 408)) {
           if (!options.quiet) {
-            if (reader.status() == 408)
+            if (reader.status_code() == 408)
               std::printf(
                   "[%zu] connection %u answered 408 Request Timeout (it had been idle): retrying on a "
                   "new connection\n",

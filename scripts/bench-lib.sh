@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Helpers shared by scripts/bench, bench-net, bench-tls, bench-scale, bench-kv and bench-churn:
 # sourced, never run. The sourcing script sets bench_name (its name in messages) first, and changes
-# to the source root.
+# to the source root; some functions also read the caller's globals ($out, $nginx, $server_port,
+# $prio), as each one's comment says.
 
 phase() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 warn() { echo "scripts/$bench_name: $*" >&2; }

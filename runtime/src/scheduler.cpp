@@ -313,7 +313,8 @@ void Scheduler::loop() {
   std::size_t due = 0;  // timer fibers at the front of ready_: they run before next_
   // The turn whose timer check was made. A turn ends only when a fiber is resumed, so one that
   // found none (the round ended) would otherwise check again at the top of every later pass
-  // until one ran; the round's end looks at the timers anyway.
+  // until one ran; the round's end looks at the timers anyway (and after a sleep, which may
+  // have let some fall due, the check is made again).
   std::uint64_t timers_checked_turn = 0;
   for (;;) {
     if (spin_.count() > 0 && !(ready_.empty() && next_.empty())) busy_until_ = Clock::now() + spin_;
@@ -384,6 +385,7 @@ void Scheduler::loop() {
       continue;
     }
     idle();
+    timers_checked_turn = 0;
   }
   answer_debug(true);
   {
